@@ -1,0 +1,9 @@
+#pragma once
+// Everything public in camex.
+
+#include "camex/core/error.hpp"
+#include "camex/core/random.hpp"
+#include "camex/core/views.hpp"
+#include "camex/core/workspace.hpp"
+#include "camex/merge/soft_merge.hpp"
+#include "camex/perf/stream.hpp"

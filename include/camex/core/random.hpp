@@ -1,0 +1,90 @@
+#pragma once
+// Counter-based random numbers: a draw is a pure function of (seed, step, tensor, expert, element), so every
+// backend, thread count and tiling gets the same numbers, and a kernel can draw element p's number wherever it
+// happens to process p. The generator is Philox4x32-10 (Salmon et al., SC'11), checked against Random123's
+// published known-answer vectors in the tests.
+
+#include <Kokkos_Core.hpp>
+
+#include <cstdint>
+
+#include "camex/detail/kokkos_compat.hpp"
+
+namespace camex {
+
+/// One Philox4x32-10 evaluation: four 32-bit words out of a 128-bit counter and a 64-bit key.
+struct Philox4x32 {
+  using counter_type = Kokkos::Array<std::uint32_t, 4>;
+  using key_type = Kokkos::Array<std::uint32_t, 2>;
+
+  KOKKOS_INLINE_FUNCTION static counter_type apply(counter_type counter, key_type key) {
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        key[0] += 0x9E3779B9u;  // Weyl increments: golden ratio and sqrt(3) - 1
+        key[1] += 0xBB67AE85u;
+      }
+      const std::uint64_t product0 = std::uint64_t{0xD2511F53u} * counter[0];
+      const std::uint64_t product1 = std::uint64_t{0xCD9E8D57u} * counter[2];
+      const auto hi0 = static_cast<std::uint32_t>(product0 >> 32), lo0 = static_cast<std::uint32_t>(product0);
+      const auto hi1 = static_cast<std::uint32_t>(product1 >> 32), lo1 = static_cast<std::uint32_t>(product1);
+      counter = counter_type{{hi1 ^ counter[1] ^ key[0], lo1, hi0 ^ counter[3] ^ key[1], lo0}};
+    }
+    return counter;
+  }
+};
+
+/// Where a random number is used: which tensor of the model, which expert, which element of it.
+struct DrawSite {
+  std::uint32_t tensor = 0;
+  std::uint32_t expert = 0;
+  std::uint64_t element = 0;
+};
+
+/// The random stream of one training step. Copy it into kernels by value; it is two words.
+///
+/// Layout: the step key is Philox(counter = {step_lo, step_hi, 0, 'cmx0'}, key = seed) truncated to 64 bits, so
+/// steps are independent streams; within a step, site (t, e, p) reads word p mod 4 of
+/// Philox(counter = {p / 4 (low 32 bits), p / 4 (high 32 bits), e, t}, key = step key).
+class CounterRng {
+ public:
+  KOKKOS_INLINE_FUNCTION CounterRng(std::uint64_t seed, std::uint64_t step) {
+    const auto out = Philox4x32::apply(
+        {{static_cast<std::uint32_t>(step), static_cast<std::uint32_t>(step >> 32), 0u, 0x636d7830u}},
+        {{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}});
+    key_ = {{out[0], out[1]}};
+  }
+
+  /// The four words of the block that holds elements 4q .. 4q+3 of (tensor, expert).
+  KOKKOS_INLINE_FUNCTION Philox4x32::counter_type block(std::uint32_t tensor, std::uint32_t expert,
+                                                        std::uint64_t quad) const {
+    return Philox4x32::apply(
+        {{static_cast<std::uint32_t>(quad), static_cast<std::uint32_t>(quad >> 32), expert, tensor}}, key_);
+  }
+
+  /// 32 uniformly distributed bits for one site.
+  KOKKOS_INLINE_FUNCTION std::uint32_t bits(const DrawSite& site) const {
+    return block(site.tensor, site.expert, site.element / 4)[static_cast<int>(site.element % 4)];
+  }
+
+  /// Uniform on [0, 1) with 24 random bits: exactly representable in float, so float and double agree.
+  KOKKOS_INLINE_FUNCTION float uniform(const DrawSite& site) const { return to_unit_float(bits(site)); }
+
+  /// Standard normal by Box-Muller from the two words of `site` and of its partner stream (the same element in
+  /// expert index `~expert`), so each site costs two Philox blocks and stays independent of its neighbours.
+  KOKKOS_INLINE_FUNCTION double normal(const DrawSite& site) const {
+    const std::uint32_t w0 = bits(site);
+    const std::uint32_t w1 = bits({site.tensor, ~site.expert, site.element});
+    const double u1 = (static_cast<double>(w0) + 1.0) * 0x1p-32;  // (0, 1]: log stays finite
+    const double u2 = static_cast<double>(w1) * 0x1p-32;
+    return detail::math::sqrt(-2.0 * detail::math::log(u1)) * detail::math::cos(2.0 * 3.14159265358979323846 * u2);
+  }
+
+  KOKKOS_INLINE_FUNCTION static float to_unit_float(std::uint32_t word) {
+    return static_cast<float>(word >> 8) * 0x1p-24f;
+  }
+
+ private:
+  Philox4x32::key_type key_{};
+};
+
+}  // namespace camex

@@ -1,0 +1,20 @@
+#pragma once
+// The few Kokkos names that moved between 3.4 and 4.x, spelled once so camex's code reads the same on both.
+
+#include <Kokkos_Core.hpp>
+
+namespace camex::detail::math {
+#if KOKKOS_VERSION >= 30700
+using Kokkos::cos;
+using Kokkos::exp;
+using Kokkos::isfinite;
+using Kokkos::log;
+using Kokkos::sqrt;
+#else
+using Kokkos::Experimental::cos;
+using Kokkos::Experimental::exp;
+using Kokkos::Experimental::isfinite;
+using Kokkos::Experimental::log;
+using Kokkos::Experimental::sqrt;
+#endif
+}  // namespace camex::detail::math

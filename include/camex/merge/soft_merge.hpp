@@ -1,0 +1,234 @@
+#pragma once
+// Soft merge: merged[b, :] = sum_n scores[b, n] * experts[n, :], and its backward
+//   d_scores = d_merged * experts^T        ([B, N])
+//   d_experts = scores^T * d_merged        ([N, P])
+// This is SMEAR's Euclidean merge, and the inner step of every other policy (they merge transformed deltas).
+//
+// Cost per call (P parameters, N experts, B groups, fp32): forward 2BNP flops over 4(N+B)P bytes; backward 4BNP
+// flops over 4(2N+B)P bytes. Both are bandwidth-bound for the N and B camex sees (intensity <= N/4 flop/byte).
+
+#include <Kokkos_Core.hpp>
+
+#include <concepts>
+#include <cstddef>
+#include <type_traits>
+
+#include "camex/core/error.hpp"
+#include "camex/core/views.hpp"
+#include "camex/core/workspace.hpp"
+#include "camex/detail/kokkos_compat.hpp"
+#include "camex/detail/row_combination.hpp"
+
+namespace camex {
+
+namespace detail {
+
+struct MergeExtents {
+  std::size_t groups, experts, params;
+};
+
+/// The checks shared by forward and backward: non-empty operands, matching extents, finite scores.
+template <class Scores, class Experts>
+MergeExtents check_merge_inputs(const char* function, const Scores& scores, const Experts& experts) {
+  require_nonempty(function, "experts", experts, "[N, P] stack of expert tensors");
+  require_nonempty(function, "scores", scores, "[B, N] matrix of routing scores");
+  const MergeExtents e{scores.extent(0), experts.extent(0), experts.extent(1)};
+  require_shape(function, "scores", scores, e.groups, e.experts, "[B, N] with N = experts.extent(0)");
+  // Scores are B*N numbers: checking them on the host costs nothing next to the merge, and a NaN score would
+  // otherwise poison every merged parameter without a trace.
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, scores);
+  for (std::size_t b = 0; b < e.groups; ++b)
+    for (std::size_t n = 0; n < e.experts; ++n)
+      if (!math::isfinite(host(b, n)))
+        throw argument_error(function, "scores", "finite routing scores",
+                             concat("scores(", b, ", ", n, ") = ", host(b, n)));
+  return e;
+}
+
+/// Sum of a[i] * b[i] over one tile, in a fixed order (16 interleaved partial sums, then a fixed tree), so the
+/// result does not depend on where the tile came from. The partial sums are what lets the compiler vectorise.
+template <class T>
+KOKKOS_INLINE_FUNCTION T tile_dot(const T* a, const T* b, int len) {
+  constexpr int lanes = 16;
+  T part[lanes] = {};
+  int p = 0;
+  for (; p + lanes <= len; p += lanes)
+    for (int j = 0; j < lanes; ++j) part[j] += a[p + j] * b[p + j];
+  T tail = 0;
+  for (; p < len; ++p) tail += a[p] * b[p];
+  for (int width = lanes / 2; width > 0; width /= 2)
+    for (int j = 0; j < width; ++j) part[j] += part[j + width];
+  return part[0] + tail;
+}
+
+/// The parameter axis of a backward is cut into chunks whose length depends only on P (at least 64 chunks when P
+/// allows), so per-chunk partial sums, added in chunk order, give the same d_scores for any thread count.
+template <class T>
+struct BackwardChunking {
+  int tile;
+  std::size_t chunk;
+  std::size_t chunks;
+  BackwardChunking(std::size_t params, std::size_t groups, std::size_t experts)
+      : tile(tile_length<T>(static_cast<int>(groups + experts))) {
+    const std::size_t tiles = (params + tile - 1) / tile;
+    const std::size_t tiles_per_chunk = std::max<std::size_t>(1, tiles / 64);
+    chunk = tiles_per_chunk * tile;
+    chunks = (params + chunk - 1) / chunk;
+  }
+};
+
+/// d_scores partial sums of one chunk, tile by tile: partial[c, b, n] = sum over the chunk of d_merged[b] * experts[n].
+template <class T>
+KOKKOS_INLINE_FUNCTION double chunk_dot(const T* a, const T* b, std::size_t begin, std::size_t end, int tile) {
+  double acc = 0;
+  for (std::size_t p0 = begin; p0 < end; p0 += tile)
+    acc += tile_dot(a + p0, b + p0, static_cast<int>(end - p0 < static_cast<std::size_t>(tile) ? end - p0 : tile));
+  return acc;
+}
+
+/// Host schedule of the backward: one chunk per work item; each tile of d_merged and experts is read from memory
+/// once and used for both d_experts and the d_scores partials while it sits in cache.
+template <class T>
+struct TiledSoftMergeBackward {
+  Coefficients<T> scores_t;  // C[n, b] = scores[b, n]
+  const T* experts;
+  std::ptrdiff_t experts_stride;
+  const T* d_merged;
+  std::ptrdiff_t d_merged_stride;
+  T* d_experts;
+  std::ptrdiff_t d_experts_stride;
+  double* partial;  // [chunks, B, N]
+  int groups, n_experts;
+  std::size_t params, chunk;
+  int tile;
+
+  KOKKOS_INLINE_FUNCTION void operator()(std::size_t c) const {
+    double* mine = partial + c * groups * n_experts;
+    for (int i = 0; i < groups * n_experts; ++i) mine[i] = 0;
+    const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+    for (std::size_t p0 = c * chunk; p0 < end; p0 += tile) {
+      const int len = static_cast<int>(end - p0 < static_cast<std::size_t>(tile) ? end - p0 : tile);
+      for (int n = 0; n < n_experts; ++n)
+        combine_rows(groups, d_merged + p0, d_merged_stride, scores_t, n, d_experts + n * d_experts_stride + p0, len);
+      for (int b = 0; b < groups; ++b)
+        for (int n = 0; n < n_experts; ++n)
+          mine[b * n_experts + n] += tile_dot(d_merged + b * d_merged_stride + p0, experts + n * experts_stride + p0, len);
+    }
+  }
+};
+
+}  // namespace detail
+
+/// Bytes of workspace soft_merge_backward needs for B groups, N experts and P parameters of type Scalar.
+template <std::floating_point Scalar>
+std::size_t soft_merge_backward_workspace_bytes(std::size_t groups, std::size_t experts, std::size_t params) {
+  return detail::BackwardChunking<Scalar>(params, groups, experts).chunks * groups * experts * sizeof(double);
+}
+
+/// merged[b, :] = sum_n scores[b, n] * experts[n, :]. `merged` is overwritten.
+/// Throws camex::argument_error for empty operands, mismatched shapes, non-finite scores, or `merged` overlapping
+/// an input.
+template <class ExecSpace, MatrixOn<ExecSpace> ScoresView, MatrixOn<ExecSpace> ExpertsView,
+          MatrixOn<ExecSpace> MergedView>
+  requires MutableMatrix<MergedView> &&
+           std::same_as<typename ScoresView::non_const_value_type, typename MergedView::value_type> &&
+           std::same_as<typename ExpertsView::non_const_value_type, typename MergedView::value_type> &&
+           std::floating_point<typename MergedView::value_type>
+void soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
+                const MergedView& merged, Schedule schedule = Schedule::automatic) {
+  using T = typename MergedView::value_type;
+  constexpr const char* fn = "camex::soft_merge";
+  const auto e = detail::check_merge_inputs(fn, scores, experts);
+  detail::require_shape(fn, "merged", merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
+  detail::require_disjoint(fn, "merged", merged, "experts", experts);
+  detail::require_disjoint(fn, "merged", merged, "scores", scores);
+  detail::row_combination(space, schedule,
+                          detail::Coefficients<T>{scores.data(), detail::row_stride(scores), 1},
+                          experts.data(), detail::row_stride(experts), static_cast<int>(e.experts), merged.data(),
+                          detail::row_stride(merged), static_cast<int>(e.groups), e.params);
+}
+
+/// Backward of soft_merge: d_scores = d_merged * experts^T, d_experts = scores^T * d_merged (both overwritten).
+/// `workspace` holds at least soft_merge_backward_workspace_bytes<Scalar>(B, N, P) bytes. The result is the same
+/// for any thread count: partial sums are taken over fixed chunks of the parameter axis and added in order.
+template <class ExecSpace, MatrixOn<ExecSpace> ScoresView, MatrixOn<ExecSpace> ExpertsView,
+          MatrixOn<ExecSpace> DMergedView, MatrixOn<ExecSpace> DScoresView, MatrixOn<ExecSpace> DExpertsView>
+  requires MutableMatrix<DScoresView> && MutableMatrix<DExpertsView> &&
+           std::same_as<typename ScoresView::non_const_value_type, typename DExpertsView::value_type> &&
+           std::same_as<typename ExpertsView::non_const_value_type, typename DExpertsView::value_type> &&
+           std::same_as<typename DMergedView::non_const_value_type, typename DExpertsView::value_type> &&
+           std::same_as<typename DScoresView::value_type, typename DExpertsView::value_type> &&
+           std::floating_point<typename DExpertsView::value_type>
+void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
+                         const DMergedView& d_merged, const DScoresView& d_scores, const DExpertsView& d_experts,
+                         const Workspace<ExecSpace>& workspace, Schedule schedule = Schedule::automatic) {
+  using T = typename DExpertsView::value_type;
+  constexpr const char* fn = "camex::soft_merge_backward";
+  const auto e = detail::check_merge_inputs(fn, scores, experts);
+  detail::require_shape(fn, "d_merged", d_merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
+  detail::require_shape(fn, "d_scores", d_scores, e.groups, e.experts, "[B, N], the shape of scores");
+  detail::require_shape(fn, "d_experts", d_experts, e.experts, e.params, "[N, P], the shape of experts");
+  detail::require_disjoint(fn, "d_experts", d_experts, "d_merged", d_merged);
+  detail::require_disjoint(fn, "d_experts", d_experts, "experts", experts);
+  detail::require_disjoint(fn, "d_experts", d_experts, "scores", scores);
+  detail::require_disjoint(fn, "d_scores", d_scores, "d_merged", d_merged);
+  detail::require_disjoint(fn, "d_scores", d_scores, "experts", experts);
+  detail::require_disjoint(fn, "d_scores", d_scores, "scores", scores);
+
+  const detail::BackwardChunking<T> chunking(e.params, e.groups, e.experts);
+  const auto partial = detail::carve<double, ExecSpace>(fn, workspace, chunking.chunks * e.groups * e.experts);
+  const detail::Coefficients<T> scores_t{scores.data(), 1, detail::row_stride(scores)};
+  const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
+
+  if (detail::resolve<ExecSpace>(schedule) == Schedule::tiled) {
+    Kokkos::parallel_for("camex::soft_merge_backward[tiled]", Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks),
+                         detail::TiledSoftMergeBackward<T>{scores_t, experts.data(), detail::row_stride(experts), d_merged.data(),
+                                                           detail::row_stride(d_merged), d_experts.data(), detail::row_stride(d_experts),
+                                                           partial.data(), groups, n_experts, e.params, chunking.chunk,
+                                                           chunking.tile});
+  } else {
+    detail::row_combination(space, schedule, scores_t, d_merged.data(), detail::row_stride(d_merged), groups, d_experts.data(),
+                            detail::row_stride(d_experts), n_experts, e.params);
+    const T* dm = d_merged.data();
+    const T* w = experts.data();
+    const auto dm_stride = detail::row_stride(d_merged), w_stride = detail::row_stride(experts);
+    const std::size_t params = e.params, chunk = chunking.chunk;
+    const int tile = chunking.tile;
+    double* out = partial.data();
+    Kokkos::parallel_for(
+        "camex::soft_merge_backward[lane:partials]",
+        Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks * e.groups * e.experts),
+        KOKKOS_LAMBDA(std::size_t i) {
+          const std::size_t c = i / (groups * n_experts);
+          const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
+          const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+          out[i] = detail::chunk_dot(dm + b * dm_stride, w + n * w_stride, c * chunk, end, tile);
+        });
+  }
+
+  const std::size_t chunks = chunking.chunks;
+  const double* part = partial.data();
+  auto ds = d_scores;
+  Kokkos::parallel_for(
+      "camex::soft_merge_backward[sum chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, e.groups * e.experts),
+      KOKKOS_LAMBDA(std::size_t i) {
+        double acc = 0;
+        for (std::size_t c = 0; c < chunks; ++c) acc += part[c * groups * n_experts + i];
+        ds(i / n_experts, i % n_experts) = static_cast<T>(acc);
+      });
+}
+
+/// soft_merge_backward with a workspace allocated for this call (for use outside hot loops).
+template <class ExecSpace, MatrixOn<ExecSpace> ScoresView, MatrixOn<ExecSpace> ExpertsView,
+          MatrixOn<ExecSpace> DMergedView, MatrixOn<ExecSpace> DScoresView, MatrixOn<ExecSpace> DExpertsView>
+void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
+                         const DMergedView& d_merged, const DScoresView& d_scores, const DExpertsView& d_experts,
+                         Schedule schedule = Schedule::automatic) {
+  using T = typename DExpertsView::non_const_value_type;
+  const auto workspace = make_workspace<ExecSpace>(
+      soft_merge_backward_workspace_bytes<T>(scores.extent(0), experts.extent(0), experts.extent(1)),
+      "camex::soft_merge_backward::workspace");
+  soft_merge_backward(space, scores, experts, d_merged, d_scores, d_experts, workspace, schedule);
+}
+
+}  // namespace camex

@@ -1,0 +1,60 @@
+#pragma once
+// The memory-bandwidth ceiling of an execution space, measured the way STREAM does (McCalpin): copy a[i] = b[i]
+// and triad a[i] = b[i] + s*c[i] over arrays far larger than any cache, best of several runs, bytes counted as the
+// arrays named in the kernel (no write-allocate traffic). Kernels report their GB/s as a fraction of these.
+
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <limits>
+
+namespace camex::perf {
+
+struct StreamBandwidth {
+  double copy_GBps = 0;
+  double triad_GBps = 0;
+};
+
+/// Seconds of the fastest of `repeats` runs of `run()`, each fenced on `space`.
+template <class ExecSpace, class Run>
+double best_seconds(const ExecSpace& space, int repeats, Run&& run) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int r = 0; r < repeats; ++r) {
+    space.fence();
+    Kokkos::Timer timer;
+    run();
+    space.fence();
+    best = std::min(best, timer.seconds());
+  }
+  return best;
+}
+
+/// STREAM copy and triad on `space` with three float arrays of `elements` each (default 2^25: 128 MiB per array,
+/// four times the largest L3 camex has met).
+template <class ExecSpace = Kokkos::DefaultExecutionSpace>
+StreamBandwidth measure_stream(const ExecSpace& space = ExecSpace{}, std::size_t elements = std::size_t{1} << 25,
+                               int repeats = 10) {
+  using Array = Kokkos::View<float*, typename ExecSpace::memory_space>;
+  Array a(Kokkos::view_alloc(Kokkos::WithoutInitializing, "stream::a"), elements);
+  Array b(Kokkos::view_alloc(Kokkos::WithoutInitializing, "stream::b"), elements);
+  Array c(Kokkos::view_alloc(Kokkos::WithoutInitializing, "stream::c"), elements);
+  const auto range = Kokkos::RangePolicy<ExecSpace>(space, 0, elements);
+  // First touch by the same threads and schedule as the timed loops, so pages sit where they are used.
+  Kokkos::parallel_for("camex::stream::init", range, KOKKOS_LAMBDA(std::size_t i) {
+    a(i) = 1.0f;
+    b(i) = 2.0f;
+    c(i) = 0.5f;
+  });
+  const double copy_s = best_seconds(space, repeats, [&] {
+    Kokkos::parallel_for("camex::stream::copy", range, KOKKOS_LAMBDA(std::size_t i) { a(i) = b(i); });
+  });
+  const float scalar = 3.0f;
+  const double triad_s = best_seconds(space, repeats, [&] {
+    Kokkos::parallel_for("camex::stream::triad", range, KOKKOS_LAMBDA(std::size_t i) { a(i) = b(i) + scalar * c(i); });
+  });
+  const double bytes = static_cast<double>(elements) * sizeof(float);
+  return {2 * bytes / copy_s * 1e-9, 3 * bytes / triad_s * 1e-9};
+}
+
+}  // namespace camex::perf

@@ -1,0 +1,23 @@
+# Shared by the scripts in this folder; sourced, not run.
+camex_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+camex_deps="$camex_root/.deps"
+camex_bundled_kokkos="$camex_deps/kokkos"
+
+log() { printf '[camex] %s\n' "$*" >&2; }
+die() { printf '[camex] error: %s\n' "$*" >&2; exit 1; }
+as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+# The Kokkos every build uses: the user's (Kokkos_ROOT) if set, else the bundled one.
+camex_kokkos_root() { printf '%s' "${Kokkos_ROOT:-$camex_bundled_kokkos}"; }
+
+# configure_and_build BUILD_DIR [cmake args...]: one Release build tree shared by the scripts.
+configure_and_build() {
+  local dir=$1; shift
+  local generator=()
+  [[ -f "$dir/CMakeCache.txt" ]] || generator=(-G Ninja)
+  mkdir -p "$dir"
+  cmake -S "$camex_root" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DKokkos_ROOT="$(camex_kokkos_root)" "$@" >"$dir/configure.log" 2>&1 \
+    || { cat "$dir/configure.log" >&2; die "cmake configure failed (log above)"; }
+  cmake --build "$dir" --parallel "$(nproc)"
+}
