@@ -10,14 +10,14 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 # The Kokkos every build uses: the user's (Kokkos_ROOT) if set, else the bundled one.
 camex_kokkos_root() { printf '%s' "${Kokkos_ROOT:-$camex_bundled_kokkos}"; }
 
-# configure_and_build BUILD_DIR [cmake args...]: one Release build tree shared by the scripts.
+# configure_and_build BUILD_DIR [cmake --build args, e.g. --target T]: one Release build tree shared by the scripts.
 configure_and_build() {
   local dir=$1; shift
   local generator=()
   [[ -f "$dir/CMakeCache.txt" ]] || generator=(-G Ninja)
   mkdir -p "$dir"
   cmake -S "$camex_root" -B "$dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
-    -DKokkos_ROOT="$(camex_kokkos_root)" "$@" >"$dir/configure.log" 2>&1 \
+    -DKokkos_ROOT="$(camex_kokkos_root)" >"$dir/configure.log" 2>&1 \
     || { cat "$dir/configure.log" >&2; die "cmake configure failed (log above)"; }
-  cmake --build "$dir" --parallel "$(nproc)"
+  cmake --build "$dir" --parallel "$(nproc)" "$@"
 }

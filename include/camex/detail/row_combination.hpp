@@ -15,14 +15,26 @@
 #include <algorithm>
 #include <cstddef>
 
+#include "camex/detail/streaming_store.hpp"
+
+// CAMEX_IVDEP: the loop's iterations are independent (no aliasing between its arrays).
+// CAMEX_VECTOR_LANES: a short fixed-trip loop whose index is the SIMD lane; without it GCC's SLP pass may
+// vectorise an enclosing unrolled loop instead and pay for gathers.
 #if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
 #define CAMEX_IVDEP
+#define CAMEX_VECTOR_LANES
+#elif defined(_OPENMP)
+#define CAMEX_IVDEP _Pragma("omp simd")
+#define CAMEX_VECTOR_LANES _Pragma("omp simd")
 #elif defined(__clang__)
 #define CAMEX_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#define CAMEX_VECTOR_LANES _Pragma("clang loop vectorize(assume_safety)")
 #elif defined(__GNUC__)
 #define CAMEX_IVDEP _Pragma("GCC ivdep")
+#define CAMEX_VECTOR_LANES _Pragma("GCC ivdep")
 #else
 #define CAMEX_IVDEP
+#define CAMEX_VECTOR_LANES
 #endif
 
 namespace camex {
@@ -63,49 +75,62 @@ KOKKOS_FORCEINLINE_FUNCTION void combine_block(const T* rows, std::ptrdiff_t row
   }
 }
 
-template <bool Accumulate, class T>
-KOKKOS_INLINE_FUNCTION void combine_remainder(int count, const T* rows, std::ptrdiff_t row_stride,
-                                              const Coefficients<T>& c, std::ptrdiff_t o, int k0, T* out,
-                                              int len) {
-  switch (count) {
-    case 1: combine_block<1, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
-    case 2: combine_block<2, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
-    case 3: combine_block<3, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
-    case 4: combine_block<4, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
-    case 5: combine_block<5, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
-    case 6: combine_block<6, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
-    case 7: combine_block<7, Accumulate>(rows, row_stride, c, o, k0, out, len); break;
+/// Calls Op<K>::run(k0, args...) on consecutive blocks [k0, k0 + K) that cover [0, count): K = 8 while eight
+/// remain, then one block of the remainder. Kernels get a compile-time row count to unroll over.
+template <template <int> class Op, class... Args>
+KOKKOS_FORCEINLINE_FUNCTION void for_each_block_of_8(int count, const Args&... args) {
+  int k0 = 0;
+  for (; k0 + 8 <= count; k0 += 8) Op<8>::run(k0, args...);
+  switch (count - k0) {
+    case 1: Op<1>::run(k0, args...); break;
+    case 2: Op<2>::run(k0, args...); break;
+    case 3: Op<3>::run(k0, args...); break;
+    case 4: Op<4>::run(k0, args...); break;
+    case 5: Op<5>::run(k0, args...); break;
+    case 6: Op<6>::run(k0, args...); break;
+    case 7: Op<7>::run(k0, args...); break;
     default: break;
   }
 }
+
+template <int K>
+struct CombineBlock {
+  template <class T>
+  KOKKOS_FORCEINLINE_FUNCTION static void run(int k0, const T* const& rows, const std::ptrdiff_t& row_stride,
+                                              const Coefficients<T>& c, const std::ptrdiff_t& o, T* const& out,
+                                              const int& len) {
+    if (k0 == 0)
+      combine_block<K, false>(rows, row_stride, c, o, k0, out, len);
+    else
+      combine_block<K, true>(rows, row_stride, c, o, k0, out, len);
+  }
+};
 
 /// One output row over one tile: blocks of 8 inputs, the first block writing and later blocks accumulating.
 template <class T>
 KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdiff_t row_stride,
                                          const Coefficients<T>& c, std::ptrdiff_t o, T* out, int len) {
-  constexpr int block = 8;
-  int k0 = 0;
-  for (; k0 + block <= in_rows; k0 += block) {
-    if (k0 == 0)
-      combine_block<block, false>(rows, row_stride, c, o, k0, out, len);
-    else
-      combine_block<block, true>(rows, row_stride, c, o, k0, out, len);
-  }
-  if (k0 == 0)
-    combine_remainder<false>(in_rows - k0, rows, row_stride, c, o, k0, out, len);
-  else
-    combine_remainder<true>(in_rows - k0, rows, row_stride, c, o, k0, out, len);
+  for_each_block_of_8<CombineBlock>(in_rows, rows, row_stride, c, o, out, len);
 }
 
-/// Elements of one tile: the K input tiles take about 16 KiB, half of the smallest L1 data cache camex targets,
-/// leaving room for the output tile and the hardware prefetcher's lines.
+/// Longest tile tile_length() returns; the streaming variant stages one output tile of this size on the stack.
+inline constexpr int max_tile_length = 4096;
+
+/// Bytes of input tiles a kernel keeps close: the merge streams each input tile once per output row, so its K
+/// tiles stay in L1 (16 KiB, half of the smallest L1 data cache camex targets, leaving room for the output tile
+/// and the prefetcher); the backward reads its d_merged and expert tiles in two passes, so L2 is close enough.
+inline constexpr std::size_t l1_tile_budget = 16 << 10;
+inline constexpr std::size_t l2_tile_budget = 256 << 10;
+
+/// Elements of one tile when `in_rows` rows of T must fit in `budget` bytes (a multiple of 64 in [64, 4096]).
 template <class T>
-inline int tile_length(int in_rows) {
-  const int fit = static_cast<int>(16384 / (sizeof(T) * static_cast<std::size_t>(std::max(in_rows, 1))));
-  return std::clamp(fit / 64 * 64, 64, 4096);
+inline int tile_length(int in_rows, std::size_t budget = l1_tile_budget) {
+  const auto fit = static_cast<int>(std::min<std::size_t>(
+      budget / (sizeof(T) * static_cast<std::size_t>(std::max(in_rows, 1))), max_tile_length));
+  return std::clamp(fit / 64 * 64, 64, max_tile_length);
 }
 
-template <class T>
+template <class T, bool Streaming>
 struct TiledRowCombination {
   Coefficients<T> coef;
   const T* rows;
@@ -120,7 +145,18 @@ struct TiledRowCombination {
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = static_cast<int>(length - p0 < static_cast<std::size_t>(tile) ? length - p0 : tile);
-    for (int o = 0; o < out_rows; ++o) combine_rows(in_rows, rows + p0, row_stride, coef, o, out + o * out_stride + p0, len);
+    if constexpr (Streaming) {
+      // The tile is finished in L1, then written past the caches in one go.
+      T staged[max_tile_length];
+      for (int o = 0; o < out_rows; ++o) {
+        combine_rows(in_rows, rows + p0, row_stride, coef, o, staged, len);
+        copy_streaming(out + o * out_stride + p0, staged, len);
+      }
+      streaming_fence();
+    } else {
+      for (int o = 0; o < out_rows; ++o)
+        combine_rows(in_rows, rows + p0, row_stride, coef, o, out + o * out_stride + p0, len);
+    }
   }
 };
 
@@ -157,10 +193,18 @@ void row_combination(const ExecSpace& space, Schedule schedule, Coefficients<T> 
                      std::size_t length) {
   if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
     const int tile = tile_length<T>(in_rows);
-    const std::size_t tiles = (length + tile - 1) / tile;
-    Kokkos::parallel_for("camex::row_combination[tiled]", Kokkos::RangePolicy<ExecSpace>(space, 0, tiles),
-                         TiledRowCombination<T>{coef, rows, row_stride, in_rows, out, out_stride, out_rows, length,
-                                                tile});
+    const auto policy = Kokkos::RangePolicy<ExecSpace>(space, 0, (length + tile - 1) / tile);
+    const TiledRowCombination<T, false> cached{coef, rows, row_stride, in_rows, out, out_stride, out_rows, length, tile};
+    constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
+    if constexpr (on_host) {
+      if (prefer_streaming_stores(sizeof(T) * length * static_cast<std::size_t>(out_rows))) {
+        Kokkos::parallel_for("camex::row_combination[tiled, streaming]", policy,
+                             TiledRowCombination<T, true>{cached.coef, rows, row_stride, in_rows, out, out_stride,
+                                                          out_rows, length, tile});
+        return;
+      }
+    }
+    Kokkos::parallel_for("camex::row_combination[tiled]", policy, cached);
   } else {
     Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, length),
                          LaneRowCombination<T>{coef, rows, row_stride, in_rows, out, out_stride, out_rows});

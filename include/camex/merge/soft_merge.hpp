@@ -45,21 +45,33 @@ MergeExtents check_merge_inputs(const char* function, const Scores& scores, cons
   return e;
 }
 
-/// Sum of a[i] * b[i] over one tile, in a fixed order (16 interleaved partial sums, then a fixed tree), so the
-/// result does not depend on where the tile came from. The partial sums are what lets the compiler vectorise.
-template <class T>
-KOKKOS_INLINE_FUNCTION T tile_dot(const T* a, const T* b, int len) {
-  constexpr int lanes = 16;
-  T part[lanes] = {};
-  int p = 0;
-  for (; p + lanes <= len; p += lanes)
-    for (int j = 0; j < lanes; ++j) part[j] += a[p + j] * b[p + j];
-  T tail = 0;
-  for (; p < len; ++p) tail += a[p] * b[p];
-  for (int width = lanes / 2; width > 0; width /= 2)
-    for (int j = 0; j < width; ++j) part[j] += part[j + width];
-  return part[0] + tail;
-}
+/// out[k0 + k] += sum_p a[p] * rows[k0 + k][p] over one tile, for K rows at once (a is loaded once for all K).
+/// Each dot product is summed in a fixed order whatever K is: 8 interleaved partial sums, a fixed tree, then the
+/// tail; so the result does not depend on the blocking or on where the tile came from.
+template <int K>
+struct TileDots {
+  template <class T>
+  KOKKOS_FORCEINLINE_FUNCTION static void run(int k0, const T* const& a, const T* const& rows,
+                                              const std::ptrdiff_t& row_stride, const int& len, double* const& out) {
+    constexpr int lanes = 8;
+    T part[K][lanes] = {};
+    const T* row[K];
+    for (int k = 0; k < K; ++k) row[k] = rows + (k0 + k) * row_stride;
+    int p = 0;
+    for (; p + lanes <= len; p += lanes)
+      for (int k = 0; k < K; ++k) {
+        CAMEX_VECTOR_LANES
+        for (int j = 0; j < lanes; ++j) part[k][j] += a[p + j] * row[k][p + j];
+      }
+    for (int k = 0; k < K; ++k) {
+      T tail = 0;
+      for (int q = p; q < len; ++q) tail += a[q] * row[k][q];
+      for (int width = lanes / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; ++j) part[k][j] += part[k][j + width];
+      out[k0 + k] += static_cast<double>(part[k][0] + tail);
+    }
+  }
+};
 
 /// The parameter axis of a backward is cut into chunks whose length depends only on P (at least 64 chunks when P
 /// allows), so per-chunk partial sums, added in chunk order, give the same d_scores for any thread count.
@@ -69,7 +81,7 @@ struct BackwardChunking {
   std::size_t chunk;
   std::size_t chunks;
   BackwardChunking(std::size_t params, std::size_t groups, std::size_t experts)
-      : tile(tile_length<T>(static_cast<int>(groups + experts))) {
+      : tile(tile_length<T>(static_cast<int>(groups + experts), l2_tile_budget)) {
     const std::size_t tiles = (params + tile - 1) / tile;
     const std::size_t tiles_per_chunk = std::max<std::size_t>(1, tiles / 64);
     chunk = tiles_per_chunk * tile;
@@ -77,13 +89,14 @@ struct BackwardChunking {
   }
 };
 
-/// d_scores partial sums of one chunk, tile by tile: partial[c, b, n] = sum over the chunk of d_merged[b] * experts[n].
+/// d_scores partial sums of one chunk, tile by tile: out[n] += sum over [begin, end) of a * experts[n], n < count.
 template <class T>
-KOKKOS_INLINE_FUNCTION double chunk_dot(const T* a, const T* b, std::size_t begin, std::size_t end, int tile) {
-  double acc = 0;
-  for (std::size_t p0 = begin; p0 < end; p0 += tile)
-    acc += tile_dot(a + p0, b + p0, static_cast<int>(end - p0 < static_cast<std::size_t>(tile) ? end - p0 : tile));
-  return acc;
+KOKKOS_INLINE_FUNCTION void chunk_dots(const T* a, const T* rows, std::ptrdiff_t row_stride, int count,
+                                       std::size_t begin, std::size_t end, int tile, double* out) {
+  for (std::size_t p0 = begin; p0 < end; p0 += tile) {
+    const int len = static_cast<int>(end - p0 < static_cast<std::size_t>(tile) ? end - p0 : tile);
+    for_each_block_of_8<TileDots>(count, a + p0, rows + p0, row_stride, len, out);
+  }
 }
 
 /// Host schedule of the backward: one chunk per work item; each tile of d_merged and experts is read from memory
@@ -111,8 +124,8 @@ struct TiledSoftMergeBackward {
       for (int n = 0; n < n_experts; ++n)
         combine_rows(groups, d_merged + p0, d_merged_stride, scores_t, n, d_experts + n * d_experts_stride + p0, len);
       for (int b = 0; b < groups; ++b)
-        for (int n = 0; n < n_experts; ++n)
-          mine[b * n_experts + n] += tile_dot(d_merged + b * d_merged_stride + p0, experts + n * experts_stride + p0, len);
+        for_each_block_of_8<TileDots>(n_experts, d_merged + b * d_merged_stride + p0, experts + p0, experts_stride, len,
+                                      mine + b * n_experts);
     }
   }
 };
@@ -202,7 +215,9 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
           const std::size_t c = i / (groups * n_experts);
           const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
           const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
-          out[i] = detail::chunk_dot(dm + b * dm_stride, w + n * w_stride, c * chunk, end, tile);
+          double acc = 0;
+          detail::chunk_dots(dm + b * dm_stride, w + n * w_stride, w_stride, 1, c * chunk, end, tile, &acc);
+          out[i] = acc;
         });
   }
 

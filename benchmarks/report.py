@@ -1,0 +1,95 @@
+"""Joins the three parts of one benchmarks/run (ceilings, camex's Google Benchmark JSON, PyTorch's JSON) into the
+table people read and the JSON file tools read. The JSON is written atomically (temporary file, flush, rename)."""
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+
+def camex_cases(path):
+    """Median real time per case from Google Benchmark's JSON (aggregates of repetitions), in seconds."""
+    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+    with open(path) as f:
+        data = json.load(f)
+    cases = {}
+    for bench in data["benchmarks"]:
+        if bench.get("run_type") == "aggregate" and bench.get("aggregate_name") != "median":
+            continue
+        name = bench.get("run_name", bench["name"]).removesuffix("/real_time")
+        cases[name] = {"camex_s": bench["real_time"] * scale[bench["time_unit"]],
+                       "bytes": bench["bytes"], "flops": bench["flops"]}
+    return cases, data.get("context", {})
+
+
+def write_atomically(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ceilings", required=True)
+    parser.add_argument("--camex", required=True)
+    parser.add_argument("--torch", required=True)
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+
+    with open(args.ceilings) as f:
+        ceilings = json.load(f)
+    with open(args.torch) as f:
+        torch = json.load(f)
+    cases, context = camex_cases(args.camex)
+    torch_by_name = {c["name"]: c for c in torch["cases"]}
+
+    triad = ceilings["stream_triad_GBps"]
+    sgemm = ceilings["sgemm_GFLOPs"]
+    rows = []
+    for name, c in cases.items():
+        t = torch_by_name.get(name)
+        row = {"name": name, "camex_s": c["camex_s"], "torch_s": t["seconds"] if t else None,
+               "torch_out_s": t["out_seconds"] if t else None, "bytes": c["bytes"], "flops": c["flops"]}
+        row["camex_GBps"] = c["bytes"] / c["camex_s"] * 1e-9
+        row["camex_GFLOPs"] = c["flops"] / c["camex_s"] * 1e-9
+        row["fraction_of_triad"] = row["camex_GBps"] / triad
+        row["speedup_vs_torch"] = row["torch_s"] / c["camex_s"] if t else None
+        row["speedup_vs_torch_out"] = row["torch_out_s"] / c["camex_s"] if t else None
+        rows.append(row)
+
+    print(f"ceilings: STREAM copy {ceilings['stream_copy_GBps']:.1f} GB/s, triad {triad:.1f} GB/s, "
+          f"SGEMM {sgemm:.1f} GFLOP/s ({ceilings['execution_space']}, concurrency {ceilings['concurrency']})")
+    print(f"torch {torch['torch_version']}, {torch['threads']} threads, BLAS loaded: "
+          f"{', '.join(torch['blas_loaded']) or 'none found'}")
+    print(f"  {torch['blas_config'][:160]}")
+    header = f"{'case':<44} {'camex ms':>9} {'GB/s':>7} {'%triad':>7} {'GFLOP/s':>8} {'torch ms':>9} {'x torch':>8} {'torch out= ms':>13} {'x out=':>7}"
+    print(header)
+    print("-" * len(header))
+    fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.lstrip(".0123456789f") or ">")
+    for r in rows:
+        print(f"{r['name']:<44} {r['camex_s'] * 1e3:>9.3f} {r['camex_GBps']:>7.1f} {100 * r['fraction_of_triad']:>6.0f}% "
+              f"{r['camex_GFLOPs']:>8.1f} {fmt(r['torch_s'] and r['torch_s'] * 1e3, '>9.3f')} "
+              f"{fmt(r['speedup_vs_torch'], '>7.2f')}x {fmt(r['torch_out_s'] and r['torch_out_s'] * 1e3, '>13.3f')} "
+              f"{fmt(r['speedup_vs_torch_out'], '>6.2f')}x")
+
+    report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "sgemm_GFLOPs")},
+              "machine": {"execution_space": ceilings["execution_space"], "concurrency": ceilings["concurrency"],
+                          "cpu": context.get("host_name"), "num_cpus": context.get("num_cpus"),
+                          "mhz_per_cpu": context.get("mhz_per_cpu")},
+              "torch": {k: torch[k] for k in ("torch_version", "threads", "blas_config", "blas_loaded")},
+              "cases": rows}
+    write_atomically(args.json, json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

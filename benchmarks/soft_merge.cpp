@@ -1,0 +1,72 @@
+// Soft merge forward and backward at N = 8 experts of P = 2^22 parameters, B in {1, 4, 16, 32} routing groups.
+// Each case reports its minimum traffic and work per call as counters "bytes" and "flops" (formulas in
+// docs/performance.md), which benchmarks/run turns into GB/s and GFLOP/s.
+#include <camex/camex.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <string>
+
+namespace {
+
+using Space = Kokkos::DefaultExecutionSpace;
+
+/// Fills a matrix with uniform values in [lo, hi) from the counter-based generator, touched by the threads that
+/// will use it.
+void fill(const camex::Matrix<float, Space>& m, std::uint32_t tensor, float lo, float hi) {
+  const camex::CounterRng rng(2025, 0);
+  const std::size_t cols = m.extent(1);
+  Kokkos::parallel_for("fill", Kokkos::RangePolicy<Space>(0, m.size()), KOKKOS_LAMBDA(std::size_t i) {
+    m(i / cols, i % cols) = lo + (hi - lo) * rng.uniform({tensor, 0, i});
+  });
+  Space().fence();
+}
+
+constexpr int experts = 8;
+constexpr std::size_t params = std::size_t{1} << 22;
+
+void forward(benchmark::State& state, int groups) {
+  camex::Matrix<float, Space> scores("scores", groups, experts), w("experts", experts, params),
+      merged("merged", groups, params);
+  fill(scores, 0, 0, 1);
+  fill(w, 1, -1, 1);
+  fill(merged, 2, 0, 0);
+  for (auto _ : state) {
+    camex::soft_merge(Space{}, scores, w, merged);
+    Space().fence();
+  }
+  state.counters["bytes"] = 4.0 * (experts + groups) * params;
+  state.counters["flops"] = 2.0 * groups * experts * params;
+}
+
+void backward(benchmark::State& state, int groups) {
+  camex::Matrix<float, Space> scores("scores", groups, experts), w("experts", experts, params),
+      d_merged("d_merged", groups, params), d_scores("d_scores", groups, experts), d_w("d_experts", experts, params);
+  fill(scores, 0, 0, 1);
+  fill(w, 1, -1, 1);
+  fill(d_merged, 2, -1, 1);
+  fill(d_w, 3, 0, 0);
+  const auto workspace =
+      camex::make_workspace<Space>(camex::soft_merge_backward_workspace_bytes<float>(groups, experts, params));
+  for (auto _ : state) {
+    camex::soft_merge_backward(Space{}, scores, w, d_merged, d_scores, d_w, workspace);
+    Space().fence();
+  }
+  state.counters["bytes"] = 4.0 * (2 * experts + groups) * params;
+  state.counters["flops"] = 4.0 * groups * experts * params;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Kokkos::ScopeGuard kokkos(argc, argv);
+  benchmark::Initialize(&argc, argv);
+  for (int groups : {1, 4, 16, 32}) {
+    const std::string shape = "/N=8/P=4194304/B=" + std::to_string(groups);
+    benchmark::RegisterBenchmark(("soft_merge_forward" + shape).c_str(), forward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("soft_merge_backward" + shape).c_str(), backward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
+  }
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
