@@ -11,14 +11,9 @@ namespace {
 
 using Space = Kokkos::DefaultExecutionSpace;
 
-/// Fills a matrix with uniform values in [lo, hi) from the counter-based generator, touched by the threads that
-/// will use it.
+/// Inputs uniform in [lo, hi), first touched by the threads that will use them.
 void fill(const camex::Matrix<float, Space>& m, std::uint32_t tensor, float lo, float hi) {
-  const camex::CounterRng rng(2025, 0);
-  const std::size_t cols = m.extent(1);
-  Kokkos::parallel_for("fill", Kokkos::RangePolicy<Space>(0, m.size()), KOKKOS_LAMBDA(std::size_t i) {
-    m(i / cols, i % cols) = lo + (hi - lo) * rng.uniform({tensor, 0, i});
-  });
+  camex::fill_uniform(Space{}, m, camex::CounterRng(2025, 0), tensor, lo, hi);
   Space().fence();
 }
 

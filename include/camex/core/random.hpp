@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "camex/core/views.hpp"
 #include "camex/detail/kokkos_compat.hpp"
 
 namespace camex {
@@ -86,5 +87,19 @@ class CounterRng {
  private:
   Philox4x32::key_type key_{};
 };
+
+/// Fills `m` on `space` with values uniform in [lo, hi): entry (r, c) is drawn at site (tensor, 0, r * cols + c),
+/// so the same generator fills the same matrix identically on every backend.
+template <class ExecSpace, MatrixOn<ExecSpace> View>
+  requires MutableMatrix<View>
+void fill_uniform(const ExecSpace& space, const View& m, const CounterRng& rng, std::uint32_t tensor,
+                  typename View::value_type lo, typename View::value_type hi) {
+  using T = typename View::value_type;
+  const std::size_t cols = m.extent(1);
+  Kokkos::parallel_for("camex::fill_uniform", Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(0) * cols),
+                       KOKKOS_LAMBDA(std::size_t i) {
+                         m(i / cols, i % cols) = lo + (hi - lo) * static_cast<T>(rng.uniform({tensor, 0, i}));
+                       });
+}
 
 }  // namespace camex
