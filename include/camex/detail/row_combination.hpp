@@ -130,8 +130,14 @@ inline int tile_length(int in_rows, std::size_t budget = l1_tile_budget) {
   return std::clamp(fit / 64 * 64, 64, max_tile_length);
 }
 
-template <class T, bool Streaming>
-struct TiledRowCombination {
+/// Length of the tile that starts at p0 in a range ending at `end`.
+KOKKOS_INLINE_FUNCTION int tile_extent(std::size_t p0, std::size_t end, int tile) {
+  return end - p0 < static_cast<std::size_t>(tile) ? static_cast<int>(end - p0) : tile;
+}
+
+/// out[o, p] = sum_k coef(o, k) * rows[k, p] for o < out_rows, k < in_rows, p < length.
+template <class T>
+struct RowCombination {
   Coefficients<T> coef;
   const T* rows;
   std::ptrdiff_t row_stride;
@@ -140,41 +146,40 @@ struct TiledRowCombination {
   std::ptrdiff_t out_stride;
   int out_rows;
   std::size_t length;
+};
+
+template <class T, bool Streaming>
+struct TiledRowCombination {
+  RowCombination<T> op;
   int tile;
 
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
-    const int len = static_cast<int>(length - p0 < static_cast<std::size_t>(tile) ? length - p0 : tile);
+    const int len = tile_extent(p0, op.length, tile);
     if constexpr (Streaming) {
       // The tile is finished in L1, then written past the caches in one go.
       T staged[max_tile_length];
-      for (int o = 0; o < out_rows; ++o) {
-        combine_rows(in_rows, rows + p0, row_stride, coef, o, staged, len);
-        copy_streaming(out + o * out_stride + p0, staged, len);
+      for (int o = 0; o < op.out_rows; ++o) {
+        combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, staged, len);
+        copy_streaming(op.out + o * op.out_stride + p0, staged, len);
       }
       streaming_fence();
     } else {
-      for (int o = 0; o < out_rows; ++o)
-        combine_rows(in_rows, rows + p0, row_stride, coef, o, out + o * out_stride + p0, len);
+      for (int o = 0; o < op.out_rows; ++o)
+        combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len);
     }
   }
 };
 
 template <class T>
 struct LaneRowCombination {
-  Coefficients<T> coef;
-  const T* rows;
-  std::ptrdiff_t row_stride;
-  int in_rows;
-  T* out;
-  std::ptrdiff_t out_stride;
-  int out_rows;
+  RowCombination<T> op;
 
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t p) const {
-    for (int o = 0; o < out_rows; ++o) {
+    for (int o = 0; o < op.out_rows; ++o) {
       T acc = 0;
-      for (int k = 0; k < in_rows; ++k) acc += coef(o, k) * rows[k * row_stride + p];
-      out[o * out_stride + p] = acc;
+      for (int k = 0; k < op.in_rows; ++k) acc += op.coef(o, k) * op.rows[k * op.row_stride + p];
+      op.out[o * op.out_stride + p] = acc;
     }
   }
 };
@@ -186,28 +191,23 @@ constexpr Schedule resolve(Schedule s) {
                                                                               : Schedule::lane_per_parameter;
 }
 
-/// out[o, :] = sum_k coef(o, k) rows[k, :] over `length` columns, on `space`.
+/// Runs `op` on `space` with the given schedule.
 template <class ExecSpace, class T>
-void row_combination(const ExecSpace& space, Schedule schedule, Coefficients<T> coef, const T* rows,
-                     std::ptrdiff_t row_stride, int in_rows, T* out, std::ptrdiff_t out_stride, int out_rows,
-                     std::size_t length) {
+void row_combination(const ExecSpace& space, Schedule schedule, const RowCombination<T>& op) {
   if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
-    const int tile = tile_length<T>(in_rows);
-    const auto policy = Kokkos::RangePolicy<ExecSpace>(space, 0, (length + tile - 1) / tile);
-    const TiledRowCombination<T, false> cached{coef, rows, row_stride, in_rows, out, out_stride, out_rows, length, tile};
+    const int tile = tile_length<T>(op.in_rows);
+    const auto policy = Kokkos::RangePolicy<ExecSpace>(space, 0, (op.length + tile - 1) / tile);
     constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
     if constexpr (on_host) {
-      if (prefer_streaming_stores(sizeof(T) * length * static_cast<std::size_t>(out_rows))) {
-        Kokkos::parallel_for("camex::row_combination[tiled, streaming]", policy,
-                             TiledRowCombination<T, true>{cached.coef, rows, row_stride, in_rows, out, out_stride,
-                                                          out_rows, length, tile});
+      if (prefer_streaming_stores(sizeof(T) * op.length * static_cast<std::size_t>(op.out_rows))) {
+        Kokkos::parallel_for("camex::row_combination[tiled, streaming]", policy, TiledRowCombination<T, true>{op, tile});
         return;
       }
     }
-    Kokkos::parallel_for("camex::row_combination[tiled]", policy, cached);
+    Kokkos::parallel_for("camex::row_combination[tiled]", policy, TiledRowCombination<T, false>{op, tile});
   } else {
-    Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, length),
-                         LaneRowCombination<T>{coef, rows, row_stride, in_rows, out, out_stride, out_rows});
+    Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.length),
+                         LaneRowCombination<T>{op});
   }
 }
 

@@ -94,7 +94,7 @@ template <class T>
 KOKKOS_INLINE_FUNCTION void chunk_dots(const T* a, const T* rows, std::ptrdiff_t row_stride, int count,
                                        std::size_t begin, std::size_t end, int tile, double* out) {
   for (std::size_t p0 = begin; p0 < end; p0 += tile) {
-    const int len = static_cast<int>(end - p0 < static_cast<std::size_t>(tile) ? end - p0 : tile);
+    const int len = tile_extent(p0, end, tile);
     for_each_block_of_8<TileDots>(count, a + p0, rows + p0, row_stride, len, out);
   }
 }
@@ -120,7 +120,7 @@ struct TiledSoftMergeBackward {
     for (int i = 0; i < groups * n_experts; ++i) mine[i] = 0;
     const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
     for (std::size_t p0 = c * chunk; p0 < end; p0 += tile) {
-      const int len = static_cast<int>(end - p0 < static_cast<std::size_t>(tile) ? end - p0 : tile);
+      const int len = tile_extent(p0, end, tile);
       for (int n = 0; n < n_experts; ++n)
         combine_rows(groups, d_merged + p0, d_merged_stride, scores_t, n, d_experts + n * d_experts_stride + p0, len);
       for (int b = 0; b < groups; ++b)
@@ -156,9 +156,14 @@ void soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsV
   detail::require_disjoint(fn, "merged", merged, "experts", experts);
   detail::require_disjoint(fn, "merged", merged, "scores", scores);
   detail::row_combination(space, schedule,
-                          detail::Coefficients<T>{scores.data(), detail::row_stride(scores), 1},
-                          experts.data(), detail::row_stride(experts), static_cast<int>(e.experts), merged.data(),
-                          detail::row_stride(merged), static_cast<int>(e.groups), e.params);
+                          detail::RowCombination<T>{.coef = {scores.data(), detail::row_stride(scores), 1},
+                                                    .rows = experts.data(),
+                                                    .row_stride = detail::row_stride(experts),
+                                                    .in_rows = static_cast<int>(e.experts),
+                                                    .out = merged.data(),
+                                                    .out_stride = detail::row_stride(merged),
+                                                    .out_rows = static_cast<int>(e.groups),
+                                                    .length = e.params});
 }
 
 /// Backward of soft_merge: d_scores = d_merged * experts^T, d_experts = scores^T * d_merged (both overwritten).
@@ -200,8 +205,15 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
                                                            partial.data(), groups, n_experts, e.params, chunking.chunk,
                                                            chunking.tile});
   } else {
-    detail::row_combination(space, schedule, scores_t, d_merged.data(), detail::row_stride(d_merged), groups, d_experts.data(),
-                            detail::row_stride(d_experts), n_experts, e.params);
+    detail::row_combination(space, schedule,
+                            detail::RowCombination<T>{.coef = scores_t,
+                                                      .rows = d_merged.data(),
+                                                      .row_stride = detail::row_stride(d_merged),
+                                                      .in_rows = groups,
+                                                      .out = d_experts.data(),
+                                                      .out_stride = detail::row_stride(d_experts),
+                                                      .out_rows = n_experts,
+                                                      .length = e.params});
     const T* dm = d_merged.data();
     const T* w = experts.data();
     const auto dm_stride = detail::row_stride(d_merged), w_stride = detail::row_stride(experts);
