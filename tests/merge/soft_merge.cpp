@@ -217,7 +217,7 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
         soft_merge_backward(Space{}, scores, experts, merged, d_scores, d_experts,
                             Kokkos::subview(big, Kokkos::make_pair(std::size_t{1}, need + 8)));
       },
-      "workspace", {"aligned to 8 bytes"});
+      "workspace", {"aligned to 64 bytes"});
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -24,21 +24,49 @@ Workspace<ExecSpace> make_workspace(std::size_t bytes, const char* label = "came
 
 namespace detail {
 
-/// Views `count` elements of T at the start of `workspace`, after checking size and alignment.
-template <class T, class ExecSpace>
-Kokkos::View<T*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>> carve(
-    const char* function, const Workspace<ExecSpace>& workspace, std::size_t count) {
-  const std::size_t bytes = count * sizeof(T);
-  if (workspace.extent(0) < bytes)
-    throw argument_error(function, "workspace", concat("at least ", bytes, " bytes (ask the *_workspace_bytes query)"),
-                         concat(workspace.extent(0), " bytes"));
-  if (reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(T) != 0)
-    throw argument_error(function, "workspace", concat("an address aligned to ", alignof(T), " bytes"),
-                         concat("an address ", reinterpret_cast<std::uintptr_t>(workspace.data()) % alignof(T),
-                                " bytes past such a boundary"));
-  using Carved = Kokkos::View<T*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-  return Carved(reinterpret_cast<T*>(workspace.data()), count);
-}
+/// Hands out consecutive 64-byte-aligned arrays from a workspace. The same sequence of take() calls on a carver
+/// built without a workspace only counts bytes, so a kernel's size query and its carving cannot drift apart:
+///   std::size_t bytes() { WorkspaceCarver<S> c; layout(c); return c.bytes(); }
+template <class ExecSpace>
+class WorkspaceCarver {
+ public:
+  template <class T>
+  using Array = Kokkos::View<T*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+  /// Counting mode: take() returns empty arrays and bytes() reports what a real workspace needs.
+  WorkspaceCarver() = default;
+
+  /// Carving mode: throws argument_error unless `workspace` is large enough for everything taken.
+  WorkspaceCarver(const char* function, const Workspace<ExecSpace>& workspace)
+      : function_(function), workspace_(workspace), carving_(true) {
+    if (reinterpret_cast<std::uintptr_t>(workspace.data()) % alignment != 0)
+      throw argument_error(function, "workspace", concat("an address aligned to ", alignment, " bytes"),
+                           concat("an address ", reinterpret_cast<std::uintptr_t>(workspace.data()) % alignment,
+                                  " bytes past such a boundary"));
+  }
+
+  template <class T>
+  Array<T> take(std::size_t count) {
+    const std::size_t begin = (used_ + alignment - 1) / alignment * alignment;
+    used_ = begin + count * sizeof(T);
+    if (!carving_) return {};
+    if (workspace_.extent(0) < used_)
+      throw argument_error(function_, "workspace", concat("at least ", used_, " bytes (ask the *_workspace_bytes query)"),
+                           concat(workspace_.extent(0), " bytes"));
+    return Array<T>(reinterpret_cast<T*>(workspace_.data() + begin), count);
+  }
+
+  std::size_t bytes() const { return used_; }
+
+  /// Every array starts on a cache line (and on any scalar's alignment).
+  static constexpr std::size_t alignment = 64;
+
+ private:
+  const char* function_ = "";
+  Workspace<ExecSpace> workspace_;
+  bool carving_ = false;
+  std::size_t used_ = 0;
+};
 
 }  // namespace detail
 }  // namespace camex

@@ -133,9 +133,11 @@ struct TiledSoftMergeBackward {
 }  // namespace detail
 
 /// Bytes of workspace soft_merge_backward needs for B groups, N experts and P parameters of type Scalar.
-template <std::floating_point Scalar>
+template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t soft_merge_backward_workspace_bytes(std::size_t groups, std::size_t experts, std::size_t params) {
-  return detail::BackwardChunking<Scalar>(params, groups, experts).chunks * groups * experts * sizeof(double);
+  detail::WorkspaceCarver<ExecSpace> carver;
+  carver.template take<double>(detail::BackwardChunking<Scalar>(params, groups, experts).chunks * groups * experts);
+  return carver.bytes();
 }
 
 /// merged[b, :] = sum_n scores[b, n] * experts[n, :]. `merged` is overwritten.
@@ -194,7 +196,7 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
   detail::require_disjoint(fn, "d_scores", d_scores, "scores", scores);
 
   const detail::BackwardChunking<T> chunking(e.params, e.groups, e.experts);
-  const auto partial = detail::carve<double, ExecSpace>(fn, workspace, chunking.chunks * e.groups * e.experts);
+  const auto partial = detail::WorkspaceCarver<ExecSpace>(fn, workspace).template take<double>(chunking.chunks * e.groups * e.experts);
   const detail::Coefficients<T> scores_t{scores.data(), 1, detail::row_stride(scores)};
   const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
 
@@ -253,7 +255,7 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
                          Schedule schedule = Schedule::automatic) {
   using T = typename DExpertsView::non_const_value_type;
   const auto workspace = make_workspace<ExecSpace>(
-      soft_merge_backward_workspace_bytes<T>(scores.extent(0), experts.extent(0), experts.extent(1)),
+      soft_merge_backward_workspace_bytes<T, ExecSpace>(scores.extent(0), experts.extent(0), experts.extent(1)),
       "camex::soft_merge_backward::workspace");
   soft_merge_backward(space, scores, experts, d_merged, d_scores, d_experts, workspace, schedule);
 }

@@ -1,0 +1,123 @@
+// Exact top-k by magnitude against a stable sort on the host (magnitude descending, index ascending), with ties
+// at the threshold, signed zeros, infinities, subnormals, both float and double; and its error paths.
+#include "camex/core/top_k.hpp"
+
+#include "testing.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+using namespace camex;
+using namespace camex::testing;
+
+namespace {
+
+/// The mask a stable sort gives: the first k indices after ordering by |x| descending, ties by index ascending.
+template <class T>
+std::vector<std::uint8_t> reference_mask(const std::vector<T>& row, std::size_t k) {
+  std::vector<std::size_t> order(row.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return std::abs(row[a]) > std::abs(row[b]); });
+  std::vector<std::uint8_t> mask(row.size(), 0);
+  for (std::size_t i = 0; i < k; ++i) mask[order[i]] = 1;
+  return mask;
+}
+
+template <class T>
+void check_rows(const std::vector<std::vector<T>>& rows, std::size_t k, const char* what) {
+  BOOST_TEST_CONTEXT(what << ", T = " << (sizeof(T) == 4 ? "float" : "double") << ", P = " << rows[0].size()
+                          << ", k = " << k) {
+    const std::size_t R = rows.size(), P = rows[0].size();
+    Matrix<T, Space> values("values", R, P);
+    Matrix<std::uint8_t, Space> keep("keep", R, P);
+    auto host = Kokkos::create_mirror_view(values);
+    for (std::size_t r = 0; r < R; ++r)
+      for (std::size_t p = 0; p < P; ++p) host(r, p) = rows[r][p];
+    Kokkos::deep_copy(values, host);
+    const auto workspace = make_workspace<Space>(top_k_workspace_bytes<T, Space>(R, P));
+    top_k_by_magnitude(Space{}, values, k, keep, workspace);
+    auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, keep);
+    for (std::size_t r = 0; r < R; ++r) {
+      const auto expected = reference_mask(rows[r], k);
+      std::size_t mismatches = 0, first = P, kept = 0;
+      for (std::size_t p = 0; p < P; ++p) {
+        kept += got(r, p);
+        if (got(r, p) != expected[p] && mismatches++ == 0) first = p;
+      }
+      BOOST_TEST(kept == k, "row " << r);
+      BOOST_TEST(mismatches == 0u, "row " << r << ": " << mismatches << " entries differ from the stable sort, first at "
+                                          << first);
+    }
+  }
+}
+
+template <class T>
+std::vector<std::vector<T>> random_rows(std::size_t rows, std::size_t params, std::mt19937_64& gen, int levels) {
+  // levels > 0: values drawn from a few magnitudes, so many entries tie at the threshold.
+  std::uniform_real_distribution<double> uniform(-1, 1);
+  std::uniform_int_distribution<int> level(-levels, levels);
+  std::vector<std::vector<T>> out(rows, std::vector<T>(params));
+  for (auto& row : out)
+    for (auto& x : row) x = levels > 0 ? static_cast<T>(0.25 * level(gen)) : static_cast<T>(uniform(gen));
+  return out;
+}
+
+template <class T>
+void check_type(std::mt19937_64& gen) {
+  for (std::size_t params : {1ul, 5ul, 64ul, 4097ul, 300001ul})
+    for (std::size_t k : {std::size_t{1}, std::max<std::size_t>(1, params / 5), params - params / 3, params}) {
+      check_rows(random_rows<T>(3, params, gen, 0), k, "distinct magnitudes");
+      check_rows(random_rows<T>(3, params, gen, 3), k, "many ties");
+    }
+  // Signed zeros tie with each other; subnormals and infinities order like any magnitude.
+  const T inf = std::numeric_limits<T>::infinity(), tiny = std::numeric_limits<T>::denorm_min();
+  const std::vector<T> special = {T(0), T(-0.0), tiny, -tiny, T(1), -inf, inf, T(-1), T(0), 4 * tiny, T(-0.0), T(2)};
+  for (std::size_t k = 1; k <= special.size(); ++k) check_rows<T>({special}, k, "special values");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(top_k)
+
+BOOST_AUTO_TEST_CASE(matches_stable_sort) {
+  std::mt19937_64 gen(test_seed());
+  BOOST_TEST_CONTEXT("backend " << space_name << ", CAMEX_TEST_SEED=" << test_seed()) {
+    check_type<float>(gen);
+    check_type<double>(gen);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(count_from_density_follows_mergekit) {
+  BOOST_TEST(top_k_count("f", 0.2, 10) == 2u);
+  BOOST_TEST(top_k_count("f", 0.25, 10) == 2u);  // floor, as mergekit's int(density * numel)
+  BOOST_TEST(top_k_count("f", 1.0, 10) == 10u);
+  BOOST_TEST(top_k_count("f", 3.0, 10) == 10u);
+  require_argument_error([] { top_k_count("f", 0.05, 10); }, "density", {"at least 1/10", "0.05, which keeps none"});
+  require_argument_error([] { top_k_count("f", 0.0, 10); }, "density", {"a fraction in (0, 1]", "given 0"});
+  require_argument_error([] { top_k_count("f", std::nan(""), 10); }, "density", {"a fraction in (0, 1]"});
+}
+
+BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
+  const char* fn = "camex::top_k_by_magnitude";
+  Matrix<float, Space> values("values", 2, 100);
+  Kokkos::deep_copy(values, 0.5f);
+  Matrix<std::uint8_t, Space> keep("keep", 2, 100);
+  const auto workspace = make_workspace<Space>(top_k_workspace_bytes<float, Space>(2, 100));
+  require_argument_error([&] { top_k_by_magnitude(Space{}, values, 0, keep, workspace); }, "k", {fn, "[1, 100]", "given 0"});
+  require_argument_error([&] { top_k_by_magnitude(Space{}, values, 101, keep, workspace); }, "k", {"given 101"});
+  require_argument_error([&] { top_k_by_magnitude(Space{}, values, 5, Matrix<std::uint8_t, Space>("k", 2, 99), workspace); },
+                         "keep", {"[2, 100]", "given [2, 99]"});
+  require_argument_error([&] { top_k_by_magnitude(Space{}, Matrix<float, Space>("v", 0, 100), 5, keep, workspace); },
+                         "values", {"non-empty"});
+  require_argument_error(
+      [&] { top_k_by_magnitude(Space{}, values, 5, keep, make_workspace<Space>(top_k_workspace_bytes<float, Space>(2, 100) - 1)); },
+      "workspace", {"bytes (ask the *_workspace_bytes query)"});
+  Kokkos::deep_copy(Kokkos::subview(values, 1, 37), std::nanf(""));
+  require_argument_error([&] { top_k_by_magnitude(Space{}, values, 5, keep, workspace); }, "values",
+                         {"no NaN", "1 NaN values, the first at values(1, 37)"});
+}
+
+BOOST_AUTO_TEST_SUITE_END()
