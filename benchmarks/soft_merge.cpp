@@ -1,4 +1,5 @@
-// Soft merge forward and backward at N = 8 experts of P = 2^22 parameters, B in {1, 4, 16, 32} routing groups.
+// Soft merge forward and backward at N = 8 experts of P = 2^22 parameters, B in {1, 4, 16, 32} routing groups,
+// and the exact top-k selection of TIES at the same size.
 // Each case reports its minimum traffic and work per call as counters "bytes" and "flops" (formulas in
 // docs/performance.md), which benchmarks/run turns into GB/s and GFLOP/s.
 #include <camex/camex.hpp>
@@ -51,6 +52,21 @@ void backward(benchmark::State& state, int groups) {
   state.counters["flops"] = 4.0 * groups * experts * params;
 }
 
+/// The trim step of TIES: per-expert exact top-k by magnitude at density 0.2 (k = floor(0.2 P)).
+void ties_top_k(benchmark::State& state) {
+  camex::Matrix<float, Space> deltas("deltas", experts, params);
+  camex::Matrix<std::uint8_t, Space> keep("keep", experts, params);
+  fill(deltas, 4, -1, 1);
+  const std::size_t k = camex::top_k_count("bench", 0.2, params);
+  const auto workspace = camex::make_workspace<Space>(camex::top_k_workspace_bytes<float, Space>(experts, params));
+  for (auto _ : state) {
+    camex::top_k_by_magnitude(Space{}, deltas, k, keep, workspace);
+    Space().fence();
+  }
+  state.counters["bytes"] = (4.0 + 1.0) * experts * params;  // read every delta once, write one mask byte each
+  state.counters["flops"] = 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -61,6 +77,7 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("soft_merge_forward" + shape).c_str(), forward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("soft_merge_backward" + shape).c_str(), backward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
   }
+  benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -65,10 +65,30 @@ def soft_merge_cases():
                backward_out)
 
 
+def top_k_cases():
+    n, p, density = 8, 1 << 22, 0.2
+    k = int(density * p)
+    gen = torch.Generator().manual_seed(2025)
+    deltas = torch.rand(n, p, generator=gen) * 2 - 1
+    keep = torch.empty(n, p, dtype=torch.uint8)
+    values = torch.empty(n, k)
+    indices = torch.empty(n, k, dtype=torch.long)
+
+    def idiomatic():
+        mask = torch.zeros(n, p, dtype=torch.uint8)
+        return mask.scatter_(1, torch.topk(deltas.abs(), k, dim=1).indices, 1)
+
+    def preallocated():
+        torch.topk(deltas.abs(), k, dim=1, out=(values, indices))
+        keep.zero_().scatter_(1, indices, 1)
+
+    yield f"ties_top_k/N={n}/P={p}/density={density}", idiomatic, preallocated
+
+
 # Each case yields (name, idiomatic, preallocated): the expression a PyTorch user writes (fresh output tensors,
 # whose page faults are part of its cost on CPU) and the same math into preallocated outputs (out=), which is the
 # kernel-for-kernel comparison with camex. Both are reported.
-CASES = [soft_merge_cases]
+CASES = [soft_merge_cases, top_k_cases]
 
 
 def main():
