@@ -1,8 +1,12 @@
 #pragma once
 // Exact top-k by magnitude, per row: the "trim" step of TIES (keep the `density` fraction of each task vector's
 // entries with the largest |value|). An O(P) radix select on the bits of |x| (for IEEE floats, |x| read as an
-// unsigned integer orders like |x|), not a sort: one histogram pass per byte of the key finds the k-th largest
-// magnitude, then one pass counts and one pass marks.
+// unsigned integer orders like |x|), not a sort. Digits are taken most significant first: 12 bits, then 11 at a
+// time. Each digit is found by a histogram over the entries that match the digits found so far; while those are
+// many, that is a pass over the whole row, and as soon as they fit a candidate list of P/16 entries they are
+// compacted (in index order), every entry outside the list is marked in the same pass, and the remaining digits
+// only look at the list. On typical data (one 12-bit digit leaves a few percent of the entries) that is two passes
+// over the row: a histogram, then compaction with marking.
 //
 // Ties: where several entries share the k-th largest magnitude, the ones with the lowest indices are kept, so
 // the mask is a function of the values alone (PyTorch's topk and mergekit leave this unspecified).
@@ -14,11 +18,13 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "camex/core/error.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
+#include "camex/detail/row_combination.hpp"
 
 namespace camex {
 
@@ -54,33 +60,75 @@ KOKKOS_INLINE_FUNCTION magnitude_key<T> key_of(T x) {
 template <class T>
 constexpr magnitude_key<T> infinity_key = std::bit_cast<magnitude_key<T>>(std::numeric_limits<T>::infinity());
 
-/// Work decomposition of a row: fixed chunks that depend on P only (so results do not depend on threads).
+/// The digits of a key below its (always clear) sign bit, most significant first: 12 bits, then at most 11.
+/// float: 12 + 11 + 8; double: 12 + 11 + 11 + 11 + 11 + 7.
+template <class T>
+struct DigitPlan {
+  int count = 0;
+  int shift[8] = {};
+  int width[8] = {};
+  constexpr DigitPlan() {
+    for (int top = 8 * static_cast<int>(sizeof(T)) - 1, w = 12; top > 0; top -= w, w = 11) {
+      w = w < top ? w : top;
+      shift[count] = top - w;
+      width[count] = w;
+      ++count;
+    }
+  }
+};
+
+inline constexpr int max_digit_bins = 1 << 12;
+
+/// Work decomposition of a row: at most 16 fixed chunks that depend on P only (so results do not depend on the
+/// thread count), each a multiple of 64 entries.
 struct SelectChunking {
-  std::size_t chunk, chunks;
+  std::size_t chunk, chunks, capacity;
   explicit SelectChunking(std::size_t params) {
-    const std::size_t wanted = std::min<std::size_t>(64, (params + 4095) / 4096);
+    const std::size_t wanted = std::min<std::size_t>(16, (params + 16383) / 16384);
     chunk = ((params + wanted - 1) / wanted + 63) / 64 * 64;
     chunks = (params + chunk - 1) / chunk;
+    capacity = std::min(params, params / 16 + 64);
   }
 };
 
 /// The arrays of one selection, in the order they are carved from the workspace.
 template <class ExecSpace, class T>
 struct SelectState {
-  using Key = magnitude_key<T>;
-  typename WorkspaceCarver<ExecSpace>::template Array<std::uint32_t> histogram;  // [rows, chunks, 256]
-  typename WorkspaceCarver<ExecSpace>::template Array<Key> prefix;              // per row: threshold bits so far
-  typename WorkspaceCarver<ExecSpace>::template Array<std::uint64_t> remaining;  // per row: ranks still to place
-  typename WorkspaceCarver<ExecSpace>::template Array<std::uint64_t> equal;      // [rows, chunks]: ties, then offsets
-  typename WorkspaceCarver<ExecSpace>::template Array<std::uint64_t> nan_count;  // [1]
+  template <class U>
+  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
+  Array<std::uint32_t> histogram;        // [rows, chunks, max_digit_bins]
+  Array<magnitude_key<T>> prefix;        // per row: the digits of the threshold found so far
+  Array<std::uint64_t> remaining;        // per row: ranks still to place among entries matching the prefix
+  Array<std::uint64_t> matches;          // per row: entries matching the prefix
+  Array<std::uint32_t> candidates;       // [rows, capacity]: indices matching the prefix, ascending
+  Array<std::uint64_t> equal;            // [rows, chunks]: ties per chunk, then their offsets
+  Array<std::uint64_t> nan_count;        // [1]: entries whose magnitude is +inf or NaN
 
-  SelectState(WorkspaceCarver<ExecSpace>& carver, std::size_t rows, std::size_t chunks)
-      : histogram(carver.template take<std::uint32_t>(rows * chunks * 256)),
-        prefix(carver.template take<Key>(rows)),
+  SelectState(WorkspaceCarver<ExecSpace>& carver, std::size_t rows, const SelectChunking& chunking)
+      : histogram(carver.template take<std::uint32_t>(rows * chunking.chunks * max_digit_bins)),
+        prefix(carver.template take<magnitude_key<T>>(rows)),
         remaining(carver.template take<std::uint64_t>(rows)),
-        equal(carver.template take<std::uint64_t>(rows * chunks)),
+        matches(carver.template take<std::uint64_t>(rows)),
+        candidates(carver.template take<std::uint32_t>(rows * chunking.capacity)),
+        equal(carver.template take<std::uint64_t>(rows * chunking.chunks)),
         nan_count(carver.template take<std::uint64_t>(1)) {}
 };
+
+/// Walks bins from the top: returns the bin holding the `left`-th largest entry and reduces `left` by the entries
+/// in higher bins. `count(bin)` gives a bin's population.
+template <class Count>
+KOKKOS_INLINE_FUNCTION int pick_bin(int bins, std::uint64_t& left, std::uint64_t& population, const Count& count) {
+  for (int d = bins - 1; d > 0; --d) {
+    const std::uint64_t c = count(d);
+    if (c >= left) {
+      population = c;
+      return d;
+    }
+    left -= c;
+  }
+  population = count(0);  // the invariant left <= entries matching the prefix puts the rank here
+  return 0;
+}
 
 }  // namespace detail
 
@@ -88,13 +136,13 @@ struct SelectState {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t top_k_workspace_bytes(std::size_t rows, std::size_t params) {
   detail::WorkspaceCarver<ExecSpace> carver;
-  detail::SelectState<ExecSpace, Scalar>(carver, rows, detail::SelectChunking(params).chunks);
+  detail::SelectState<ExecSpace, Scalar>(carver, rows, detail::SelectChunking(params));
   return carver.bytes();
 }
 
 /// keep(r, p) = 1 for the k entries of row r of `values` with the largest magnitude, 0 for the others; among
-/// entries tied at the k-th largest magnitude the lowest indices are kept. 1 <= k <= P. NaN values are rejected
-/// (argument_error naming the first one); infinities are ordinary large magnitudes.
+/// entries tied at the k-th largest magnitude the lowest indices are kept. 1 <= k <= P < 2^32. NaN values are
+/// rejected (argument_error naming the first one); infinities are ordinary large magnitudes.
 template <class ExecSpace, MatrixOn<ExecSpace> Values, MatrixOn<ExecSpace> Keep>
   requires MutableMatrix<Keep> && std::same_as<typename Keep::value_type, std::uint8_t> &&
            std::floating_point<typename Values::non_const_value_type>
@@ -105,103 +153,176 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
   constexpr const char* fn = "camex::top_k_by_magnitude";
   detail::require_nonempty(fn, "values", values, "[R, P] matrix");
   const std::size_t rows = values.extent(0), params = values.extent(1);
+  if (params > std::numeric_limits<std::uint32_t>::max())
+    throw argument_error(fn, "values", "rows of fewer than 2^32 entries", detail::concat("shape ", detail::shape_of(values)));
   detail::require_shape(fn, "keep", keep, rows, params, "[R, P], the shape of values");
   if (k < 1 || k > params)
     throw argument_error(fn, "k", detail::concat("a count in [1, ", params, "] (P = values.extent(1))"), detail::concat(k));
 
   const detail::SelectChunking chunking(params);
   detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
-  const detail::SelectState<ExecSpace, T> state(carver, rows, chunking.chunks);
-  const std::size_t chunk = chunking.chunk, chunks = chunking.chunks;
+  const detail::SelectState<ExecSpace, T> st(carver, rows, chunking);
+  const std::size_t chunk = chunking.chunk, chunks = chunking.chunks, capacity = chunking.capacity;
   const auto per_chunk = Kokkos::RangePolicy<ExecSpace>(space, 0, rows * chunks);
   const auto per_row = Kokkos::RangePolicy<ExecSpace>(space, 0, rows);
-  const auto hist = state.histogram;
-  const auto prefix = state.prefix;
-  const auto remaining = state.remaining;
-  const auto equal = state.equal;
-  const auto nans = state.nan_count;
+  const T* data = values.data();
+  const auto stride = detail::row_stride(values);
+  std::uint8_t* out = keep.data();
+  const auto out_stride = detail::row_stride(keep);
 
-  Kokkos::deep_copy(space, nans, std::uint64_t{0});
+  Kokkos::deep_copy(space, st.nan_count, std::uint64_t{0});
   Kokkos::parallel_for("camex::top_k[init]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-    prefix(r) = 0;
-    remaining(r) = k;
+    st.prefix(r) = 0;
+    st.remaining(r) = k;
+    st.matches(r) = params;
   });
 
-  // Most significant byte first: count, among the entries whose higher bytes match the prefix found so far, how
-  // many have each value of this byte; the k-th largest lies in the highest bin where the running count reaches
-  // the ranks still to place.
-  for (int shift = 8 * static_cast<int>(sizeof(Key)) - 8; shift >= 0; shift -= 8) {
-    const Key high_mask = shift + 8 >= 8 * static_cast<int>(sizeof(Key)) ? Key{0} : ~Key{0} << (shift + 8);
-    const bool first = shift + 8 == 8 * static_cast<int>(sizeof(Key));
-    Kokkos::parallel_for("camex::top_k[histogram]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
-      const std::size_t r = i / chunks, c = i % chunks;
-      std::uint32_t local[256] = {};
-      std::uint64_t local_nans = 0;
-      const Key want = prefix(r);
-      const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
-      // Branch-free: after the first byte about half the entries match the prefix, in no predictable order.
-      for (std::size_t p = c * chunk; p < end; ++p) {
-        const Key key = detail::key_of(values(r, p));
-        if (first) local_nans += key > detail::infinity_key<T>;
-        local[(key >> shift) & 0xff] += (key & high_mask) == want;
-      }
-      for (int d = 0; d < 256; ++d) hist(i * 256 + d) = local[d];
-      if (local_nans) Kokkos::atomic_add(&nans(0), local_nans);
-    });
-    if (first) {
-      std::uint64_t found = 0;
-      space.fence();
-      Kokkos::deep_copy(found, Kokkos::subview(nans, 0));
-      if (found) {
-        auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values);
-        for (std::size_t r = 0; r < rows; ++r)
-          for (std::size_t p = 0; p < params; ++p)
-            if (std::isnan(host(r, p)))
-              throw argument_error(fn, "values", "no NaN (magnitudes must be ordered)",
-                                   detail::concat(found, " NaN values, the first at values(", r, ", ", p, ')'));
-      }
-    }
-    Kokkos::parallel_for("camex::top_k[pick digit]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-      std::uint64_t left = remaining(r);
-      for (int d = 255; d >= 0; --d) {
-        std::uint64_t count = 0;
-        for (std::size_t c = 0; c < chunks; ++c) count += hist((r * chunks + c) * 256 + d);
-        if (count >= left) {  // always met by d = 0: every entry matching the prefix is counted
-          prefix(r) |= static_cast<Key>(d) << shift;
-          break;
+  constexpr detail::DigitPlan<T> plan;
+  bool compacted = false;
+  for (int digit = 0; digit < plan.count; ++digit) {
+    const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
+    const Key above = ~Key{0} << (shift + plan.width[digit]);  // bits of the digits already found
+    if (!compacted) {
+      const bool first = digit == 0;
+      // Keys of +inf and of every NaN start with the all-ones exponent, so they can only land in the histogram's
+      // top bins of the first digit; those bins are checked after the pass instead of testing every entry.
+      const int special_bin = static_cast<int>(detail::infinity_key<T> >> shift);
+      Kokkos::parallel_for("camex::top_k[histogram]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
+        const std::size_t r = i / chunks, c = i % chunks;
+        const T* row = data + r * stride;
+        std::uint32_t local[detail::max_digit_bins] = {};
+        const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+        if (first) {  // every entry matches the empty prefix
+          for (std::size_t p = c * chunk; p < end; ++p) ++local[detail::key_of(row[p]) >> shift];
+          std::uint64_t special = 0;
+          for (int d = special_bin; d < bins; ++d) special += local[d];
+          if (special) Kokkos::atomic_add(&st.nan_count(0), special);
+        } else {
+          // Branch-free: whether an entry matches the prefix is as unpredictable as the data.
+          const Key want = st.prefix(r);
+          for (std::size_t p = c * chunk; p < end; ++p) {
+            const Key key = detail::key_of(row[p]);
+            local[(key >> shift) & (bins - 1)] += (key & above) == want;
+          }
         }
-        left -= count;
+        for (int d = 0; d < bins; ++d) st.histogram(i * detail::max_digit_bins + d) = local[d];
+      });
+      if (first) {
+        std::uint64_t special = 0;
+        space.fence();
+        Kokkos::deep_copy(special, Kokkos::subview(st.nan_count, 0));
+        if (special) {  // infinities or NaNs: find out which on the host (rare, so the copy is affordable)
+          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values);
+          std::size_t nans = 0, first_r = 0, first_p = 0;
+          for (std::size_t r = 0; r < rows; ++r)
+            for (std::size_t p = 0; p < params; ++p)
+              if (std::isnan(host(r, p)) && nans++ == 0) {
+                first_r = r;
+                first_p = p;
+              }
+          if (nans)
+            throw argument_error(fn, "values", "no NaN (magnitudes must be ordered)",
+                                 detail::concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
+        }
       }
-      remaining(r) = left;
-    });
+      Kokkos::parallel_for("camex::top_k[pick digit]", per_row, KOKKOS_LAMBDA(std::size_t r) {
+        std::uint64_t left = st.remaining(r), population = 0;
+        const int d = detail::pick_bin(bins, left, population, [&](int bin) {
+          std::uint64_t count = 0;
+          for (std::size_t c = 0; c < chunks; ++c) count += st.histogram((r * chunks + c) * detail::max_digit_bins + bin);
+          return count;
+        });
+        st.prefix(r) |= static_cast<Key>(d) << shift;
+        st.remaining(r) = left;
+        st.matches(r) = population;
+      });
+      if (digit + 1 == plan.count) break;
+      std::uint64_t most = 0;
+      Kokkos::parallel_reduce("camex::top_k[largest candidate set]", per_row,
+                              KOKKOS_LAMBDA(std::size_t r, std::uint64_t& m) { m = st.matches(r) > m ? st.matches(r) : m; },
+                              Kokkos::Max<std::uint64_t>(most));
+      if (most > capacity) continue;
+      // Few enough: list them, in index order, at offsets given by the chunk histograms; every other entry is
+      // decided now (kept if its leading digits are above the prefix), so this pass also writes the mask.
+      const Key matched = above | (static_cast<Key>(bins - 1) << shift);
+      Kokkos::parallel_for("camex::top_k[compact]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
+        const std::size_t r = i / chunks, c = i % chunks;
+        const T* row = data + r * stride;
+        const Key want = st.prefix(r);
+        const int bin = static_cast<int>((want >> shift) & (bins - 1));
+        std::uint64_t at = 0;
+        for (std::size_t before = 0; before < c; ++before)
+          at += st.histogram((r * chunks + before) * detail::max_digit_bins + bin);
+        std::uint32_t* list = &st.candidates(r * capacity);
+        std::uint8_t* mask = out + r * out_stride;
+        const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+        for (std::size_t p = c * chunk; p < end; ++p) {
+          const Key leading = detail::key_of(row[p]) & matched;
+          mask[p] = leading > want;
+          if (leading == want) list[at++] = static_cast<std::uint32_t>(p);
+        }
+      });
+      compacted = true;
+    } else {
+      Kokkos::parallel_for("camex::top_k[candidates]", per_row, KOKKOS_LAMBDA(std::size_t r) {
+        const T* row = data + r * stride;
+        std::uint32_t* list = &st.candidates(r * capacity);
+        const std::size_t count = st.matches(r);
+        std::uint32_t local[detail::max_digit_bins / 2] = {};
+        for (std::size_t j = 0; j < count; ++j) ++local[(detail::key_of(row[list[j]]) >> shift) & (bins - 1)];
+        std::uint64_t left = st.remaining(r), population = 0;
+        const int d = detail::pick_bin(bins, left, population, [&](int bin) { return std::uint64_t{local[bin]}; });
+        std::size_t kept = 0;
+        for (std::size_t j = 0; j < count; ++j) {
+          const int bin = static_cast<int>((detail::key_of(row[list[j]]) >> shift) & (bins - 1));
+          if (bin > d) out[r * out_stride + list[j]] = 1;  // decided: above the threshold
+          if (bin == d) list[kept++] = list[j];
+        }
+        st.prefix(r) |= static_cast<Key>(d) << shift;
+        st.remaining(r) = left;
+        st.matches(r) = kept;
+      });
+    }
   }
 
   // prefix(r) is now the k-th largest key and remaining(r) how many entries equal to it are kept: the first ones
-  // in index order. Count them per chunk, turn the counts into offsets, then mark.
+  // in index order.
+  if (compacted) {
+    // Everything but the ties is marked; the list now holds exactly the ties, ascending: keep the first ones.
+    Kokkos::parallel_for("camex::top_k[mark ties]", per_row, KOKKOS_LAMBDA(std::size_t r) {
+      const std::uint32_t* list = &st.candidates(r * capacity);
+      for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j]] = 1;
+    });
+    return;
+  }
+  // Too many ties for the list: count them per chunk, turn counts into offsets, and mark with ranks.
   Kokkos::parallel_for("camex::top_k[count ties]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
     const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
     std::uint64_t ties = 0;
-    for (std::size_t p = c * chunk; p < end; ++p) ties += detail::key_of(values(r, p)) == prefix(r);
-    equal(i) = ties;
+    for (std::size_t p = c * chunk; p < end; ++p) ties += detail::key_of(row[p]) == st.prefix(r);
+    st.equal(i) = ties;
   });
   Kokkos::parallel_for("camex::top_k[tie offsets]", per_row, KOKKOS_LAMBDA(std::size_t r) {
     std::uint64_t offset = 0;
     for (std::size_t c = 0; c < chunks; ++c) {
-      const std::uint64_t ties = equal(r * chunks + c);
-      equal(r * chunks + c) = offset;
+      const std::uint64_t ties = st.equal(r * chunks + c);
+      st.equal(r * chunks + c) = offset;
       offset += ties;
     }
   });
-  Kokkos::parallel_for("camex::top_k[mark]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
+  Kokkos::parallel_for("camex::top_k[mark with ranks]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
+    std::uint8_t* mask = out + r * out_stride;
     const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
-    const Key threshold = prefix(r);
-    const std::uint64_t take = remaining(r);
-    std::uint64_t rank = equal(i);
+    const Key threshold = st.prefix(r);
+    const std::uint64_t take = st.remaining(r);
+    std::uint64_t rank = st.equal(i);
     for (std::size_t p = c * chunk; p < end; ++p) {
-      const Key key = detail::key_of(values(r, p));
-      keep(r, p) = key > threshold || (key == threshold && rank++ < take);
+      const Key key = detail::key_of(row[p]);
+      mask[p] = key > threshold || (key == threshold && rank++ < take);
     }
   });
 }
