@@ -91,6 +91,14 @@ struct SelectChunking {
   }
 };
 
+/// A listed entry: its key travels with its index, so refining the list never goes back to the row (at a few
+/// percent density, gathering from the row would touch every one of its cache lines again).
+template <class T>
+struct Candidate {
+  magnitude_key<T> key;
+  std::uint32_t index;
+};
+
 /// The arrays of one selection, in the order they are carved from the workspace.
 template <class ExecSpace, class T>
 struct SelectState {
@@ -100,7 +108,7 @@ struct SelectState {
   Array<magnitude_key<T>> prefix;        // per row: the digits of the threshold found so far
   Array<std::uint64_t> remaining;        // per row: ranks still to place among entries matching the prefix
   Array<std::uint64_t> matches;          // per row: entries matching the prefix
-  Array<std::uint32_t> candidates;       // [rows, capacity]: indices matching the prefix, ascending
+  Array<Candidate<T>> candidates;        // [rows, capacity]: entries matching the prefix, ascending index
   Array<std::uint64_t> equal;            // [rows, chunks]: ties per chunk, then their offsets
   Array<std::uint64_t> nan_count;        // [1]: entries whose magnitude is +inf or NaN
 
@@ -109,7 +117,7 @@ struct SelectState {
         prefix(carver.template take<magnitude_key<T>>(rows)),
         remaining(carver.template take<std::uint64_t>(rows)),
         matches(carver.template take<std::uint64_t>(rows)),
-        candidates(carver.template take<std::uint32_t>(rows * chunking.capacity)),
+        candidates(carver.template take<Candidate<T>>(rows * chunking.capacity)),
         equal(carver.template take<std::uint64_t>(rows * chunking.chunks)),
         nan_count(carver.template take<std::uint64_t>(1)) {}
 };
@@ -253,29 +261,28 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
         std::uint64_t at = 0;
         for (std::size_t before = 0; before < c; ++before)
           at += st.histogram((r * chunks + before) * detail::max_digit_bins + bin);
-        std::uint32_t* list = &st.candidates(r * capacity);
+        detail::Candidate<T>* list = &st.candidates(r * capacity);
         std::uint8_t* mask = out + r * out_stride;
         const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
         for (std::size_t p = c * chunk; p < end; ++p) {
-          const Key leading = detail::key_of(row[p]) & matched;
-          mask[p] = leading > want;
-          if (leading == want) list[at++] = static_cast<std::uint32_t>(p);
+          const Key key = detail::key_of(row[p]);
+          mask[p] = (key & matched) > want;
+          if ((key & matched) == want) list[at++] = {key, static_cast<std::uint32_t>(p)};
         }
       });
       compacted = true;
     } else {
       Kokkos::parallel_for("camex::top_k[candidates]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-        const T* row = data + r * stride;
-        std::uint32_t* list = &st.candidates(r * capacity);
+        detail::Candidate<T>* list = &st.candidates(r * capacity);
         const std::size_t count = st.matches(r);
         std::uint32_t local[detail::max_digit_bins / 2] = {};
-        for (std::size_t j = 0; j < count; ++j) ++local[(detail::key_of(row[list[j]]) >> shift) & (bins - 1)];
+        for (std::size_t j = 0; j < count; ++j) ++local[(list[j].key >> shift) & (bins - 1)];
         std::uint64_t left = st.remaining(r), population = 0;
         const int d = detail::pick_bin(bins, left, population, [&](int bin) { return std::uint64_t{local[bin]}; });
         std::size_t kept = 0;
         for (std::size_t j = 0; j < count; ++j) {
-          const int bin = static_cast<int>((detail::key_of(row[list[j]]) >> shift) & (bins - 1));
-          if (bin > d) out[r * out_stride + list[j]] = 1;  // decided: above the threshold
+          const int bin = static_cast<int>((list[j].key >> shift) & (bins - 1));
+          if (bin > d) out[r * out_stride + list[j].index] = 1;  // decided: above the threshold
           if (bin == d) list[kept++] = list[j];
         }
         st.prefix(r) |= static_cast<Key>(d) << shift;
@@ -290,8 +297,8 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
   if (compacted) {
     // Everything but the ties is marked; the list now holds exactly the ties, ascending: keep the first ones.
     Kokkos::parallel_for("camex::top_k[mark ties]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-      const std::uint32_t* list = &st.candidates(r * capacity);
-      for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j]] = 1;
+      const detail::Candidate<T>* list = &st.candidates(r * capacity);
+      for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j].index] = 1;
     });
     return;
   }
