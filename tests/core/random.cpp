@@ -13,13 +13,17 @@ using namespace camex::testing;
 
 BOOST_AUTO_TEST_SUITE(counter_rng)
 
+namespace {
+// At namespace scope: CUDA forbids function-local types in what a device lambda captures.
+struct Kat {
+  Philox4x32::counter_type counter;
+  Philox4x32::key_type key;
+  std::array<std::uint32_t, 4> expected;
+};
+}  // namespace
+
 // Published known-answer vectors of Philox4x32-10 (Random123, tests/kat_vectors), evaluated on the device.
 BOOST_AUTO_TEST_CASE(philox_known_answers) {
-  struct Kat {
-    Philox4x32::counter_type counter;
-    Philox4x32::key_type key;
-    std::array<std::uint32_t, 4> expected;
-  };
   const Kat kats[] = {
       {{{0, 0, 0, 0}}, {{0, 0}}, {0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8}},
       {{{0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff}}, {{0xffffffff, 0xffffffff}},

@@ -148,7 +148,7 @@ struct RowCombination {
   std::size_t length;
 };
 
-template <class T, bool Streaming>
+template <class T>
 struct TiledRowCombination {
   RowCombination<T> op;
   int tile;
@@ -156,18 +156,27 @@ struct TiledRowCombination {
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = tile_extent(p0, op.length, tile);
-    if constexpr (Streaming) {
-      // The tile is finished in L1, then written past the caches in one go.
-      T staged[max_tile_length];
-      for (int o = 0; o < op.out_rows; ++o) {
-        combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, staged, len);
-        copy_streaming(op.out + o * op.out_stride + p0, staged, len);
-      }
-      streaming_fence();
-    } else {
-      for (int o = 0; o < op.out_rows; ++o)
-        combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len);
+    for (int o = 0; o < op.out_rows; ++o)
+      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len);
+  }
+};
+
+/// The tiled schedule for outputs larger than the caches, host spaces only (its operator is host code): each
+/// output tile is finished in L1, then written past the caches in one go.
+template <class T>
+struct StreamingTiledRowCombination {
+  RowCombination<T> op;
+  int tile;
+
+  void operator()(std::size_t t) const {
+    const std::size_t p0 = t * static_cast<std::size_t>(tile);
+    const int len = tile_extent(p0, op.length, tile);
+    T staged[max_tile_length];
+    for (int o = 0; o < op.out_rows; ++o) {
+      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, staged, len);
+      copy_streaming(op.out + o * op.out_stride + p0, staged, len);
     }
+    streaming_fence();
   }
 };
 
@@ -200,11 +209,11 @@ void row_combination(const ExecSpace& space, Schedule schedule, const RowCombina
     constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
     if constexpr (on_host) {
       if (prefer_streaming_stores(sizeof(T) * op.length * static_cast<std::size_t>(op.out_rows))) {
-        Kokkos::parallel_for("camex::row_combination[tiled, streaming]", policy, TiledRowCombination<T, true>{op, tile});
+        Kokkos::parallel_for("camex::row_combination[tiled, streaming]", policy, StreamingTiledRowCombination<T>{op, tile});
         return;
       }
     }
-    Kokkos::parallel_for("camex::row_combination[tiled]", policy, TiledRowCombination<T, false>{op, tile});
+    Kokkos::parallel_for("camex::row_combination[tiled]", policy, TiledRowCombination<T>{op, tile});
   } else {
     Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.length),
                          LaneRowCombination<T>{op});
