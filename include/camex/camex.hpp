@@ -7,4 +7,5 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/merge/soft_merge.hpp"
+#include "camex/merge/ties_mask.hpp"
 #include "camex/perf/stream.hpp"

@@ -2,29 +2,18 @@
 // at the threshold, signed zeros, infinities, subnormals, both float and double; and its error paths.
 #include "camex/core/top_k.hpp"
 
+#include "reference.hpp"
 #include "testing.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <vector>
 
 using namespace camex;
 using namespace camex::testing;
 
 namespace {
-
-/// The mask a stable sort gives: the first k indices after ordering by |x| descending, ties by index ascending.
-template <class T>
-std::vector<std::uint8_t> reference_mask(const std::vector<T>& row, std::size_t k) {
-  std::vector<std::size_t> order(row.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return std::abs(row[a]) > std::abs(row[b]); });
-  std::vector<std::uint8_t> mask(row.size(), 0);
-  for (std::size_t i = 0; i < k; ++i) mask[order[i]] = 1;
-  return mask;
-}
 
 template <class T>
 void check_rows(const std::vector<std::vector<T>>& rows, std::size_t k, const char* what) {
@@ -41,7 +30,7 @@ void check_rows(const std::vector<std::vector<T>>& rows, std::size_t k, const ch
     top_k_by_magnitude(Space{}, values, k, keep, workspace);
     auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, keep);
     for (std::size_t r = 0; r < R; ++r) {
-      const auto expected = reference_mask(rows[r], k);
+      const auto expected = reference_top_k_mask(rows[r], k);
       std::size_t mismatches = 0, first = P, kept = 0;
       for (std::size_t p = 0; p < P; ++p) {
         kept += got(r, p);
