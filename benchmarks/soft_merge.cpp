@@ -1,12 +1,14 @@
 // Soft merge forward and backward at N = 8 experts of P = 2^22 parameters, B in {1, 4, 16, 32} routing groups,
-// and the exact top-k selection of TIES at the same size.
+// and the TIES trim (exact top-k) and mask factors at the same size.
 // Each case reports its minimum traffic and work per call as counters "bytes" and "flops" (formulas in
 // docs/performance.md), which benchmarks/run turns into GB/s and GFLOP/s.
 #include <camex/camex.hpp>
 
 #include <benchmark/benchmark.h>
 
+#include <span>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -67,6 +69,23 @@ void ties_top_k(benchmark::State& state) {
   state.counters["flops"] = 0;
 }
 
+/// The TIES mask axis at density 0.2: trim, weighted sign election, disjoint-mean factors for every expert.
+void ties_mask(benchmark::State& state) {
+  camex::Matrix<float, Space> deltas("deltas", experts, params), factor("factor", experts, params);
+  fill(deltas, 4, -1, 1);
+  fill(factor, 5, 0, 0);
+  const std::vector<double> weights(experts, 1.0);
+  const camex::TiesOptions options{.density = 0.2};
+  const auto workspace = camex::make_workspace<Space>(camex::ties_mask_workspace_bytes<float, Space>(experts, params));
+  for (auto _ : state) {
+    camex::ties_mask(Space{}, deltas, std::span<const double>(weights), options, factor, workspace);
+    Space().fence();
+  }
+  // Minimum traffic: read the deltas (for the trim and the election) and write the factors.
+  state.counters["bytes"] = 2.0 * 4.0 * experts * params;
+  state.counters["flops"] = 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -78,6 +97,7 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("soft_merge_backward" + shape).c_str(), backward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
   }
   benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k)->UseRealTime()->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -85,10 +85,31 @@ def top_k_cases():
     yield f"ties_top_k/N={n}/P={p}/density={density}", idiomatic, preallocated
 
 
+def ties_mask_cases():
+    """mergekit's TIES rules producing camex's output: the factor f[i, p] = [kept and agrees] / divisor."""
+    n, p, density = 8, 1 << 22, 0.2
+    k = int(density * p)
+    gen = torch.Generator().manual_seed(2025)
+    deltas = torch.rand(n, p, generator=gen) * 2 - 1
+    weights = torch.ones(n, 1)
+
+    def factors():
+        keep = torch.zeros(n, p).scatter_(1, torch.topk(deltas.abs(), k, dim=1).indices, 1.0)
+        weighted = deltas * keep * weights
+        elected = (weighted.sum(dim=0) >= 0).to(deltas.dtype) * 2 - 1
+        agree = (weighted.sign() == elected).to(deltas.dtype)
+        divisor = (weights * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+        return agree / divisor
+
+    # No out= form of this composite; both columns time the same code.
+    yield f"ties_mask/N={n}/P={p}/density={density}", factors, factors
+
+
 # Each case yields (name, idiomatic, preallocated): the expression a PyTorch user writes (fresh output tensors,
 # whose page faults are part of its cost on CPU) and the same math into preallocated outputs (out=), which is the
 # kernel-for-kernel comparison with camex. Both are reported.
-CASES = [soft_merge_cases, top_k_cases]
+CASES = [soft_merge_cases, top_k_cases, ties_mask_cases]
 
 
 def main():
