@@ -199,7 +199,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
         const std::size_t r = i / chunks, c = i % chunks;
         const T* row = data + r * stride;
         std::uint32_t local[detail::max_digit_bins] = {};
-        const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+        const std::size_t end = detail::chunk_end(c, chunk, params);
         if (first) {  // every entry matches the empty prefix
           for (std::size_t p = c * chunk; p < end; ++p) ++local[detail::key_of(row[p]) >> shift];
           std::uint64_t special = 0;
@@ -263,7 +263,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
           at += st.histogram((r * chunks + before) * detail::max_digit_bins + bin);
         detail::Candidate<T>* list = &st.candidates(r * capacity);
         std::uint8_t* mask = out + r * out_stride;
-        const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+        const std::size_t end = detail::chunk_end(c, chunk, params);
         for (std::size_t p = c * chunk; p < end; ++p) {
           const Key key = detail::key_of(row[p]);
           mask[p] = (key & matched) > want;
@@ -306,7 +306,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
   Kokkos::parallel_for("camex::top_k[count ties]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
     const T* row = data + r * stride;
-    const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+    const std::size_t end = detail::chunk_end(c, chunk, params);
     std::uint64_t ties = 0;
     for (std::size_t p = c * chunk; p < end; ++p) ties += detail::key_of(row[p]) == st.prefix(r);
     st.equal(i) = ties;
@@ -323,7 +323,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
     const std::size_t r = i / chunks, c = i % chunks;
     const T* row = data + r * stride;
     std::uint8_t* mask = out + r * out_stride;
-    const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+    const std::size_t end = detail::chunk_end(c, chunk, params);
     const Key threshold = st.prefix(r);
     const std::uint64_t take = st.remaining(r);
     std::uint64_t rank = st.equal(i);

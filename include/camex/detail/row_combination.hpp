@@ -135,6 +135,11 @@ KOKKOS_INLINE_FUNCTION int tile_extent(std::size_t p0, std::size_t end, int tile
   return end - p0 < static_cast<std::size_t>(tile) ? static_cast<int>(end - p0) : tile;
 }
 
+/// End of chunk c of `chunk` entries in a range of `length` entries (the last chunk may be short).
+KOKKOS_INLINE_FUNCTION std::size_t chunk_end(std::size_t c, std::size_t chunk, std::size_t length) {
+  return (c + 1) * chunk < length ? (c + 1) * chunk : length;
+}
+
 /// out[o, p] = sum_k coef(o, k) * rows[k, p] for o < out_rows, k < in_rows, p < length.
 template <class T>
 struct RowCombination {

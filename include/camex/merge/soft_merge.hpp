@@ -118,7 +118,7 @@ struct TiledSoftMergeBackward {
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t c) const {
     double* mine = partial + c * groups * n_experts;
     for (int i = 0; i < groups * n_experts; ++i) mine[i] = 0;
-    const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+    const std::size_t end = detail::chunk_end(c, chunk, params);
     for (std::size_t p0 = c * chunk; p0 < end; p0 += tile) {
       const int len = tile_extent(p0, end, tile);
       for (int n = 0; n < n_experts; ++n)
@@ -228,7 +228,7 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
         KOKKOS_LAMBDA(std::size_t i) {
           const std::size_t c = i / (groups * n_experts);
           const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
-          const std::size_t end = (c + 1) * chunk < params ? (c + 1) * chunk : params;
+          const std::size_t end = detail::chunk_end(c, chunk, params);
           double acc = 0;
           detail::chunk_dots(dm + b * dm_stride, w + n * w_stride, w_stride, 1, c * chunk, end, tile, &acc);
           out[i] = acc;
