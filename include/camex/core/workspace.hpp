@@ -30,8 +30,12 @@ namespace detail {
 template <class ExecSpace>
 class WorkspaceCarver {
  public:
+  using execution_space = ExecSpace;
   template <class T>
   using Array = Kokkos::View<T*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  template <class T>
+  using Matrix = Kokkos::View<T**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
+                              Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
 
   /// Counting mode: take() returns empty arrays and bytes() reports what a real workspace needs.
   WorkspaceCarver() = default;
@@ -54,6 +58,13 @@ class WorkspaceCarver {
       throw argument_error(function_, "workspace", concat("at least ", used_, " bytes (ask the *_workspace_bytes query)"),
                            concat(workspace_.extent(0), " bytes"));
     return Array<T>(reinterpret_cast<T*>(workspace_.data() + begin), count);
+  }
+
+  /// A row-major [rows, cols] matrix (empty, with those extents, in counting mode).
+  template <class T>
+  Matrix<T> take_matrix(std::size_t rows, std::size_t cols) {
+    const auto array = take<T>(rows * cols);
+    return carving_ ? Matrix<T>(array.data(), rows, cols) : Matrix<T>(nullptr, rows, cols);
   }
 
   std::size_t bytes() const { return used_; }

@@ -1,0 +1,415 @@
+#pragma once
+// The one generic policy every built-in is an instance of (design §2):
+//
+//   merged_b = base + alpha * sum_i kappa[b, i] s[b, i] D_i,   D_i = mask_i(T_i(mask_i(tau_i))),  tau_i = E_i - base
+//
+// where the elementwise mask sits before or after the transform (MaskPlacement), kappa is the mask's score factor,
+// and the base is absent (SMEAR), a parameter, or one of the experts. `prepare` builds the rows R = [D_1 .. D_n,
+// base] once per step; a merge is then the soft merge of R with coefficients C[b, i] = alpha kappa s (C[b, n] = 1
+// for the base row), and its backward is the soft-merge backward: d_R = C^T d_merged, d_C = d_merged R^T. What is
+// left runs once per step, independent of the batch: d_tau from d_D through the transform and the mask, then
+// d_E_i = d_tau_i and d_base = d_R[base row] - sum_i d_tau_i.
+
+#include <Kokkos_Core.hpp>
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "camex/core/error.hpp"
+#include "camex/core/views.hpp"
+#include "camex/core/workspace.hpp"
+#include "camex/merge/axis/mask.hpp"
+#include "camex/merge/axis/transform.hpp"
+#include "camex/merge/concepts.hpp"
+#include "camex/merge/soft_merge.hpp"
+
+namespace camex {
+
+/// What to do when a policy's merge cannot depend on its base (spec §4.2): alpha = 1, no mask, identity transform
+/// and every routing group's scores summing to 1 give merged_b = sum_i s[b, i] E_i, whatever the base holds, and
+/// the base receives zero gradient.
+enum class DegenerateBase {
+  reject,  ///< merge and backward throw argument_error explaining the cancellation (default)
+  accept,  ///< go on: the caller knows the base is inert
+};
+
+/// The scalar knobs of a composition.
+struct Composition {
+  double alpha = 1.0;                ///< step along the merged deltas
+  BaseSource base = BaseSource::parameter;
+  std::size_t base_expert = 0;       ///< the expert used as base when base == BaseSource::expert
+  DegenerateBase on_degenerate = DegenerateBase::reject;
+};
+
+/// Extra adjoint reaching the prepared rows from outside the merge: the propagated base of dynamic merging adds
+/// coefficient * d_next to every delta row and d_next to the base row (spec §4.6, V_i = c dL/dP_{l+1}).
+template <class Scalar, class ExecSpace>
+struct UpstreamAdjoint {
+  ConstMatrix<Scalar, ExecSpace> d_next;  ///< [1, P], or empty for none
+  double coefficient = 0;
+};
+
+template <std::floating_point Scalar, class ExecSpace, MaskAxis<ExecSpace, Scalar> Mask,
+          TransformAxis<Scalar, ExecSpace> Transform>
+class ComposedPolicy {
+ public:
+  using scalar_type = Scalar;
+  using execution_space = ExecSpace;
+  using mask_type = Mask;
+  using transform_type = Transform;
+
+  ComposedPolicy(const char* name, const MergeProblem& problem, const Composition& composition, Mask mask,
+                 Transform transform)
+      : name_(name), problem_(problem), composition_(composition), mask_(std::move(mask)), transform_(std::move(transform)) {
+    if (problem.experts == 0)
+      throw argument_error(name_, "problem.experts", "at least one expert", "0");
+    if (problem.groups == 0)
+      throw argument_error(name_, "problem.groups", "room for at least one routing group per merge", "0");
+    if (problem.shape.params() == 0)
+      throw argument_error(name_, "problem.shape", "a non-empty tensor shape",
+                           detail::concat(problem.shape.rows, " x ", problem.shape.cols));
+    if (!std::isfinite(composition.alpha))
+      throw argument_error(name_, "composition.alpha", "a finite step", detail::concat(composition.alpha));
+    if (composition.base == BaseSource::expert && composition.base_expert >= problem.experts)
+      throw argument_error(name_, "composition.base_expert", detail::concat("an expert index below ", problem.experts),
+                           detail::concat(composition.base_expert));
+  }
+
+  const MergeProblem& problem() const { return problem_; }
+  BaseSource base_source() const { return composition_.base; }
+  const Composition& composition() const { return composition_; }
+  const Mask& mask() const { return mask_; }
+  Transform& transform() { return transform_; }
+  const Transform& transform() const { return transform_; }
+
+  std::size_t workspace_bytes() const {
+    detail::WorkspaceCarver<ExecSpace> carver;
+    layout(carver);
+    // Transient scratch follows the persistent buffers; a call takes at most all three pieces, in any order, each
+    // aligned (hence the slack).
+    const std::size_t nrows = problem_.experts + (composition_.base != BaseSource::none ? 1 : 0);
+    mask_.template layout<Scalar>(carver, problem_);
+    if constexpr (!Transform::is_identity) transform_.template layout<Scalar>(carver);
+    carver.template take<unsigned char>(
+        soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(problem_.groups, nrows, problem_.shape.params()));
+    return carver.bytes() + 3 * detail::WorkspaceCarver<ExecSpace>::alignment;
+  }
+
+  std::vector<Parameter<Scalar, ExecSpace>> parameters() {
+    if constexpr (Transform::is_identity)
+      return {};
+    else
+      return transform_.parameters();
+  }
+
+  /// Builds the rows R for this step. `experts` [n, P]; `base` [1, P] with BaseSource::parameter, else empty.
+  /// experts and base must hold the same values until this step's backward has run.
+  void prepare(const ExecSpace& space, const StepContext& step, const ConstMatrix<Scalar, ExecSpace>& experts,
+               const ConstMatrix<Scalar, ExecSpace>& base, const Workspace<ExecSpace>& workspace) {
+    const std::string fn = name_ + "::prepare";
+    check_operands(fn.c_str(), experts, base);
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    const auto buffers = layout(carver);
+    step_ = step;
+    experts_ = experts;
+    base_ = base;
+    factor_active_ = mask_.factor_active(step);
+    const auto tau = deltas(buffers);
+    if (composition_.base != BaseSource::none) subtract_base(space, experts, base_row(), buffers.tau);
+    if (factor_active_) mask_.compute_factor(space, step, tau, buffers.factor, carver);
+    const auto d = delta_rows(buffers);
+    if constexpr (Transform::is_identity) {
+      if (factor_active_)
+        detail::multiply_elementwise(space, buffers.factor, tau, d);
+      else if (buffers.rows.extent(0) != 0)
+        Kokkos::deep_copy(space, d, tau);
+    } else {
+      const auto x = transform_input(buffers);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta)
+        detail::multiply_elementwise(space, buffers.factor, tau, buffers.pre);
+      transform_.apply(space, x, d, carver);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed)
+        detail::multiply_elementwise(space, buffers.factor, d, d);
+    }
+    if (composition_.base != BaseSource::none) {
+      const auto base_out = Kokkos::subview(buffers.rows, problem_.experts, Kokkos::ALL);
+      const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base : experts,
+                                           composition_.base == BaseSource::parameter ? 0 : composition_.base_expert,
+                                           Kokkos::ALL);
+      Kokkos::deep_copy(space, base_out, base_in);
+    }
+    prepared_ = true;
+  }
+
+  /// merged[b] = base + alpha sum_i kappa[b, i] scores[b, i] D_i for the B <= problem().groups rows of `scores`.
+  /// Expert-level random factors are drawn per row index b: merge all groups of a step in one call.
+  void merge(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
+             const Matrix<Scalar, ExecSpace>& merged, const Workspace<ExecSpace>& workspace) const {
+    const std::string fn = name_ + "::merge";
+    check_scores(fn.c_str(), scores);
+    detail::require_shape(fn.c_str(), "merged", merged, scores.extent(0), problem_.shape.params(),
+                          "[B, P] with B = scores.extent(0), P = problem().shape.params()");
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    const auto buffers = layout(carver);
+    const auto coef = coefficients(fn.c_str(), scores, buffers);
+    soft_merge(space, coef, merge_rows(buffers), merged);
+  }
+
+  void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
+                const ConstMatrix<Scalar, ExecSpace>& d_merged, const Matrix<Scalar, ExecSpace>& d_scores,
+                const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
+                const Workspace<ExecSpace>& workspace) {
+    backward(space, scores, d_merged, d_scores, d_experts, d_base, workspace, UpstreamAdjoint<Scalar, ExecSpace>{});
+  }
+
+  /// The backward, with an adjoint reaching the rows from a propagated base (dynamic merging).
+  void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
+                const ConstMatrix<Scalar, ExecSpace>& d_merged, const Matrix<Scalar, ExecSpace>& d_scores,
+                const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
+                const Workspace<ExecSpace>& workspace, const UpstreamAdjoint<Scalar, ExecSpace>& upstream) {
+    const std::string name = name_ + "::backward";
+    const char* fn = name.c_str();
+    check_scores(fn, scores);
+    const std::size_t groups = scores.extent(0), n = problem_.experts, params = problem_.shape.params();
+    detail::require_shape(fn, "d_merged", d_merged, groups, params, "[B, P] with B = scores.extent(0)");
+    detail::require_shape(fn, "d_scores", d_scores, groups, n, "[B, n], the shape of scores");
+    detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
+    if (composition_.base == BaseSource::parameter)
+      detail::require_shape(fn, "d_base", d_base, 1, params, "[1, P] (the policy's base is a parameter)");
+    else if (d_base.size() != 0)
+      throw argument_error(fn, "d_base", "an empty view (the policy has no base parameter)", detail::shape_of(d_base));
+
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    const auto buffers = layout(carver);
+    const auto rows = merge_rows(buffers);
+    const std::size_t nrows = rows.extent(0);
+    const auto coef = coefficients(fn, scores, buffers);
+    const Buffer<Scalar> d_coef(buffers.d_coef.data(), groups, nrows);
+    const auto scratch = carver.template take<unsigned char>(soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(groups, nrows, params));
+    const Workspace<ExecSpace> backward_workspace(scratch.data(), scratch.extent(0));
+    if (buffers.rows.extent(0) == 0) {
+      // A bare soft merge: the rows are the experts, so d_R is d_experts itself.
+      if (upstream.d_next.size() != 0)
+        throw argument_error(fn, "upstream", "no upstream adjoint (the policy has no base to propagate)", "one");
+      soft_merge_backward(space, coef, rows, d_merged, d_coef, d_experts, backward_workspace);
+      score_gradient(space, d_coef, d_scores);
+      return;
+    }
+    const auto d_rows = buffers.d_rows;
+    soft_merge_backward(space, coef, rows, d_merged, d_coef, d_rows, backward_workspace);
+    score_gradient(space, d_coef, d_scores);
+    if (upstream.d_next.size() != 0) add_upstream(space, upstream, d_rows);
+
+    const auto d_delta = Kokkos::subview(d_rows, std::pair<std::size_t, std::size_t>(0, n), Kokkos::ALL);
+    const auto tau = deltas(buffers);
+    if constexpr (Transform::is_identity) {
+      if (factor_active_)
+        mask_.adjoint(space, tau, buffers.factor, d_delta, d_experts, carver);
+      else
+        Kokkos::deep_copy(space, d_experts, d_delta);
+    } else {
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed)
+        detail::multiply_elementwise(space, buffers.factor, d_delta, d_delta);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta) {
+        transform_.backward(space, transform_input(buffers), d_delta, buffers.pre_adjoint, carver);
+        mask_.adjoint(space, tau, buffers.factor, buffers.pre_adjoint, d_experts, carver);
+      } else {
+        transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
+      }
+    }
+    if (composition_.base != BaseSource::none) base_gradient(space, d_rows, d_experts, d_base);
+  }
+
+  /// The prepared rows [D_1 .. D_n, base] (or the experts, for a bare soft merge) of this step, for callers that
+  /// apply them without materialising merged tensors (layers, dynamic merging). Valid after prepare.
+  ConstMatrix<Scalar, ExecSpace> prepared_rows(const Workspace<ExecSpace>& workspace) const {
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    return merge_rows(layout(carver));
+  }
+
+ private:
+  template <class T>
+  using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>;
+
+  struct Buffers {
+    Buffer<Scalar> tau, factor, pre, pre_adjoint, rows, d_rows, coef, d_coef;
+  };
+
+  static constexpr bool has_mask = !std::is_same_v<Mask, NoMask>;
+
+  /// Carves the buffers that live from prepare to backward, in a fixed order; what a call takes after them is
+  /// transient scratch.
+  Buffers layout(detail::WorkspaceCarver<ExecSpace>& carver) const {
+    const std::size_t n = problem_.experts, params = problem_.shape.params(), groups = problem_.groups;
+    const bool has_base = composition_.base != BaseSource::none;
+    const std::size_t nrows = n + (has_base ? 1 : 0);
+    const bool bare = !has_base && !has_mask && Transform::is_identity;
+    const bool pre = !Transform::is_identity && has_mask && mask_.placement() == MaskPlacement::on_delta;
+    Buffers b;
+    b.tau = carver.template take_matrix<Scalar>(has_base ? n : 0, params);
+    b.factor = carver.template take_matrix<Scalar>(has_mask ? n : 0, params);
+    b.pre = carver.template take_matrix<Scalar>(pre ? n : 0, params);
+    b.pre_adjoint = carver.template take_matrix<Scalar>(pre ? n : 0, params);
+    b.rows = carver.template take_matrix<Scalar>(bare ? 0 : nrows, params);
+    b.d_rows = carver.template take_matrix<Scalar>(bare ? 0 : nrows, params);
+    b.coef = carver.template take_matrix<Scalar>(groups, nrows);
+    b.d_coef = carver.template take_matrix<Scalar>(groups, nrows);
+    return b;
+  }
+
+  ConstMatrix<Scalar, ExecSpace> deltas(const Buffers& b) const {
+    if (composition_.base == BaseSource::none) return experts_;
+    return b.tau;
+  }
+
+  ConstMatrix<Scalar, ExecSpace> transform_input(const Buffers& b) const {
+    if (factor_active_ && mask_.placement() == MaskPlacement::on_delta && b.pre.size() != 0) return b.pre;
+    return deltas(b);
+  }
+
+  Buffer<Scalar> delta_rows(const Buffers& b) const {
+    if (b.rows.extent(0) == 0) return {};
+    return Kokkos::subview(b.rows, std::pair<std::size_t, std::size_t>(0, problem_.experts), Kokkos::ALL);
+  }
+
+  ConstMatrix<Scalar, ExecSpace> merge_rows(const Buffers& b) const {
+    if (b.rows.extent(0) == 0) return experts_;
+    return b.rows;
+  }
+
+  const Scalar* base_row() const {
+    switch (composition_.base) {
+      case BaseSource::parameter: return base_.data();
+      case BaseSource::expert: return experts_.data() + composition_.base_expert * detail::row_stride(experts_);
+      case BaseSource::none: break;
+    }
+    return nullptr;
+  }
+
+  void check_operands(const char* fn, const ConstMatrix<Scalar, ExecSpace>& experts,
+                      const ConstMatrix<Scalar, ExecSpace>& base) const {
+    const std::size_t params = problem_.shape.params();
+    detail::require_shape(fn, "experts", experts, problem_.experts, params,
+                          "[n, P] with n = problem().experts, P = problem().shape.params()");
+    if (composition_.base == BaseSource::parameter)
+      detail::require_shape(fn, "base", base, 1, params, "[1, P] (the policy's base is a parameter)");
+    else if (base.size() != 0)
+      throw argument_error(fn, "base",
+                           composition_.base == BaseSource::none ? "an empty view (the policy merges without a base)"
+                                                                 : "an empty view (the policy's base is one of the experts)",
+                           detail::shape_of(base));
+  }
+
+  void check_scores(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores) const {
+    if (!prepared_) throw argument_error(fn, "this", "prepare() to have run for this step", "an unprepared policy");
+    if (scores.extent(0) == 0 || scores.extent(0) > problem_.groups || scores.extent(1) != problem_.experts)
+      throw argument_error(fn, "scores",
+                           detail::concat("shape [B, ", problem_.experts, "] with 1 <= B <= problem().groups = ", problem_.groups),
+                           detail::shape_of(scores));
+  }
+
+  /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the host (B x (n + 1) numbers), which is
+  /// also where non-finite scores and the degenerate base are caught.
+  Buffer<Scalar> coefficients(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores, const Buffers& b) const {
+    const std::size_t groups = scores.extent(0), n = problem_.experts, nrows = b.coef.extent(1);
+    const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, scores);
+    const bool kappa = mask_.score_factor_active(step_);
+    const auto factor = mask_.score_factor(step_);
+    Kokkos::View<Scalar**, Kokkos::LayoutRight, Kokkos::HostSpace> coef("camex::coefficients", groups, nrows);
+    bool every_row_sums_to_one = true;
+    for (std::size_t g = 0; g < groups; ++g) {
+      double sum = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const double s = host(g, i);
+        if (!std::isfinite(s))
+          throw argument_error(fn, "scores", "finite routing scores", detail::concat("scores(", g, ", ", i, ") = ", s));
+        sum += s;
+        coef(g, i) = static_cast<Scalar>(composition_.alpha * (kappa ? factor(g, i) : 1.0) * s);
+      }
+      if (nrows > n) coef(g, n) = 1;
+      every_row_sums_to_one = every_row_sums_to_one && std::abs(sum - 1) <= 64 * std::numeric_limits<Scalar>::epsilon() * n;
+    }
+    if (degenerate_composition() && !kappa && every_row_sums_to_one &&
+        composition_.on_degenerate == DegenerateBase::reject)
+      throw argument_error(fn, "scores",
+                           "scores whose rows do not all sum to 1, since with alpha = 1, no mask and no transform the "
+                           "base cancels (merged = sum_i s_i E_i and the base gets no gradient); use camex::Euclidean, "
+                           "change alpha, or set Composition::on_degenerate = DegenerateBase::accept",
+                           "every row summing to 1");
+    const Buffer<Scalar> device(b.coef.data(), groups, nrows);
+    Kokkos::deep_copy(device, coef);
+    return device;
+  }
+
+  bool degenerate_composition() const {
+    return composition_.base != BaseSource::none && !has_mask && Transform::is_identity && composition_.alpha == 1.0;
+  }
+
+  /// d_scores[b, i] = alpha kappa[b, i] d_C[b, i].
+  void score_gradient(const ExecSpace& space, const Buffer<Scalar>& d_coef, const Matrix<Scalar, ExecSpace>& d_scores) const {
+    const std::size_t groups = d_scores.extent(0), n = problem_.experts;
+    const bool kappa = mask_.score_factor_active(step_);
+    const auto factor = mask_.score_factor(step_);
+    const double alpha = composition_.alpha;
+    Kokkos::parallel_for("camex::ComposedPolicy[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * n),
+                         KOKKOS_LAMBDA(std::size_t k) {
+                           const std::size_t g = k / n, i = k % n;
+                           d_scores(g, i) = static_cast<Scalar>(alpha * (kappa ? factor(g, i) : 1.0) * d_coef(g, i));
+                         });
+  }
+
+  void add_upstream(const ExecSpace& space, const UpstreamAdjoint<Scalar, ExecSpace>& upstream,
+                    const Buffer<Scalar>& d_rows) const {
+    const std::size_t n = problem_.experts, params = problem_.shape.params(), nrows = d_rows.extent(0);
+    detail::require_shape((name_ + "::backward").c_str(), "upstream.d_next", upstream.d_next, 1, params, "[1, P]");
+    const auto d_next = upstream.d_next;
+    const Scalar c = static_cast<Scalar>(upstream.coefficient);
+    Kokkos::parallel_for("camex::ComposedPolicy[upstream]", Kokkos::RangePolicy<ExecSpace>(space, 0, nrows * params),
+                         KOKKOS_LAMBDA(std::size_t k) {
+                           const std::size_t r = k / params, p = k % params;
+                           d_rows(r, p) += (r < n ? c : Scalar(1)) * d_next(0, p);
+                         });
+  }
+
+  static void subtract_base(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& experts, const Scalar* base,
+                            const Buffer<Scalar>& tau) {
+    const std::size_t params = tau.extent(1);
+    Kokkos::parallel_for("camex::ComposedPolicy[tau]", Kokkos::RangePolicy<ExecSpace>(space, 0, tau.extent(0) * params),
+                         KOKKOS_LAMBDA(std::size_t k) {
+                           const std::size_t i = k / params, p = k % params;
+                           tau(i, p) = experts(i, p) - base[p];
+                         });
+  }
+
+  /// d_base = d_R[n] - sum_i d_tau_i; with the base taken from expert j that sum goes to d_E_j instead.
+  void base_gradient(const ExecSpace& space, const Buffer<Scalar>& d_rows, const Matrix<Scalar, ExecSpace>& d_experts,
+                     const Matrix<Scalar, ExecSpace>& d_base) const {
+    const int n = static_cast<int>(problem_.experts);
+    const bool to_expert = composition_.base == BaseSource::expert;
+    const std::size_t j = composition_.base_expert;
+    Scalar* out = to_expert ? d_experts.data() + j * detail::row_stride(d_experts) : d_base.data();
+    Kokkos::parallel_for("camex::ComposedPolicy[d_base]", Kokkos::RangePolicy<ExecSpace>(space, 0, problem_.shape.params()),
+                         KOKKOS_LAMBDA(std::size_t p) {
+                           Scalar sum = d_rows(n, p);
+                           for (int i = 0; i < n; ++i) sum -= d_experts(i, p);
+                           out[p] = to_expert ? out[p] + sum : sum;
+                         });
+  }
+
+  std::string name_;
+  MergeProblem problem_;
+  Composition composition_;
+  Mask mask_;
+  Transform transform_;
+  StepContext step_{};
+  bool factor_active_ = false;
+  bool prepared_ = false;
+  ConstMatrix<Scalar, ExecSpace> experts_, base_;
+};
+
+}  // namespace camex

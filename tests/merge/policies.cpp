@@ -1,0 +1,310 @@
+// The named policies with the identity transform (Euclidean, Domain, TIES in both variants, DARE at element and
+// expert granularity with both rescales) against plain double references of their formulas on random inputs,
+// every gradient against central finite differences, the base taken from an expert, train vs eval, the spec §10
+// invariants that need no curvature, and the error paths.
+#include "camex/merge/dare.hpp"
+#include "camex/merge/domain.hpp"
+#include "camex/merge/euclidean.hpp"
+#include "camex/merge/ties.hpp"
+
+#include "policy_check.hpp"
+#include "reference.hpp"
+#include "testing.hpp"
+
+#include <cmath>
+#include <vector>
+
+using namespace camex;
+using namespace camex::testing;
+
+namespace {
+
+const TensorShape shape{4, 6};
+constexpr std::size_t n = 3, groups = 2;
+const MergeProblem problem{.experts = n, .groups = groups, .shape = shape};
+
+PolicyInputs random_inputs(std::mt19937_64& gen, bool with_base = true) {
+  PolicyInputs in;
+  in.experts = random_matrix(n, shape.params(), gen);
+  if (with_base) in.base = random_matrix(1, shape.params(), gen);
+  in.scores = random_matrix(groups, n, gen, 0.05, 1.0);
+  in.step = {.seed = 1234, .step = 7, .tensor = 3, .training = true};
+  return in;
+}
+
+/// base + alpha sum_i kappa[b, i] s[b, i] f_i .* (E_i - base), in double, from the given factor and kappa.
+HostMatrix reference_merge(const PolicyInputs& in, double alpha, const HostMatrix& factor, const HostMatrix& kappa) {
+  const std::size_t params = in.experts.cols();
+  HostMatrix base = in.base.size() ? in.base : HostMatrix::Zero(1, params);
+  HostMatrix merged(in.scores.rows(), params);
+  for (Eigen::Index b = 0; b < merged.rows(); ++b) {
+    merged.row(b) = base;
+    for (std::size_t i = 0; i < n; ++i)
+      merged.row(b) += alpha * kappa(b, i) * in.scores(b, i) *
+                       factor.row(i).cwiseProduct(in.experts.row(i) - base);
+  }
+  return merged;
+}
+
+/// |got - expected| <= bound: each merged entry sums n + 1 terms, each with at most four roundings in float
+/// (delta, factor product, coefficient, accumulation), so 4 (n + 1) u times the sum of the terms' magnitudes; the
+/// magnitudes are at most 1 + 2 * max|factor| * alpha here, so the bound is taken on that scale.
+template <class T>
+void require_close(const HostMatrix& got, const HostMatrix& expected, double magnitude, const char* what) {
+  const double bound = 4.0 * (n + 1) * unit_roundoff<T> * magnitude + 8 * unit_roundoff<double>;
+  const double worst = (got - expected).cwiseAbs().maxCoeff();
+  BOOST_TEST(worst <= bound, what << ": worst error " << worst << " > " << bound);
+}
+
+HostMatrix ones(std::size_t rows, std::size_t cols) { return HostMatrix::Ones(rows, cols); }
+
+HostMatrix ties_factor(const PolicyInputs& in, const TiesOptions& options) {
+  std::vector<std::vector<double>> deltas(n, std::vector<double>(in.experts.cols()));
+  for (std::size_t i = 0; i < n; ++i)
+    for (Eigen::Index p = 0; p < in.experts.cols(); ++p)
+      deltas[i][p] = static_cast<float>(static_cast<float>(in.experts(i, p)) - static_cast<float>(in.base(0, p)));
+  const auto f = reference_ties_factors<float>(deltas, std::vector<double>(n, 1.0), options);
+  HostMatrix out(n, in.experts.cols());
+  for (std::size_t i = 0; i < n; ++i)
+    for (Eigen::Index p = 0; p < out.cols(); ++p) out(i, p) = f[i][p];
+  return out;
+}
+
+/// Element-level DARE keep mask from the same counter-based draws camex makes.
+HostMatrix dare_keep(const PolicyInputs& in, double drop) {
+  const CounterRng rng(in.step.seed, in.step.step);
+  HostMatrix keep(n, in.experts.cols());
+  for (std::size_t i = 0; i < n; ++i)
+    for (Eigen::Index p = 0; p < keep.cols(); ++p)
+      keep(i, p) = rng.uniform({in.step.tensor, static_cast<std::uint32_t>(i), static_cast<std::uint64_t>(p)}) <
+                           static_cast<float>(drop)
+                       ? 0.0
+                       : 1.0;
+  return keep;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(policies)
+
+static_assert(MergePolicy<Euclidean<float, Space>>);
+static_assert(MergePolicy<Domain<double, Space>>);
+static_assert(MergePolicy<Ties<float, Space>>);
+static_assert(MergePolicy<Dare<double, Space>>);
+
+BOOST_AUTO_TEST_CASE(euclidean_is_smear) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const auto in = random_inputs(gen, false);
+    Euclidean<float, Space> policy(problem);
+    require_close<float>(run_merge(policy, in), in.scores * in.experts, 2 * n, "merged");
+    Euclidean<double, Space> exact(problem);
+    check_gradients(exact, in, random_matrix(groups, shape.params(), gen));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(domain_with_alpha) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const auto in = random_inputs(gen);
+    Domain<float, Space> policy(problem, {.alpha = 0.7});
+    require_close<float>(run_merge(policy, in), reference_merge(in, 0.7, ones(n, shape.params()), ones(groups, n)), 4 * n,
+                         "merged");
+    Domain<double, Space> exact(problem, {.alpha = 0.7});
+    check_gradients(exact, in, random_matrix(groups, shape.params(), gen));
+  }
+}
+
+// Spec §4.2 / §10: alpha = 1, no mask, identity transform and scores summing to 1 make the base cancel. camex
+// rejects that by default; accepted, the output is SMEAR over the experts and the base gradient is zero.
+BOOST_AUTO_TEST_CASE(domain_degenerate_base_is_reported) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    auto in = random_inputs(gen);
+    for (Eigen::Index b = 0; b < in.scores.rows(); ++b) in.scores.row(b) /= in.scores.row(b).sum();
+    Domain<double, Space> strict(problem);
+    require_argument_error([&] { run_merge(strict, in); }, "scores",
+                           {"camex::Domain::merge", "the base cancels", "DegenerateBase::accept", "every row summing to 1"});
+    Domain<double, Space> accepting(problem, {.on_degenerate = DegenerateBase::accept});
+    const HostMatrix merged = run_merge(accepting, in);
+    BOOST_TEST((merged - in.scores * in.experts).cwiseAbs().maxCoeff() <= 1e-14);
+    const auto g = run_backward(accepting, in, random_matrix(groups, shape.params(), gen));
+    BOOST_TEST(g.d_base.cwiseAbs().maxCoeff() <= 1e-14, "the base gradient vanishes: " << g.d_base);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(ties_standard_and_sign_agreement) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const auto in = random_inputs(gen);
+    for (const TiesOptions options : {TiesOptions{.density = 0.5}, TiesOptions{.density = 0.3, .election = SignElection::count, .lambda = 1.5},
+                                      TiesOptions{.density = 1.0, .normalize = false}}) {
+      BOOST_TEST_CONTEXT("density " << options.density) {
+        Ties<float, Space> policy(problem, {.options = options}, {.alpha = 0.9});
+        require_close<float>(run_merge(policy, in), reference_merge(in, 0.9, ties_factor(in, options), ones(groups, n)),
+                             8 * n, "merged");
+        Ties<double, Space> exact(problem, {.options = options}, {.alpha = 0.9});
+        check_gradients(exact, in, random_matrix(groups, shape.params(), gen));
+      }
+    }
+    // The CAMEx code's variant: agreement of each raw delta's sign with the sign of their sum.
+    HostMatrix agree(n, shape.params());
+    for (Eigen::Index p = 0; p < agree.cols(); ++p) {
+      double sum = 0;
+      for (std::size_t i = 0; i < n; ++i) sum += in.experts(i, p) - in.base(0, p);
+      for (std::size_t i = 0; i < n; ++i) {
+        const double d = in.experts(i, p) - in.base(0, p);
+        agree(i, p) = ((d > 0) - (d < 0)) == ((sum > 0) - (sum < 0));
+      }
+    }
+    Ties<double, Space> code(problem, {.variant = TiesVariant::sign_agreement});
+    require_close<double>(run_merge(code, in), reference_merge(in, 1.0, agree, ones(groups, n)), 4 * n, "sign agreement");
+    check_gradients(code, in, random_matrix(groups, shape.params(), gen));
+  }
+}
+
+// Spec §10: at an upcycled step 0 every delta is 0, so every TIES mask entry is 1 (sign-agreement variant), the
+// merged tensor is the base (the dense layer) for any policy, and the expert gradients are the base's share.
+BOOST_AUTO_TEST_CASE(upcycled_step_zero) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    auto in = random_inputs(gen);
+    for (std::size_t i = 0; i < n; ++i) in.experts.row(i) = in.base;
+    const HostMatrix dense = in.base.replicate(groups, 1);
+    Ties<double, Space> code(problem, {.variant = TiesVariant::sign_agreement});
+    BOOST_TEST((run_merge(code, in) - dense).cwiseAbs().maxCoeff() == 0.0);
+    // With every delta 0 the factor is 1 everywhere, so the expert gradient is sum_b s[b, i] d_merged[b].
+    const HostMatrix dm = random_matrix(groups, shape.params(), gen);
+    const auto g = run_backward(code, in, dm);
+    BOOST_TEST((g.d_experts - in.scores.transpose() * dm).cwiseAbs().maxCoeff() <= 1e-14);
+    Ties<double, Space> standard(problem, {.options = {.density = 0.5}});
+    BOOST_TEST((run_merge(standard, in) - dense).cwiseAbs().maxCoeff() == 0.0);
+    Dare<double, Space> dare(problem);
+    BOOST_TEST((run_merge(dare, in) - dense).cwiseAbs().maxCoeff() == 0.0);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(dare_element_and_expert) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const auto in = random_inputs(gen);
+    const double drop = 0.3;
+    const HostMatrix keep = dare_keep(in, drop);
+    BOOST_TEST(keep.sum() > 0.0);
+    BOOST_TEST(keep.sum() < static_cast<double>(keep.size()), "a drop of 0.3 over " << keep.size() << " entries drops some");
+
+    Dare<float, Space> inverse(problem, {.drop = drop});
+    require_close<float>(run_merge(inverse, in), reference_merge(in, 1.0, keep / (1 - drop), ones(groups, n)), 4 * n / (1 - drop),
+                         "inverse_keep");
+
+    // L1 matching: each expert's kept entries are scaled so the masked delta has the unmasked delta's L1 norm.
+    HostMatrix l1 = keep;
+    for (std::size_t i = 0; i < n; ++i) {
+      const HostMatrix tau = in.experts.row(i) - in.base;
+      l1.row(i) *= tau.cwiseAbs().sum() / tau.cwiseAbs().cwiseProduct(keep.row(i)).sum();
+    }
+    Dare<double, Space> norm(problem, {.drop = drop, .rescale = DareRescale::l1_norm});
+    require_close<double>(run_merge(norm, in), reference_merge(in, 1.0, l1, ones(groups, n)), 16 * n, "l1_norm");
+    check_gradients(norm, in, random_matrix(groups, shape.params(), gen));
+
+    // Drop2d: whole (group, expert) contributions, drawn at site (tensor, expert, group).
+    const CounterRng rng(in.step.seed, in.step.step);
+    HostMatrix kappa(groups, n);
+    for (std::size_t b = 0; b < groups; ++b)
+      for (std::size_t i = 0; i < n; ++i)
+        kappa(b, i) = rng.uniform({in.step.tensor, static_cast<std::uint32_t>(i), b}) < 0.5f ? 0.0 : 2.0;
+    Dare<double, Space> expert(problem, {.drop = 0.5, .granularity = DareGranularity::expert});
+    require_close<double>(run_merge(expert, in), reference_merge(in, 1.0, ones(n, shape.params()), kappa), 8 * n, "Drop2d");
+    check_gradients(expert, in, random_matrix(groups, shape.params(), gen));
+
+    // Evaluation: no drop unless asked for (mergekit applies DARE at merge time, so in_eval reproduces that).
+    PolicyInputs eval = in;
+    eval.step.training = false;
+    Dare<double, Space> trained(problem, {.drop = drop});
+    require_close<double>(run_merge(trained, eval), reference_merge(in, 1.0, ones(n, shape.params()), ones(groups, n)), 4 * n,
+                          "eval without drop");
+    Dare<double, Space> always(problem, {.drop = drop, .in_eval = true});
+    require_close<double>(run_merge(always, eval), reference_merge(in, 1.0, keep / (1 - drop), ones(groups, n)), 8 * n,
+                          "eval with in_eval");
+  }
+}
+
+// Same seed and step: the same masks; another step: other masks.
+BOOST_AUTO_TEST_CASE(dare_masks_are_a_function_of_seed_and_step) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    auto in = random_inputs(gen);
+    Dare<double, Space> policy(problem, {.drop = 0.5});
+    const HostMatrix first = run_merge(policy, in), again = run_merge(policy, in);
+    BOOST_TEST((first - again).cwiseAbs().maxCoeff() == 0.0);
+    in.step.step += 1;
+    BOOST_TEST((run_merge(policy, in) - first).cwiseAbs().maxCoeff() > 0.0);
+  }
+}
+
+// The base may be one of the experts: tau_j = 0, and the base's gradient lands on expert j.
+BOOST_AUTO_TEST_CASE(base_from_an_expert) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    auto in = random_inputs(gen, false);
+    PolicyInputs as_parameter = in;
+    as_parameter.base = in.experts.row(1);
+    Domain<double, Space> from_expert(problem, {.alpha = 0.6, .base = BaseSource::expert, .base_expert = 1});
+    require_close<double>(run_merge(from_expert, in), reference_merge(as_parameter, 0.6, ones(n, shape.params()), ones(groups, n)),
+                          4 * n, "base = expert 1");
+    check_gradients(from_expert, in, random_matrix(groups, shape.params(), gen));
+    Ties<double, Space> ties(problem, {.options = {.density = 0.5}}, {.base = BaseSource::expert, .base_expert = 2});
+    check_gradients(ties, in, random_matrix(groups, shape.params(), gen));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
+  std::mt19937_64 gen(test_seed());
+  const auto in = random_inputs(gen);
+  require_argument_error([] { Domain<float, Space>({.experts = 0, .groups = 1, .shape = shape}); }, "problem.experts",
+                         {"camex::Domain", "at least one expert"});
+  require_argument_error([] { Domain<float, Space>({.experts = 2, .groups = 0, .shape = shape}); }, "problem.groups", {"0"});
+  require_argument_error([] { Domain<float, Space>({.experts = 2, .groups = 1, .shape = {0, 3}}); }, "problem.shape",
+                         {"0 x 3"});
+  require_argument_error([] { Domain<float, Space>(problem, {.alpha = std::nan("")}); }, "composition.alpha", {"finite"});
+  require_argument_error([] { Domain<float, Space>(problem, {.base = BaseSource::expert, .base_expert = 3}); },
+                         "composition.base_expert", {"below 3", "given 3"});
+  require_argument_error([] { Dare<float, Space>(problem, {.drop = 1.0}); }, "dare.drop", {"[0, 1)", "given 1"});
+  require_argument_error(
+      [] { Dare<float, Space>(problem, {.granularity = DareGranularity::expert, .rescale = DareRescale::l1_norm}); },
+      "dare.rescale", {"expert granularity"});
+
+  Domain<float, Space> policy(problem, {.alpha = 0.5});
+  const auto workspace = make_workspace<Space>(policy.workspace_bytes());
+  const auto experts = to_device<float>(in.experts), base = to_device<float>(in.base), scores = to_device<float>(in.scores);
+  Matrix<float, Space> merged("merged", groups, shape.params());
+  require_argument_error([&] { policy.merge(Space{}, scores, merged, workspace); }, "this", {"prepare() to have run"});
+  require_argument_error([&] { policy.prepare(Space{}, {}, to_device<float>(random_matrix(2, 24, gen)), base, workspace); },
+                         "experts", {"camex::Domain::prepare", "[3, 24]", "given [2, 24]"});
+  require_argument_error([&] { policy.prepare(Space{}, {}, experts, Matrix<float, Space>(), workspace); }, "base",
+                         {"[1, 24]", "given [0, 0]"});
+  require_argument_error([&] { policy.prepare(Space{}, {}, experts, base, make_workspace<Space>(64)); }, "workspace",
+                         {"workspace_bytes", "given 64 bytes"});
+  policy.prepare(Space{}, {}, experts, base, workspace);
+  require_argument_error([&] { policy.merge(Space{}, to_device<float>(random_matrix(3, 3, gen)), merged, workspace); },
+                         "scores", {"1 <= B <= problem().groups = 2", "given [3, 3]"});
+  HostMatrix bad = in.scores;
+  bad(1, 2) = std::nan("");
+  require_argument_error([&] { policy.merge(Space{}, to_device<float>(bad), merged, workspace); }, "scores",
+                         {"finite routing scores", "scores(1, 2) = nan"});
+  require_argument_error([&] { policy.merge(Space{}, scores, Matrix<float, Space>("m", 2, 23), workspace); }, "merged",
+                         {"given [2, 23]"});
+  Matrix<float, Space> d_scores("ds", groups, n), d_experts("de", n, 24), d_base("db", 1, 24);
+  require_argument_error(
+      [&] { policy.backward(Space{}, scores, to_device<float>(random_matrix(2, 24, gen)), d_scores, d_experts, Matrix<float, Space>(), workspace); },
+      "d_base", {"[1, 24]"});
+  require_argument_error(
+      [&] { policy.backward(Space{}, scores, to_device<float>(random_matrix(1, 24, gen)), d_scores, d_experts, d_base, workspace); },
+      "d_merged", {"given [1, 24]"});
+  Euclidean<float, Space> smear(problem);
+  require_argument_error(
+      [&] { smear.prepare(Space{}, {}, experts, base, make_workspace<Space>(smear.workspace_bytes())); }, "base",
+      {"merges without a base"});
+}
+
+BOOST_AUTO_TEST_SUITE_END()

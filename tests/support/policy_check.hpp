@@ -1,0 +1,129 @@
+#pragma once
+// Runs any MergePolicy from host matrices, and checks every gradient it reports (experts, base, scores and each
+// of its own parameters) against central finite differences of L = <W, merged> in double. Used by the tests of
+// the built-in policies and by the custom-policy example's test, so a user's policy is held to the same check.
+
+#include <boost/test/unit_test.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "camex/core/workspace.hpp"
+#include "camex/merge/concepts.hpp"
+#include "testing.hpp"
+
+namespace camex::testing {
+
+/// The operands of one step, on the host in double. `base` is empty when the policy takes none.
+struct PolicyInputs {
+  HostMatrix experts, base, scores;
+  StepContext step{};
+};
+
+template <MergePolicy P>
+Matrix<typename P::scalar_type, Space> device_or_empty(const HostMatrix& m) {
+  if (m.size() == 0) return {};
+  return to_device<typename P::scalar_type>(m);
+}
+
+/// prepare + merge; returns merged [B, P].
+template <MergePolicy P>
+HostMatrix run_merge(P& policy, const PolicyInputs& in) {
+  using T = typename P::scalar_type;
+  const auto workspace = make_workspace<Space>(policy.workspace_bytes());
+  const auto experts = to_device<T>(in.experts);
+  const auto base = device_or_empty<P>(in.base);
+  policy.prepare(Space{}, in.step, experts, base, workspace);
+  Matrix<T, Space> merged("merged", in.scores.rows(), in.experts.cols());
+  policy.merge(Space{}, to_device<T>(in.scores), merged, workspace);
+  return to_host(merged);
+}
+
+struct PolicyGradients {
+  HostMatrix d_experts, d_base, d_scores;
+  std::vector<HostMatrix> parameters;  // each as one row
+};
+
+/// prepare + merge + backward with d_merged; returns every gradient the policy reports.
+template <MergePolicy P>
+PolicyGradients run_backward(P& policy, const PolicyInputs& in, const HostMatrix& d_merged) {
+  using T = typename P::scalar_type;
+  const auto workspace = make_workspace<Space>(policy.workspace_bytes());
+  const auto experts = to_device<T>(in.experts);
+  const auto base = device_or_empty<P>(in.base);
+  const auto scores = to_device<T>(in.scores);
+  policy.prepare(Space{}, in.step, experts, base, workspace);
+  Matrix<T, Space> d_scores("d_scores", in.scores.rows(), in.scores.cols()),
+      d_experts("d_experts", in.experts.rows(), in.experts.cols());
+  Matrix<T, Space> d_base = in.base.size() ? Matrix<T, Space>("d_base", 1, in.experts.cols()) : Matrix<T, Space>();
+  policy.backward(Space{}, scores, to_device<T>(d_merged), d_scores, d_experts, d_base, workspace);
+  PolicyGradients g{to_host(d_experts), in.base.size() ? to_host(d_base) : HostMatrix(), to_host(d_scores), {}};
+  for (const auto& parameter : policy.parameters()) {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, parameter.gradient);
+    HostMatrix row(1, host.extent(0));
+    for (std::size_t k = 0; k < host.extent(0); ++k) row(0, k) = static_cast<double>(host(k));
+    g.parameters.push_back(row);
+  }
+  return g;
+}
+
+namespace detail_check {
+
+inline void compare(const std::string& what, double analytic, double numeric, double tolerance) {
+  BOOST_TEST(std::abs(analytic - numeric) <= tolerance * (1 + std::abs(numeric)),
+             what << ": backward " << analytic << ", finite difference " << numeric);
+}
+
+}  // namespace detail_check
+
+/// Central differences of L = <d_merged, merged> in each input and parameter entry, against run_backward. The
+/// policy must be over double. With step h the truncation error is O(h^2 L''') and the rounding error about
+/// eps |L| / h; h = 1e-5 keeps both near 1e-10 for the O(1) inputs the tests use, so `tolerance` (relative to
+/// 1 + |gradient|) can be 1e-7 while a wrong term (an O(1) error) cannot hide.
+template <MergePolicy P>
+void check_gradients(P& policy, const PolicyInputs& in, const HostMatrix& d_merged, double tolerance = 1e-7) {
+  static_assert(std::is_same_v<typename P::scalar_type, double>, "finite differences run in double");
+  const double h = 1e-5;
+  const auto analytic = run_backward(policy, in, d_merged);
+  const auto loss = [&](const PolicyInputs& x) { return (run_merge(policy, x).array() * d_merged.array()).sum(); };
+  const auto probe = [&](HostMatrix PolicyInputs::*member, const HostMatrix& grad, const char* name) {
+    PolicyInputs x = in;
+    HostMatrix& m = x.*member;
+    for (Eigen::Index k = 0; k < m.size(); ++k) {
+      const double keep = m.data()[k];
+      m.data()[k] = keep + h;
+      const double up = loss(x);
+      m.data()[k] = keep - h;
+      const double down = loss(x);
+      m.data()[k] = keep;
+      detail_check::compare(std::string(name) + "[" + std::to_string(k) + "]", grad.data()[k], (up - down) / (2 * h),
+                            tolerance);
+    }
+  };
+  probe(&PolicyInputs::experts, analytic.d_experts, "d_experts");
+  if (in.base.size()) probe(&PolicyInputs::base, analytic.d_base, "d_base");
+  probe(&PolicyInputs::scores, analytic.d_scores, "d_scores");
+
+  auto parameters = policy.parameters();
+  for (std::size_t q = 0; q < parameters.size(); ++q) {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, parameters[q].value);
+    for (std::size_t k = 0; k < host.extent(0); ++k) {
+      const double keep = host(k);
+      const auto at = [&](double v) {
+        host(k) = v;
+        Kokkos::deep_copy(parameters[q].value, host);
+        return loss(in);
+      };
+      const double up = at(keep + h), down = at(keep - h);
+      at(keep);
+      detail_check::compare(parameters[q].name + "[" + std::to_string(k) + "]", analytic.parameters[q](0, k),
+                            (up - down) / (2 * h), tolerance);
+    }
+  }
+}
+
+}  // namespace camex::testing
