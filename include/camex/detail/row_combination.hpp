@@ -106,6 +106,34 @@ struct CombineBlock {
   }
 };
 
+/// out[k0 + k] += sum_p a[p] * rows[k0 + k][p] over one tile, for K rows at once (a is loaded once for all K).
+/// Each dot product is summed in a fixed order whatever K is: 8 interleaved partial sums, a fixed tree, then the
+/// tail; so the result does not depend on the blocking or on where the tile came from.
+template <int K>
+struct TileDots {
+  template <class T>
+  KOKKOS_FORCEINLINE_FUNCTION static void run(int k0, const T* const& a, const T* const& rows,
+                                              const std::ptrdiff_t& row_stride, const int& len, double* const& out) {
+    constexpr int lanes = 8;
+    T part[K][lanes] = {};
+    const T* row[K];
+    for (int k = 0; k < K; ++k) row[k] = rows + (k0 + k) * row_stride;
+    int p = 0;
+    for (; p + lanes <= len; p += lanes)
+      for (int k = 0; k < K; ++k) {
+        CAMEX_VECTOR_LANES
+        for (int j = 0; j < lanes; ++j) part[k][j] += a[p + j] * row[k][p + j];
+      }
+    for (int k = 0; k < K; ++k) {
+      T tail = 0;
+      for (int q = p; q < len; ++q) tail += a[q] * row[k][q];
+      for (int width = lanes / 2; width > 0; width /= 2)
+        for (int j = 0; j < width; ++j) part[k][j] += part[k][j + width];
+      out[k0 + k] += static_cast<double>(part[k][0] + tail);
+    }
+  }
+};
+
 /// One output row over one tile: blocks of 8 inputs, the first block writing and later blocks accumulating.
 template <class T>
 KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdiff_t row_stride,

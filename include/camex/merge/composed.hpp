@@ -75,6 +75,7 @@ class ComposedPolicy {
                            detail::concat(problem.shape.rows, " x ", problem.shape.cols));
     if (!std::isfinite(composition.alpha))
       throw argument_error(name_, "composition.alpha", "a finite step", detail::concat(composition.alpha));
+    if constexpr (requires { mask_.check(name); }) mask_.check(name);
     if (composition.base == BaseSource::expert && composition.base_expert >= problem.experts)
       throw argument_error(name_, "composition.base_expert", detail::concat("an expert index below ", problem.experts),
                            detail::concat(composition.base_expert));

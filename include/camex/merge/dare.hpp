@@ -1,11 +1,13 @@
 #pragma once
 // DARE merging (spec §4.4): merged_b = base + alpha sum_i kappa[b, i] s[b, i] f_i .* (E_i - base), with the
-// random drop-and-rescale of merge/axis/dare.hpp (element-level by default, the CAMEx code's Drop2d as an option).
+// random drop-and-rescale of merge/axis/dare.hpp (element-level by default, the CAMEx code's Drop2d as an option);
+// and DARE-CA, the same mask composed with the curvature transform.
 
 #include <Kokkos_Core.hpp>
 
 #include <concepts>
 
+#include "camex/merge/axis/curvature.hpp"
 #include "camex/merge/axis/dare.hpp"
 #include "camex/merge/composed.hpp"
 
@@ -16,13 +18,18 @@ class Dare : public ComposedPolicy<Scalar, ExecSpace, DareMask, IdentityTransfor
  public:
   explicit Dare(const MergeProblem& problem, DareMask mask = {}, const Composition& composition = {})
       : ComposedPolicy<Scalar, ExecSpace, DareMask, IdentityTransform>("camex::Dare", problem, composition,
-                                                                        checked(mask), {}) {}
+                                                                        std::move(mask), {}) {}
+};
 
- private:
-  static DareMask checked(const DareMask& mask) {
-    mask.check("camex::Dare");
-    return mask;
-  }
+/// DARE-CA: merged_b = base + alpha sum_i kappa[b, i] s[b, i] M_i(f_i .* tau_i). With DareGranularity::expert
+/// this is the CAMEx code's "dare": Drop2d over the gated, curvature-transformed deltas.
+template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
+class DareCA : public ComposedPolicy<Scalar, ExecSpace, DareMask, CurvatureTransform<Scalar, ExecSpace>> {
+ public:
+  explicit DareCA(const MergeProblem& problem, DareMask mask = {}, const CurvatureOptions& curvature = {},
+                  const Composition& composition = {})
+      : ComposedPolicy<Scalar, ExecSpace, DareMask, CurvatureTransform<Scalar, ExecSpace>>(
+            "camex::DareCA", problem, composition, std::move(mask), CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
 };
 
 }  // namespace camex
