@@ -69,6 +69,7 @@ enum class BaseSource {
   none,       ///< no base: merged = sum_i s_i E_i (SMEAR); the base operand is empty
   parameter,  ///< a separate base tensor E_m, passed as `base` ([1, P]); it gets a gradient
   expert,     ///< one of the experts (`base_expert`); the base operand is empty, its gradient goes to that expert
+  propagated, ///< computed from the previous layer of a chain (dynamic merging); base and d_base are empty
 };
 
 /// A merge policy over Scalar on ExecSpace (see the top of this header for the call sequence).
