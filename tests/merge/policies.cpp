@@ -269,6 +269,8 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
   require_argument_error([] { Domain<float, Space>(problem, {.alpha = std::nan("")}); }, "composition.alpha", {"finite"});
   require_argument_error([] { Domain<float, Space>(problem, {.base = BaseSource::expert, .base_expert = 3}); },
                          "composition.base_expert", {"below 3", "given 3"});
+  require_argument_error([] { Domain<float, Space>(problem, {.base = BaseSource::propagated}); }, "composition.base",
+                         {"DynamicChain"});
   require_argument_error([] { Dare<float, Space>(problem, {.drop = 1.0}); }, "dare.drop", {"[0, 1)", "given 1"});
   require_argument_error(
       [] { Dare<float, Space>(problem, {.granularity = DareGranularity::expert, .rescale = DareRescale::l1_norm}); },

@@ -14,6 +14,7 @@
 
 #include "camex/core/workspace.hpp"
 #include "camex/merge/concepts.hpp"
+#include "camex/merge/driver.hpp"
 #include "testing.hpp"
 
 namespace camex::testing {
@@ -30,16 +31,14 @@ Matrix<typename P::scalar_type, Space> device_or_empty(const HostMatrix& m) {
   return to_device<typename P::scalar_type>(m);
 }
 
-/// prepare + merge; returns merged [B, P].
+/// prepare + merge through the MergeDriver; returns merged [B, P].
 template <MergePolicy P>
 HostMatrix run_merge(P& policy, const PolicyInputs& in) {
   using T = typename P::scalar_type;
-  const auto workspace = make_workspace<Space>(policy.workspace_bytes());
-  const auto experts = to_device<T>(in.experts);
-  const auto base = device_or_empty<P>(in.base);
-  policy.prepare(Space{}, in.step, experts, base, workspace);
+  MergeDriver<P> driver(policy);
+  driver.prepare(Space{}, in.step, to_device<T>(in.experts), device_or_empty<P>(in.base));
   Matrix<T, Space> merged("merged", in.scores.rows(), in.experts.cols());
-  policy.merge(Space{}, to_device<T>(in.scores), merged, workspace);
+  driver.merge(Space{}, to_device<T>(in.scores), merged);
   return to_host(merged);
 }
 
@@ -48,19 +47,17 @@ struct PolicyGradients {
   std::vector<HostMatrix> parameters;  // each as one row
 };
 
-/// prepare + merge + backward with d_merged; returns every gradient the policy reports.
+/// prepare + merge + backward with d_merged through the MergeDriver; returns every gradient the policy reports.
 template <MergePolicy P>
 PolicyGradients run_backward(P& policy, const PolicyInputs& in, const HostMatrix& d_merged) {
   using T = typename P::scalar_type;
-  const auto workspace = make_workspace<Space>(policy.workspace_bytes());
-  const auto experts = to_device<T>(in.experts);
-  const auto base = device_or_empty<P>(in.base);
+  MergeDriver<P> driver(policy);
   const auto scores = to_device<T>(in.scores);
-  policy.prepare(Space{}, in.step, experts, base, workspace);
+  driver.prepare(Space{}, in.step, to_device<T>(in.experts), device_or_empty<P>(in.base));
   Matrix<T, Space> d_scores("d_scores", in.scores.rows(), in.scores.cols()),
       d_experts("d_experts", in.experts.rows(), in.experts.cols());
   Matrix<T, Space> d_base = in.base.size() ? Matrix<T, Space>("d_base", 1, in.experts.cols()) : Matrix<T, Space>();
-  policy.backward(Space{}, scores, to_device<T>(d_merged), d_scores, d_experts, d_base, workspace);
+  driver.backward(Space{}, scores, to_device<T>(d_merged), d_scores, d_experts, d_base);
   PolicyGradients g{to_host(d_experts), in.base.size() ? to_host(d_base) : HostMatrix(), to_host(d_scores), {}};
   for (const auto& parameter : policy.parameters()) {
     auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, parameter.gradient);

@@ -76,6 +76,9 @@ class ComposedPolicy {
     if (!std::isfinite(composition.alpha))
       throw argument_error(name_, "composition.alpha", "a finite step", detail::concat(composition.alpha));
     if constexpr (requires { mask_.check(name); }) mask_.check(name);
+    if (composition.base == BaseSource::propagated)
+      throw argument_error(name_, "composition.base", "none, parameter or expert (a propagated base comes from a DynamicChain)",
+                           "BaseSource::propagated");
     if (composition.base == BaseSource::expert && composition.base_expert >= problem.experts)
       throw argument_error(name_, "composition.base_expert", detail::concat("an expert index below ", problem.experts),
                            detail::concat(composition.base_expert));
@@ -233,7 +236,9 @@ class ComposedPolicy {
     return merge_rows(layout(carver));
   }
 
- private:
+ public:
+  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
+  // functions; they are not part of the policy's interface.
   template <class T>
   using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>;
 
@@ -287,7 +292,8 @@ class ComposedPolicy {
     switch (composition_.base) {
       case BaseSource::parameter: return base_.data();
       case BaseSource::expert: return experts_.data() + composition_.base_expert * detail::row_stride(experts_);
-      case BaseSource::none: break;
+      case BaseSource::none:
+      case BaseSource::propagated: break;
     }
     return nullptr;
   }
@@ -402,6 +408,7 @@ class ComposedPolicy {
                          });
   }
 
+ private:
   std::string name_;
   MergeProblem problem_;
   Composition composition_;

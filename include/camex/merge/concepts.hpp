@@ -4,7 +4,7 @@
 // a user's own go through the same driver (merge/driver.hpp) and the same layers, so this header is the contract.
 //
 // A training step with a policy `p` for one tensor runs
-//   bytes = p.workspace_bytes(problem)                      once, before the first step; allocate that much
+//   bytes = p.workspace_bytes()                             once, before the first step; allocate that much
 //   p.prepare(space, step, experts, base, workspace)        once per step, input-independent (deltas, masks, tau~)
 //   p.merge(space, scores, merged, workspace)               per batch of routing groups, any number of times
 //   p.backward(space, scores, d_merged, d_scores, d_experts, d_base, workspace)
@@ -66,7 +66,7 @@ using ConstMatrix = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename E
 
 /// Where a policy's base expert comes from (spec §8.2).
 enum class BaseSource {
-  none,       ///< no base: merged = sum_i s_i E_i (SMEAR); the base operand is empty
+  none,       ///< no base: the deltas are the experts themselves (tau_i = E_i; SMEAR); the base operand is empty
   parameter,  ///< a separate base tensor E_m, passed as `base` ([1, P]); it gets a gradient
   expert,     ///< one of the experts (`base_expert`); the base operand is empty, its gradient goes to that expert
   propagated, ///< computed from the previous layer of a chain (dynamic merging); base and d_base are empty

@@ -180,6 +180,15 @@ class CurvatureTransform {
     }
   }
 
+  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
+  // functions; they are not part of the policy's interface.
+  template <class In, class Out>
+  static void scale_copy(const ExecSpace& space, const In& in, const Out& out, Scalar scale) {
+    const std::size_t cols = out.extent(1);
+    Kokkos::parallel_for("camex::CurvatureTransform[scale]", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0) * cols),
+                         KOKKOS_LAMBDA(std::size_t k) { out(k / cols, k % cols) = scale * in(k / cols, k % cols); });
+  }
+
  private:
   struct ModeState {
     int index;
@@ -220,12 +229,6 @@ class CurvatureTransform {
         accumulate, s.transposed);
   }
 
-  template <class In, class Out>
-  static void scale_copy(const ExecSpace& space, const In& in, const Out& out, Scalar scale) {
-    const std::size_t cols = out.extent(1);
-    Kokkos::parallel_for("camex::CurvatureTransform[scale]", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0) * cols),
-                         KOKKOS_LAMBDA(std::size_t k) { out(k / cols, k % cols) = scale * in(k / cols, k % cols); });
-  }
 
   static std::pair<std::size_t, std::size_t> split(const char* fn, const char* argument, std::size_t dimension,
                                                    std::size_t limit) {

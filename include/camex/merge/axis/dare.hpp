@@ -131,7 +131,8 @@ struct DareMask {
     return {CounterRng(step.seed, step.step), step.tensor, static_cast<float>(drop), 1.0 / (1.0 - drop)};
   }
 
- private:
+  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
+  // functions; they are not part of the policy's interface.
   template <class T>
   KOKKOS_INLINE_FUNCTION static double magnitude(T x) {
     return x < 0 ? -static_cast<double>(x) : static_cast<double>(x);

@@ -65,7 +65,8 @@ struct TiesMask {
   }
   UnitScoreFactor score_factor(const StepContext&) const { return {}; }
 
- private:
+  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
+  // functions; they are not part of the policy's interface.
   template <class ExecSpace, class Tau, class Factor>
   static void sign_agreement(const ExecSpace& space, const Tau& tau, const Factor& factor) {
     using T = typename Factor::value_type;
