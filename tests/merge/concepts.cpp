@@ -10,7 +10,9 @@
 using namespace camex;
 using namespace camex::testing;
 
-namespace {
+// A named namespace, not an anonymous one: these types exist only to be rejected, and nvcc warns about members of
+// internal-linkage types that nothing calls.
+namespace contract {
 
 using In = ConstMatrix<float, Space>;
 using Out = Matrix<float, Space>;
@@ -79,7 +81,9 @@ static_assert(MergePolicy<DynamicChain<float, Space>::Layer>);
 static_assert(MaskAxis<NoMask, Space, float> && MaskAxis<TiesMask, Space, float> && MaskAxis<DareMask, Space, float>);
 static_assert(TransformAxis<IdentityTransform, float, Space> && TransformAxis<CurvatureTransform<float, Space>, float, Space>);
 
-}  // namespace
+}  // namespace contract
+
+using namespace contract;
 
 BOOST_AUTO_TEST_SUITE(concepts)
 
