@@ -33,15 +33,8 @@ struct Complete {
 struct NoScalarType : Complete {
   using scalar_type = int;  // not a floating-point type
 };
-struct NoWorkspaceQuery {
-  using scalar_type = float;
-  using execution_space = Space;
-  MergeProblem problem() const { return {}; }
-  BaseSource base_source() const { return BaseSource::none; }
-  void prepare(const Space&, const StepContext&, const In&, const In&, const Workspace<Space>&) {}
-  void merge(const Space&, const In&, const Out&, const Workspace<Space>&) {}
-  void backward(const Space&, const In&, const In&, const Out&, const Out&, const Out&, const Workspace<Space>&) {}
-  std::vector<Parameter<float, Space>> parameters() { return {}; }
+struct NoWorkspaceQuery : Complete {
+  std::size_t workspace_bytes() const = delete;
 };
 struct PrepareWithoutStep : Complete {
   void prepare(const Space&, const In&, const In&, const Workspace<Space>&) {}

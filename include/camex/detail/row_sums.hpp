@@ -19,8 +19,7 @@ struct RowSumChunking {
       : chunk(std::max<std::size_t>(4096, (length + 63) / 64)), chunks((length + chunk - 1) / chunk) {}
 };
 
-template <class ExecSpace>
-std::size_t row_sums_workspace_elements(std::size_t rows, std::size_t length) {
+inline std::size_t row_sums_workspace_elements(std::size_t rows, std::size_t length) {
   return rows * RowSumChunking(length).chunks;
 }
 

@@ -183,10 +183,7 @@ class ComposedPolicy {
     detail::require_shape(fn, "d_merged", d_merged, groups, params, "[B, P] with B = scores.extent(0)");
     detail::require_shape(fn, "d_scores", d_scores, groups, n, "[B, n], the shape of scores");
     detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
-    if (composition_.base == BaseSource::parameter)
-      detail::require_shape(fn, "d_base", d_base, 1, params, "[1, P] (the policy's base is a parameter)");
-    else if (d_base.size() != 0)
-      throw argument_error(fn, "d_base", "an empty view (the policy has no base parameter)", detail::shape_of(d_base));
+    detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
 
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
@@ -236,9 +233,7 @@ class ComposedPolicy {
     return merge_rows(layout(carver));
   }
 
- public:
-  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
-  // functions; they are not part of the policy's interface.
+ private:
   template <class T>
   using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>;
 
@@ -303,21 +298,12 @@ class ComposedPolicy {
     const std::size_t params = problem_.shape.params();
     detail::require_shape(fn, "experts", experts, problem_.experts, params,
                           "[n, P] with n = problem().experts, P = problem().shape.params()");
-    if (composition_.base == BaseSource::parameter)
-      detail::require_shape(fn, "base", base, 1, params, "[1, P] (the policy's base is a parameter)");
-    else if (base.size() != 0)
-      throw argument_error(fn, "base",
-                           composition_.base == BaseSource::none ? "an empty view (the policy merges without a base)"
-                                                                 : "an empty view (the policy's base is one of the experts)",
-                           detail::shape_of(base));
+    detail::require_base_operand(fn, "base", base, composition_.base, params);
   }
 
   void check_scores(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores) const {
     if (!prepared_) throw argument_error(fn, "this", "prepare() to have run for this step", "an unprepared policy");
-    if (scores.extent(0) == 0 || scores.extent(0) > problem_.groups || scores.extent(1) != problem_.experts)
-      throw argument_error(fn, "scores",
-                           detail::concat("shape [B, ", problem_.experts, "] with 1 <= B <= problem().groups = ", problem_.groups),
-                           detail::shape_of(scores));
+    detail::require_scores_shape(fn, scores, problem_);
   }
 
   /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the host (B x (n + 1) numbers), which is
@@ -357,6 +343,9 @@ class ComposedPolicy {
     return composition_.base != BaseSource::none && !has_mask && Transform::is_identity && composition_.alpha == 1.0;
   }
 
+ public:
+  // Kernel launchers: public because nvcc does not allow extended (device) lambdas in private member functions;
+  // they are not part of the policy's interface.
   /// d_scores[b, i] = alpha kappa[b, i] d_C[b, i].
   void score_gradient(const ExecSpace& space, const Buffer<Scalar>& d_coef, const Matrix<Scalar, ExecSpace>& d_scores) const {
     const std::size_t groups = d_scores.extent(0), n = problem_.experts;

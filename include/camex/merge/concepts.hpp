@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "camex/core/error.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 
@@ -93,4 +94,31 @@ concept MergePolicy =
                             Parameter<typename P::scalar_type, typename P::execution_space>>;
     };
 
+namespace detail {
+
+/// Throws unless `scores` is [B, problem.experts] with 1 <= B <= problem.groups.
+template <RowMajorMatrix V>
+void require_scores_shape(const char* function, const V& scores, const MergeProblem& problem) {
+  if (scores.extent(0) == 0 || scores.extent(0) > problem.groups || scores.extent(1) != problem.experts)
+    throw argument_error(function, "scores",
+                         concat("shape [B, ", problem.experts, "] with 1 <= B <= problem().groups = ", problem.groups),
+                         shape_of(scores));
+}
+
+/// Throws unless `base` (or d_base) fits a policy whose base comes from `source`: [1, params] for a parameter,
+/// empty otherwise.
+template <RowMajorMatrix V>
+void require_base_operand(const char* function, const char* name, const V& base, BaseSource source, std::size_t params) {
+  if (source == BaseSource::parameter) {
+    require_shape(function, name, base, 1, params, "[1, P] (the policy's base is a parameter)");
+    return;
+  }
+  if (base.size() == 0) return;
+  const char* why = source == BaseSource::none     ? "an empty view (the policy merges without a base)"
+                    : source == BaseSource::expert ? "an empty view (the policy's base is one of the experts)"
+                                                   : "an empty view (the base of a later layer is propagated)";
+  throw argument_error(function, name, why, shape_of(base));
+}
+
+}  // namespace detail
 }  // namespace camex

@@ -30,13 +30,13 @@ class MergeDriver {
     constexpr const char* fn = "camex::MergeDriver::prepare";
     const MergeProblem p = policy_.problem();
     detail::require_shape(fn, "experts", experts, p.experts, p.shape.params(), "[n, P] from the policy's problem()");
-    check_base(fn, "base", base);
+    detail::require_base_operand(fn, "base", base, policy_.base_source(), p.shape.params());
     policy_.prepare(space, step, experts, base, workspace_);
   }
 
   void merge(const execution_space& space, const In& scores, const Out& merged) {
     constexpr const char* fn = "camex::MergeDriver::merge";
-    check_scores(fn, scores);
+    detail::require_scores_shape(fn, scores, policy_.problem());
     detail::require_shape(fn, "merged", merged, scores.extent(0), policy_.problem().shape.params(),
                           "[B, P] with B = scores.extent(0)");
     detail::require_disjoint(fn, "merged", merged, "scores", scores);
@@ -47,33 +47,17 @@ class MergeDriver {
                 const Out& d_experts, const Out& d_base) {
     constexpr const char* fn = "camex::MergeDriver::backward";
     const MergeProblem p = policy_.problem();
-    check_scores(fn, scores);
+    detail::require_scores_shape(fn, scores, p);
     detail::require_shape(fn, "d_merged", d_merged, scores.extent(0), p.shape.params(), "[B, P] with B = scores.extent(0)");
     detail::require_shape(fn, "d_scores", d_scores, scores.extent(0), p.experts, "[B, n], the shape of scores");
     detail::require_shape(fn, "d_experts", d_experts, p.experts, p.shape.params(), "[n, P], the shape of experts");
-    check_base(fn, "d_base", d_base);
+    detail::require_base_operand(fn, "d_base", d_base, policy_.base_source(), p.shape.params());
     detail::require_disjoint(fn, "d_experts", d_experts, "d_merged", d_merged);
     detail::require_disjoint(fn, "d_scores", d_scores, "d_merged", d_merged);
     policy_.backward(space, scores, d_merged, d_scores, d_experts, d_base, workspace_);
   }
 
  private:
-  template <class View>
-  void check_base(const char* fn, const char* name, const View& base) const {
-    const std::size_t params = policy_.problem().shape.params();
-    if (policy_.base_source() == BaseSource::parameter)
-      detail::require_shape(fn, name, base, 1, params, "[1, P] (the policy's base is a parameter)");
-    else if (base.size() != 0)
-      throw argument_error(fn, name, "an empty view (the policy's base is not a parameter)", detail::shape_of(base));
-  }
-
-  void check_scores(const char* fn, const In& scores) const {
-    const MergeProblem p = policy_.problem();
-    if (scores.extent(0) == 0 || scores.extent(0) > p.groups || scores.extent(1) != p.experts)
-      throw argument_error(fn, "scores", detail::concat("shape [B, ", p.experts, "] with 1 <= B <= problem().groups = ", p.groups),
-                           detail::shape_of(scores));
-  }
-
   Policy& policy_;
   Workspace<execution_space> workspace_;
 };

@@ -103,17 +103,10 @@ class CurvatureTransform {
     return out;
   }
 
+  /// The scratch apply and backward take: the same carving as scratch(), on a counting carver.
   template <class T, class Carver>
   void layout(Carver& carver) const {
-    const std::size_t stacks = modes_.size() + 1;  // the backward's partial products and its two adjoints
-    carver.template take<Scalar>(stacks * experts_ * params_);
-    std::size_t transposed = 0, partial = 0;
-    for (const auto& m : modes_) {
-      transposed = std::max(transposed, detail::mode_product_scratch(experts_, m.geometry));
-      partial = std::max(partial, detail::mode_contraction_scratch(experts_, m.geometry));
-    }
-    carver.template take<Scalar>(transposed);
-    carver.template take<double>(partial);
+    scratch(carver);
   }
 
   /// y[i] = M_i(x[i]) for the [n, P] stacks x and y.

@@ -60,7 +60,7 @@ struct DareMask {
   template <class T, class Carver>
   void layout(Carver& carver, const MergeProblem& problem) const {
     carver.template take<double>(problem.experts * 3);
-    carver.template take<double>(detail::row_sums_workspace_elements<typename Carver::execution_space>(problem.experts, problem.shape.params()));
+    carver.template take<double>(detail::row_sums_workspace_elements(problem.experts, problem.shape.params()));
   }
 
   template <class ExecSpace, class Tau, class Factor, class Carver>
@@ -69,7 +69,7 @@ struct DareMask {
     using T = typename Factor::value_type;
     const std::size_t experts = tau.extent(0), params = tau.extent(1);
     const auto norms = carver.template take<double>(experts * 3);  // ||tau_i||_1, ||keep .* tau_i||_1, c_i
-    const auto partial = carver.template take<double>(detail::row_sums_workspace_elements<ExecSpace>(experts, params));
+    const auto partial = carver.template take<double>(detail::row_sums_workspace_elements(experts, params));
     const CounterRng rng(step.seed, step.step);
     const std::uint32_t t = step.tensor;
     const float p_drop = static_cast<float>(drop);
@@ -103,7 +103,7 @@ struct DareMask {
     if (rescale != DareRescale::l1_norm) return;
     const std::size_t experts = tau.extent(0), params = tau.extent(1);
     const auto norms = carver.template take<double>(experts * 3);
-    const auto partial = carver.template take<double>(detail::row_sums_workspace_elements<ExecSpace>(experts, params));
+    const auto partial = carver.template take<double>(detail::row_sums_workspace_elements(experts, params));
     // keep is where the factor is non-zero: the L1 factor of a kept entry is c_i > 0 unless ||tau_i||_1 = 0, and
     // then every term below vanishes anyway.
     const auto keep = [=] KOKKOS_FUNCTION(std::size_t i, std::size_t p) { return factor(i, p) != 0; };
