@@ -2,6 +2,8 @@
 // and the TIES trim (exact top-k) and mask factors at the same size.
 // Each case reports its minimum traffic and work per call as counters "bytes" and "flops" (formulas in
 // docs/performance.md), which benchmarks/run turns into GB/s and GFLOP/s.
+#include "cases.hpp"
+
 #include <camex/camex.hpp>
 
 #include <benchmark/benchmark.h>
@@ -98,6 +100,7 @@ int main(int argc, char** argv) {
   }
   benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k)->UseRealTime()->Unit(benchmark::kMillisecond);
   benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask)->UseRealTime()->Unit(benchmark::kMillisecond);
+  camex::bench::register_policy_benchmarks();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;
