@@ -10,6 +10,7 @@
 
 #include "camex/core/views.hpp"
 #include "camex/detail/kokkos_compat.hpp"
+#include "camex/detail/vectorize.hpp"
 
 namespace camex {
 
@@ -65,6 +66,26 @@ class CounterRng {
   /// 32 uniformly distributed bits for one site.
   KOKKOS_INLINE_FUNCTION std::uint32_t bits(const DrawSite& site) const {
     return block(site.tensor, site.expert, site.element / 4)[static_cast<int>(site.element % 4)];
+  }
+
+  /// bits() of the `count` consecutive sites (tensor, expert, first .. first + count - 1), into out[0, count):
+  /// one Philox block per four sites, and a loop over whole blocks that vectorises on the host.
+  KOKKOS_INLINE_FUNCTION void fill_bits(std::uint32_t tensor, std::uint32_t expert, std::uint64_t first, int count,
+                                        std::uint32_t* out) const {
+    int q = 0;
+    for (; q < count && (first + q) % 4 != 0; ++q) out[q] = bits({tensor, expert, first + q});
+    const std::uint64_t quad0 = (first + q) / 4;
+    const int quads = (count - q) / 4;
+    std::uint32_t* block_out = out + q;
+    CAMEX_IVDEP
+    for (int j = 0; j < quads; ++j) {
+      const auto words = block(tensor, expert, quad0 + j);
+      block_out[4 * j] = words[0];
+      block_out[4 * j + 1] = words[1];
+      block_out[4 * j + 2] = words[2];
+      block_out[4 * j + 3] = words[3];
+    }
+    for (q += 4 * quads; q < count; ++q) out[q] = bits({tensor, expert, first + q});
   }
 
   /// Uniform on [0, 1) with 24 random bits: exactly representable in float, so float and double agree.

@@ -13,29 +13,11 @@
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
+#include <concepts>
 #include <cstddef>
 
 #include "camex/detail/streaming_store.hpp"
-
-// CAMEX_IVDEP: the loop's iterations are independent (no aliasing between its arrays).
-// CAMEX_VECTOR_LANES: a short fixed-trip loop whose index is the SIMD lane; without it GCC's SLP pass may
-// vectorise an enclosing unrolled loop instead and pay for gathers.
-#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
-#define CAMEX_IVDEP
-#define CAMEX_VECTOR_LANES
-#elif defined(_OPENMP)
-#define CAMEX_IVDEP _Pragma("omp simd")
-#define CAMEX_VECTOR_LANES _Pragma("omp simd")
-#elif defined(__clang__)
-#define CAMEX_IVDEP _Pragma("clang loop vectorize(assume_safety)")
-#define CAMEX_VECTOR_LANES _Pragma("clang loop vectorize(assume_safety)")
-#elif defined(__GNUC__)
-#define CAMEX_IVDEP _Pragma("GCC ivdep")
-#define CAMEX_VECTOR_LANES _Pragma("GCC ivdep")
-#else
-#define CAMEX_IVDEP
-#define CAMEX_VECTOR_LANES
-#endif
+#include "camex/detail/vectorize.hpp"
 
 namespace camex {
 
@@ -251,6 +233,89 @@ void row_combination(const ExecSpace& space, Schedule schedule, const RowCombina
     Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.length),
                          LaneRowCombination<T>{op});
   }
+}
+
+/// Calls f(p0, len) on consecutive pieces [p0, p0 + len) covering [0, length): tiles of `tile` entries on host
+/// spaces (so f can vectorise along them), single entries (one lane each) elsewhere.
+template <class ExecSpace, class F>
+void for_each_tile(const ExecSpace& space, const char* label, std::size_t length, int tile, const F& f) {
+  if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)) {
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, (length + tile - 1) / tile), [=](std::size_t t) {
+      const std::size_t p0 = t * static_cast<std::size_t>(tile);
+      f(p0, tile_extent(p0, length, tile));
+    });
+  } else {
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, length), KOKKOS_LAMBDA(std::size_t p) { f(p, 1); });
+  }
+}
+
+/// Rows produced on demand instead of read from memory. A source has `int count() const` rows and
+///   generate(p0, len, out, stride): writes entries [p0, p0 + len) of row k to out[k * stride + (0 .. len)],
+/// callable in device code with any p0 and len (a lane passes len = 1).
+template <class S, class T>
+concept RowSource = requires(const S& source, std::size_t p0, int len, T* out, std::ptrdiff_t stride) {
+  { source.count() } -> std::convertible_to<int>;
+  source.generate(p0, len, out, stride);
+};
+
+/// Writes every row of `source` to out[k * stride + p], p < length.
+template <class ExecSpace, class T, RowSource<T> Source>
+void materialise_rows(const ExecSpace& space, const Source& source, T* out, std::ptrdiff_t stride, std::size_t length) {
+  for_each_tile(space, "camex::materialise_rows", length, tile_length<T>(source.count()),
+                KOKKOS_LAMBDA(std::size_t p0, int len) { source.generate(p0, len, out + p0, stride); });
+}
+
+/// Elements of T a generated tile holds: the input rows of one tile, generated into L1 and combined from there.
+template <class T>
+inline constexpr int generated_tile_capacity = static_cast<int>(l1_tile_budget / sizeof(T));
+
+/// Whether `rows` generated rows fit one tile of at least 64 entries (else materialise them and combine those).
+template <class T>
+constexpr bool generated_rows_fit(int rows) {
+  return rows >= 1 && rows * 64 <= generated_tile_capacity<T>;
+}
+
+/// out[o, p] = sum_k coef(o, k) R[k, p] with R produced by `source` tile by tile, never stored: host spaces only.
+template <class T, class Source>
+struct GeneratedRowCombination {
+  Coefficients<T> coef;
+  Source source;
+  T* out;
+  std::ptrdiff_t out_stride;
+  int out_rows;
+  std::size_t length;
+  int tile;
+  bool streaming;
+
+  void operator()(std::size_t t) const {
+    const std::size_t p0 = t * static_cast<std::size_t>(tile);
+    const int len = tile_extent(p0, length, tile);
+    alignas(64) T rows[generated_tile_capacity<T>];
+    source.generate(p0, len, rows, tile);
+    const int in_rows = source.count();
+    if (!streaming) {
+      for (int o = 0; o < out_rows; ++o) combine_rows(in_rows, rows, tile, coef, o, out + o * out_stride + p0, len);
+      return;
+    }
+    T staged[max_tile_length];
+    for (int o = 0; o < out_rows; ++o) {
+      combine_rows(in_rows, rows, tile, coef, o, staged, len);
+      copy_streaming(out + o * out_stride + p0, staged, len);
+    }
+    streaming_fence();
+  }
+};
+
+template <class ExecSpace, class T, RowSource<T> Source>
+void generated_row_combination(const ExecSpace& space, const Coefficients<T>& coef, const Source& source, T* out,
+                               std::ptrdiff_t out_stride, int out_rows, std::size_t length) {
+  static_assert(static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible),
+                "generated rows are combined on host spaces; device spaces combine materialised rows");
+  const int in_rows = source.count();
+  const int tile = std::min(tile_length<T>(in_rows), generated_tile_capacity<T> / in_rows / 64 * 64);
+  Kokkos::parallel_for("camex::row_combination[generated]", Kokkos::RangePolicy<ExecSpace>(space, 0, (length + tile - 1) / tile),
+                       GeneratedRowCombination<T, Source>{coef, source, out, out_stride, out_rows, length, tile,
+                                                          prefer_streaming_stores(sizeof(T) * length * static_cast<std::size_t>(out_rows))});
 }
 
 }  // namespace detail

@@ -4,11 +4,17 @@
 //   merged_b = base + alpha * sum_i kappa[b, i] s[b, i] D_i,   D_i = mask_i(T_i(mask_i(tau_i))),  tau_i = E_i - base
 //
 // where the elementwise mask sits before or after the transform (MaskPlacement), kappa is the mask's score factor,
-// and the base is absent (SMEAR), a parameter, or one of the experts. `prepare` builds the rows R = [D_1 .. D_n,
-// base] once per step; a merge is then the soft merge of R with coefficients C[b, i] = alpha kappa s (C[b, n] = 1
-// for the base row), and its backward is the soft-merge backward: d_R = C^T d_merged, d_C = d_merged R^T. What is
-// left runs once per step, independent of the batch: d_tau from d_D through the transform and the mask, then
-// d_E_i = d_tau_i and d_base = d_R[base row] - sum_i d_tau_i.
+// and the base is absent (SMEAR), a parameter, or one of the experts. A merge is the soft merge of the rows
+// R = [D_1 .. D_n, base] with coefficients C[b, i] = alpha kappa s (C[b, n] = 1 for the base row), and its
+// backward is the soft-merge backward: d_R = C^T d_merged, d_C = d_merged R^T. What is left runs once per step,
+// independent of the batch: d_tau from d_D through the transform and the mask, then d_E_i = d_tau_i and
+// d_base = d_R[base row] - sum_i d_tau_i.
+//
+// Where the rows come from is the cost question (docs/performance.md). With the identity transform on a host
+// space, R is never stored: the merge generates each tile of R (experts minus base, times the mask's factor) in
+// L1 and combines it there, so a step reads the experts once. A transform (compute-bound, and read by every
+// merge) or a device space materialises R in `prepare`. Either way `prepare` gathers the mask's whole-tensor
+// statistics (the TIES trim, the L1 norms) once per step.
 
 #include <Kokkos_Core.hpp>
 
@@ -18,6 +24,7 @@
 #include <limits>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "camex/core/error.hpp"
@@ -94,14 +101,12 @@ class ComposedPolicy {
   std::size_t workspace_bytes() const {
     detail::WorkspaceCarver<ExecSpace> carver;
     layout(carver);
-    // Transient scratch follows the persistent buffers; a call takes at most all three pieces, in any order, each
+    // Transient scratch follows the persistent buffers; a call takes at most both pieces, in any order, each
     // aligned (hence the slack).
-    const std::size_t nrows = problem_.experts + (composition_.base != BaseSource::none ? 1 : 0);
-    mask_.template layout<Scalar>(carver, problem_);
     if constexpr (!Transform::is_identity) transform_.template layout<Scalar>(carver);
     carver.template take<unsigned char>(
-        soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(problem_.groups, nrows, problem_.shape.params()));
-    return carver.bytes() + 3 * detail::WorkspaceCarver<ExecSpace>::alignment;
+        soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(problem_.groups, row_count(), problem_.shape.params()));
+    return carver.bytes() + 2 * detail::WorkspaceCarver<ExecSpace>::alignment;
   }
 
   std::vector<Parameter<Scalar, ExecSpace>> parameters() {
@@ -111,8 +116,9 @@ class ComposedPolicy {
       return transform_.parameters();
   }
 
-  /// Builds the rows R for this step. `experts` [n, P]; `base` [1, P] with BaseSource::parameter, else empty.
-  /// experts and base must hold the same values until this step's backward has run.
+  /// Gets this step ready: the mask's statistics, and the rows R where they are materialised. `experts` [n, P];
+  /// `base` [1, P] with BaseSource::parameter, else empty. experts and base must hold the same values until this
+  /// step's backward has run.
   void prepare(const ExecSpace& space, const StepContext& step, const ConstMatrix<Scalar, ExecSpace>& experts,
                const ConstMatrix<Scalar, ExecSpace>& base, const Workspace<ExecSpace>& workspace) {
     const std::string fn = name_ + "::prepare";
@@ -123,31 +129,32 @@ class ComposedPolicy {
     experts_ = experts;
     base_ = base;
     factor_active_ = mask_.factor_active(step);
-    const auto tau = deltas(buffers);
-    if (composition_.base != BaseSource::none) subtract_base(space, experts, base_row(), buffers.tau);
-    if (factor_active_) mask_.compute_factor(space, step, tau, buffers.factor, carver);
-    const auto d = delta_rows(buffers);
-    if constexpr (Transform::is_identity) {
-      if (factor_active_)
-        detail::multiply_elementwise(space, buffers.factor, tau, d);
-      else if (buffers.rows.extent(0) != 0)
-        Kokkos::deep_copy(space, d, tau);
-    } else {
-      const auto x = transform_input(buffers);
-      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta)
-        detail::multiply_elementwise(space, buffers.factor, tau, buffers.pre);
-      transform_.apply(space, x, d, carver);
-      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed)
-        detail::multiply_elementwise(space, buffers.factor, d, d);
-    }
-    if (composition_.base != BaseSource::none) {
-      const auto base_out = Kokkos::subview(buffers.rows, problem_.experts, Kokkos::ALL);
-      const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base : experts,
-                                           composition_.base == BaseSource::parameter ? 0 : composition_.base_expert,
-                                           Kokkos::ALL);
-      Kokkos::deep_copy(space, base_out, base_in);
-    }
+    tau_ready_ = factor_ready_ = rows_ready_ = false;
     prepared_ = true;
+    if (bare()) return;
+    if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
+    if (factor_active_) mask_.prepare(space, step, deltas(buffers), buffers.mask);
+    if constexpr (Transform::is_identity) {
+      if (!generates_rows()) ensure_rows(space, buffers);
+    } else {
+      const auto d = delta_rows(buffers);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta)
+        detail::materialise_rows(space, delta_source(buffers, true, false), buffers.pre.data(),
+                                 detail::row_stride(buffers.pre), problem_.shape.params());
+      transform_.apply(space, transform_input(buffers), d, carver);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed) {
+        ensure_factor(space, buffers);
+        detail::multiply_elementwise(space, buffers.factor, d, d);
+      }
+      if (composition_.base != BaseSource::none) {
+        const auto base_out = Kokkos::subview(buffers.rows, problem_.experts, Kokkos::ALL);
+        const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base : experts,
+                                             composition_.base == BaseSource::parameter ? 0 : composition_.base_expert,
+                                             Kokkos::ALL);
+        Kokkos::deep_copy(space, base_out, base_in);
+      }
+      rows_ready_ = true;
+    }
   }
 
   /// merged[b] = base + alpha sum_i kappa[b, i] scores[b, i] D_i for the B <= problem().groups rows of `scores`.
@@ -161,6 +168,16 @@ class ComposedPolicy {
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     const auto coef = coefficients(fn.c_str(), scores, buffers);
+    if constexpr (generation_possible) {
+      if (generates_rows() && !rows_ready_) {
+        require_operands_unchanged(fn.c_str(), merged);
+        detail::generated_row_combination(space, detail::Coefficients<Scalar>{coef.data(), detail::row_stride(coef), 1},
+                                          delta_source(buffers, factor_active_, true), merged.data(),
+                                          detail::row_stride(merged), static_cast<int>(scores.extent(0)),
+                                          problem_.shape.params());
+        return;
+      }
+    }
     soft_merge(space, coef, merge_rows(buffers), merged);
   }
 
@@ -187,6 +204,7 @@ class ComposedPolicy {
 
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
+    if (!bare()) ensure_rows(space, buffers);
     const auto rows = merge_rows(buffers);
     const std::size_t nrows = rows.extent(0);
     const auto coef = coefficients(fn, scores, buffers);
@@ -207,10 +225,12 @@ class ComposedPolicy {
     if (upstream.d_next.size() != 0) add_upstream(space, upstream, d_rows);
 
     const auto d_delta = Kokkos::subview(d_rows, std::pair<std::size_t, std::size_t>(0, n), Kokkos::ALL);
+    if (factor_active_) ensure_deltas(space, buffers);
     const auto tau = deltas(buffers);
+    if (factor_active_) ensure_factor(space, buffers);
     if constexpr (Transform::is_identity) {
       if (factor_active_)
-        mask_.adjoint(space, tau, buffers.factor, d_delta, d_experts, carver);
+        mask_.adjoint(space, tau, buffers.factor, d_delta, d_experts, buffers.mask);
       else
         Kokkos::deep_copy(space, d_experts, d_delta);
     } else {
@@ -218,7 +238,7 @@ class ComposedPolicy {
         detail::multiply_elementwise(space, buffers.factor, d_delta, d_delta);
       if (factor_active_ && mask_.placement() == MaskPlacement::on_delta) {
         transform_.backward(space, transform_input(buffers), d_delta, buffers.pre_adjoint, carver);
-        mask_.adjoint(space, tau, buffers.factor, buffers.pre_adjoint, d_experts, carver);
+        mask_.adjoint(space, tau, buffers.factor, buffers.pre_adjoint, d_experts, buffers.mask);
       } else {
         transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
       }
@@ -226,41 +246,93 @@ class ComposedPolicy {
     if (composition_.base != BaseSource::none) base_gradient(space, d_rows, d_experts, d_base);
   }
 
-  /// The prepared rows [D_1 .. D_n, base] (or the experts, for a bare soft merge) of this step, for callers that
-  /// apply them without materialising merged tensors (layers, dynamic merging). Valid after prepare.
-  ConstMatrix<Scalar, ExecSpace> prepared_rows(const Workspace<ExecSpace>& workspace) const {
+  /// This step's rows [D_1 .. D_n, base] (or the experts, for a bare soft merge), materialised if the merge
+  /// generates them, for callers that apply them without materialising merged tensors (layers, dynamic merging).
+  /// Valid after prepare.
+  ConstMatrix<Scalar, ExecSpace> prepared_rows(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
-    return merge_rows(layout(carver));
+    const auto buffers = layout(carver);
+    if (!bare()) ensure_rows(space, buffers);
+    return merge_rows(buffers);
   }
 
  private:
   template <class T>
   using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>;
 
+  using MaskState = decltype(std::declval<const Mask&>().template layout<Scalar>(
+      std::declval<detail::WorkspaceCarver<ExecSpace>&>(), std::declval<const MergeProblem&>()));
+
   struct Buffers {
     Buffer<Scalar> tau, factor, pre, pre_adjoint, rows, d_rows, coef, d_coef;
+    MaskState mask;
   };
 
   static constexpr bool has_mask = !std::is_same_v<Mask, NoMask>;
+  static constexpr bool generation_possible =
+      Transform::is_identity && static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
+
+  /// No base, no mask, no transform: the rows are the experts themselves.
+  bool bare() const { return composition_.base == BaseSource::none && !has_mask && Transform::is_identity; }
+  std::size_t row_count() const { return problem_.experts + (composition_.base != BaseSource::none ? 1 : 0); }
+
+  /// Whether merge generates the rows tile by tile instead of reading them from the workspace.
+  bool generates_rows() const {
+    return generation_possible && !bare() && detail::generated_rows_fit<Scalar>(static_cast<int>(row_count()));
+  }
 
   /// Carves the buffers that live from prepare to backward, in a fixed order; what a call takes after them is
   /// transient scratch.
   Buffers layout(detail::WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t n = problem_.experts, params = problem_.shape.params(), groups = problem_.groups;
     const bool has_base = composition_.base != BaseSource::none;
-    const std::size_t nrows = n + (has_base ? 1 : 0);
-    const bool bare = !has_base && !has_mask && Transform::is_identity;
+    const std::size_t nrows = row_count();
     const bool pre = !Transform::is_identity && has_mask && mask_.placement() == MaskPlacement::on_delta;
     Buffers b;
     b.tau = carver.template take_matrix<Scalar>(has_base ? n : 0, params);
     b.factor = carver.template take_matrix<Scalar>(has_mask ? n : 0, params);
     b.pre = carver.template take_matrix<Scalar>(pre ? n : 0, params);
     b.pre_adjoint = carver.template take_matrix<Scalar>(pre ? n : 0, params);
-    b.rows = carver.template take_matrix<Scalar>(bare ? 0 : nrows, params);
-    b.d_rows = carver.template take_matrix<Scalar>(bare ? 0 : nrows, params);
+    b.rows = carver.template take_matrix<Scalar>(bare() ? 0 : nrows, params);
+    b.d_rows = carver.template take_matrix<Scalar>(bare() ? 0 : nrows, params);
     b.coef = carver.template take_matrix<Scalar>(groups, nrows);
     b.d_coef = carver.template take_matrix<Scalar>(groups, nrows);
+    b.mask = mask_.template layout<Scalar>(carver, problem_);
     return b;
+  }
+
+  /// The rows [f .* tau_1 .. f .* tau_n (, base)] computed from the experts and the base wherever they are needed.
+  auto delta_source(const Buffers& b, bool masked, bool with_base_row) const {
+    return DeltaRows<decltype(mask_.element_factor(step_, b.mask))>{
+        experts_.data(), detail::row_stride(experts_), static_cast<int>(problem_.experts), base_row(),
+        with_base_row && composition_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask)};
+  }
+
+  void ensure_deltas(const ExecSpace& space, const Buffers& b) {
+    if (tau_ready_ || composition_.base == BaseSource::none) return;
+    detail::materialise_rows(space, delta_source(b, false, false), b.tau.data(), detail::row_stride(b.tau),
+                             problem_.shape.params());
+    tau_ready_ = true;
+  }
+
+  void ensure_factor(const ExecSpace& space, const Buffers& b) {
+    if (factor_ready_) return;
+    ensure_deltas(space, b);
+    materialise_factor(space, deltas(b), mask_.element_factor(step_, b.mask), b.factor);
+    factor_ready_ = true;
+  }
+
+  void ensure_rows(const ExecSpace& space, const Buffers& b) {
+    if (rows_ready_) return;
+    detail::materialise_rows(space, delta_source(b, factor_active_, true), b.rows.data(), detail::row_stride(b.rows),
+                             problem_.shape.params());
+    rows_ready_ = true;
+  }
+
+  /// A merge that generates rows reads the experts and base given to prepare; it cannot write over them.
+  void require_operands_unchanged(const char* fn, const Matrix<Scalar, ExecSpace>& merged) const {
+    detail::require_disjoint(fn, "merged", merged, "experts", experts_);
+    if (base_.size() != 0) detail::require_disjoint(fn, "merged", merged, "base", base_);
   }
 
   ConstMatrix<Scalar, ExecSpace> deltas(const Buffers& b) const {
@@ -372,15 +444,53 @@ class ComposedPolicy {
                          });
   }
 
-  static void subtract_base(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& experts, const Scalar* base,
-                            const Buffer<Scalar>& tau) {
-    const std::size_t params = tau.extent(1);
-    Kokkos::parallel_for("camex::ComposedPolicy[tau]", Kokkos::RangePolicy<ExecSpace>(space, 0, tau.extent(0) * params),
-                         KOKKOS_LAMBDA(std::size_t k) {
-                           const std::size_t i = k / params, p = k % params;
-                           tau(i, p) = experts(i, p) - base[p];
-                         });
+  template <class Factor>
+  static void materialise_factor(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& tau, const Factor& element,
+                                 const Buffer<Scalar>& factor) {
+    const Scalar* x = tau.data();
+    Scalar* f = factor.data();
+    const auto x_stride = detail::row_stride(tau), f_stride = detail::row_stride(factor);
+    detail::for_each_tile(space, "camex::ComposedPolicy[factor]", tau.extent(1),
+                          detail::tile_length<Scalar>(static_cast<int>(tau.extent(0))), KOKKOS_LAMBDA(std::size_t p0, int len) {
+                            element.template apply<false>(p0, len, x + p0, x_stride, f + p0, f_stride);
+                          });
   }
+
+  /// The row source of the composition: tau_i = E_i - base (E_i with no base), times the mask's factor, then the
+  /// base as the last row.
+  template <class Factor>
+  struct DeltaRows {
+    const Scalar* experts;
+    std::ptrdiff_t experts_stride;
+    int n;
+    const Scalar* base;  // null: the deltas are the experts
+    bool base_row;
+    bool masked;
+    Factor factor;
+
+    KOKKOS_INLINE_FUNCTION int count() const { return n + (base_row ? 1 : 0); }
+
+    KOKKOS_INLINE_FUNCTION void generate(std::size_t p0, int len, Scalar* out, std::ptrdiff_t stride) const {
+      for (int i = 0; i < n; ++i) {
+        const Scalar* e = experts + i * experts_stride + p0;
+        Scalar* o = out + i * stride;
+        if (base) {
+          const Scalar* b = base + p0;
+          CAMEX_IVDEP
+          for (int q = 0; q < len; ++q) o[q] = e[q] - b[q];
+        } else {
+          CAMEX_IVDEP
+          for (int q = 0; q < len; ++q) o[q] = e[q];
+        }
+      }
+      if (masked) factor.template apply<true>(p0, len, out, stride, out, stride);
+      if (base_row) {
+        Scalar* o = out + n * stride;
+        CAMEX_IVDEP
+        for (int q = 0; q < len; ++q) o[q] = base[p0 + q];
+      }
+    }
+  };
 
   /// d_base = d_R[n] - sum_i d_tau_i; with the base taken from expert j that sum goes to d_E_j instead.
   void base_gradient(const ExecSpace& space, const Buffer<Scalar>& d_rows, const Matrix<Scalar, ExecSpace>& d_experts,
@@ -406,6 +516,8 @@ class ComposedPolicy {
   StepContext step_{};
   bool factor_active_ = false;
   bool prepared_ = false;
+  // What this step has materialised so far: the deltas, the mask's factor, the rows.
+  bool tau_ready_ = false, factor_ready_ = false, rows_ready_ = false;
   ConstMatrix<Scalar, ExecSpace> experts_, base_;
 };
 

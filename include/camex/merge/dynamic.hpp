@@ -62,7 +62,7 @@ class DynamicChain {
           throw argument_error(fn, "base", "an empty view (the base of a later layer is propagated)", detail::shape_of(base));
         inner_.prepare(space, step, experts, chain.base_row(index_), workspace);
       }
-      if (index_ + 1 < chain.layers_.size()) chain.propagate(space, index_, inner_.prepared_rows(workspace));
+      if (index_ + 1 < chain.layers_.size()) chain.propagate(space, index_, inner_.prepared_rows(space, workspace));
       prepared_ = chain.generation_;
     }
 

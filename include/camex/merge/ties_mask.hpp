@@ -21,6 +21,8 @@
 #include "camex/core/top_k.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
+#include "camex/detail/row_combination.hpp"
+#include "camex/detail/vectorize.hpp"
 
 namespace camex {
 
@@ -39,7 +41,7 @@ struct TiesOptions {
 
 namespace detail {
 
-template <class ExecSpace, class T>
+template <class ExecSpace>
 struct TiesMaskState {
   template <class U>
   using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
@@ -47,14 +49,119 @@ struct TiesMaskState {
   Array<double> weights;     // [N]
   Workspace<ExecSpace> select;
 
-  TiesMaskState(WorkspaceCarver<ExecSpace>& carver, std::size_t experts, std::size_t params)
-      : keep(carver.template take<std::uint8_t>(experts * params)),
-        weights(carver.template take<double>(experts)) {
-    const auto bytes = top_k_workspace_bytes<T, ExecSpace>(experts, params);
-    const auto carved = carver.template take<unsigned char>(bytes);
-    select = Workspace<ExecSpace>(carved.data(), carved.extent(0));
+  template <class T>
+  static TiesMaskState carve(WorkspaceCarver<ExecSpace>& carver, std::size_t experts, std::size_t params) {
+    TiesMaskState st;
+    st.keep = carver.template take<std::uint8_t>(experts * params);
+    st.weights = carver.template take<double>(experts);
+    const auto carved = carver.template take<unsigned char>(top_k_workspace_bytes<T, ExecSpace>(experts, params));
+    st.select = Workspace<ExecSpace>(carved.data(), carved.extent(0));
+    return st;
   }
 };
+
+/// Throws argument_error unless there is one finite weight per expert and a finite lambda; returns the trim's k.
+inline std::size_t check_ties_options(const char* fn, std::span<const double> weights, const TiesOptions& options,
+                                      std::size_t experts, std::size_t params) {
+  if (weights.size() != experts)
+    throw argument_error(fn, "weights", detail::concat("one weight per expert (", experts, ')'),
+                         detail::concat(weights.size(), " weights"));
+  for (std::size_t i = 0; i < experts; ++i)
+    if (!std::isfinite(weights[i]))
+      throw argument_error(fn, "weights", "finite weights", detail::concat("weights[", i, "] = ", weights[i]));
+  if (!std::isfinite(options.lambda))
+    throw argument_error(fn, "options.lambda", "a finite scale", detail::concat(options.lambda));
+  return top_k_count(fn, options.density, params);
+}
+
+/// The trim (keep = top k by magnitude per expert, or all) and the weights, on the device.
+template <class ExecSpace, class Deltas>
+void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const double> weights, std::size_t k,
+               const TiesMaskState<ExecSpace>& st) {
+  const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
+  Kokkos::deep_copy(space, st.weights,
+                    Kokkos::View<const double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
+                        weights.data(), experts));
+  const Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
+                     Kokkos::MemoryTraits<Kokkos::Unmanaged>>
+      keep(st.keep.data(), experts, params);
+  if (k < params)
+    top_k_by_magnitude(space, deltas, k, keep, st.select);
+  else
+    Kokkos::deep_copy(space, keep, std::uint8_t{1});
+}
+
+/// The TIES factor at any run of parameters, from the trim and the deltas there: the element factor of TiesMask.
+/// Works on runs of at most `chunk` entries at a time, in passes over the experts that vectorise along the run;
+/// sums are taken in double in expert order, so any run length gives the same factors.
+struct TiesElection {
+  static constexpr int chunk = 128;
+  const std::uint8_t* keep;  // [n, params]
+  std::size_t params;
+  const double* weights;
+  int experts;
+  bool by_sum, normalize;
+  double lambda;
+
+  template <bool Multiply, class T>
+  KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
+                                    std::ptrdiff_t out_stride) const {
+    // Every pass over an expert is one vectorisable loop: no calls, masks instead of branches.
+    // The weighted delta d of a trimmed entry is 0 and so never agrees; with the elected sign e = +-1, d agrees
+    // exactly when d e > 0.
+    for (int c0 = 0; c0 < len; c0 += chunk) {
+      const int n = len - c0 < chunk ? len - c0 : chunk;
+      double sum[chunk], votes[chunk], agreeing[chunk];
+      for (int q = 0; q < n; ++q) sum[q] = votes[q] = agreeing[q] = 0;
+      for (int i = 0; i < experts; ++i) {
+        const std::uint8_t* kept = keep + i * params + p0 + c0;
+        const T* x = tau + i * tau_stride + c0;
+        const double w = weights[i];
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) {
+          const double d = value_or_zero(kept[q] != 0, w * static_cast<double>(x[q]));
+          sum[q] += d;
+          votes[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
+        }
+      }
+      // votes[] holds the elected sign from here on: a sum (or vote) of exactly 0 elects +.
+      CAMEX_IVDEP
+      for (int q = 0; q < n; ++q) votes[q] = (by_sum ? sum[q] : votes[q]) >= 0 ? 1.0 : -1.0;
+      for (int i = 0; i < experts; ++i) {
+        const std::uint8_t* kept = keep + i * params + p0 + c0;
+        const T* x = tau + i * tau_stride + c0;
+        const double w = weights[i];
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) {
+          const double d = value_or_zero(kept[q] != 0, w * static_cast<double>(x[q]));
+          agreeing[q] += d * votes[q] > 0 ? w : 0.0;
+        }
+      }
+      // sum[] holds the scale from here on.
+      CAMEX_IVDEP
+      for (int q = 0; q < n; ++q) sum[q] = lambda / (normalize && agreeing[q] != 0 ? agreeing[q] : 1.0);
+      for (int i = 0; i < experts; ++i) {
+        const std::uint8_t* kept = keep + i * params + p0 + c0;
+        const T* x = tau + i * tau_stride + c0;
+        T* y = out + i * out_stride + c0;
+        const double w = weights[i];
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) {
+          const double d = value_or_zero(kept[q] != 0, w * static_cast<double>(x[q]));
+          const T f = static_cast<T>(value_or_zero(d * votes[q] > 0, sum[q]));
+          y[q] = Multiply ? f * x[q] : f;
+        }
+      }
+    }
+  }
+};
+
+template <class ExecSpace>
+TiesElection ties_election(const TiesMaskState<ExecSpace>& st, std::size_t experts, std::size_t params,
+                           const TiesOptions& options) {
+  return {st.keep.data(), params, st.weights.data(), static_cast<int>(experts), options.election == SignElection::sum,
+          options.normalize, options.lambda};
+}
 
 }  // namespace detail
 
@@ -62,7 +169,7 @@ struct TiesMaskState {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t ties_mask_workspace_bytes(std::size_t experts, std::size_t params) {
   detail::WorkspaceCarver<ExecSpace> carver;
-  detail::TiesMaskState<ExecSpace, Scalar>(carver, experts, params);
+  detail::TiesMaskState<ExecSpace>::template carve<Scalar>(carver, experts, params);
   return carver.bytes();
 }
 
@@ -80,55 +187,19 @@ void ties_mask(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
   detail::require_shape(fn, "factor", factor, experts, params, "[N, P], the shape of deltas");
   detail::require_disjoint(fn, "factor", factor, "deltas", deltas);
-  if (weights.size() != experts)
-    throw argument_error(fn, "weights", detail::concat("one weight per expert (", experts, ')'),
-                         detail::concat(weights.size(), " weights"));
-  for (std::size_t i = 0; i < experts; ++i)
-    if (!std::isfinite(weights[i]))
-      throw argument_error(fn, "weights", "finite weights", detail::concat("weights[", i, "] = ", weights[i]));
-  if (!std::isfinite(options.lambda))
-    throw argument_error(fn, "options.lambda", "a finite scale", detail::concat(options.lambda));
-  const std::size_t k = top_k_count(fn, options.density, params);
+  const std::size_t k = detail::check_ties_options(fn, weights, options, experts, params);
 
   detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
-  const detail::TiesMaskState<ExecSpace, T> st(carver, experts, params);
-  Kokkos::deep_copy(space, st.weights,
-                    Kokkos::View<const double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
-                        weights.data(), experts));
-  const Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
-                     Kokkos::MemoryTraits<Kokkos::Unmanaged>>
-      keep(st.keep.data(), experts, params);
-  if (k < params)
-    top_k_by_magnitude(space, deltas, k, keep, st.select);
-  else
-    Kokkos::deep_copy(space, keep, std::uint8_t{1});
-
-  const auto w = st.weights;
-  const bool by_sum = options.election == SignElection::sum, normalize = options.normalize;
-  const double lambda = options.lambda;
-  const int n = static_cast<int>(experts);
-  Kokkos::parallel_for("camex::ties_mask", Kokkos::RangePolicy<ExecSpace>(space, 0, params), KOKKOS_LAMBDA(std::size_t p) {
-    // sign(x) as -1, 0, +1; the weighted delta of a trimmed entry is 0 and so never agrees.
-    const auto sign = [](double x) { return (x > 0) - (x < 0); };
-    double sum = 0;
-    int votes = 0;
-    for (int i = 0; i < n; ++i) {
-      const double d = keep(i, p) ? w(i) * static_cast<double>(deltas(i, p)) : 0.0;
-      sum += d;
-      votes += sign(d);
-    }
-    const int elected = (by_sum ? sum >= 0 : votes >= 0) ? 1 : -1;
-    double agreeing = 0;
-    for (int i = 0; i < n; ++i) {
-      const double d = keep(i, p) ? w(i) * static_cast<double>(deltas(i, p)) : 0.0;
-      agreeing += sign(d) == elected ? w(i) : 0.0;
-    }
-    const double scale = lambda / (normalize && agreeing != 0 ? agreeing : 1.0);
-    for (int i = 0; i < n; ++i) {
-      const double d = keep(i, p) ? w(i) * static_cast<double>(deltas(i, p)) : 0.0;
-      factor(i, p) = static_cast<T>(sign(d) == elected ? scale : 0.0);
-    }
-  });
+  const auto st = detail::TiesMaskState<ExecSpace>::template carve<T>(carver, experts, params);
+  detail::ties_trim(space, deltas, weights, k, st);
+  const auto election = detail::ties_election(st, experts, params, options);
+  const T* tau = deltas.data();
+  T* f = factor.data();
+  const auto tau_stride = detail::row_stride(deltas), f_stride = detail::row_stride(factor);
+  detail::for_each_tile(space, "camex::ties_mask", params, detail::TiesElection::chunk,
+                        KOKKOS_LAMBDA(std::size_t p0, int len) {
+                          election.template apply<false>(p0, len, tau + p0, tau_stride, f + p0, f_stride);
+                        });
 }
 
 }  // namespace camex

@@ -35,11 +35,50 @@ struct ExpertDropFactor {
   }
 };
 
+/// The element-level DARE factor at any run of parameters: keep ? scale_i : 0 with keep drawn at (tensor, i, p),
+/// scale_i = 1 / (1 - drop) or the L1 ratio c_i.
+struct DareDraws {
+  static constexpr int chunk = 256;
+  CounterRng rng;
+  std::uint32_t tensor;
+  float drop;
+  int experts;
+  double inverse_keep;
+  const double* l1_ratio;  // [experts] c_i, or null for 1 / (1 - drop)
+
+  template <bool Multiply, class T>
+  KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
+                                    std::ptrdiff_t out_stride) const {
+    std::uint32_t bits[chunk];
+    for (int i = 0; i < experts; ++i) {
+      const T scale = static_cast<T>(l1_ratio ? l1_ratio[i] : inverse_keep);
+      for (int c0 = 0; c0 < len; c0 += chunk) {
+        const int n = len - c0 < chunk ? len - c0 : chunk;
+        rng.fill_bits(tensor, static_cast<std::uint32_t>(i), p0 + c0, n, bits);
+        const T* x = tau + i * tau_stride + c0;
+        T* y = out + i * out_stride + c0;
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) {
+          const T f = CounterRng::to_unit_float(bits[q]) < drop ? T(0) : scale;
+          y[q] = Multiply ? f * x[q] : f;
+        }
+      }
+    }
+  }
+};
+
 struct DareMask {
   double drop = 0.1;
   DareGranularity granularity = DareGranularity::element;
   DareRescale rescale = DareRescale::inverse_keep;
   bool in_eval = false;
+
+  template <class ExecSpace>
+  struct State {
+    typename detail::WorkspaceCarver<ExecSpace>::template Array<double> norms;    // ||tau_i||_1, S_i, c_i
+    typename detail::WorkspaceCarver<ExecSpace>::template Array<double> partial;  // row-sum scratch
+    std::size_t experts;
+  };
 
   /// Throws argument_error for a drop probability outside [0, 1) or an L1 rescale of expert-level dropout.
   void check(const char* function) const {
@@ -55,59 +94,50 @@ struct DareMask {
   bool score_factor_active(const StepContext& step) const {
     return applies(step) && granularity == DareGranularity::expert;
   }
+  bool needs_deltas(const StepContext& step) const { return factor_active(step) && rescale == DareRescale::l1_norm; }
   MaskPlacement placement() const { return MaskPlacement::on_delta; }
 
   template <class T, class Carver>
-  void layout(Carver& carver, const MergeProblem& problem) const {
-    carver.template take<double>(problem.experts * 3);
-    carver.template take<double>(detail::row_sums_workspace_elements(problem.experts, problem.shape.params()));
+  State<typename Carver::execution_space> layout(Carver& carver, const MergeProblem& problem) const {
+    const bool l1 = rescale == DareRescale::l1_norm;
+    const std::size_t n = problem.experts;
+    auto norms = carver.template take<double>(l1 ? n * 3 : 0);
+    auto partial = carver.template take<double>(l1 ? detail::row_sums_workspace_elements(n, problem.shape.params()) : 0);
+    return {norms, partial, n};
   }
 
-  template <class ExecSpace, class Tau, class Factor, class Carver>
-  void compute_factor(const ExecSpace& space, const StepContext& step, const Tau& tau, const Factor& factor,
-                      Carver& carver) const {
-    using T = typename Factor::value_type;
-    const std::size_t experts = tau.extent(0), params = tau.extent(1);
-    const auto norms = carver.template take<double>(experts * 3);  // ||tau_i||_1, ||keep .* tau_i||_1, c_i
-    const auto partial = carver.template take<double>(detail::row_sums_workspace_elements(experts, params));
-    const CounterRng rng(step.seed, step.step);
-    const std::uint32_t t = step.tensor;
-    const float p_drop = static_cast<float>(drop);
+  /// The L1 rescale's norms; inverse_keep needs nothing beyond the draws.
+  template <class ExecSpace, class Tau>
+  void prepare(const ExecSpace& space, const StepContext& step, const Tau& tau, const State<ExecSpace>& state) const {
+    if (rescale != DareRescale::l1_norm) return;
+    const auto draws = element_factor(step, State<ExecSpace>{});
     const auto keep = [=] KOKKOS_FUNCTION(std::size_t i, std::size_t p) {
-      return !(rng.uniform({t, static_cast<std::uint32_t>(i), p}) < p_drop);
+      return !(draws.rng.uniform({draws.tensor, static_cast<std::uint32_t>(i), p}) < draws.drop);
     };
-    if (rescale == DareRescale::inverse_keep) {
-      const T scale = static_cast<T>(1.0 / (1.0 - drop));
-      Kokkos::parallel_for("camex::DareMask[inverse_keep]", Kokkos::RangePolicy<ExecSpace>(space, 0, experts * params),
-                           KOKKOS_LAMBDA(std::size_t k) {
-                             const std::size_t i = k / params, p = k % params;
-                             factor(i, p) = keep(i, p) ? scale : T(0);
-                           });
-      return;
-    }
-    l1_norms(space, tau, keep, norms, partial);
-    Kokkos::parallel_for("camex::DareMask[l1_norm]", Kokkos::RangePolicy<ExecSpace>(space, 0, experts * params),
-                         KOKKOS_LAMBDA(std::size_t k) {
-                           const std::size_t i = k / params, p = k % params;
-                           factor(i, p) = keep(i, p) ? static_cast<T>(norms(2 * experts + i)) : T(0);
-                         });
+    l1_norms(space, tau, keep, state.norms, state.partial);
+  }
+
+  template <class ExecSpace>
+  DareDraws element_factor(const StepContext& step, const State<ExecSpace>& state) const {
+    return {CounterRng(step.seed, step.step), step.tensor, static_cast<float>(drop), static_cast<int>(state.experts),
+            1.0 / (1.0 - drop), state.norms.extent(0) != 0 ? state.norms.data() + 2 * state.experts : nullptr};
   }
 
   /// f .* d_masked, plus for the L1 rescale the term through c_i = ||tau_i||_1 / S_i, S_i = ||keep .* tau_i||_1:
   ///   d tau_p += g_i sign(tau_p) (1 - c_i keep_p) / S_i,  g_i = sum_q keep_q tau_q d_masked_q
   /// (c_i is taken as 1, with no gradient, where S_i = 0).
-  template <class ExecSpace, class Tau, class Factor, class In, class Out, class Carver>
+  template <class ExecSpace, class Tau, class Factor, class In, class Out>
   void adjoint(const ExecSpace& space, const Tau& tau, const Factor& factor, const In& d_masked, const Out& d_tau,
-               Carver& carver) const {
+               const State<ExecSpace>& state) const {
     detail::multiply_elementwise(space, factor, d_masked, d_tau);
     if (rescale != DareRescale::l1_norm) return;
     const std::size_t experts = tau.extent(0), params = tau.extent(1);
-    const auto norms = carver.template take<double>(experts * 3);
-    const auto partial = carver.template take<double>(detail::row_sums_workspace_elements(experts, params));
+    const auto norms = state.norms;
+    const auto partial = state.partial;
     // keep is where the factor is non-zero: the L1 factor of a kept entry is c_i > 0 unless ||tau_i||_1 = 0, and
-    // then every term below vanishes anyway.
+    // then every term below vanishes anyway. norms still holds this step's ||tau_i||_1, S_i and c_i; its first
+    // n entries are reused for g_i.
     const auto keep = [=] KOKKOS_FUNCTION(std::size_t i, std::size_t p) { return factor(i, p) != 0; };
-    l1_norms(space, tau, keep, norms, partial);
     const auto g = Kokkos::subview(norms, std::pair<std::size_t, std::size_t>(0, experts));
     detail::row_sums(
         space, experts, params,

@@ -1,18 +1,20 @@
 #pragma once
 // The mask axis of a composed policy (design §2): what happens to the deltas tau_i = E_i - base before they are
 // merged. Every mask camex knows is one of two shapes, and may be both:
-//  * an elementwise factor f[i, p], computed once per step from the deltas alone: masked delta = f[i] .* x[i],
-//    where x is tau (MaskPlacement::on_delta) or the transformed tau~ (on_transformed);
+//  * an elementwise factor f[i, p], a function of the deltas at p (and of whole-tensor statistics such as the
+//    TIES trim, gathered once per step by `prepare`): masked delta = f[i] .* x[i], where x is tau
+//    (MaskPlacement::on_delta) or the transformed tau~ (on_transformed);
 //  * a factor kappa[b, i] on each routing group's score (expert-level dropout).
-// A mask type states both through the members below; NoMask is the identity. The composed policy owns the
-// buffers; a mask only fills them.
-
+// The factor is handed out as a small device-callable object that computes f over any run of parameters, so the
+// policy can apply it where the deltas already sit in L1 (inside the merge) or materialise it; the mask never
+// owns a [n, P] buffer of its own factor.
 #include <Kokkos_Core.hpp>
 
 #include <concepts>
 #include <cstddef>
 
 #include "camex/core/workspace.hpp"
+#include "camex/detail/vectorize.hpp"
 #include "camex/merge/concepts.hpp"
 
 namespace camex {
@@ -28,21 +30,28 @@ struct UnitScoreFactor {
 
 /// What the composed policy asks of a mask over Scalar on ExecSpace.
 ///   factor_active(step) / score_factor_active(step): whether f / kappa differ from 1 in this step;
-///   layout<T>(carver, problem): takes the scratch compute_factor needs (called identically before each use);
-///   compute_factor(space, step, tau, factor, carver): fills f[n, P] from the deltas;
-///   adjoint(space, tau, factor, d_masked, d_tau, carver): d_tau from d_masked (f .* d_masked for factors that
-///     are piecewise constant in tau);
+///   needs_deltas(step): whether prepare reads the deltas as a whole (then the policy materialises them);
+///   layout<T>(carver, problem): carves the mask's state (what prepare gathers, and its scratch), called in the
+///     same place of the policy's workspace before every use;
+///   prepare(space, step, tau, state): gathers what f needs beyond the deltas at p;
+///   element_factor(step, state): a copyable object whose apply<multiply>(p0, len, tau, tau_stride, out,
+///     out_stride) writes f[i, p] (or f[i, p] tau[i, p] when `multiply`) for p in [p0, p0 + len) and every
+///     expert i; out may be tau itself, and it is callable in device code;
+///   adjoint(space, tau, factor, d_masked, d_tau, state): d_tau from d_masked (f .* d_masked for factors that
+///     are piecewise constant in tau), with `factor` materialised;
 ///   score_factor(step): a device-callable kappa(b, i).
 template <class M, class ExecSpace, class T>
 concept MaskAxis = requires(const M& mask, const StepContext& step, const MergeProblem& problem, const ExecSpace& space,
                             detail::WorkspaceCarver<ExecSpace>& carver, const ConstMatrix<T, ExecSpace>& in,
-                            const typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>& out) {
+                            const typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>& out,
+                            std::size_t p0, int len, const T* tau, T* masked, std::ptrdiff_t stride) {
   { mask.factor_active(step) } -> std::same_as<bool>;
   { mask.score_factor_active(step) } -> std::same_as<bool>;
+  { mask.needs_deltas(step) } -> std::same_as<bool>;
   { mask.placement() } -> std::same_as<MaskPlacement>;
-  mask.template layout<T>(carver, problem);
-  mask.compute_factor(space, step, in, out, carver);
-  mask.adjoint(space, in, in, in, out, carver);
+  mask.prepare(space, step, in, mask.template layout<T>(carver, problem));
+  mask.element_factor(step, mask.template layout<T>(carver, problem)).template apply<true>(p0, len, tau, stride, masked, stride);
+  mask.adjoint(space, in, in, in, out, mask.template layout<T>(carver, problem));
   { mask.score_factor(step)(std::size_t{}, std::size_t{}) } -> std::convertible_to<double>;
 };
 
@@ -61,18 +70,37 @@ void multiply_elementwise(const ExecSpace& space, const Factor& factor, const In
 
 }  // namespace detail
 
+/// f = 1.
+struct UnitFactor {
+  template <bool Multiply, class T>
+  KOKKOS_INLINE_FUNCTION void apply(std::size_t, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
+                                    std::ptrdiff_t out_stride) const {
+    for (int i = 0; i < rows; ++i) {
+      if (Multiply && out == tau && out_stride == tau_stride) continue;
+      CAMEX_IVDEP
+      for (int q = 0; q < len; ++q) out[i * out_stride + q] = Multiply ? tau[i * tau_stride + q] : T(1);
+    }
+  }
+  int rows;
+};
+
 /// The identity mask.
 struct NoMask {
+  struct State {
+    int experts;
+  };
   bool factor_active(const StepContext&) const { return false; }
   bool score_factor_active(const StepContext&) const { return false; }
+  bool needs_deltas(const StepContext&) const { return false; }
   MaskPlacement placement() const { return MaskPlacement::on_delta; }
   template <class T, class Carver>
-  void layout(Carver&, const MergeProblem&) const {}
-  template <class ExecSpace, class Tau, class Factor, class Carver>
-  void compute_factor(const ExecSpace&, const StepContext&, const Tau&, const Factor&, Carver&) const {}
-  template <class ExecSpace, class Tau, class Factor, class In, class Out, class Carver>
+  State layout(Carver&, const MergeProblem& problem) const { return {static_cast<int>(problem.experts)}; }
+  template <class ExecSpace, class Tau>
+  void prepare(const ExecSpace&, const StepContext&, const Tau&, const State&) const {}
+  UnitFactor element_factor(const StepContext&, const State& state) const { return {state.experts}; }
+  template <class ExecSpace, class Tau, class Factor, class In, class Out>
   void adjoint(const ExecSpace& space, const Tau&, const Factor& factor, const In& d_masked, const Out& d_tau,
-               Carver&) const {
+               const State&) const {
     detail::multiply_elementwise(space, factor, d_masked, d_tau);
   }
   UnitScoreFactor score_factor(const StepContext&) const { return {}; }

@@ -9,10 +9,12 @@
 #include <Kokkos_Core.hpp>
 
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "camex/core/error.hpp"
 #include "camex/core/top_k.hpp"
+#include "camex/detail/vectorize.hpp"
 #include "camex/merge/axis/mask.hpp"
 #include "camex/merge/ties_mask.hpp"
 
@@ -24,6 +26,51 @@ enum class TiesVariant {
   sign_agreement,  ///< [sign(tau_i) == sign(sum_j tau_j)] from the raw deltas, applied to the transformed deltas
 };
 
+/// The CAMEx code's factor at any run of parameters: [sign(tau_i) == sign(sum_j tau_j)], the sum in double.
+struct SignAgreement {
+  static constexpr int chunk = 128;
+  int experts;
+
+  template <bool Multiply, class T>
+  KOKKOS_INLINE_FUNCTION void apply(std::size_t, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
+                                    std::ptrdiff_t out_stride) const {
+    const auto sign = [](double x) { return (x > 0) - (x < 0); };
+    for (int c0 = 0; c0 < len; c0 += chunk) {
+      const int n = len - c0 < chunk ? len - c0 : chunk;
+      double sum[chunk];
+      for (int q = 0; q < n; ++q) sum[q] = 0;
+      for (int i = 0; i < experts; ++i) {
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) sum[q] += static_cast<double>(tau[i * tau_stride + c0 + q]);
+      }
+      for (int i = 0; i < experts; ++i) {
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) {
+          const T x = tau[i * tau_stride + c0 + q];
+          const T f = T(sign(static_cast<double>(x)) == sign(sum[q]));
+          out[i * out_stride + c0 + q] = Multiply ? f * x : f;
+        }
+      }
+    }
+  }
+};
+
+/// The TIES factor of either variant.
+struct TiesFactor {
+  TiesVariant variant;
+  detail::TiesElection election;
+  SignAgreement agreement;
+
+  template <bool Multiply, class T>
+  KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
+                                    std::ptrdiff_t out_stride) const {
+    if (variant == TiesVariant::standard)
+      election.template apply<Multiply>(p0, len, tau, tau_stride, out, out_stride);
+    else
+      agreement.template apply<Multiply>(p0, len, tau, tau_stride, out, out_stride);
+  }
+};
+
 /// The TIES mask. `weights` are mergekit's per-model weights for the election and the disjoint mean (empty: all
 /// 1); the routing scores still weight the merge itself. `options` and `weights` apply to the standard variant.
 struct TiesMask {
@@ -31,55 +78,51 @@ struct TiesMask {
   TiesOptions options{.density = 0.2};
   std::vector<double> weights{};
 
+  template <class ExecSpace>
+  struct State {
+    detail::TiesMaskState<ExecSpace> trim;  // empty for sign agreement
+    std::size_t experts, params;
+  };
+
   bool factor_active(const StepContext&) const { return true; }
   bool score_factor_active(const StepContext&) const { return false; }
+  bool needs_deltas(const StepContext&) const { return variant == TiesVariant::standard; }
   MaskPlacement placement() const {
     return variant == TiesVariant::standard ? MaskPlacement::on_delta : MaskPlacement::on_transformed;
   }
 
   template <class T, class Carver>
-  void layout(Carver& carver, const MergeProblem& problem) const {
+  State<typename Carver::execution_space> layout(Carver& carver, const MergeProblem& problem) const {
     using Space = typename Carver::execution_space;
-    if (variant == TiesVariant::standard)
-      carver.template take<unsigned char>(ties_mask_workspace_bytes<T, Space>(problem.experts, problem.shape.params()));
+    const std::size_t n = problem.experts, params = problem.shape.params();
+    return {variant == TiesVariant::standard ? detail::TiesMaskState<Space>::template carve<T>(carver, n, params)
+                                             : detail::TiesMaskState<Space>{},
+            n, params};
   }
 
-  template <class ExecSpace, class Tau, class Factor, class Carver>
-  void compute_factor(const ExecSpace& space, const StepContext&, const Tau& tau, const Factor& factor,
-                      Carver& carver) const {
-    using T = typename Factor::value_type;
-    const std::size_t experts = tau.extent(0), params = tau.extent(1);
-    if (variant == TiesVariant::sign_agreement) {
-      sign_agreement(space, tau, factor);
-      return;
-    }
-    const auto scratch = carver.template take<unsigned char>(ties_mask_workspace_bytes<T, ExecSpace>(experts, params));
-    const std::vector<double> w = weights.empty() ? std::vector<double>(experts, 1.0) : weights;
-    ties_mask(space, tau, std::span<const double>(w), options, factor, Workspace<ExecSpace>(scratch.data(), scratch.extent(0)));
+  template <class ExecSpace, class Tau>
+  void prepare(const ExecSpace& space, const StepContext&, const Tau& tau, const State<ExecSpace>& state) const {
+    if (variant != TiesVariant::standard) return;
+    const std::vector<double> w = weights.empty() ? std::vector<double>(state.experts, 1.0) : weights;
+    const std::size_t k = detail::check_ties_options("camex::TiesMask::prepare", w, options, state.experts, state.params);
+    detail::ties_trim(space, tau, std::span<const double>(w), k, state.trim);
   }
 
-  template <class ExecSpace, class Tau, class Factor, class In, class Out, class Carver>
+  template <class ExecSpace>
+  TiesFactor element_factor(const StepContext&, const State<ExecSpace>& state) const {
+    const int n = static_cast<int>(state.experts);
+    return {variant,
+            variant == TiesVariant::standard ? detail::ties_election(state.trim, state.experts, state.params, options)
+                                             : detail::TiesElection{},
+            SignAgreement{n}};
+  }
+
+  template <class ExecSpace, class Tau, class Factor, class In, class Out>
   void adjoint(const ExecSpace& space, const Tau&, const Factor& factor, const In& d_masked, const Out& d_tau,
-               Carver&) const {
+               const State<ExecSpace>&) const {
     detail::multiply_elementwise(space, factor, d_masked, d_tau);
   }
   UnitScoreFactor score_factor(const StepContext&) const { return {}; }
-
-  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
-  // functions; they are not part of the policy's interface.
-  template <class ExecSpace, class Tau, class Factor>
-  static void sign_agreement(const ExecSpace& space, const Tau& tau, const Factor& factor) {
-    using T = typename Factor::value_type;
-    const int experts = static_cast<int>(tau.extent(0));
-    Kokkos::parallel_for("camex::TiesMask[sign_agreement]", Kokkos::RangePolicy<ExecSpace>(space, 0, tau.extent(1)),
-                         KOKKOS_LAMBDA(std::size_t p) {
-                           const auto sign = [](double x) { return (x > 0) - (x < 0); };
-                           double sum = 0;
-                           for (int i = 0; i < experts; ++i) sum += static_cast<double>(tau(i, p));
-                           const int elected = sign(sum);
-                           for (int i = 0; i < experts; ++i) factor(i, p) = T(sign(static_cast<double>(tau(i, p))) == elected);
-                         });
-  }
 };
 
 }  // namespace camex

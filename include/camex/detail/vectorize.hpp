@@ -1,0 +1,45 @@
+#pragma once
+// Loop hints shared by the host kernels; empty in device code, where a lane is one iteration.
+
+// CAMEX_IVDEP: the loop's iterations are independent (no aliasing between its arrays).
+// CAMEX_VECTOR_LANES: a short fixed-trip loop whose index is the SIMD lane; without it GCC's SLP pass may
+// vectorise an enclosing unrolled loop instead and pay for gathers.
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+#define CAMEX_IVDEP
+#define CAMEX_VECTOR_LANES
+#elif defined(_OPENMP)
+#define CAMEX_IVDEP _Pragma("omp simd")
+#define CAMEX_VECTOR_LANES _Pragma("omp simd")
+#elif defined(__clang__)
+#define CAMEX_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#define CAMEX_VECTOR_LANES _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define CAMEX_IVDEP _Pragma("GCC ivdep")
+#define CAMEX_VECTOR_LANES _Pragma("GCC ivdep")
+#else
+#define CAMEX_IVDEP
+#define CAMEX_VECTOR_LANES
+#endif
+
+#include <Kokkos_Core.hpp>
+
+#include <cstdint>
+#include <cstring>
+
+namespace camex::detail {
+
+/// `keep ? v : 0` as a bit mask on the host: under GCC's default -ftrapping-math a select of a computed (or
+/// loaded) floating-point value is not if-converted, and the loop around it is not vectorised.
+KOKKOS_FORCEINLINE_FUNCTION double value_or_zero(bool keep, double v) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+  return keep ? v : 0.0;
+#else
+  std::uint64_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= -static_cast<std::uint64_t>(keep);
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+#endif
+}
+
+}  // namespace camex::detail
