@@ -74,7 +74,7 @@ def main():
     header = f"{'case':<52} {'camex ms':>9} {'GB/s':>7} {'%triad':>7} {'GFLOP/s':>8} {'torch ms':>9} {'x torch':>8} {'torch out= ms':>13} {'x out=':>7}"
     print(header)
     print("-" * len(header))
-    fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.lstrip(".0123456789f") or ">")
+    fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.split(".")[0])
     for r in rows:
         print(f"{r['name']:<52} {r['camex_s'] * 1e3:>9.3f} {r['camex_GBps']:>7.1f} {100 * r['fraction_of_triad']:>6.0f}% "
               f"{r['camex_GFLOPs']:>8.1f} {fmt(r['torch_s'] and r['torch_s'] * 1e3, '>9.3f')} "

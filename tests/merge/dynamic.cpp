@@ -186,6 +186,15 @@ BOOST_AUTO_TEST_CASE(call_order_is_enforced) {
                                 Matrix<double, Space>("db", 1, problem.shape.params()), workspaces[0]);
       },
       "this", {"layer 1's backward before layer 0's"});
+  require_argument_error([&] { chain.base_row(0); }, "l", {"1 to 2", "given 0"});
+  // A new step that re-prepared only layer 0 leaves the last layer's state stale.
+  chain.layer(0).prepare(Space{}, {}, to_device<double>(in.experts[0]), to_device<double>(in.base), workspaces[0]);
+  require_argument_error(
+      [&] {
+        chain.layer(2).backward(Space{}, to_device<double>(in.scores[2]), to_device<double>(in.d_merged[2]), ds, de,
+                                Matrix<double, Space>(), workspaces[2]);
+      },
+      "this", {"layer 2 prepared in this step", "earlier step"});
 }
 
 BOOST_AUTO_TEST_SUITE_END()

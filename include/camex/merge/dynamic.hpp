@@ -78,6 +78,9 @@ class DynamicChain {
       auto& chain = *chain_;
       constexpr const char* fn = "camex::DynamicChain::Layer::backward";
       const bool last = index_ + 1 == chain.layers_.size();
+      if (prepared_ == 0 || prepared_ != chain.generation_)
+        throw argument_error(fn, "this", detail::concat("layer ", index_, " prepared in this step before its backward"),
+                             detail::concat("layer ", index_, " last prepared in an earlier step, or never"));
       if (!last && chain.layers_[index_ + 1]->backward_done_ != chain.generation_)
         throw argument_error(fn, "this", detail::concat("layer ", index_ + 1, "'s backward before layer ", index_, "'s"),
                              detail::concat("layer ", index_, " first"));
@@ -129,8 +132,13 @@ class DynamicChain {
   }
   double propagation_coefficient() const { return options_.gamma / static_cast<double>(layers_.empty() ? 1 : layers_[0]->problem().experts); }
 
-  /// P_l as [1, P] (valid once layer l - 1 is prepared; layer 0's is the base the caller passed).
-  ConstMatrix<Scalar, ExecSpace> base_row(std::size_t l) const { return row(bases_, l); }
+  /// P_l as [1, P] for a layer l >= 1, valid once layer l - 1 is prepared (layer 0's base is the caller's own).
+  ConstMatrix<Scalar, ExecSpace> base_row(std::size_t l) const {
+    if (l == 0 || l >= layers_.size())
+      throw argument_error("camex::DynamicChain::base_row", "l",
+                           detail::concat("a propagated layer's index, 1 to ", layers_.size() - 1), detail::concat(l));
+    return row(bases_, l);
+  }
 
  private:
   static Matrix<Scalar, ExecSpace> row(const Matrix<Scalar, ExecSpace>& m, std::size_t l) {

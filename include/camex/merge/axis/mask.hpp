@@ -35,8 +35,9 @@ struct UnitScoreFactor {
 ///     same place of the policy's workspace before every use;
 ///   prepare(space, step, tau, state): gathers what f needs beyond the deltas at p;
 ///   element_factor(step, state): a copyable object whose apply<multiply>(p0, len, tau, tau_stride, out,
-///     out_stride) writes f[i, p] (or f[i, p] tau[i, p] when `multiply`) for p in [p0, p0 + len) and every
-///     expert i; out may be tau itself, and it is callable in device code;
+///     out_stride) writes f[i, p0 + q] (or f[i, p0 + q] tau[i, p0 + q] when `multiply`) to out[i * out_stride + q]
+///     for q < len and every expert i, reading tau[i * tau_stride + q] (both pointers start at entry p0); out may
+///     be tau itself, and it is callable in device code;
 ///   adjoint(space, tau, factor, d_masked, d_tau, state): d_tau from d_masked (f .* d_masked for factors that
 ///     are piecewise constant in tau), with `factor` materialised;
 ///   score_factor(step): a device-callable kappa(b, i).
