@@ -80,6 +80,27 @@ BOOST_AUTO_TEST_CASE(same_numbers_for_any_decomposition) {
   }
 }
 
+// fill_bits, the batched form used by the DARE draws, is bits() for every start alignment and count: the
+// unaligned head, runs of 64 and 16 blocks (the AVX-512 paths where compiled in), the remaining whole blocks, the
+// tail, and a run across the 2^32 boundary of the block counter's low word. Evaluated in Space's kernels.
+BOOST_AUTO_TEST_CASE(fill_bits_is_bits_in_bulk) {
+  const CounterRng rng(test_seed(), 23);
+  const std::uint64_t starts[] = {0, 1, 2, 3, 4 * 12345 + 2, (std::uint64_t{1} << 34) - 4 * 70 + 1};
+  const int counts[] = {0, 1, 3, 4, 7, 63, 64, 67, 255, 256, 257, 259, 700};
+  const int most = 700;
+  Kokkos::View<std::uint32_t*, typename Space::memory_space> got("got", most);
+  for (const std::uint64_t first : starts)
+    for (const int count : counts) {
+      Kokkos::deep_copy(got, 0u);
+      Kokkos::parallel_for(Kokkos::RangePolicy<Space>(0, 1), KOKKOS_LAMBDA(int) { rng.fill_bits(7, 2, first, count, got.data()); });
+      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, got);
+      int mismatches = 0;
+      for (int q = 0; q < count; ++q) mismatches += host(q) != rng.bits({7, 2, first + static_cast<std::uint64_t>(q)});
+      for (int q = count; q < most; ++q) mismatches += host(q) != 0u;
+      BOOST_TEST(mismatches == 0, "first " << first << ", count " << count << ": " << mismatches << " words differ");
+    }
+}
+
 // Different seeds, steps, tensors, experts or elements give different streams.
 BOOST_AUTO_TEST_CASE(streams_differ) {
   const CounterRng a(test_seed(), 0);

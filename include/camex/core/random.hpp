@@ -12,6 +12,12 @@
 #include "camex/detail/kokkos_compat.hpp"
 #include "camex/detail/vectorize.hpp"
 
+// Host-only compilations for AVX-512 CPUs draw whole runs of blocks with a hand-vectorised Philox.
+#if defined(__AVX512F__) && !defined(__CUDACC__) && !defined(__HIPCC__) && !defined(SYCL_LANGUAGE_VERSION)
+#define CAMEX_PHILOX_AVX512 1
+#include "camex/detail/philox_avx512.hpp"
+#endif
+
 namespace camex {
 
 /// One Philox4x32-10 evaluation: four 32-bit words out of a 128-bit counter and a 64-bit key.
@@ -69,7 +75,8 @@ class CounterRng {
   }
 
   /// bits() of the `count` consecutive sites (tensor, expert, first .. first + count - 1), into out[0, count):
-  /// one Philox block per four sites, and a loop over whole blocks that vectorises on the host.
+  /// one Philox block per four sites, runs of 64 and of 16 blocks by AVX-512 where compiled in, and a loop over the
+  /// other whole blocks that the compiler vectorises on the host.
   KOKKOS_INLINE_FUNCTION void fill_bits(std::uint32_t tensor, std::uint32_t expert, std::uint64_t first, int count,
                                         std::uint32_t* out) const {
     int q = 0;
@@ -77,8 +84,17 @@ class CounterRng {
     const std::uint64_t quad0 = (first + q) / 4;
     const int quads = (count - q) / 4;
     std::uint32_t* block_out = out + q;
+    int vectorised = 0;
+#if defined(CAMEX_PHILOX_AVX512)
+    for (; vectorised + 64 <= quads; vectorised += 64)
+      detail::philox_avx512<4>(key_[0], key_[1], expert, tensor, quad0 + static_cast<std::uint64_t>(vectorised),
+                               block_out + 4 * vectorised);
+    for (; vectorised + 16 <= quads; vectorised += 16)
+      detail::philox_avx512<1>(key_[0], key_[1], expert, tensor, quad0 + static_cast<std::uint64_t>(vectorised),
+                               block_out + 4 * vectorised);
+#endif
     CAMEX_IVDEP
-    for (int j = 0; j < quads; ++j) {
+    for (int j = vectorised; j < quads; ++j) {
       const auto words = block(tensor, expert, quad0 + j);
       block_out[4 * j] = words[0];
       block_out[4 * j + 1] = words[1];

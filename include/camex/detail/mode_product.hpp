@@ -5,10 +5,10 @@
 //   contraction:    G[a, a'] = sum_{o, t} v[o, a, t] y[o, a', t]          (the gradient of F given v = d out)
 // The curvature transform (spec §4.5) is four of these per expert and rank; never an (O I) x (O I) matrix.
 //
-// Host schedule: where the mode has a long inner run (>= 8), each work item is one tile of that run and the d
-// output rows are linear combinations of the d input rows (the row-combination primitive, vectorised along the
-// run). Where the run is short (the last mode), each (o, t) fibre is gathered and multiplied by the factor's
-// transpose held row-major, which vectorises along a. Device schedule: one lane per output entry.
+// Host schedule: both are small GEMMs run by the register-blocked row combination. Where the mode has inner runs,
+// the d output rows of a column tile combine its d input rows with the factor's rows as coefficients. In the last
+// mode (inner = 1) the roles swap: each fibre is a contiguous row of coefficients and the rows combined are those of
+// the factor's transpose. Device schedule: one lane per output entry.
 
 #include <Kokkos_Core.hpp>
 
@@ -37,12 +37,13 @@ struct ModeOperands {
   std::size_t tensors;
 };
 
-/// Largest factor extent the host fibre path stages on the stack.
-inline constexpr std::size_t max_mode_extent = 1024;
+/// Columns of one host work item of a mode with inner runs, and fibres of one work item of the last mode.
+inline constexpr std::size_t product_tile = 1024;
+inline constexpr std::size_t fibre_block = 96;
 
-/// Scratch elements mode_product needs for `tensors` factors of extent d (the transposed factors of a fibre pass).
+/// Scratch elements mode_product needs for `tensors` factors of extent d (the transposed factors of the last mode).
 inline std::size_t mode_product_scratch(std::size_t tensors, const Mode& mode) {
-  return mode.inner < 8 ? tensors * mode.extent * mode.extent : 0;
+  return mode.inner == 1 ? tensors * mode.extent * mode.extent : 0;
 }
 
 template <class ExecSpace, class T>
@@ -51,55 +52,46 @@ void mode_product(const ExecSpace& space, const ModeOperands<T>& op, const Mode&
   const std::size_t d = mode.extent, inner = mode.inner, outer = mode.outer;
   constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
   if constexpr (on_host) {
-    if (inner >= 8) {
-      const int tile = std::min<int>(static_cast<int>(std::min<std::size_t>(inner, max_tile_length)), tile_length<T>(static_cast<int>(d)));
-      const std::size_t tiles = (inner + tile - 1) / tile;
+    const int K = static_cast<int>(d);
+    if (inner > 1) {
+      // out[o] (d x inner) = F in[o]: a work item is one column tile of one (tensor, outer) slice, its d input
+      // rows (d * tile entries, at most 256 KiB) kept in L2 while every register block of output rows reads them.
+      const std::size_t tile = inner < product_tile ? inner : product_tile, tiles = (inner + tile - 1) / tile;
       Kokkos::parallel_for(
           "camex::mode_product[rows]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.tensors * outer * tiles),
           [=](std::size_t w) {
             const std::size_t i = w / (outer * tiles), o = w / tiles % outer, t0 = w % tiles * tile;
-            const int len = tile_extent(t0, inner, tile);
             const T* f = op.factors + i * d * d;
             const Coefficients<T> c = transpose ? Coefficients<T>{f, 1, static_cast<std::ptrdiff_t>(d)}
                                                 : Coefficients<T>{f, static_cast<std::ptrdiff_t>(d), 1};
-            const T* in = op.in + i * op.in_stride + o * d * inner + t0;
-            T* out = op.out + i * op.out_stride + o * d * inner + t0;
-            T staged[max_tile_length];
-            for (std::size_t a = 0; a < d; ++a) {
-              T* row = out + a * inner;
-              combine_rows(static_cast<int>(d), in, static_cast<std::ptrdiff_t>(inner), c, static_cast<std::ptrdiff_t>(a),
-                           accumulate ? staged : row, len);
-              if (accumulate) {
-                CAMEX_IVDEP
-                for (int t = 0; t < len; ++t) row[t] += staged[t];
-              }
-            }
+            const std::size_t at = o * d * inner + t0;
+            combine_rows_blocked(K, K, op.in + i * op.in_stride + at, static_cast<std::ptrdiff_t>(inner), c,
+                                 op.out + i * op.out_stride + at, static_cast<std::ptrdiff_t>(inner),
+                                 tile_extent(t0, inner, static_cast<int>(tile)), accumulate);
           });
       return;
     }
-    // Short runs: out fibre = G^T-combination of the d factor rows, G = F^T (or F for the transposed product)
-    // held row-major so that row a' of G is contiguous.
-    T* g = scratch.data();
-    Kokkos::parallel_for("camex::mode_product[transpose factors]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.tensors * d * d),
-                         [=](std::size_t w) {
-                           const std::size_t i = w / (d * d), r = w / d % d, c = w % d;
-                           g[w] = transpose ? op.factors[i * d * d + r * d + c] : op.factors[i * d * d + c * d + r];
-                         });
-    const std::size_t fibres = outer * inner, block = 64;
-    const std::size_t blocks = (fibres + block - 1) / block;
+    // The last mode: every fibre is a contiguous row, so out (outer x d) = in (outer x d) G with G = F^T (or F for
+    // the transposed product) row-major: the fibres are the coefficients and the d rows of G the combined rows.
+    const T* g = op.factors;
+    if (!transpose) {
+      T* staged = scratch.data();
+      Kokkos::parallel_for("camex::mode_product[transpose factors]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.tensors * d * d),
+                           [=](std::size_t w) {
+                             const std::size_t i = w / (d * d), r = w / d % d, c = w % d;
+                             staged[w] = op.factors[i * d * d + c * d + r];
+                           });
+      g = staged;
+    }
+    const std::size_t blocks = (outer + fibre_block - 1) / fibre_block;
     Kokkos::parallel_for(
         "camex::mode_product[fibres]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.tensors * blocks), [=](std::size_t w) {
-          const std::size_t i = w / blocks, f0 = w % blocks * block, f1 = std::min(fibres, f0 + block);
-          const T* in = op.in + i * op.in_stride;
-          T* out = op.out + i * op.out_stride;
-          T x[max_mode_extent], y[max_mode_extent];
-          for (std::size_t f = f0; f < f1; ++f) {
-            const std::size_t base = f / inner * d * inner + f % inner;
-            for (std::size_t a = 0; a < d; ++a) x[a] = in[base + a * inner];
-            combine_rows(static_cast<int>(d), g + i * d * d, static_cast<std::ptrdiff_t>(d), Coefficients<T>{x, 0, 1}, 0, y,
-                         static_cast<int>(d));
-            for (std::size_t a = 0; a < d; ++a) out[base + a * inner] = accumulate ? out[base + a * inner] + y[a] : y[a];
-          }
+          const std::size_t i = w / blocks, f0 = w % blocks * fibre_block;
+          const std::size_t at = f0 * d;
+          combine_rows_blocked(static_cast<int>(std::min(fibre_block, outer - f0)), K, g + i * d * d,
+                               static_cast<std::ptrdiff_t>(d),
+                               Coefficients<T>{op.in + i * op.in_stride + at, static_cast<std::ptrdiff_t>(d), 1},
+                               op.out + i * op.out_stride + at, static_cast<std::ptrdiff_t>(d), K, accumulate);
         });
   } else {
     (void)scratch;

@@ -123,6 +123,75 @@ KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdif
   for_each_block_of_8<CombineBlock>(in_rows, rows, row_stride, c, o, out, len);
 }
 
+/// out[m * out_stride + j] (+)= sum_{k < K} c(o0 + m, k) * rows[k * row_stride + j] for m < MR, j < W: a register
+/// block of MR output rows by W columns (MR * W / lanes accumulators), so each loaded input vector feeds MR
+/// fused multiply-adds instead of one. k runs in order, as in combine_rows, so both give the same bits.
+template <int MR, int W, class T>
+inline void combine_row_block(int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c, std::ptrdiff_t o0,
+                              T* out, std::ptrdiff_t out_stride, bool accumulate) {
+  T acc[MR][W];
+  for (int m = 0; m < MR; ++m) {
+    CAMEX_VECTOR_LANES
+    for (int j = 0; j < W; ++j) acc[m][j] = accumulate ? out[m * out_stride + j] : T(0);
+  }
+  for (int k = 0; k < K; ++k) {
+    const T* row = rows + k * row_stride;
+    for (int m = 0; m < MR; ++m) {
+      const T a = c(o0 + m, k);
+      CAMEX_VECTOR_LANES
+      for (int j = 0; j < W; ++j) acc[m][j] += a * row[j];
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    CAMEX_VECTOR_LANES
+    for (int j = 0; j < W; ++j) out[m * out_stride + j] = acc[m][j];
+  }
+}
+
+/// Output rows per register block of W columns: 24 accumulators of 16 floats at W = 64 or 32, fewer (and shorter
+/// dependency chains to hide) at the narrow widths left at the end of a row.
+template <int W>
+inline constexpr int block_rows = W >= 64 ? 6 : 12;
+
+template <int W, class T>
+inline void combine_rows_of_width(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
+                                  T* out, std::ptrdiff_t out_stride, bool accumulate) {
+  constexpr int MR = block_rows<W>;
+  int m = 0;
+  for (; m + MR <= out_rows; m += MR) combine_row_block<MR, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
+  for (; m + 4 <= out_rows; m += 4) combine_row_block<4, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
+  for (; m + 2 <= out_rows; m += 2) combine_row_block<2, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
+  if (m < out_rows) combine_row_block<1, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
+}
+
+/// out[o, 0:len) (+)= sum_{k < K} c(o, k) rows[k, 0:len) for all o < out_rows at once: register blocks of 64, 32, 16
+/// and 8 columns, then plain loops for the last few. The schedule for many output rows (mode products); a single
+/// output row streams better through combine_rows, whose long p loop hides the FMA latency.
+template <class T>
+inline void combine_rows_blocked(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
+                                 T* out, std::ptrdiff_t out_stride, int len, bool accumulate) {
+  int j = 0;
+  for (; j + 64 <= len; j += 64) combine_rows_of_width<64>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
+  if (j + 32 <= len) {
+    combine_rows_of_width<32>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
+    j += 32;
+  }
+  if (j + 16 <= len) {
+    combine_rows_of_width<16>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
+    j += 16;
+  }
+  if (j + 8 <= len) {
+    combine_rows_of_width<8>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
+    j += 8;
+  }
+  for (int o = 0; o < out_rows; ++o)
+    for (int q = j; q < len; ++q) {
+      T acc = accumulate ? out[o * out_stride + q] : T(0);
+      for (int k = 0; k < K; ++k) acc += c(o, k) * rows[k * row_stride + q];
+      out[o * out_stride + q] = acc;
+    }
+}
+
 /// Longest tile tile_length() returns; the streaming variant stages one output tile of this size on the stack.
 inline constexpr int max_tile_length = 4096;
 

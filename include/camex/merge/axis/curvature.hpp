@@ -59,10 +59,6 @@ class CurvatureTransform {
         unfactored_scale_(options.init == CurvatureInit::unit ? 1.0 : static_cast<double>(options.rank)) {
     constexpr const char* fn = "camex::CurvatureTransform";
     if (options.rank == 0) throw argument_error(fn, "options.rank", "a rank of at least 1", "0");
-    if (options.max_factor_extent > detail::max_mode_extent)
-      throw argument_error(fn, "options.max_factor_extent",
-                           detail::concat("at most ", detail::max_mode_extent, " (the longest fibre the host kernels stage)"),
-                           detail::concat(options.max_factor_extent));
     const auto [o1, o2] = split(fn, "problem.shape.rows", problem.shape.rows, options.max_factor_extent);
     const auto [i1, i2] = problem.shape.cols == 1 ? std::pair<std::size_t, std::size_t>{1, 1}
                                                   : split(fn, "problem.shape.cols", problem.shape.cols, options.max_factor_extent);
