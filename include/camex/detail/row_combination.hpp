@@ -38,16 +38,26 @@ struct Coefficients {
   }
 };
 
-/// out[0, len) (+)= sum_{k < K} c(o, k0 + k) * rows[k0 + k][0, len) with K fixed at compile time, so the k loop
-/// unrolls into registers and the p loop vectorises.
+/// out[0, len) (+)= sum_{k < K} c(o, k0 + k) * (rows[k0 + k] - centre)[0, len) with K fixed at compile time, so
+/// the k loop unrolls into registers and the p loop vectorises. `centre` is null (nothing subtracted) or one row
+/// taken from every input row.
 template <int K, bool Accumulate, class T>
 KOKKOS_FORCEINLINE_FUNCTION void combine_block(const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
-                                               std::ptrdiff_t o, int k0, T* out, int len) {
+                                               std::ptrdiff_t o, int k0, T* out, int len, const T* centre) {
   T coef[K];
   const T* row[K];
   for (int k = 0; k < K; ++k) {
     coef[k] = c(o, k0 + k);
     row[k] = rows + (k0 + k) * row_stride;
+  }
+  if (centre) {
+    CAMEX_IVDEP
+    for (int p = 0; p < len; ++p) {
+      T acc = Accumulate ? out[p] : T(0);
+      for (int k = 0; k < K; ++k) acc += coef[k] * (row[k][p] - centre[p]);
+      out[p] = acc;
+    }
+    return;
   }
   CAMEX_IVDEP
   for (int p = 0; p < len; ++p) {
@@ -80,11 +90,11 @@ struct CombineBlock {
   template <class T>
   KOKKOS_FORCEINLINE_FUNCTION static void run(int k0, const T* const& rows, const std::ptrdiff_t& row_stride,
                                               const Coefficients<T>& c, const std::ptrdiff_t& o, T* const& out,
-                                              const int& len) {
+                                              const int& len, const T* const& centre) {
     if (k0 == 0)
-      combine_block<K, false>(rows, row_stride, c, o, k0, out, len);
+      combine_block<K, false>(rows, row_stride, c, o, k0, out, len, centre);
     else
-      combine_block<K, true>(rows, row_stride, c, o, k0, out, len);
+      combine_block<K, true>(rows, row_stride, c, o, k0, out, len, centre);
   }
 };
 
@@ -116,11 +126,18 @@ struct TileDots {
   }
 };
 
-/// One output row over one tile: blocks of 8 inputs, the first block writing and later blocks accumulating.
+/// One output row over one tile: blocks of 8 inputs, the first block writing and later blocks accumulating. With
+/// a centre the output is centre + sum_k c(o, k) (rows[k] - centre): the centre is added last, as a final input
+/// row of coefficient 1 would be, so a centred combination rounds like the one over materialised differences.
 template <class T>
 KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdiff_t row_stride,
-                                         const Coefficients<T>& c, std::ptrdiff_t o, T* out, int len) {
-  for_each_block_of_8<CombineBlock>(in_rows, rows, row_stride, c, o, out, len);
+                                         const Coefficients<T>& c, std::ptrdiff_t o, T* out, int len,
+                                         const T* centre = nullptr) {
+  for_each_block_of_8<CombineBlock>(in_rows, rows, row_stride, c, o, out, len, centre);
+  if (centre) {
+    CAMEX_IVDEP
+    for (int p = 0; p < len; ++p) out[p] += centre[p];
+  }
 }
 
 /// out[m * out_stride + j] (+)= sum_{k < K} c(o0 + m, k) * rows[k * row_stride + j] for m < MR, j < W: a register
@@ -219,7 +236,8 @@ KOKKOS_INLINE_FUNCTION std::size_t chunk_end(std::size_t c, std::size_t chunk, s
   return (c + 1) * chunk < length ? (c + 1) * chunk : length;
 }
 
-/// out[o, p] = sum_k coef(o, k) * rows[k, p] for o < out_rows, k < in_rows, p < length.
+/// out[o, p] = sum_k coef(o, k) * rows[k, p] for o < out_rows, k < in_rows, p < length; with a centre row,
+/// out[o, p] = centre[p] + sum_k coef(o, k) * (rows[k, p] - centre[p]) (a merge of deltas that never stores them).
 template <class T>
 struct RowCombination {
   Coefficients<T> coef;
@@ -230,6 +248,7 @@ struct RowCombination {
   std::ptrdiff_t out_stride;
   int out_rows;
   std::size_t length;
+  const T* centre = nullptr;
 };
 
 template <class T>
@@ -241,7 +260,8 @@ struct TiledRowCombination {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = tile_extent(p0, op.length, tile);
     for (int o = 0; o < op.out_rows; ++o)
-      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len);
+      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len,
+                   op.centre ? op.centre + p0 : nullptr);
   }
 };
 
@@ -257,7 +277,7 @@ struct StreamingTiledRowCombination {
     const int len = tile_extent(p0, op.length, tile);
     T staged[max_tile_length];
     for (int o = 0; o < op.out_rows; ++o) {
-      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, staged, len);
+      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, staged, len, op.centre ? op.centre + p0 : nullptr);
       copy_streaming(op.out + o * op.out_stride + p0, staged, len);
     }
     streaming_fence();
@@ -269,10 +289,11 @@ struct LaneRowCombination {
   RowCombination<T> op;
 
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t p) const {
+    const T centre = op.centre ? op.centre[p] : T(0);
     for (int o = 0; o < op.out_rows; ++o) {
       T acc = 0;
-      for (int k = 0; k < op.in_rows; ++k) acc += op.coef(o, k) * op.rows[k * op.row_stride + p];
-      op.out[o * op.out_stride + p] = acc;
+      for (int k = 0; k < op.in_rows; ++k) acc += op.coef(o, k) * (op.rows[k * op.row_stride + p] - centre);
+      op.out[o * op.out_stride + p] = op.centre ? acc + centre : acc;
     }
   }
 };

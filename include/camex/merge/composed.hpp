@@ -171,8 +171,22 @@ class ComposedPolicy {
     if constexpr (generation_possible) {
       if (generates_rows() && !rows_ready_) {
         require_operands_unchanged(fn.c_str(), merged);
-        detail::generated_row_combination(space, detail::Coefficients<Scalar>{coef.data(), detail::row_stride(coef), 1},
-                                          delta_source(buffers, factor_active_, true), merged.data(),
+        const detail::Coefficients<Scalar> c{coef.data(), detail::row_stride(coef), 1};
+        if (!factor_active_ && base_row() != nullptr) {
+          // Unmasked: base + sum_i c_i (E_i - base) read straight from the experts; nothing to generate.
+          detail::row_combination(space, Schedule::automatic,
+                                  detail::RowCombination<Scalar>{.coef = c,
+                                                                 .rows = experts_.data(),
+                                                                 .row_stride = detail::row_stride(experts_),
+                                                                 .in_rows = static_cast<int>(problem_.experts),
+                                                                 .out = merged.data(),
+                                                                 .out_stride = detail::row_stride(merged),
+                                                                 .out_rows = static_cast<int>(scores.extent(0)),
+                                                                 .length = problem_.shape.params(),
+                                                                 .centre = base_row()});
+          return;
+        }
+        detail::generated_row_combination(space, c, delta_source(buffers, factor_active_, true), merged.data(),
                                           detail::row_stride(merged), static_cast<int>(scores.extent(0)),
                                           problem_.shape.params());
         return;
@@ -471,16 +485,22 @@ class ComposedPolicy {
     KOKKOS_INLINE_FUNCTION int count() const { return n + (base_row ? 1 : 0); }
 
     KOKKOS_INLINE_FUNCTION void generate(std::size_t p0, int len, Scalar* out, std::ptrdiff_t stride) const {
-      for (int i = 0; i < n; ++i) {
-        const Scalar* e = experts + i * experts_stride + p0;
-        Scalar* o = out + i * stride;
-        if (base) {
-          const Scalar* b = base + p0;
-          CAMEX_IVDEP
-          for (int q = 0; q < len; ++q) o[q] = e[q] - b[q];
-        } else {
-          CAMEX_IVDEP
-          for (int q = 0; q < len; ++q) o[q] = e[q];
+      // Short pieces of every expert in turn rather than one expert's whole tile after another: the loads of all
+      // n rows are in flight together, which is what keeps a memory-bound tile busy.
+      constexpr int piece = 64;
+      for (int q0 = 0; q0 < len; q0 += piece) {
+        const int q1 = len - q0 < piece ? len : q0 + piece;
+        for (int i = 0; i < n; ++i) {
+          const Scalar* e = experts + i * experts_stride + p0;
+          Scalar* o = out + i * stride;
+          if (base) {
+            const Scalar* b = base + p0;
+            CAMEX_IVDEP
+            for (int q = q0; q < q1; ++q) o[q] = e[q] - b[q];
+          } else {
+            CAMEX_IVDEP
+            for (int q = q0; q < q1; ++q) o[q] = e[q];
+          }
         }
       }
       if (masked) factor.template apply<true>(p0, len, out, stride, out, stride);
