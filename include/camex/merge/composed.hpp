@@ -485,14 +485,16 @@ class ComposedPolicy {
     KOKKOS_INLINE_FUNCTION int count() const { return n + (base_row ? 1 : 0); }
 
     KOKKOS_INLINE_FUNCTION void generate(std::size_t p0, int len, Scalar* out, std::ptrdiff_t stride) const {
-      // Short pieces of every expert in turn rather than one expert's whole tile after another: the loads of all
-      // n rows are in flight together, which is what keeps a memory-bound tile busy.
-      constexpr int piece = 64;
+      // Short pieces of every expert in turn rather than one expert's whole tile after another, so the loads of
+      // all n rows are in flight together, and each piece asks for the same piece of the next tile (a thread's
+      // tiles are consecutive): a memory-bound tile stays busy.
+      constexpr int piece = 64, line = 64 / static_cast<int>(sizeof(Scalar));
       for (int q0 = 0; q0 < len; q0 += piece) {
         const int q1 = len - q0 < piece ? len : q0 + piece;
         for (int i = 0; i < n; ++i) {
           const Scalar* e = experts + i * experts_stride + p0;
           Scalar* o = out + i * stride;
+          for (int q = q0; q < q1; q += line) detail::prefetch_for_read(e + len + q);
           if (base) {
             const Scalar* b = base + p0;
             CAMEX_IVDEP
