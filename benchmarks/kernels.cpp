@@ -95,11 +95,11 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   for (int groups : {1, 4, 16, 32}) {
     const std::string shape = "/N=8/P=4194304/B=" + std::to_string(groups);
-    benchmark::RegisterBenchmark(("soft_merge_forward" + shape).c_str(), forward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("soft_merge_backward" + shape).c_str(), backward, groups)->UseRealTime()->Unit(benchmark::kMillisecond);
+    camex::bench::timed(benchmark::RegisterBenchmark(("soft_merge_forward" + shape).c_str(), forward, groups));
+    camex::bench::timed(benchmark::RegisterBenchmark(("soft_merge_backward" + shape).c_str(), backward, groups));
   }
-  benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k)->UseRealTime()->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask)->UseRealTime()->Unit(benchmark::kMillisecond);
+  camex::bench::timed(benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k));
+  camex::bench::timed(benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask));
   camex::bench::register_policy_benchmarks();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

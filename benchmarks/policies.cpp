@@ -78,10 +78,10 @@ void step(benchmark::State& state, Policy& policy, const Shape& s, std::size_t g
 
 template <class Make>
 void add(const std::string& name, const Shape& s, std::size_t groups, bool with_base, double extra_flops, Make make) {
-  benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
+  timed(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
     auto policy = make(MergeProblem{.experts = s.experts, .groups = groups, .shape = s.tensor});
     step(state, *policy, s, groups, with_base, extra_flops);
-  })->UseRealTime()->Unit(benchmark::kMillisecond);
+  }));
 }
 
 /// Two layers of dynamic merging: layer 0 from the base, layer 1 from the propagated base.
@@ -152,9 +152,9 @@ void register_policy_benchmarks() {
       perturb_factors(*policy);
       return policy;
     });
-    benchmark::RegisterBenchmark(("dynamic" + at + "/layers=2/r=8").c_str(), [=](benchmark::State& state) {
+    timed(benchmark::RegisterBenchmark(("dynamic" + at + "/layers=2/r=8").c_str(), [=](benchmark::State& state) {
       dynamic_step(state, s, b);
-    })->UseRealTime()->Unit(benchmark::kMillisecond);
+    }));
   }
 }
 

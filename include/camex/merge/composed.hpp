@@ -172,8 +172,9 @@ class ComposedPolicy {
       if (generates_rows() && !rows_ready_) {
         require_operands_unchanged(fn.c_str(), merged);
         const detail::Coefficients<Scalar> c{coef.data(), detail::row_stride(coef), 1};
-        if (!factor_active_ && base_row() != nullptr) {
-          // Unmasked: base + sum_i c_i (E_i - base) read straight from the experts; nothing to generate.
+        if (!factor_active_ && base_row() != nullptr && scores.extent(0) == 1) {
+          // Unmasked, one group: base + sum_i c_i (E_i - base) straight from the experts, nothing generated. With
+          // more groups the generated tile is cheaper: it subtracts the base once per tile, not once per group.
           detail::row_combination(space, Schedule::automatic,
                                   detail::RowCombination<Scalar>{.coef = c,
                                                                  .rows = experts_.data(),
