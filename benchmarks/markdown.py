@@ -1,0 +1,34 @@
+"""Prints the JSON report of one benchmarks/run as the Markdown table docs/performance.md shows, so recorded figures
+are never typed by hand:  python3 benchmarks/markdown.py docs/measurements/<run>.json [--filter REGEX]"""
+import argparse
+import json
+import re
+import sys
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("report")
+    parser.add_argument("--filter", default="", help="regular expression; only matching case names are printed")
+    args = parser.parse_args()
+    with open(args.report) as f:
+        report = json.load(f)
+    c = report["ceilings"]
+    print(f"Ceilings in this run: STREAM triad {c['stream_triad_GBps']:.1f} GB/s, copy {c['stream_copy_GBps']:.1f} GB/s; "
+          f"SGEMM {c['sgemm_native_GFLOPs']:.1f} GFLOP/s (Eigen, native), {c['sgemm_GFLOPs']:.1f} GFLOP/s (system BLAS).")
+    print()
+    print("| case | camex ms | GB/s | % triad | GFLOP/s | % SGEMM | torch ms | × torch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    pattern = re.compile(args.filter)
+    for r in report["cases"]:
+        if not pattern.search(r["name"]):
+            continue
+        torch_ms = f"{r['torch_s'] * 1e3:.1f}" if r["torch_s"] else "–"
+        speedup = f"{r['speedup_vs_torch']:.1f}" if r["speedup_vs_torch"] else "–"
+        print(f"| {r['name']} | {r['camex_s'] * 1e3:.2f} | {r['camex_GBps']:.1f} | {100 * r['fraction_of_triad']:.0f} | "
+              f"{r['camex_GFLOPs']:.1f} | {100 * r['fraction_of_sgemm']:.0f} | {torch_ms} | {speedup} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
