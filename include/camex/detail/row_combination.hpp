@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstddef>
+#include <type_traits>
 
 #include "camex/detail/streaming_store.hpp"
 #include "camex/detail/vectorize.hpp"
@@ -50,21 +51,19 @@ KOKKOS_FORCEINLINE_FUNCTION void combine_block(const T* rows, std::ptrdiff_t row
     coef[k] = c(o, k0 + k);
     row[k] = rows + (k0 + k) * row_stride;
   }
-  if (centre) {
+  // One loop, compiled once with and once without the subtraction, so neither pays a test per entry.
+  const auto combine = [&](auto centred) {
     CAMEX_IVDEP
     for (int p = 0; p < len; ++p) {
       T acc = Accumulate ? out[p] : T(0);
-      for (int k = 0; k < K; ++k) acc += coef[k] * (row[k][p] - centre[p]);
+      for (int k = 0; k < K; ++k) acc += coef[k] * (decltype(centred)::value ? row[k][p] - centre[p] : row[k][p]);
       out[p] = acc;
     }
-    return;
-  }
-  CAMEX_IVDEP
-  for (int p = 0; p < len; ++p) {
-    T acc = Accumulate ? out[p] : T(0);
-    for (int k = 0; k < K; ++k) acc += coef[k] * row[k][p];
-    out[p] = acc;
-  }
+  };
+  if (centre)
+    combine(std::true_type{});
+  else
+    combine(std::false_type{});
 }
 
 /// Calls Op<K>::run(k0, args...) on consecutive blocks [k0, k0 + K) that cover [0, count): K = 8 while eight

@@ -113,45 +113,37 @@ struct TiesElection {
       const int n = len - c0 < chunk ? len - c0 : chunk;
       double sum[chunk], votes[chunk], agreeing[chunk];
       for (int q = 0; q < n; ++q) sum[q] = votes[q] = agreeing[q] = 0;
-      for (int i = 0; i < experts; ++i) {
-        const std::uint8_t* kept = keep + i * params + p0 + c0;
-        const T* x = tau + i * tau_stride + c0;
-        const double w = weights[i];
-        CAMEX_IVDEP
-        for (int q = 0; q < n; ++q) {
-          const double d = value_or_zero(kept[q] != 0, w * static_cast<double>(x[q]));
-          sum[q] += d;
-          votes[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
-        }
-      }
+      each_weighted_delta(p0 + c0, n, tau + c0, tau_stride, [&](int, int q, double, double d) {
+        sum[q] += d;
+        votes[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
+      });
       // votes[] holds the elected sign from here on: a sum (or vote) of exactly 0 elects +.
       CAMEX_IVDEP
       for (int q = 0; q < n; ++q) votes[q] = (by_sum ? sum[q] : votes[q]) >= 0 ? 1.0 : -1.0;
-      for (int i = 0; i < experts; ++i) {
-        const std::uint8_t* kept = keep + i * params + p0 + c0;
-        const T* x = tau + i * tau_stride + c0;
-        const double w = weights[i];
-        CAMEX_IVDEP
-        for (int q = 0; q < n; ++q) {
-          const double d = value_or_zero(kept[q] != 0, w * static_cast<double>(x[q]));
-          agreeing[q] += d * votes[q] > 0 ? w : 0.0;
-        }
-      }
+      each_weighted_delta(p0 + c0, n, tau + c0, tau_stride,
+                          [&](int, int q, double w, double d) { agreeing[q] += d * votes[q] > 0 ? w : 0.0; });
       // sum[] holds the scale from here on.
       CAMEX_IVDEP
       for (int q = 0; q < n; ++q) sum[q] = lambda / (normalize && agreeing[q] != 0 ? agreeing[q] : 1.0);
-      for (int i = 0; i < experts; ++i) {
-        const std::uint8_t* kept = keep + i * params + p0 + c0;
-        const T* x = tau + i * tau_stride + c0;
+      each_weighted_delta(p0 + c0, n, tau + c0, tau_stride, [&](int i, int q, double, double d) {
+        const T f = static_cast<T>(value_or_zero(d * votes[q] > 0, sum[q]));
         T* y = out + i * out_stride + c0;
-        const double w = weights[i];
-        CAMEX_IVDEP
-        for (int q = 0; q < n; ++q) {
-          const double d = value_or_zero(kept[q] != 0, w * static_cast<double>(x[q]));
-          const T f = static_cast<T>(value_or_zero(d * votes[q] > 0, sum[q]));
-          y[q] = Multiply ? f * x[q] : f;
-        }
-      }
+        y[q] = Multiply ? f * tau[i * tau_stride + c0 + q] : f;
+      });
+    }
+  }
+
+  /// visit(i, q, w_i, d) for every expert i and entry q < n of a run starting at parameter p and at tau: d is the
+  /// weighted delta w_i tau_i, 0 where the trim dropped it. Expert by expert, each a loop along the run.
+  template <class T, class Visit>
+  KOKKOS_FORCEINLINE_FUNCTION void each_weighted_delta(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride,
+                                                       const Visit& visit) const {
+    for (int i = 0; i < experts; ++i) {
+      const std::uint8_t* kept = keep + i * params + p;
+      const T* x = tau + i * tau_stride;
+      const double w = weights[i];
+      CAMEX_IVDEP
+      for (int q = 0; q < n; ++q) visit(i, q, w, value_or_zero(kept[q] != 0, w * static_cast<double>(x[q])));
     }
   }
 };
