@@ -82,3 +82,57 @@ BOOST_AUTO_TEST_CASE(centred_combination_is_the_combination_of_deltas) {
     }
   }
 }
+
+// Non-temporal copies: every alignment of the destination and every length around the vector width give exactly
+// the source (the head is stored plainly up to a vector boundary, the tail after the last whole vector).
+BOOST_AUTO_TEST_CASE(streaming_copy_is_a_copy) {
+  std::mt19937_64 gen(test_seed());
+  std::uniform_real_distribution<float> value(-1, 1);
+  alignas(64) float src[160], dst[160];
+  for (float& v : src) v = value(gen);
+  for (int offset = 0; offset < 16; ++offset)
+    for (int len = 0; len <= 160 - 16; len += 7) {
+      std::fill(std::begin(dst), std::end(dst), -2.0f);
+      detail::copy_streaming(dst + offset, src, len);
+      detail::streaming_fence();
+      for (int p = 0; p < 160; ++p) {
+        const bool written = p >= offset && p < offset + len;
+        if (dst[p] != (written ? src[p - offset] : -2.0f)) BOOST_FAIL("offset " << offset << " len " << len << " p " << p);
+      }
+    }
+}
+
+// An output past prefer_streaming_stores' threshold takes the streaming tiled schedule (on host spaces; others
+// the tiled one): the same sums as combine_rows over the whole row, with and without a centre. Bit for bit on
+// host spaces (the same code); a device compiler may contract differently, so there the bound is n + 2 roundings
+// of the largest possible magnitude (|rows|, |centre| <= 1, scores in [0, 1]: 2n + 1).
+BOOST_AUTO_TEST_CASE(streaming_schedule_matches_the_plain_combination) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t n = 3, groups = 2, params = (std::size_t{17} << 20) / (groups * sizeof(float)) + 37;
+    BOOST_REQUIRE(detail::prefer_streaming_stores(groups * params * sizeof(float)) == bool{CAMEX_HAS_STREAMING_STORES});
+    const HostMatrix experts = rounded<float>(random_matrix(n, params, gen));
+    const HostMatrix base = rounded<float>(random_matrix(1, params, gen));
+    const HostMatrix scores = rounded<float>(random_matrix(groups, n, gen, 0, 1));
+    const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> e = experts.cast<float>(),
+                                                                                 b = base.cast<float>(),
+                                                                                 s = scores.cast<float>();
+    const auto e_dev = to_device<float>(experts), b_dev = to_device<float>(base), s_dev = to_device<float>(scores);
+    for (const bool centred : {false, true}) {
+      BOOST_TEST_CONTEXT("centred " << centred) {
+        const HostMatrix got = combine<float>(Schedule::tiled, s_dev, e_dev, static_cast<int>(n),
+                                              centred ? b_dev.data() : nullptr, groups, params);
+        std::vector<float> expected(params);
+        double worst = 0;
+        for (std::size_t g = 0; g < groups; ++g) {
+          detail::combine_rows<float>(static_cast<int>(n), e.data(), static_cast<std::ptrdiff_t>(params),
+                                      {s.data(), static_cast<std::ptrdiff_t>(n), 1}, static_cast<std::ptrdiff_t>(g),
+                                      expected.data(), static_cast<int>(params), centred ? b.data() : nullptr);
+          for (std::size_t p = 0; p < params; ++p) worst = std::max(worst, std::abs(got(g, p) - expected[p]));
+        }
+        constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<Space, Kokkos::HostSpace>::accessible);
+        BOOST_TEST(worst <= (on_host ? 0.0 : (n + 2) * unit_roundoff<float> * (2 * n + 1)));
+      }
+    }
+  }
+}

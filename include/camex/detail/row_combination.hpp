@@ -139,6 +139,20 @@ KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdif
   }
 }
 
+/// combine_rows into memory past the caches: each piece is finished in a small L1 buffer, then written with
+/// non-temporal stores, so the output is never read for ownership. Host code only.
+template <class T>
+inline void combine_rows_streaming(int in_rows, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
+                                   std::ptrdiff_t o, T* out, int len, const T* centre) {
+  constexpr int piece = 256;
+  alignas(64) T staged[piece];
+  for (int q = 0; q < len; q += piece) {
+    const int n = std::min(piece, len - q);
+    combine_rows(in_rows, rows + q, row_stride, c, o, staged, n, centre ? centre + q : nullptr);
+    copy_streaming(out + q, staged, n);
+  }
+}
+
 /// out[m * out_stride + j] (+)= sum_{k < K} c(o0 + m, k) * rows[k * row_stride + j] for m < MR, j < W: a register
 /// block of MR output rows by W columns (MR * W / lanes accumulators), so each loaded input vector feeds MR
 /// fused multiply-adds instead of one. k runs in order, as in combine_rows, so both give the same bits.
@@ -208,7 +222,7 @@ inline void combine_rows_blocked(int out_rows, int K, const T* rows, std::ptrdif
     }
 }
 
-/// Longest tile tile_length() returns; the streaming variant stages one output tile of this size on the stack.
+/// Longest tile tile_length() returns; mode contractions tile their inner runs to this length too.
 inline constexpr int max_tile_length = 4096;
 
 /// Bytes of input tiles a kernel keeps close: the merge streams each input tile once per output row, so its K
@@ -274,11 +288,9 @@ struct StreamingTiledRowCombination {
   void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = tile_extent(p0, op.length, tile);
-    T staged[max_tile_length];
-    for (int o = 0; o < op.out_rows; ++o) {
-      combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, staged, len, op.centre ? op.centre + p0 : nullptr);
-      copy_streaming(op.out + o * op.out_stride + p0, staged, len);
-    }
+    for (int o = 0; o < op.out_rows; ++o)
+      combine_rows_streaming(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len,
+                             op.centre ? op.centre + p0 : nullptr);
     streaming_fence();
   }
 };
@@ -386,11 +398,7 @@ struct GeneratedRowCombination {
       for (int o = 0; o < out_rows; ++o) combine_rows(in_rows, rows, tile, coef, o, out + o * out_stride + p0, len);
       return;
     }
-    T staged[max_tile_length];
-    for (int o = 0; o < out_rows; ++o) {
-      combine_rows(in_rows, rows, tile, coef, o, staged, len);
-      copy_streaming(out + o * out_stride + p0, staged, len);
-    }
+    for (int o = 0; o < out_rows; ++o) combine_rows_streaming<T>(in_rows, rows, tile, coef, o, out + o * out_stride + p0, len, nullptr);
     streaming_fence();
   }
 };

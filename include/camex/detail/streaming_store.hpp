@@ -26,19 +26,28 @@ inline bool prefer_streaming_stores(std::size_t bytes) {
   return CAMEX_HAS_STREAMING_STORES && bytes >= (std::size_t{16} << 20);
 }
 
-/// dst[0, len) = src[0, len): scalar stores up to a 32-byte boundary, then 32-byte non-temporal stores.
+/// dst[0, len) = src[0, len): scalar stores up to a vector boundary, then whole-vector non-temporal stores (a full
+/// 64-byte line per store where AVX-512 is compiled in, so no line waits half-written in a fill buffer).
 template <class T>
 inline void copy_streaming(T* dst, const T* src, int len) {
 #if CAMEX_HAS_STREAMING_STORES
   if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
-    constexpr int lanes = 32 / sizeof(T);
+#if defined(__AVX512F__)
+    constexpr int bytes = 64;
+#else
+    constexpr int bytes = 32;
+#endif
+    constexpr int lanes = bytes / sizeof(T);
     int p = 0;
-    for (; p < len && reinterpret_cast<std::uintptr_t>(dst + p) % 32 != 0; ++p) dst[p] = src[p];
+    for (; p < len && reinterpret_cast<std::uintptr_t>(dst + p) % bytes != 0; ++p) dst[p] = src[p];
     for (; p + lanes <= len; p += lanes) {
-      if constexpr (sizeof(T) == 4)
-        _mm256_stream_ps(reinterpret_cast<float*>(dst + p), _mm256_loadu_ps(reinterpret_cast<const float*>(src + p)));
-      else
-        _mm256_stream_pd(reinterpret_cast<double*>(dst + p), _mm256_loadu_pd(reinterpret_cast<const double*>(src + p)));
+      auto* to = reinterpret_cast<float*>(dst + p);
+      const auto* from = reinterpret_cast<const float*>(src + p);
+#if defined(__AVX512F__)
+      _mm512_stream_ps(to, _mm512_loadu_ps(from));
+#else
+      _mm256_stream_ps(to, _mm256_loadu_ps(from));
+#endif
     }
     for (; p < len; ++p) dst[p] = src[p];
     return;
