@@ -14,7 +14,8 @@ def main():
     with open(args.report) as f:
         report = json.load(f)
     c = report["ceilings"]
-    print(f"Ceilings in this run: STREAM triad {c['stream_triad_GBps']:.1f} GB/s, copy {c['stream_copy_GBps']:.1f} GB/s; "
+    write = f", streaming write {c['stream_write_GBps']:.1f} GB/s" if "stream_write_GBps" in c else ""
+    print(f"Ceilings in this run: STREAM triad {c['stream_triad_GBps']:.1f} GB/s, copy {c['stream_copy_GBps']:.1f} GB/s{write}; "
           f"SGEMM {c['sgemm_native_GFLOPs']:.1f} GFLOP/s (Eigen, native), {c['sgemm_GFLOPs']:.1f} GFLOP/s (system BLAS).")
     print()
     print("| case | camex ms | GB/s | % triad | GFLOP/s | % SGEMM | torch ms | × torch |")

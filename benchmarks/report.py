@@ -76,6 +76,7 @@ def main():
         rows.append(row)
 
     print(f"ceilings: STREAM copy {ceilings['stream_copy_GBps']:.1f} GB/s, triad {triad:.1f} GB/s, "
+          f"streaming write {ceilings['stream_write_GBps']:.1f} GB/s, "
           f"SGEMM {gemm_ceiling:.1f} GFLOP/s (Eigen, native; the system BLAS PyTorch calls: {sgemm:.1f}) "
           f"({ceilings['execution_space']}, concurrency {ceilings['concurrency']})")
     print(f"torch {torch['torch_version']}, {torch['threads']} threads, BLAS loaded: "
@@ -91,7 +92,7 @@ def main():
               f"{fmt(r['speedup_vs_torch'], '>7.2f')}x {fmt(r['torch_out_s'] and r['torch_out_s'] * 1e3, '>13.3f')} "
               f"{fmt(r['speedup_vs_torch_out'], '>6.2f')}x")
 
-    report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
+    report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "stream_write_GBps", "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
               "machine": {"execution_space": ceilings["execution_space"], "concurrency": ceilings["concurrency"],
                           "cpu": context.get("host_name"), "num_cpus": context.get("num_cpus"),
                           "mhz_per_cpu": context.get("mhz_per_cpu")},

@@ -2,8 +2,15 @@
 // The memory-bandwidth ceiling of an execution space, measured the way STREAM does (McCalpin): copy a[i] = b[i]
 // and triad a[i] = b[i] + s*c[i] over arrays far larger than any cache, best of several runs, bytes counted as the
 // arrays named in the kernel (no write-allocate traffic). Kernels report their GB/s as a fraction of these.
+//
+// A third figure, write, is the rate at which memory takes a stream of stores the way camex writes outputs larger
+// than the caches: on host spaces finished in L1 and sent with non-temporal stores (no read-for-ownership), on
+// device spaces plain coalesced stores. A merge into many routing groups writes far more than it reads, so this,
+// not triad, is the bound it approaches.
 
 #include <Kokkos_Core.hpp>
+
+#include "camex/detail/streaming_store.hpp"
 
 #include <algorithm>
 #include <cstddef>
@@ -14,6 +21,7 @@ namespace camex::perf {
 struct StreamBandwidth {
   double copy_GBps = 0;
   double triad_GBps = 0;
+  double write_GBps = 0;
 };
 
 /// Seconds of the fastest of `repeats` runs of `run()`, each fenced on `space`.
@@ -30,7 +38,7 @@ double best_seconds(const ExecSpace& space, int repeats, Run&& run) {
   return best;
 }
 
-/// STREAM copy and triad on `space` with three float arrays of `elements` each (default 2^25: 128 MiB per array,
+/// STREAM copy and triad, and the write rate, on `space` with three float arrays of `elements` each (default 2^25: 128 MiB per array,
 /// four times the largest L3 camex has met).
 template <class ExecSpace = Kokkos::DefaultExecutionSpace>
 StreamBandwidth measure_stream(const ExecSpace& space = ExecSpace{}, std::size_t elements = std::size_t{1} << 25,
@@ -53,8 +61,27 @@ StreamBandwidth measure_stream(const ExecSpace& space = ExecSpace{}, std::size_t
   const double triad_s = best_seconds(space, repeats, [&] {
     Kokkos::parallel_for("camex::stream::triad", range, KOKKOS_LAMBDA(std::size_t i) { a(i) = b(i) + scalar * c(i); });
   });
+  double write_s = 0;
+  if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)) {
+    // Work items as long as a merge's tiles, each written in L1-sized pieces and fenced once, as the merge does.
+    constexpr std::size_t piece = 256, tile = 4096;
+    write_s = best_seconds(space, repeats, [&] {
+      Kokkos::parallel_for("camex::stream::write", Kokkos::RangePolicy<ExecSpace>(space, 0, (elements + tile - 1) / tile),
+                           [=](std::size_t t) {
+                             alignas(64) float staged[piece];
+                             for (float& v : staged) v = scalar;
+                             for (std::size_t p0 = t * tile; p0 < std::min((t + 1) * tile, elements); p0 += piece)
+                               detail::copy_streaming(a.data() + p0, staged, static_cast<int>(std::min(piece, elements - p0)));
+                             detail::streaming_fence();
+                           });
+    });
+  } else {
+    write_s = best_seconds(space, repeats, [&] {
+      Kokkos::parallel_for("camex::stream::write", range, KOKKOS_LAMBDA(std::size_t i) { a(i) = scalar; });
+    });
+  }
   const double bytes = static_cast<double>(elements) * sizeof(float);
-  return {2 * bytes / copy_s * 1e-9, 3 * bytes / triad_s * 1e-9};
+  return {2 * bytes / copy_s * 1e-9, 3 * bytes / triad_s * 1e-9, bytes / write_s * 1e-9};
 }
 
 }  // namespace camex::perf
