@@ -25,6 +25,14 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/detail/row_combination.hpp"
+#include "camex/detail/vectorize.hpp"
+
+// Host-only compilations for AVX-512 CPUs compact float rows sixteen entries at a time.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(__CUDACC__) && \
+    !defined(__HIPCC__) && !defined(SYCL_LANGUAGE_VERSION)
+#define CAMEX_SELECT_AVX512 1
+#include "camex/detail/select_avx512.hpp"
+#endif
 
 namespace camex {
 
@@ -136,6 +144,29 @@ KOKKOS_INLINE_FUNCTION int pick_bin(int bins, std::uint64_t& left, std::uint64_t
   }
   population = count(0);  // the invariant left <= entries matching the prefix puts the rank here
   return 0;
+}
+
+/// The compaction step over x[0, len): mask[q] = 1 where the key's digits found so far, `digits`, are above the
+/// prefix `want` (decided: kept), and the keys and indices (first + q) of the entries that match it written to
+/// keys[] and indices[] in order (they go on to the next digit); returns how many. Every entry is written and only
+/// matches advance the count, so the few percent that match cost no branch; keys and indices need len + 15 entries.
+template <class T>
+KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> digits, magnitude_key<T> want,
+                                         std::uint8_t* mask, std::uint32_t first, magnitude_key<T>* keys,
+                                         std::uint32_t* indices) {
+#if defined(CAMEX_SELECT_AVX512)
+  if constexpr (std::is_same_v<T, float>) return mark_and_list_avx512(x, len, digits, want, mask, first, keys, indices);
+#endif
+  CAMEX_IVDEP
+  for (int q = 0; q < len; ++q) mask[q] = (key_of(x[q]) & digits) > want;
+  int count = 0;
+  for (int q = 0; q < len; ++q) {
+    const magnitude_key<T> key = key_of(x[q]);
+    keys[count] = key;
+    indices[count] = first + static_cast<std::uint32_t>(q);
+    count += (key & digits) == want;
+  }
+  return count;
 }
 
 }  // namespace detail
@@ -264,10 +295,17 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
         detail::Candidate<T>* list = &st.candidates(r * capacity);
         std::uint8_t* mask = out + r * out_stride;
         const std::size_t end = detail::chunk_end(c, chunk, params);
-        for (std::size_t p = c * chunk; p < end; ++p) {
-          const Key key = detail::key_of(row[p]);
-          mask[p] = (key & matched) > want;
-          if ((key & matched) == want) list[at++] = {key, static_cast<std::uint32_t>(p)};
+        // Blocks of `block` entries compacted into local arrays, then copied to the list: the list's regions of
+        // neighbouring chunks touch, and mark_and_list writes past its last match.
+        constexpr int block = 256;
+        Key keys[block + 15];
+        std::uint32_t indices[block + 15];
+        for (std::size_t p0 = c * chunk; p0 < end; p0 += block) {
+          const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
+          const int count = detail::mark_and_list(row + p0, len, matched, want, mask + p0, static_cast<std::uint32_t>(p0),
+                                                  keys, indices);
+          for (int j = 0; j < count; ++j) list[at + j] = {keys[j], indices[j]};
+          at += count;
         }
       });
       compacted = true;
