@@ -3,6 +3,7 @@
 
 #include "camex/core/error.hpp"
 #include "camex/core/random.hpp"
+#include "camex/core/step.hpp"
 #include "camex/core/top_k.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"

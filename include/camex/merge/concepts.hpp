@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "camex/core/error.hpp"
+#include "camex/core/step.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 
@@ -42,23 +43,6 @@ struct MergeProblem {
   std::size_t experts = 0;
   std::size_t groups = 0;
   TensorShape shape;
-};
-
-/// What a step is: random draws (DARE masks, expert dropout) are keyed by (seed, step, tensor, expert, element),
-/// so `tensor` must be distinct for every tensor of a model that draws; `training` switches train-only behaviour.
-struct StepContext {
-  std::uint64_t seed = 0;
-  std::uint64_t step = 0;
-  std::uint32_t tensor = 0;
-  bool training = true;
-};
-
-/// One trainable array of a policy (for example a curvature factor stack), flattened, with its gradient.
-template <class Scalar, class ExecSpace>
-struct Parameter {
-  std::string name;
-  Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>> value;
-  Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>> gradient;
 };
 
 /// Read-only operands of a policy: row-major `[rows, P]` views in the space's memory.

@@ -1,0 +1,180 @@
+#pragma once
+// Routing granularity (spec §2.3, §2.4): which tokens share one routing decision, and what the router sees for
+// it. Tokens are the rows of x [S * L, I]: sequence q, position t at row q * L + t.
+//
+//  * sequence: one routing group per sequence, routed on the mean of its tokens (the CAMEx T5 layer, SMEAR).
+//  * causal_segment: each sequence is cut into L / T segments of T tokens, one routing group per segment; group
+//    (q, s) is routed on the mean of segment s - 1 of the same sequence, so no token's merged weights depend on
+//    later tokens (Lory; the CAMEx GPT-2 layer). Segment 0 is routed on its own mean with the gradient stopped:
+//    its tokens see a decision that depends on later tokens of segment 0 (the spec's documented leak).
+//
+// An optional padding mask [S, L] (1 = real token) takes padding out of the means (camex's default); the CAMEx
+// code averages over padding as well, which `Padding::include` reproduces. A group whose source holds no real
+// token (a sequence or segment of padding only) is routed on zeros.
+
+#include <Kokkos_Core.hpp>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "camex/core/error.hpp"
+#include "camex/core/views.hpp"
+
+namespace camex {
+
+enum class Granularity {
+  sequence,        ///< one group per sequence, routed on its own mean
+  causal_segment,  ///< one group per segment of T tokens, routed on the previous segment's mean
+};
+
+/// Whether padded positions count in a routing mean.
+enum class Padding {
+  exclude,  ///< mean over the real tokens only (camex's default)
+  include,  ///< mean over all L (or T) positions, padding included: the CAMEx code's behaviour
+};
+
+struct RoutingLayout {
+  std::size_t sequences = 0;  ///< S
+  std::size_t length = 0;     ///< L, tokens per sequence
+  Granularity granularity = Granularity::sequence;
+  std::size_t segment = 256;  ///< T, tokens per segment (causal_segment only; the CAMEx code's value)
+  Padding padding = Padding::exclude;
+
+  /// Segments per sequence: L / T, or 1 for sequence granularity.
+  KOKKOS_INLINE_FUNCTION constexpr std::size_t segments() const { return granularity == Granularity::sequence ? 1 : length / segment; }
+  /// Tokens per routing group.
+  KOKKOS_INLINE_FUNCTION constexpr std::size_t group_length() const { return granularity == Granularity::sequence ? length : segment; }
+  /// Routing groups: S * segments().
+  KOKKOS_INLINE_FUNCTION constexpr std::size_t groups() const { return sequences * segments(); }
+  constexpr std::size_t tokens() const { return sequences * length; }
+
+  /// The group whose mean routes group g: itself for sequences and segment 0, the previous segment otherwise.
+  KOKKOS_INLINE_FUNCTION std::size_t source(std::size_t g) const {
+    const std::size_t per = segments();
+    return g % per == 0 ? g : g - 1;
+  }
+  /// The group that receives the gradient of source group g's mean: the next segment (none after the last), or
+  /// g itself for sequences. Segment 0's own routing is detached. Returns groups() for none.
+  KOKKOS_INLINE_FUNCTION std::size_t gradient_receiver(std::size_t g) const {
+    const std::size_t per = segments();
+    if (per == 1) return g;
+    return g % per + 1 < per ? g + 1 : groups();
+  }
+};
+
+namespace detail {
+
+/// Throws unless `layout` is usable: S, L >= 1, and for causal segments 1 <= T dividing L.
+inline void check_layout(const char* fn, const RoutingLayout& layout) {
+  if (layout.sequences == 0) throw argument_error(fn, "layout.sequences", "at least one sequence", "0");
+  if (layout.length == 0) throw argument_error(fn, "layout.length", "at least one token per sequence", "0");
+  if (layout.granularity == Granularity::causal_segment &&
+      (layout.segment == 0 || layout.length % layout.segment != 0))
+    throw argument_error(fn, "layout.segment",
+                         concat("a segment length dividing the sequence length L = ", layout.length),
+                         concat(layout.segment));
+}
+
+/// Throws unless `mask` is empty (no padding) or [S, L].
+template <class Mask>
+void check_padding_mask(const char* fn, const Mask& mask, const RoutingLayout& layout) {
+  if (mask.extent(0) == 0 && mask.extent(1) == 0) return;
+  require_shape(fn, "padding", mask, layout.sequences, layout.length, "[S, L] (layout.sequences, layout.length), or empty");
+}
+
+/// Entries of the input rows one work item covers on host spaces (a vectorised run); one on devices, where
+/// neighbouring lanes take neighbouring entries.
+template <class ExecSpace>
+constexpr std::size_t routing_tile() {
+  return static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible) ? 256 : 1;
+}
+
+}  // namespace detail
+
+/// routed[g, :] = the mean of x over the tokens of group layout.source(g) (its real tokens, or all of them with
+/// Padding::include): the router input of every routing group. x [S * L, I]; padding [S, L] of 0/1 or empty;
+/// routed [G, I] with G = layout.groups().
+template <class ExecSpace, MatrixOn<ExecSpace> X, MatrixOn<ExecSpace> Mask, MatrixOn<ExecSpace> Routed>
+  requires MutableMatrix<Routed> && std::same_as<typename Mask::non_const_value_type, std::uint8_t>
+void routing_inputs(const ExecSpace& space, const RoutingLayout& layout, const X& x, const Mask& padding,
+                    const Routed& routed) {
+  using T = typename Routed::value_type;
+  constexpr const char* fn = "camex::routing_inputs";
+  detail::check_layout(fn, layout);
+  detail::require_nonempty(fn, "x", x, "[S * L, I] matrix of token rows");
+  detail::require_shape(fn, "x", x, layout.tokens(), x.extent(1), "[S * L, I] (layout.sequences * layout.length)");
+  detail::check_padding_mask(fn, padding, layout);
+  detail::require_shape(fn, "routed", routed, layout.groups(), x.extent(1), "[G, I] (layout.groups(), x.extent(1))");
+  detail::require_disjoint(fn, "routed", routed, "x", x);
+
+  const std::size_t width = x.extent(1), groups = layout.groups(), per = layout.group_length();
+  constexpr std::size_t tile = detail::routing_tile<ExecSpace>();
+  const std::size_t tiles = (width + tile - 1) / tile;
+  const bool masked = padding.extent(0) != 0 && layout.padding == Padding::exclude;
+  const std::uint8_t* real = padding.data();
+  const auto x_stride = detail::row_stride(x), out_stride = detail::row_stride(routed);
+  const auto* xs = x.data();
+  T* out = routed.data();
+  Kokkos::parallel_for("camex::routing_inputs", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * tiles),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t g = w / tiles, i0 = w % tiles * tile;
+                         const std::size_t len = width - i0 < tile ? width - i0 : tile;
+                         const std::size_t first = layout.source(g) * per;  // token row; sequences are consecutive
+                         double sum[tile] = {};
+                         std::size_t count = 0;
+                         for (std::size_t t = first; t < first + per; ++t) {
+                           const bool counted = !masked || real[t] != 0;  // mask [S, L] is [S * L] row-major
+                           count += counted;
+                           if (!counted) continue;
+                           const auto* row = xs + t * x_stride + i0;
+                           for (std::size_t q = 0; q < len; ++q) sum[q] += static_cast<double>(row[q]);
+                         }
+                         const double scale = count ? 1.0 / static_cast<double>(count) : 0.0;
+                         for (std::size_t q = 0; q < len; ++q) out[g * out_stride + i0 + q] = static_cast<T>(sum[q] * scale);
+                       });
+}
+
+/// The adjoint of routing_inputs: d_x[t, :] = d_routed[r, :] / count for every counted token t of a group whose
+/// mean routes group r (r = layout.gradient_receiver(group of t)), 0 for other tokens (padding, the last segment,
+/// and segment 0's own detached routing). Overwrites d_x [S * L, I].
+template <class ExecSpace, MatrixOn<ExecSpace> DRouted, MatrixOn<ExecSpace> Mask, MatrixOn<ExecSpace> DX>
+  requires MutableMatrix<DX> && std::same_as<typename Mask::non_const_value_type, std::uint8_t>
+void routing_inputs_backward(const ExecSpace& space, const RoutingLayout& layout, const DRouted& d_routed,
+                             const Mask& padding, const DX& d_x) {
+  using T = typename DX::value_type;
+  constexpr const char* fn = "camex::routing_inputs_backward";
+  detail::check_layout(fn, layout);
+  detail::require_nonempty(fn, "d_routed", d_routed, "[G, I] matrix");
+  detail::require_shape(fn, "d_routed", d_routed, layout.groups(), d_routed.extent(1), "[G, I] (layout.groups())");
+  detail::check_padding_mask(fn, padding, layout);
+  detail::require_shape(fn, "d_x", d_x, layout.tokens(), d_routed.extent(1),
+                        "[S * L, I] (layout.sequences * layout.length, d_routed.extent(1))");
+  detail::require_disjoint(fn, "d_x", d_x, "d_routed", d_routed);
+
+  const std::size_t width = d_x.extent(1), groups = layout.groups(), per = layout.group_length();
+  constexpr std::size_t tile = detail::routing_tile<ExecSpace>();
+  const std::size_t tiles = (width + tile - 1) / tile;
+  const bool masked = padding.extent(0) != 0 && layout.padding == Padding::exclude;
+  const std::uint8_t* real = padding.data();
+  const auto in_stride = detail::row_stride(d_routed), out_stride = detail::row_stride(d_x);
+  const auto* d_in = d_routed.data();
+  T* out = d_x.data();
+  Kokkos::parallel_for("camex::routing_inputs_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * tiles),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t g = w / tiles, i0 = w % tiles * tile;
+                         const std::size_t len = width - i0 < tile ? width - i0 : tile;
+                         const std::size_t first = g * per, receiver = layout.gradient_receiver(g);
+                         std::size_t count = 0;
+                         for (std::size_t t = first; t < first + per; ++t) count += !masked || real[t] != 0;
+                         const bool flows = receiver < groups && count > 0;
+                         const T scale = flows ? static_cast<T>(1.0 / static_cast<double>(count)) : T(0);
+                         const auto* d = d_in + (flows ? receiver : 0) * in_stride + i0;
+                         for (std::size_t t = first; t < first + per; ++t) {
+                           const T weight = (!masked || real[t] != 0) ? scale : T(0);
+                           T* row = out + t * out_stride + i0;
+                           for (std::size_t q = 0; q < len; ++q) row[q] = weight * d[q];
+                         }
+                       });
+}
+
+}  // namespace camex
