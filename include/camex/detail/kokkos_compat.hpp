@@ -6,15 +6,19 @@
 namespace camex::detail::math {
 #if KOKKOS_VERSION >= 30700
 using Kokkos::cos;
+using Kokkos::erfc;
 using Kokkos::exp;
 using Kokkos::isfinite;
 using Kokkos::log;
+using Kokkos::log1p;
 using Kokkos::sqrt;
 #else
 using Kokkos::Experimental::cos;
+using Kokkos::Experimental::erfc;
 using Kokkos::Experimental::exp;
 using Kokkos::Experimental::isfinite;
 using Kokkos::Experimental::log;
+using Kokkos::Experimental::log1p;
 using Kokkos::Experimental::sqrt;
 #endif
 }  // namespace camex::detail::math
