@@ -24,3 +24,7 @@
 #include "camex/merge/ties.hpp"
 #include "camex/merge/ties_mask.hpp"
 #include "camex/perf/stream.hpp"
+#include "camex/route/concepts.hpp"
+#include "camex/route/groups.hpp"
+#include "camex/route/noisy_top_k.hpp"
+#include "camex/route/smear_router.hpp"

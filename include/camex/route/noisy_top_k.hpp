@@ -48,6 +48,7 @@ struct NoisyTopKOptions {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 class NoisyTopKGate {
  public:
+  using scalar_type = Scalar;
   using execution_space = ExecSpace;
   using Weights = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
   using ConstRows = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;

@@ -40,6 +40,7 @@ struct SmearRouterOptions {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 class SmearRouter {
  public:
+  using scalar_type = Scalar;
   using execution_space = ExecSpace;
   using Vector = Kokkos::View<Scalar*, typename ExecSpace::memory_space>;
   using Weights = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;

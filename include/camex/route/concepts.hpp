@@ -1,0 +1,47 @@
+#pragma once
+// What a router is. A router turns the router input of each routing group (route/groups.hpp) into one score per
+// expert, and differentiates that. The built-in routers (noisy top-k, SMEAR) and a user's own go through the same
+// layers, so this header is the contract:
+//
+//   bytes = r.workspace_bytes()                              once; allocate that much
+//   loss  = r.forward(space, step, routed, scores, ws)       routed [G, I] -> scores [G, n], and the router's
+//                                                            auxiliary (balancing) loss, 0 if it has none
+//   r.backward(space, d_scores, d_loss, d_routed, ws)        overwrites d_routed [G, I] and the gradients of
+//                                                            parameters(), for the last forward with that ws
+//
+// Random draws (noise, expert dropout) are keyed by (step.seed, step.step, step.tensor, expert, group), so give
+// each router a `tensor` id of its own.
+
+#include <Kokkos_Core.hpp>
+
+#include <concepts>
+#include <cstddef>
+#include <ranges>
+
+#include "camex/core/step.hpp"
+#include "camex/core/workspace.hpp"
+
+namespace camex {
+
+template <class R>
+concept Router =
+    requires {
+      typename R::scalar_type;
+      typename R::execution_space;
+    } &&
+    requires(R& router, const R& crouter, const typename R::execution_space& space, const StepContext& step,
+             const Workspace<typename R::execution_space>& workspace, double d_loss,
+             const Kokkos::View<const typename R::scalar_type**, Kokkos::LayoutRight,
+                                typename R::execution_space::memory_space>& in,
+             const Kokkos::View<typename R::scalar_type**, Kokkos::LayoutRight,
+                                typename R::execution_space::memory_space>& out) {
+      { crouter.experts() } -> std::convertible_to<std::size_t>;
+      { crouter.workspace_bytes() } -> std::convertible_to<std::size_t>;
+      { router.forward(space, step, in, out, workspace) } -> std::convertible_to<double>;
+      router.backward(space, in, d_loss, out, workspace);
+      { crouter.parameters() } -> std::ranges::range;
+      requires std::same_as<std::ranges::range_value_t<decltype(crouter.parameters())>,
+                            Parameter<typename R::scalar_type, typename R::execution_space>>;
+    };
+
+}  // namespace camex
