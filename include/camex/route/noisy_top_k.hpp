@@ -81,17 +81,7 @@ class NoisyTopKGate {
     noise_ = Weights("camex::NoisyTopKGate::w_noise", experts, inputs);
     gate_grad_ = Weights("camex::NoisyTopKGate::d_w_gate", experts, inputs);
     noise_grad_ = Weights("camex::NoisyTopKGate::d_w_noise", experts, inputs);
-    const CounterRng rng(init_seed, 0);
-    const double scale = options_.init_std;
-    const auto gate = gate_, noise = noise_;
-    Kokkos::parallel_for("camex::NoisyTopKGate[init]", Kokkos::RangePolicy<ExecSpace>(0, experts * inputs),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const auto j = static_cast<std::uint32_t>(w / inputs);
-                           const std::size_t i = w % inputs;
-                           gate(j, i) = static_cast<Scalar>(scale * rng.normal({0, j, i}));
-                           noise(j, i) = static_cast<Scalar>(scale * rng.normal({1, j, i}));
-                         });
-    ExecSpace().fence();
+    reset(init_seed);
   }
 
   const NoisyTopKOptions& options() const { return options_; }
@@ -101,6 +91,23 @@ class NoisyTopKGate {
   /// The weights themselves, [n, I] each, trainable or not (to load or inspect them).
   const Weights& gate_weights() const { return gate_; }
   const Weights& noise_weights() const { return noise_; }
+
+  /// Draws the weights afresh, as the constructor does: N(0, init_std²) from CounterRng(init_seed, 0) at sites
+  /// (0 for W_gate or 1 for W_noise, expert, input).
+  void reset(std::uint64_t init_seed) {
+    const CounterRng rng(init_seed, 0);
+    const double scale = options_.init_std;
+    const std::size_t inputs = inputs_;
+    const auto gate = gate_, noise = noise_;
+    Kokkos::parallel_for("camex::NoisyTopKGate[init]", Kokkos::RangePolicy<ExecSpace>(0, experts_ * inputs),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           const auto j = static_cast<std::uint32_t>(w / inputs);
+                           const std::size_t i = w % inputs;
+                           gate(j, i) = static_cast<Scalar>(scale * rng.normal({0, j, i}));
+                           noise(j, i) = static_cast<Scalar>(scale * rng.normal({1, j, i}));
+                         });
+    ExecSpace().fence();
+  }
 
   /// The trainable arrays with their gradients (none for a fixed router).
   std::vector<Parameter<Scalar, ExecSpace>> parameters() const {

@@ -78,22 +78,31 @@ class SmearRouter {
     column_bias_ = mat("column_bias");
     d_column_gain_ = mat("d_column_gain");
     d_column_bias_ = mat("d_column_bias");
+    reset(init_seed);
+  }
+
+  const SmearRouterOptions& options() const { return options_; }
+  std::size_t channels() const { return channels_; }
+  std::size_t experts() const { return experts_; }
+
+  /// Sets every parameter afresh, as the constructor does: LayerNorm gains 1 (column gains options().column_gain),
+  /// biases 0, router weights N(0, init_std²) from CounterRng(init_seed, 0) at sites (2, expert, channel).
+  void reset(std::uint64_t init_seed) {
     Kokkos::deep_copy(ln_gain_, Scalar(1));
-    Kokkos::deep_copy(column_gain_, static_cast<Scalar>(options.column_gain));
+    Kokkos::deep_copy(ln_bias_, Scalar(0));
+    Kokkos::deep_copy(column_gain_, static_cast<Scalar>(options_.column_gain));
+    Kokkos::deep_copy(column_bias_, Scalar(0));
     const CounterRng rng(init_seed, 0);
-    const double scale = options.init_std;
+    const double scale = options_.init_std;
+    const std::size_t channels = channels_;
     const auto w = weights_;
-    Kokkos::parallel_for("camex::SmearRouter[init]", Kokkos::RangePolicy<ExecSpace>(0, experts * channels),
+    Kokkos::parallel_for("camex::SmearRouter[init]", Kokkos::RangePolicy<ExecSpace>(0, experts_ * channels),
                          KOKKOS_LAMBDA(std::size_t k) {
                            w(k / channels, k % channels) =
                                static_cast<Scalar>(scale * rng.normal({2, static_cast<std::uint32_t>(k / channels), k % channels}));
                          });
     ExecSpace().fence();
   }
-
-  const SmearRouterOptions& options() const { return options_; }
-  std::size_t channels() const { return channels_; }
-  std::size_t experts() const { return experts_; }
 
   /// Every trainable array with its gradient: the input LayerNorm's gain and bias, the router weights [N, C], and
   /// with normalize_weights the per-expert LayerNorms' gains and biases [N, C].
