@@ -1,0 +1,237 @@
+// The merged linear layer: forward against a double reference (Domain merge of weights and biases with the
+// router's scores, applied per group of tokens); an upcycled layer at step 0 is the dense layer; every gradient
+// (tokens, expert weights and biases, bases, router and curvature parameters) against central finite differences
+// in double, through causal segment routing and the noisy top-k gate; error paths.
+#include "camex/nn/merged_linear.hpp"
+
+#include "camex/merge/curvature_aware.hpp"
+#include "camex/merge/domain.hpp"
+#include "camex/route/noisy_top_k.hpp"
+#include "testing.hpp"
+
+#include <functional>
+#include <random>
+#include <vector>
+
+using namespace camex;
+using namespace camex::testing;
+
+namespace {
+
+using Mask = Matrix<std::uint8_t, Space>;
+
+constexpr RoutingLayout segments{.sequences = 2, .length = 6, .granularity = Granularity::causal_segment, .segment = 3};
+
+struct Tensors {
+  HostMatrix x, experts_w, base_w, experts_b, base_b;
+};
+
+Tensors random_tensors(std::size_t tokens, std::size_t in, std::size_t out, std::size_t n, std::mt19937_64& gen) {
+  return {random_matrix(tokens, in, gen), random_matrix(n, out * in, gen), random_matrix(1, out * in, gen),
+          random_matrix(n, out, gen), random_matrix(1, out, gen)};
+}
+
+/// Runs one forward of `layer`; returns y and the auxiliary loss.
+template <class Layer>
+std::pair<HostMatrix, double> run(Layer& layer, const StepContext& step, const Tensors& t, const Workspace<Space>& ws) {
+  using T = typename Layer::scalar_type;
+  const auto x = to_device<T>(t.x), ew = to_device<T>(t.experts_w), bw = to_device<T>(t.base_w);
+  const auto eb = to_device<T>(t.experts_b), bb = to_device<T>(t.base_b);
+  Matrix<T, Space> y("y", t.x.rows(), layer.outputs());
+  const double aux = layer.forward(Space{}, step, x, Mask(), {ew, bw}, ExpertTensors<T, Space>{eb, bb}, y, ws);
+  return {to_host(y), aux};
+}
+
+void perturb(const std::vector<Parameter<double, Space>>& params, std::mt19937_64& gen, double size) {
+  std::uniform_real_distribution<double> u(-size, size);
+  for (const auto& p : params) {
+    auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, p.value);
+    for (std::size_t k = 0; k < host.extent(0); ++k) host(k) += u(gen);
+    Kokkos::deep_copy(p.value, host);
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(merged_linear)
+
+BOOST_AUTO_TEST_CASE(forward_is_the_merged_matrix_applied_per_group) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t in = 5, out = 7, n = 3, groups = segments.groups();
+    const Composition half{.alpha = 0.5};
+    Domain<double, Space> weights({n, groups, {out, in}}, half), bias({n, groups, {out, 1}}, half);
+    NoisyTopKGate<double, Space> router(in, n, groups, {.init_std = 0.5}, 1);
+    MergedLinear layer(weights, &bias, router, segments);
+    const auto ws = make_workspace<Space>(layer.workspace_bytes());
+    const Tensors t = random_tensors(segments.tokens(), in, out, n, gen);
+    const StepContext step{.seed = 4, .step = 2, .tensor = 6, .training = true};
+    const auto [y, aux] = run(layer, step, t, ws);
+
+    // The router on its own, on the routing inputs, with the id the layer gives it, for the scores.
+    Matrix<double, Space> routed("routed", groups, in), scores("scores", groups, n);
+    routing_inputs(Space{}, segments, to_device<double>(t.x), Mask(), routed);
+    auto ws_router = make_workspace<Space>(router.workspace_bytes());
+    const double aux_expected = router.forward(Space{}, StepContext{4, 2, 8, true}, routed, scores, ws_router);
+    const HostMatrix s = to_host(scores);
+    HostMatrix expected(y.rows(), y.cols());
+    for (std::size_t g = 0; g < groups; ++g) {
+      HostMatrix w = t.base_w, b = t.base_b;
+      for (std::size_t i = 0; i < n; ++i) {
+        w += 0.5 * s(g, i) * (t.experts_w.row(i) - t.base_w);
+        b += 0.5 * s(g, i) * (t.experts_b.row(i) - t.base_b);
+      }
+      const HostMatrix W = Eigen::Map<const HostMatrix>(w.data(), out, in);
+      for (std::size_t q = 0; q < segments.group_length(); ++q) {
+        const Eigen::Index token = g * segments.group_length() + q;
+        expected.row(token) = (W * t.x.row(token).transpose()).transpose() + b;
+      }
+    }
+    // Double: sums of n + 1 and I terms of size <= 4; a few hundred roundings of unit size at most.
+    BOOST_TEST((y - expected).cwiseAbs().maxCoeff() <= 1e-13);
+    BOOST_TEST(aux == aux_expected);
+  }
+}
+
+// Spec §10: experts upcycled from a dense layer (all equal to the base) give the dense layer's output, whatever
+// the router says.
+BOOST_AUTO_TEST_CASE(upcycled_layer_is_the_dense_layer) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t in = 4, out = 6, n = 3, groups = segments.groups();
+    CurvatureAware<float, Space> weights({n, groups, {out, in}}, {.rank = 2}), bias({n, groups, {out, 1}}, {.rank = 2});
+    NoisyTopKGate<float, Space> router(in, n, groups, {.init_std = 0.5}, 2);
+    MergedLinear layer(weights, &bias, router, segments);
+    const auto ws = make_workspace<Space>(layer.workspace_bytes());
+    Tensors t = random_tensors(segments.tokens(), in, out, n, gen);
+    t.base_w = rounded<float>(t.base_w);
+    t.base_b = rounded<float>(t.base_b);
+    t.x = rounded<float>(t.x);
+    t.experts_w = t.base_w.replicate(n, 1);
+    t.experts_b = t.base_b.replicate(n, 1);
+    const auto [y, aux] = run(layer, StepContext{.seed = 1}, t, ws);
+    const HostMatrix W = Eigen::Map<const HostMatrix>(t.base_w.data(), out, in);
+    const HostMatrix dense = (t.x * W.transpose()).rowwise() + t.base_b.row(0);
+    // Float: the merge returns the base exactly (every delta is 0); the product sums I = 4 terms.
+    BOOST_TEST((y - dense).cwiseAbs().maxCoeff() <= 8 * unit_roundoff<float> * (t.x.cwiseAbs() * W.cwiseAbs().transpose()).maxCoeff() + 8 * unit_roundoff<float>);
+  }
+}
+
+// Per sequence every entry is compared. With causal segments the tokens of each sequence's segment 0 are left
+// out for x only: their finite difference also sees segment 0's own routing, whose gradient is stopped by design
+// (the routing tests check that adjoint on its own).
+BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
+  std::mt19937_64 gen(test_seed());
+  const RoutingLayout per_sequence{.sequences = 3, .length = 4};
+  for (const RoutingLayout& layout : {per_sequence, segments})
+  BOOST_TEST_CONTEXT("groups " << layout.groups() << (layout.granularity == Granularity::sequence ? " (sequences)" : " (segments)"))
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t in = 4, out = 6, n = 3, groups = layout.groups();
+    CurvatureAware<double, Space> weights({n, groups, {out, in}}, {.rank = 2}), bias({n, groups, {out, 1}}, {.rank = 2});
+    NoisyTopKGate<double, Space> router(in, n, groups, {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 3);
+    perturb(weights.parameters(), gen, 0.2);
+    perturb(bias.parameters(), gen, 0.2);
+    MergedLinear layer(weights, &bias, router, layout);
+    const auto ws = make_workspace<Space>(layer.workspace_bytes());
+    Tensors t = random_tensors(layout.tokens(), in, out, n, gen);
+    const HostMatrix d_y = random_matrix(layout.tokens(), out, gen);
+    const double d_aux = 0.9;
+    const StepContext step{.seed = 7, .step = 1, .tensor = 0, .training = true};
+    const auto objective = [&] {
+      const auto [y, aux] = run(layer, step, t, ws);
+      return (y.array() * d_y.array()).sum() + d_aux * aux;
+    };
+
+    objective();  // the forward the backward below differentiates
+    Matrix<double, Space> d_x("d_x", layout.tokens(), in), d_ew("d_ew", n, out * in), d_bw("d_bw", 1, out * in),
+        d_eb("d_eb", n, out), d_bb("d_bb", 1, out);
+    layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, {d_ew, d_bw}, ExpertGradients<double, Space>{d_eb, d_bb}, ws);
+    // Parameter gradients, copied before the finite differences run the forward again.
+    std::vector<std::vector<double>> param_grads;
+    std::vector<Parameter<double, Space>> params;
+    for (const auto& list : {weights.parameters(), bias.parameters(), router.parameters()})
+      for (const auto& p : list) {
+        params.push_back(p);
+        auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, p.gradient);
+        param_grads.emplace_back(g.data(), g.data() + g.extent(0));
+      }
+
+    const double h = 1e-6;
+    double worst = 0, scale = 0;
+    const auto check = [&](double keep, const std::function<void(double)>& set, double got) {
+      set(keep + h);
+      const double up = objective();
+      set(keep - h);
+      const double down = objective();
+      set(keep);
+      const double fd = (up - down) / (2 * h);
+      worst = std::max(worst, std::abs(fd - got));
+      scale = std::max(scale, std::abs(fd));
+    };
+    const std::pair<HostMatrix*, HostMatrix> tensors[] = {{&t.x, to_host(d_x)},           {&t.experts_w, to_host(d_ew)},
+                                                          {&t.base_w, to_host(d_bw)},      {&t.experts_b, to_host(d_eb)},
+                                                          {&t.base_b, to_host(d_bb)}};
+    const auto detached = [&](Eigen::Index k) {  // an x entry of a segment 0 under causal segments
+      const auto token = static_cast<std::size_t>(k / static_cast<Eigen::Index>(in));
+      return layout.segments() > 1 && token % layout.length < layout.segment;
+    };
+    for (const auto& [m, got] : tensors)
+      for (Eigen::Index k = 0; k < m->size(); ++k)
+        if (m != &t.x || !detached(k)) check(m->data()[k], [&](double v) { m->data()[k] = v; }, got.data()[k]);
+    for (std::size_t which = 0; which < params.size(); ++which) {
+      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, params[which].value);
+      for (std::size_t k = 0; k < host.extent(0); ++k)
+        check(host(k), [&](double v) {
+          host(k) = v;
+          Kokkos::deep_copy(params[which].value, host);
+        }, param_grads[which][k]);
+    }
+    BOOST_TEST(worst <= 1e-7 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);
+    BOOST_TEST(scale > 1e-2);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t in = 4, out = 6, n = 3, groups = segments.groups();
+    const Composition half{.alpha = 0.5};
+    Domain<float, Space> weights({n, groups, {out, in}}, half), bias({n, groups, {out, 1}}, half);
+    Domain<float, Space> too_few_groups({n, groups - 1, {out, in}}, half), other_experts({n + 1, groups, {out, in}}, half);
+    Domain<float, Space> wrong_bias({n, groups, {out + 1, 1}}, half);
+    NoisyTopKGate<float, Space> router(in, n, groups);
+    using Layer = MergedLinear<Domain<float, Space>, NoisyTopKGate<float, Space>>;
+    require_argument_error([&] { Layer(other_experts, &bias, router, segments); }, "weight_policy",
+                           {"router's 3 experts", "4 experts"});
+    require_argument_error([&] { Layer(too_few_groups, &bias, router, segments); }, "weight_policy",
+                           {"at least layout.groups() = 4", "3 groups"});
+    require_argument_error([&] { Layer(weights, &wrong_bias, router, segments); }, "bias_policy", {"shape [6, 1]", "[7, 1]"});
+    auto bad_layout = segments;
+    bad_layout.segment = 4;
+    require_argument_error([&] { Layer(weights, &bias, router, bad_layout); }, "layout.segment", {"4"});
+
+    Layer layer(weights, &bias, router, segments), no_bias(weights, nullptr, router, segments);
+    const auto ws = make_workspace<Space>(layer.workspace_bytes());
+    Matrix<float, Space> x("x", segments.tokens(), in), y("y", segments.tokens(), out), ew("ew", n, out * in),
+        bw("bw", 1, out * in), eb("eb", n, out), bb("bb", 1, out);
+    const ExpertTensors<float, Space> w{ew, bw};
+    const ExpertTensors<float, Space> b{eb, bb};
+    require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, {ew, bw}, ExpertGradients<float, Space>{eb, bb}, ws); },
+                           "this", {"no forward"});
+    require_argument_error([&] { layer.forward(Space{}, {}, Matrix<float, Space>("x", 11, in), Mask(), w, b, y, ws); }, "x",
+                           {"[12, 4]", "[11, 4]"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w, b, Matrix<float, Space>("y", 12, 5), ws); }, "y",
+                           {"[12, 6]", "[12, 5]"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w, std::nullopt, y, ws); }, "bias", {"none"});
+    require_argument_error([&] { no_bias.forward(Space{}, {}, x, Mask(), w, b, y, ws); }, "bias", {"no bias policy"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w, b, y, make_workspace<Space>(64)); }, "workspace",
+                           {"64 bytes"});
+    layer.forward(Space{}, {}, x, Mask(), w, b, y, ws);
+    require_argument_error([&] { layer.backward(Space{}, x, 0.0, x, {ew, bw}, ExpertGradients<float, Space>{eb, bb}, ws); },
+                           "d_y", {"[12, 6]", "[12, 4]"});
+    require_argument_error([&] { layer.backward(Space{}, y, 0.0, y, {ew, bw}, ExpertGradients<float, Space>{eb, bb}, ws); },
+                           "d_x", {"[12, 4]", "[12, 6]"});
+    require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, {ew, bw}, std::nullopt, ws); }, "d_bias", {"none"});
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
