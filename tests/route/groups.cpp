@@ -150,6 +150,9 @@ BOOST_AUTO_TEST_CASE(backward_is_the_adjoint) {
           // The objective is linear: the difference quotient is exact up to rounding of O(groups * I) terms of
           // size <= 1, divided by 2h.
           BOOST_TEST(worst <= 1e-8);
+          // accumulate adds the same gradient to what d_x holds.
+          routing_inputs_backward(Space{}, layout, to_device<double>(d_routed), mask, d_x, /*accumulate=*/true);
+          BOOST_TEST((to_host(d_x) - 2 * got).cwiseAbs().maxCoeff() == 0.0);
         }
       }
   }

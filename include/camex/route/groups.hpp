@@ -136,11 +136,12 @@ void routing_inputs(const ExecSpace& space, const RoutingLayout& layout, const X
 
 /// The adjoint of routing_inputs: d_x[t, :] = d_routed[r, :] / count for every counted token t of a group whose
 /// mean routes group r (r = layout.gradient_receiver(group of t)), 0 for other tokens (padding, the last segment,
-/// and segment 0's own detached routing). Overwrites d_x [S * L, I].
+/// and segment 0's own detached routing). Overwrites d_x [S * L, I], or adds to it with `accumulate` (a layer's
+/// routing path joins the gradient its main path already wrote).
 template <class ExecSpace, MatrixOn<ExecSpace> DRouted, MatrixOn<ExecSpace> Mask, MatrixOn<ExecSpace> DX>
   requires MutableMatrix<DX> && std::same_as<typename Mask::non_const_value_type, std::uint8_t>
 void routing_inputs_backward(const ExecSpace& space, const RoutingLayout& layout, const DRouted& d_routed,
-                             const Mask& padding, const DX& d_x) {
+                             const Mask& padding, const DX& d_x, bool accumulate = false) {
   using T = typename DX::value_type;
   constexpr const char* fn = "camex::routing_inputs_backward";
   detail::check_layout(fn, layout);
@@ -172,7 +173,7 @@ void routing_inputs_backward(const ExecSpace& space, const RoutingLayout& layout
                          for (std::size_t t = first; t < first + per; ++t) {
                            const T weight = (!masked || real[t] != 0) ? scale : T(0);
                            T* row = out + t * out_stride + i0;
-                           for (std::size_t q = 0; q < len; ++q) row[q] = weight * d[q];
+                           for (std::size_t q = 0; q < len; ++q) row[q] = (accumulate ? row[q] : T(0)) + weight * d[q];
                          }
                        });
 }
