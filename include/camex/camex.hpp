@@ -23,6 +23,7 @@
 #include "camex/merge/soft_merge.hpp"
 #include "camex/merge/ties.hpp"
 #include "camex/merge/ties_mask.hpp"
+#include "camex/nn/merged_ffn.hpp"
 #include "camex/nn/merged_linear.hpp"
 #include "camex/perf/stream.hpp"
 #include "camex/route/concepts.hpp"

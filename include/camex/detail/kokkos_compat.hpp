@@ -6,19 +6,23 @@
 namespace camex::detail::math {
 #if KOKKOS_VERSION >= 30700
 using Kokkos::cos;
+using Kokkos::erf;
 using Kokkos::erfc;
 using Kokkos::exp;
 using Kokkos::isfinite;
 using Kokkos::log;
 using Kokkos::log1p;
 using Kokkos::sqrt;
+using Kokkos::tanh;
 #else
 using Kokkos::Experimental::cos;
+using Kokkos::Experimental::erf;
 using Kokkos::Experimental::erfc;
 using Kokkos::Experimental::exp;
 using Kokkos::Experimental::isfinite;
 using Kokkos::Experimental::log;
 using Kokkos::Experimental::log1p;
 using Kokkos::Experimental::sqrt;
+using Kokkos::Experimental::tanh;
 #endif
 }  // namespace camex::detail::math

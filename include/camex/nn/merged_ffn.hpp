@@ -1,0 +1,210 @@
+#pragma once
+// A merged feed-forward block (SMEAR, Lory): one routing distribution merges every tensor of a whole expert module,
+//
+//   y_t = W2_g act(W1_g x_t + b1_g) + b2_g     for every token t of routing group g,
+//
+// where W1 [H, I], b1 [H], W2 [O, H], b2 [O] are each the merge, with group g's scores from one router, of the n
+// experts' tensors around their bases (any merge policy). The CAMEx code instead routes each linear map on its own
+// (two MergedLinear layers with their own routers, spec §3); this is the whole-module form.
+//
+// Random draws: tensor ids step.tensor (W1), +1 (b1), +2 (W2), +3 (b2), +4 (the router).
+
+#include <Kokkos_Core.hpp>
+
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "camex/core/error.hpp"
+#include "camex/core/step.hpp"
+#include "camex/core/views.hpp"
+#include "camex/core/workspace.hpp"
+#include "camex/detail/kokkos_compat.hpp"
+#include "camex/detail/merged_affine.hpp"
+#include "camex/merge/concepts.hpp"
+#include "camex/route/concepts.hpp"
+#include "camex/route/groups.hpp"
+
+namespace camex {
+
+enum class Activation {
+  gelu_tanh,  ///< GPT-2's GELU: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
+  gelu,       ///< the exact GELU: h Phi(h)
+  relu,       ///< T5's: max(h, 0)
+};
+
+namespace detail {
+
+/// act(h) and act'(h), in double.
+KOKKOS_INLINE_FUNCTION double activate(Activation act, double h, double* derivative) {
+  switch (act) {
+    case Activation::relu:
+      *derivative = h > 0 ? 1.0 : 0.0;
+      return h > 0 ? h : 0.0;
+    case Activation::gelu: {
+      const double cdf = 0.5 * (1 + math::erf(h * 0.70710678118654752440));
+      *derivative = cdf + h * 0.39894228040143267794 * math::exp(-0.5 * h * h);
+      return h * cdf;
+    }
+    case Activation::gelu_tanh:
+    default: {
+      constexpr double c = 0.79788456080286535588, k = 0.044715;  // sqrt(2/pi)
+      const double t = math::tanh(c * (h + k * h * h * h));
+      *derivative = 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * k * h * h);
+      return 0.5 * h * (1 + t);
+    }
+  }
+}
+
+}  // namespace detail
+
+template <MergePolicy Policy, Router RouterType>
+  requires std::same_as<typename Policy::scalar_type, typename RouterType::scalar_type> &&
+           std::same_as<typename Policy::execution_space, typename RouterType::execution_space>
+class MergedFFN {
+ public:
+  using scalar_type = typename Policy::scalar_type;
+  using execution_space = typename Policy::execution_space;
+  using Scalar = scalar_type;
+  using ExecSpace = execution_space;
+  using In = ConstMatrix<Scalar, ExecSpace>;
+  using Out = Matrix<Scalar, ExecSpace>;
+  using Mask = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  using Tensors = ExpertTensors<Scalar, ExecSpace>;
+  using Gradients = ExpertGradients<Scalar, ExecSpace>;
+
+  /// `fc` merges W1 [H, I] and `proj` W2 [O, H] (their problems' shapes), `fc_bias` and `proj_bias` (null: none)
+  /// the biases [H, 1] and [O, 1]; all for the layout's G groups and the router's n experts.
+  MergedFFN(Policy& fc, Policy* fc_bias, Policy& proj, Policy* proj_bias, RouterType& router, const RoutingLayout& layout,
+            Activation activation = Activation::gelu_tanh)
+      : fc_(check(layout), "fc", "fc_bias", fc, fc_bias, router.experts(), layout.groups()),
+        proj_("camex::MergedFFN", "proj", "proj_bias", proj, proj_bias, router.experts(), layout.groups()),
+        router_(router),
+        layout_(layout),
+        activation_(activation) {
+    if (proj_.inputs() != fc_.outputs())
+      throw argument_error("camex::MergedFFN", "proj",
+                           detail::concat("a weight of ", fc_.outputs(), " columns (fc's outputs, the hidden width)"),
+                           detail::concat(proj_.inputs(), " columns"));
+  }
+
+  std::size_t inputs() const { return fc_.inputs(); }
+  std::size_t hidden() const { return fc_.outputs(); }
+  std::size_t outputs() const { return proj_.outputs(); }
+  std::size_t experts() const { return fc_.experts(); }
+  const RoutingLayout& layout() const { return layout_; }
+
+  std::size_t workspace_bytes() const {
+    detail::WorkspaceCarver<ExecSpace> carver;
+    carve(carver);
+    return carver.bytes();
+  }
+
+  /// y [S·L, O] for tokens x [S·L, I] (padding [S, L] or empty); returns the router's auxiliary loss.
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Tensors& fc,
+                 const std::optional<Tensors>& fc_bias, const Tensors& proj, const std::optional<Tensors>& proj_bias,
+                 const Out& y, const Workspace<ExecSpace>& workspace) {
+    constexpr const char* fn = "camex::MergedFFN::forward";
+    detail::require_shape(fn, "x", x, layout_.tokens(), inputs(), "[S·L, I] (layout tokens, fc's columns)");
+    detail::require_shape(fn, "y", y, layout_.tokens(), outputs(), "[S·L, O] (layout tokens, proj's rows)");
+    fc_.require_bias_operand(fn, "fc_bias", fc_bias);
+    proj_.require_bias_operand(fn, "proj_bias", proj_bias);
+    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    const auto b = carve(carver);
+    x_ = x;
+    padding_ = padding;
+    forwarded_ = true;
+    routing_inputs(space, layout_, x, padding, b.routed);
+    const double aux = router_.forward(space, with_tensor(step, 4), b.routed, b.scores, b.router);
+    const std::size_t per = layout_.group_length();
+    fc_.forward(space, step, b.scores, x, per, fc, fc_bias, b.hidden, b.fc);
+    const auto hidden = b.hidden, activated = b.activated;
+    const Activation act = activation_;
+    Kokkos::parallel_for("camex::MergedFFN[activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           double unused;
+                           activated.data()[w] =
+                               static_cast<Scalar>(detail::activate(act, static_cast<double>(hidden.data()[w]), &unused));
+                         });
+    proj_.forward(space, with_tensor(step, 2), b.scores, b.activated, per, proj, proj_bias, y, b.proj);
+    return aux;
+  }
+
+  /// d_x and every tensor's gradient (overwritten), the policies' and router's parameter gradients (overwritten by
+  /// them), from d_y [S·L, O] and the auxiliary loss's cotangent.
+  void backward(const ExecSpace& space, const In& d_y, double d_aux, const Out& d_x, const Gradients& d_fc,
+                const std::optional<Gradients>& d_fc_bias, const Gradients& d_proj,
+                const std::optional<Gradients>& d_proj_bias, const Workspace<ExecSpace>& workspace) {
+    constexpr const char* fn = "camex::MergedFFN::backward";
+    if (!forwarded_) throw argument_error(fn, "this", "a layer whose forward has run", "no forward yet");
+    detail::require_shape(fn, "d_y", d_y, layout_.tokens(), outputs(), "[S·L, O], the shape of y");
+    detail::require_shape(fn, "d_x", d_x, layout_.tokens(), inputs(), "[S·L, I], the shape of x");
+    fc_.require_bias_operand(fn, "d_fc_bias", d_fc_bias);
+    proj_.require_bias_operand(fn, "d_proj_bias", d_proj_bias);
+    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    const auto b = carve(carver);
+    const std::size_t per = layout_.group_length();
+    proj_.backward(space, b.scores, b.activated, per, d_y, b.d_hidden, b.d_scores_proj, d_proj, d_proj_bias, b.proj);
+    const auto hidden = b.hidden, d_hidden = b.d_hidden;
+    const Activation act = activation_;
+    Kokkos::parallel_for("camex::MergedFFN[d_activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           double derivative;
+                           detail::activate(act, static_cast<double>(hidden.data()[w]), &derivative);
+                           d_hidden.data()[w] = static_cast<Scalar>(derivative * static_cast<double>(d_hidden.data()[w]));
+                         });
+    fc_.backward(space, b.scores, x_, per, b.d_hidden, d_x, b.d_scores, d_fc, d_fc_bias, b.fc);
+    const auto d_scores = b.d_scores, d_scores_proj = b.d_scores_proj;
+    Kokkos::parallel_for("camex::MergedFFN[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, d_scores.size()),
+                         KOKKOS_LAMBDA(std::size_t w) { d_scores.data()[w] += d_scores_proj.data()[w]; });
+    router_.backward(space, b.d_scores, d_aux, b.d_routed, b.router);
+    routing_inputs_backward(space, layout_, b.d_routed, padding_, d_x, /*accumulate=*/true);
+  }
+
+  // Public for nvcc (extended lambdas in the callers); not part of the API.
+  struct Buffers {
+    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> routed, scores, d_scores, d_scores_proj,
+        d_routed, hidden, activated, d_hidden;
+    Workspace<ExecSpace> router;
+    typename detail::MergedAffine<Policy>::Buffers fc, proj;
+  };
+
+  Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
+    const std::size_t g = layout_.groups(), n = experts(), tokens = layout_.tokens();
+    Buffers b;
+    b.routed = carver.template take_matrix<Scalar>(g, inputs());
+    b.scores = carver.template take_matrix<Scalar>(g, n);
+    b.d_scores = carver.template take_matrix<Scalar>(g, n);
+    b.d_scores_proj = carver.template take_matrix<Scalar>(g, n);
+    b.d_routed = carver.template take_matrix<Scalar>(g, inputs());
+    b.hidden = carver.template take_matrix<Scalar>(tokens, hidden());
+    b.activated = carver.template take_matrix<Scalar>(tokens, hidden());
+    b.d_hidden = carver.template take_matrix<Scalar>(tokens, hidden());
+    const auto raw = carver.template take<unsigned char>(router_.workspace_bytes());
+    b.router = Workspace<ExecSpace>(raw.data(), raw.extent(0));
+    b.fc = fc_.carve(carver);
+    b.proj = proj_.carve(carver);
+    return b;
+  }
+
+ private:
+  static const char* check(const RoutingLayout& layout) {
+    detail::check_layout("camex::MergedFFN", layout);
+    return "camex::MergedFFN";
+  }
+  static StepContext with_tensor(StepContext step, std::uint32_t offset) {
+    step.tensor += offset;
+    return step;
+  }
+
+  detail::MergedAffine<Policy> fc_, proj_;
+  RouterType& router_;
+  RoutingLayout layout_;
+  Activation activation_;
+  In x_;
+  Mask padding_;
+  bool forwarded_ = false;
+};
+
+}  // namespace camex

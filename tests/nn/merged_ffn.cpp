@@ -1,0 +1,227 @@
+// The merged FFN: forward against a double reference (one router's scores merging W1, b1, W2, b2, the activation
+// between); an upcycled block is the dense FFN; every gradient against central finite differences in double, for
+// each activation; error paths.
+#include "camex/nn/merged_ffn.hpp"
+
+#include "camex/merge/domain.hpp"
+#include "camex/route/noisy_top_k.hpp"
+#include "testing.hpp"
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+using namespace camex;
+using namespace camex::testing;
+
+namespace {
+
+using Mask = Matrix<std::uint8_t, Space>;
+using Policy = Domain<double, Space>;
+using Gate = NoisyTopKGate<double, Space>;
+
+constexpr RoutingLayout sequences{.sequences = 3, .length = 4};
+constexpr std::size_t in = 4, hid = 5, out = 3, n = 3;
+
+/// The operands: x, then experts and base of W1, b1, W2, b2.
+struct Operands {
+  HostMatrix x;
+  HostMatrix experts[4], base[4];
+};
+
+Operands random_operands(std::mt19937_64& gen) {
+  Operands o{random_matrix(sequences.tokens(), in, gen), {}, {}};
+  const std::size_t sizes[4] = {hid * in, hid, out * hid, out};
+  for (int k = 0; k < 4; ++k) {
+    o.experts[k] = random_matrix(n, sizes[k], gen);
+    o.base[k] = random_matrix(1, sizes[k], gen);
+  }
+  return o;
+}
+
+double reference_activation(Activation act, double h) {
+  if (act == Activation::relu) return std::max(h, 0.0);
+  if (act == Activation::gelu) return 0.5 * h * (1 + std::erf(h / std::sqrt(2.0)));
+  return 0.5 * h * (1 + std::tanh(std::sqrt(2 / M_PI) * (h + 0.044715 * h * h * h)));
+}
+
+struct Block {
+  Policy fc{{n, sequences.groups(), {hid, in}}, {.alpha = 0.5}}, fc_bias{{n, sequences.groups(), {hid, 1}}, {.alpha = 0.5}};
+  Policy proj{{n, sequences.groups(), {out, hid}}, {.alpha = 0.5}}, proj_bias{{n, sequences.groups(), {out, 1}}, {.alpha = 0.5}};
+  Gate router{in, n, sequences.groups(), {.k = 2, .balance_coefficient = 0.4, .init_std = 0.5}, 5};
+  MergedFFN<Policy, Gate> layer;
+  Workspace<Space> ws;
+  explicit Block(Activation act)
+      : layer(fc, &fc_bias, proj, &proj_bias, router, sequences, act), ws(make_workspace<Space>(layer.workspace_bytes())) {}
+
+  std::pair<HostMatrix, double> forward(const StepContext& step, const Operands& o) {
+    std::vector<Matrix<double, Space>> keep;  // device copies live until the call returns
+    const auto t = [&](int k) {
+      keep.push_back(to_device<double>(o.experts[k]));
+      keep.push_back(to_device<double>(o.base[k]));
+      return ExpertTensors<double, Space>{keep[keep.size() - 2], keep.back()};
+    };
+    const auto w1 = t(0), b1 = t(1), w2 = t(2), b2 = t(3);
+    Matrix<double, Space> y("y", sequences.tokens(), out);
+    const double aux = layer.forward(Space{}, step, to_device<double>(o.x), Mask(), w1, b1, w2, b2, y, ws);
+    return {to_host(y), aux};
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(merged_ffn)
+
+BOOST_AUTO_TEST_CASE(forward_is_the_merged_module_applied_per_group) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    for (const Activation act : {Activation::gelu_tanh, Activation::gelu, Activation::relu}) {
+      Block block(act);
+      const Operands o = random_operands(gen);
+      const StepContext step{.seed = 2, .step = 5, .tensor = 10, .training = true};
+      const auto [y, aux] = block.forward(step, o);
+      Matrix<double, Space> routed("routed", sequences.groups(), in), scores("scores", sequences.groups(), n);
+      routing_inputs(Space{}, sequences, to_device<double>(o.x), Mask(), routed);
+      auto ws = make_workspace<Space>(block.router.workspace_bytes());
+      const double aux_expected = block.router.forward(Space{}, StepContext{2, 5, 14, true}, routed, scores, ws);
+      const HostMatrix s = to_host(scores);
+      HostMatrix expected(y.rows(), y.cols());
+      for (std::size_t g = 0; g < sequences.groups(); ++g) {
+        HostMatrix merged[4];
+        for (int k = 0; k < 4; ++k) {
+          merged[k] = o.base[k];
+          for (std::size_t i = 0; i < n; ++i) merged[k] += 0.5 * s(g, i) * (o.experts[k].row(i) - o.base[k]);
+        }
+        const HostMatrix w1 = Eigen::Map<const HostMatrix>(merged[0].data(), hid, in);
+        const HostMatrix w2 = Eigen::Map<const HostMatrix>(merged[2].data(), out, hid);
+        for (std::size_t q = 0; q < sequences.length; ++q) {
+          const Eigen::Index t = g * sequences.length + q;
+          Eigen::VectorXd h = w1 * o.x.row(t).transpose() + merged[1].row(0).transpose();
+          for (Eigen::Index j = 0; j < h.size(); ++j) h(j) = reference_activation(act, h(j));
+          expected.row(t) = (w2 * h).transpose() + merged[3];
+        }
+      }
+      BOOST_TEST((y - expected).cwiseAbs().maxCoeff() <= 1e-13);
+      BOOST_TEST(aux == aux_expected);
+    }
+  }
+}
+
+// Spec §10: upcycled experts (all equal to the base) give the dense FFN, whatever the router says.
+BOOST_AUTO_TEST_CASE(upcycled_block_is_the_dense_ffn) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    Block block(Activation::gelu_tanh);
+    Operands o = random_operands(gen);
+    for (int k = 0; k < 4; ++k) o.experts[k] = o.base[k].replicate(n, 1);
+    const auto [y, aux] = block.forward(StepContext{.seed = 3}, o);
+    const HostMatrix w1 = Eigen::Map<const HostMatrix>(o.base[0].data(), hid, in);
+    const HostMatrix w2 = Eigen::Map<const HostMatrix>(o.base[2].data(), out, hid);
+    HostMatrix h = (o.x * w1.transpose()).rowwise() + o.base[1].row(0);
+    h = h.unaryExpr([](double v) { return reference_activation(Activation::gelu_tanh, v); });
+    const HostMatrix dense = (h * w2.transpose()).rowwise() + o.base[3].row(0);
+    BOOST_TEST((y - dense).cwiseAbs().maxCoeff() <= 1e-13);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    for (const Activation act : {Activation::gelu_tanh, Activation::gelu, Activation::relu}) {
+      BOOST_TEST_CONTEXT("activation " << static_cast<int>(act)) {
+        Block block(act);
+        Operands o = random_operands(gen);
+        const HostMatrix d_y = random_matrix(sequences.tokens(), out, gen);
+        const double d_aux = 0.8;
+        const StepContext step{.seed = 6, .step = 2, .tensor = 0, .training = true};
+        const auto objective = [&] {
+          const auto [y, aux] = block.forward(step, o);
+          return (y.array() * d_y.array()).sum() + d_aux * aux;
+        };
+        objective();  // the forward the backward below differentiates
+        Matrix<double, Space> d_x("d_x", sequences.tokens(), in);
+        std::vector<Matrix<double, Space>> d_e, d_b;
+        for (int k = 0; k < 4; ++k) {
+          d_e.emplace_back("d_e", n, o.experts[k].cols());
+          d_b.emplace_back("d_b", 1, o.base[k].cols());
+        }
+        const auto g = [&](int k) { return ExpertGradients<double, Space>{d_e[k], d_b[k]}; };
+        block.layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, g(0), g(1), g(2), g(3), block.ws);
+        std::vector<std::pair<HostMatrix*, HostMatrix>> tensors{{&o.x, to_host(d_x)}};
+        for (int k = 0; k < 4; ++k) {
+          tensors.emplace_back(&o.experts[k], to_host(d_e[k]));
+          tensors.emplace_back(&o.base[k], to_host(d_b[k]));
+        }
+        const auto params = block.router.parameters();
+        std::vector<std::vector<double>> param_grads;
+        for (const auto& p : params) {
+          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, p.gradient);
+          param_grads.emplace_back(host.data(), host.data() + host.extent(0));
+        }
+
+        const double h = 1e-6;
+        double worst = 0, scale = 0;
+        const auto check = [&](double keep, const std::function<void(double)>& set, double got) {
+          set(keep + h);
+          const double up = objective();
+          set(keep - h);
+          const double down = objective();
+          set(keep);
+          const double fd = (up - down) / (2 * h);
+          worst = std::max(worst, std::abs(fd - got));
+          scale = std::max(scale, std::abs(fd));
+        };
+        for (auto& [m, got] : tensors)
+          for (Eigen::Index k = 0; k < m->size(); ++k) check(m->data()[k], [&](double v) { m->data()[k] = v; }, got.data()[k]);
+        for (std::size_t which = 0; which < params.size(); ++which) {
+          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, params[which].value);
+          for (std::size_t k = 0; k < host.extent(0); ++k)
+            check(host(k), [&](double v) {
+              host(k) = v;
+              Kokkos::deep_copy(params[which].value, host);
+            }, param_grads[which][k]);
+        }
+        // Central differences of a smooth function (ReLU: no pre-activation within h of 0 on random inputs):
+        // truncation O(h^2) and rounding O(eps / h), about 1e-9 here; the bound leaves a factor of 100.
+        BOOST_TEST(worst <= 1e-7 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);
+        BOOST_TEST(scale > 1e-2);
+      }
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t groups = sequences.groups();
+    Policy fc({n, groups, {hid, in}}, {.alpha = 0.5}), proj({n, groups, {out, hid}}, {.alpha = 0.5});
+    Policy wrong_proj({n, groups, {out, hid + 1}}, {.alpha = 0.5}), fc_bias({n, groups, {hid, 1}}, {.alpha = 0.5});
+    Gate router(in, n, groups);
+    using Layer = MergedFFN<Policy, Gate>;
+    require_argument_error([&] { Layer(fc, nullptr, wrong_proj, nullptr, router, sequences); }, "proj",
+                           {"5 columns", "6 columns"});
+    require_argument_error([&] { Layer(fc, &proj, proj, nullptr, router, sequences); }, "fc_bias", {"shape [5, 1]", "shape [3, 5]"});
+    Layer layer(fc, &fc_bias, proj, nullptr, router, sequences);
+    const auto ws = make_workspace<Space>(layer.workspace_bytes());
+    Matrix<double, Space> x("x", sequences.tokens(), in), y("y", sequences.tokens(), out), e1("e1", n, hid * in),
+        b1("b1", 1, hid * in), e2("e2", n, out * hid), b2("b2", 1, out * hid), eb("eb", n, hid), bb("bb", 1, hid);
+    const ExpertTensors<double, Space> w1{e1, b1}, w2{e2, b2}, bias1{eb, bb};
+    const ExpertGradients<double, Space> g1{e1, b1}, g2{e2, b2}, gb{eb, bb};
+    require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, g1, gb, g2, std::nullopt, ws); }, "this", {"no forward"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w1, std::nullopt, w2, std::nullopt, y, ws); }, "fc_bias",
+                           {"none"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w1, bias1, w2, bias1, y, ws); }, "proj_bias",
+                           {"no bias policy"});
+    require_argument_error([&] { layer.forward(Space{}, {}, y, Mask(), w1, bias1, w2, std::nullopt, y, ws); }, "x",
+                           {"[12, 4]", "[12, 3]"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w1, bias1, w2, std::nullopt, x, ws); }, "y",
+                           {"[12, 3]", "[12, 4]"});
+    layer.forward(Space{}, {}, x, Mask(), w1, bias1, w2, std::nullopt, y, ws);
+    require_argument_error([&] { layer.backward(Space{}, x, 0.0, x, g1, gb, g2, std::nullopt, ws); }, "d_y", {"[12, 3]"});
+    require_argument_error([&] { layer.backward(Space{}, y, 0.0, y, g1, gb, g2, std::nullopt, ws); }, "d_x", {"[12, 4]"});
+    require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, g1, std::nullopt, g2, std::nullopt, ws); }, "d_fc_bias",
+                           {"none"});
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
