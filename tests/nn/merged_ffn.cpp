@@ -5,10 +5,10 @@
 
 #include "camex/merge/domain.hpp"
 #include "camex/route/noisy_top_k.hpp"
+#include "finite_difference.hpp"
 #include "testing.hpp"
 
 #include <cmath>
-#include <functional>
 #include <random>
 #include <vector>
 
@@ -148,40 +148,18 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
         }
         const auto g = [&](int k) { return ExpertGradients<double, Space>{d_e[k], d_b[k]}; };
         block.layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, g(0), g(1), g(2), g(3), block.ws);
-        std::vector<std::pair<HostMatrix*, HostMatrix>> tensors{{&o.x, to_host(d_x)}};
-        for (int k = 0; k < 4; ++k) {
-          tensors.emplace_back(&o.experts[k], to_host(d_e[k]));
-          tensors.emplace_back(&o.base[k], to_host(d_b[k]));
-        }
         const auto params = block.router.parameters();
         std::vector<std::vector<double>> param_grads;
-        for (const auto& p : params) {
-          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, p.gradient);
-          param_grads.emplace_back(host.data(), host.data() + host.extent(0));
-        }
+        for (const auto& p : params) param_grads.push_back(host_values(p.gradient));
 
-        const double h = 1e-6;
-        double worst = 0, scale = 0;
-        const auto check = [&](double keep, const std::function<void(double)>& set, double got) {
-          set(keep + h);
-          const double up = objective();
-          set(keep - h);
-          const double down = objective();
-          set(keep);
-          const double fd = (up - down) / (2 * h);
-          worst = std::max(worst, std::abs(fd - got));
-          scale = std::max(scale, std::abs(fd));
-        };
-        for (auto& [m, got] : tensors)
-          for (Eigen::Index k = 0; k < m->size(); ++k) check(m->data()[k], [&](double v) { m->data()[k] = v; }, got.data()[k]);
-        for (std::size_t which = 0; which < params.size(); ++which) {
-          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, params[which].value);
-          for (std::size_t k = 0; k < host.extent(0); ++k)
-            check(host(k), [&](double v) {
-              host(k) = v;
-              Kokkos::deep_copy(params[which].value, host);
-            }, param_grads[which][k]);
+        GradientCheck check(objective);
+        check.matrix(o.x, to_host(d_x));
+        for (int k = 0; k < 4; ++k) {
+          check.matrix(o.experts[k], to_host(d_e[k]));
+          check.matrix(o.base[k], to_host(d_b[k]));
         }
+        for (std::size_t which = 0; which < params.size(); ++which) check.parameter(params[which].value, param_grads[which]);
+        const double worst = check.worst(), scale = check.scale();
         // Central differences of a smooth function (ReLU: no pre-activation within h of 0 on random inputs):
         // truncation O(h^2) and rounding O(eps / h), about 1e-9 here; the bound leaves a factor of 100.
         BOOST_TEST(worst <= 1e-7 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);

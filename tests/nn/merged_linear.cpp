@@ -7,9 +7,9 @@
 #include "camex/merge/curvature_aware.hpp"
 #include "camex/merge/domain.hpp"
 #include "camex/route/noisy_top_k.hpp"
+#include "finite_difference.hpp"
 #include "testing.hpp"
 
-#include <functional>
 #include <random>
 #include <vector>
 
@@ -152,40 +152,21 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
     for (const auto& list : {weights.parameters(), bias.parameters(), router.parameters()})
       for (const auto& p : list) {
         params.push_back(p);
-        auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, p.gradient);
-        param_grads.emplace_back(g.data(), g.data() + g.extent(0));
+        param_grads.push_back(host_values(p.gradient));
       }
 
-    const double h = 1e-6;
-    double worst = 0, scale = 0;
-    const auto check = [&](double keep, const std::function<void(double)>& set, double got) {
-      set(keep + h);
-      const double up = objective();
-      set(keep - h);
-      const double down = objective();
-      set(keep);
-      const double fd = (up - down) / (2 * h);
-      worst = std::max(worst, std::abs(fd - got));
-      scale = std::max(scale, std::abs(fd));
-    };
-    const std::pair<HostMatrix*, HostMatrix> tensors[] = {{&t.x, to_host(d_x)},           {&t.experts_w, to_host(d_ew)},
-                                                          {&t.base_w, to_host(d_bw)},      {&t.experts_b, to_host(d_eb)},
-                                                          {&t.base_b, to_host(d_bb)}};
+    GradientCheck check(objective);
     const auto detached = [&](Eigen::Index k) {  // an x entry of a segment 0 under causal segments
       const auto token = static_cast<std::size_t>(k / static_cast<Eigen::Index>(in));
       return layout.segments() > 1 && token % layout.length < layout.segment;
     };
-    for (const auto& [m, got] : tensors)
-      for (Eigen::Index k = 0; k < m->size(); ++k)
-        if (m != &t.x || !detached(k)) check(m->data()[k], [&](double v) { m->data()[k] = v; }, got.data()[k]);
-    for (std::size_t which = 0; which < params.size(); ++which) {
-      auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, params[which].value);
-      for (std::size_t k = 0; k < host.extent(0); ++k)
-        check(host(k), [&](double v) {
-          host(k) = v;
-          Kokkos::deep_copy(params[which].value, host);
-        }, param_grads[which][k]);
-    }
+    check.matrix(t.x, to_host(d_x), detached);
+    check.matrix(t.experts_w, to_host(d_ew));
+    check.matrix(t.base_w, to_host(d_bw));
+    check.matrix(t.experts_b, to_host(d_eb));
+    check.matrix(t.base_b, to_host(d_bb));
+    for (std::size_t which = 0; which < params.size(); ++which) check.parameter(params[which].value, param_grads[which]);
+    const double worst = check.worst(), scale = check.scale();
     BOOST_TEST(worst <= 1e-7 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);
     BOOST_TEST(scale > 1e-2);
   }

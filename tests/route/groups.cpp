@@ -3,6 +3,7 @@
 // forward, against central finite differences in double; and the error paths.
 #include "camex/route/groups.hpp"
 
+#include "finite_difference.hpp"
 #include "testing.hpp"
 
 #include <random>
@@ -135,21 +136,13 @@ BOOST_AUTO_TEST_CASE(backward_is_the_adjoint) {
           HostMatrix live = d_routed;
           if (layout.segments() > 1)
             for (std::size_t g = 0; g < layout.groups(); g += layout.segments()) live.row(g).setZero();
-          const auto objective = [&](const HostMatrix& at) {
-            return (run_forward<double>(layout, at, mask).array() * live.array()).sum();
-          };
-          const double h = 1e-6;
-          double worst = 0;
-          for (Eigen::Index t = 0; t < x.rows(); ++t)
-            for (Eigen::Index i = 0; i < width; ++i) {
-              HostMatrix up = x, down = x;
-              up(t, i) += h;
-              down(t, i) -= h;
-              worst = std::max(worst, std::abs((objective(up) - objective(down)) / (2 * h) - got(t, i)));
-            }
+          HostMatrix at = x;
+          const auto objective = [&] { return (run_forward<double>(layout, at, mask).array() * live.array()).sum(); };
+          GradientCheck check(objective, 1e-6);
+          check.matrix(at, got);
           // The objective is linear: the difference quotient is exact up to rounding of O(groups * I) terms of
           // size <= 1, divided by 2h.
-          BOOST_TEST(worst <= 1e-8);
+          BOOST_TEST(check.worst() <= 1e-8);
           // accumulate adds the same gradient to what d_x holds.
           routing_inputs_backward(Space{}, layout, to_device<double>(d_routed), mask, d_x, /*accumulate=*/true);
           BOOST_TEST((to_host(d_x) - 2 * got).cwiseAbs().maxCoeff() == 0.0);

@@ -3,6 +3,7 @@
 // against central finite differences in double, away from ties; determinism; the fixed router; error paths.
 #include "camex/route/noisy_top_k.hpp"
 
+#include "finite_difference.hpp"
 #include "testing.hpp"
 
 #include <algorithm>
@@ -148,48 +149,26 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
         const StepContext step{.seed = 5, .step = 1, .tensor = 2, .training = c.training};
         NoisyTopKGate<double, Space> gate(inputs, n, groups, c.options);
         const auto workspace = make_workspace<Space>(gate.workspace_bytes());
-        const auto objective = [&](const HostMatrix& at_x, const HostMatrix& at_g, const HostMatrix& at_n) {
-          set_weights(gate, at_g, at_n);
-          const auto r = forward(gate, step, to_device<double>(at_x), workspace);
+        HostMatrix xm = x, gm = wg, nm = wn;
+        const auto objective = [&] {
+          set_weights(gate, gm, nm);
+          const auto r = forward(gate, step, to_device<double>(xm), workspace);
           return (r.scores.array() * d_scores.array()).sum() + d_loss * r.loss;
         };
-        const auto x_dev = to_device<double>(x);
-        set_weights(gate, wg, wn);
-        forward(gate, step, x_dev, workspace);
+        objective();  // the forward the backward below differentiates
         Matrix<double, Space> d_x("d_x", groups, inputs);
         gate.backward(Space{}, to_device<double>(d_scores), d_loss, d_x, workspace);
         const auto params = gate.parameters();
         BOOST_REQUIRE(params.size() == 2u);
-        const HostMatrix got_x = to_host(d_x);
-        const auto host_param = [&](std::size_t which) {
-          auto m = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, params[which].gradient);
-          HostMatrix out(n, inputs);
-          for (std::size_t j = 0; j < n; ++j)
-            for (std::size_t i = 0; i < inputs; ++i) out(j, i) = m(j * inputs + i);
-          return out;
-        };
-        const HostMatrix got_g = host_param(0), got_n = host_param(1);
+        // Parameters are [n, I] row-major, the layout of gm and nm.
+        const HostMatrix got_g = Eigen::Map<const HostMatrix>(host_values(params[0].gradient).data(), n, inputs);
+        const HostMatrix got_n = Eigen::Map<const HostMatrix>(host_values(params[1].gradient).data(), n, inputs);
 
-        const double h = 1e-6;
-        double worst = 0, scale = 0;
-        const auto check = [&](HostMatrix& m, const HostMatrix& got, int which) {
-          for (Eigen::Index r = 0; r < m.rows(); ++r)
-            for (Eigen::Index col = 0; col < m.cols(); ++col) {
-              const double keep = m(r, col);
-              m(r, col) = keep + h;
-              const double up = which == 0 ? objective(m, wg, wn) : which == 1 ? objective(x, m, wn) : objective(x, wg, m);
-              m(r, col) = keep - h;
-              const double down = which == 0 ? objective(m, wg, wn) : which == 1 ? objective(x, m, wn) : objective(x, wg, m);
-              m(r, col) = keep;
-              const double fd = (up - down) / (2 * h);
-              worst = std::max(worst, std::abs(fd - got(r, col)));
-              scale = std::max(scale, std::abs(fd));
-            }
-        };
-        HostMatrix xm = x, gm = wg, nm = wn;
-        check(xm, got_x, 0);
-        check(gm, got_g, 1);
-        check(nm, got_n, 2);
+        GradientCheck check(objective);
+        check.matrix(xm, to_host(d_x));
+        check.matrix(gm, got_g);
+        check.matrix(nm, got_n);
+        const double worst = check.worst(), scale = check.scale();
         // Central differences of a smooth function (away from reorderings, which random inputs do not meet within
         // h): truncation O(h^2 f''') and rounding O(eps |f| / h), about 1e-9 here; the bound leaves a factor 100.
         BOOST_TEST(worst <= 1e-7 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);

@@ -3,6 +3,7 @@
 // finite differences in double; the dropout only in training; error paths.
 #include "camex/route/smear_router.hpp"
 
+#include "finite_difference.hpp"
 #include "testing.hpp"
 
 #include <cmath>
@@ -132,53 +133,21 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
         const HostMatrix z = random_matrix(groups, channels, gen);
         const HostMatrix d_scores = random_matrix(groups, n, gen);
         const StepContext step{.seed = 1, .step = 9, .tensor = 3, .training = c.training};
-        const auto objective = [&](const HostMatrix& at) { return (run(router, step, at, workspace).array() * d_scores.array()).sum(); };
+        HostMatrix at = z;
+        const auto objective = [&] { return (run(router, step, at, workspace).array() * d_scores.array()).sum(); };
 
-        run(router, step, z, workspace);
+        objective();  // the forward the backward below differentiates
         Matrix<double, Space> d_z("d_z", groups, channels);
         router.backward(Space{}, to_device<double>(d_scores), 0.0, d_z, workspace);
-        std::vector<HostMatrix> grads;
-        for (const auto& p : router.parameters()) {
-          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, p.gradient);
-          HostMatrix m(1, static_cast<Eigen::Index>(p.gradient.size()));
-          for (Eigen::Index k = 0; k < m.size(); ++k) m(0, k) = host(k);
-          grads.push_back(m);
-        }
+        std::vector<std::vector<double>> grads;
+        for (const auto& p : router.parameters()) grads.push_back(host_values(p.gradient));
         BOOST_REQUIRE(grads.size() == (c.options.normalize_weights ? 5u : 3u));
 
-        const double h = 1e-6;
-        double worst = 0, scale = 0;
-        const auto compare = [&](double fd, double got) {
-          worst = std::max(worst, std::abs(fd - got));
-          scale = std::max(scale, std::abs(fd));
-        };
-        const HostMatrix got_z = to_host(d_z);
-        HostMatrix at = z;
-        for (Eigen::Index k = 0; k < at.size(); ++k) {
-          const double keep = at.data()[k];
-          at.data()[k] = keep + h;
-          const double up = objective(at);
-          at.data()[k] = keep - h;
-          const double down = objective(at);
-          at.data()[k] = keep;
-          compare((up - down) / (2 * h), got_z.data()[k]);
-        }
-        const auto params = read_parameters(router);
-        for (std::size_t which = 0; which < params.size(); ++which) {
-          HostMatrix m = params[which];
-          for (Eigen::Index k = 0; k < m.size(); ++k) {
-            const double keep = m.data()[k];
-            m.data()[k] = keep + h;
-            write_parameter(router, which, m);
-            const double up = objective(z);
-            m.data()[k] = keep - h;
-            write_parameter(router, which, m);
-            const double down = objective(z);
-            m.data()[k] = keep;
-            write_parameter(router, which, m);
-            compare((up - down) / (2 * h), grads[which](0, k));
-          }
-        }
+        GradientCheck check(objective);
+        check.matrix(at, to_host(d_z));
+        const auto params = router.parameters();
+        for (std::size_t which = 0; which < params.size(); ++which) check.parameter(params[which].value, grads[which]);
+        const double worst = check.worst(), scale = check.scale();
         // Central differences of a smooth function: truncation O(h^2) and rounding O(eps / h), about 1e-10 at these
         // magnitudes; the bound leaves a factor of 100.
         BOOST_TEST(worst <= 1e-8 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);
