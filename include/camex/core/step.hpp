@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace camex {
 
@@ -22,9 +23,16 @@ struct StepContext {
 /// One trainable array (a curvature factor stack, a router's weights), flattened, with its gradient.
 template <class Scalar, class ExecSpace>
 struct Parameter {
+  using Flat = Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
   std::string name;
-  Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>> value;
-  Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>> gradient;
+  Flat value;
+  Flat gradient;
+
+  /// A parameter over contiguous views of any rank, flattened.
+  template <class Values, class Gradients>
+  static Parameter of(std::string name, const Values& value, const Gradients& gradient) {
+    return {std::move(name), Flat(value.data(), value.size()), Flat(gradient.data(), gradient.size())};
+  }
 };
 
 }  // namespace camex

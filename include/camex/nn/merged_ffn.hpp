@@ -59,9 +59,7 @@ KOKKOS_INLINE_FUNCTION double activate(Activation act, double h, double* derivat
 
 }  // namespace detail
 
-template <MergePolicy Policy, Router RouterType>
-  requires std::same_as<typename Policy::scalar_type, typename RouterType::scalar_type> &&
-           std::same_as<typename Policy::execution_space, typename RouterType::execution_space>
+template <MergePolicy Policy, RouterFor<Policy> RouterType>
 class MergedFFN {
  public:
   using scalar_type = typename Policy::scalar_type;

@@ -35,9 +35,7 @@
 
 namespace camex {
 
-template <MergePolicy Policy, Router RouterType>
-  requires std::same_as<typename Policy::scalar_type, typename RouterType::scalar_type> &&
-           std::same_as<typename Policy::execution_space, typename RouterType::execution_space>
+template <MergePolicy Policy, RouterFor<Policy> RouterType>
 class MergedLinear {
  public:
   using scalar_type = typename Policy::scalar_type;

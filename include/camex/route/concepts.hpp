@@ -44,4 +44,9 @@ concept Router =
                             Parameter<typename R::scalar_type, typename R::execution_space>>;
     };
 
+/// A router whose scores a merge policy of type Policy can take: same scalar type, same execution space.
+template <class R, class Policy>
+concept RouterFor = Router<R> && std::same_as<typename R::scalar_type, typename Policy::scalar_type> &&
+                    std::same_as<typename R::execution_space, typename Policy::execution_space>;
+
 }  // namespace camex

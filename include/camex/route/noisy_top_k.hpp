@@ -33,6 +33,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/detail/kokkos_compat.hpp"
+#include "camex/detail/router_operands.hpp"
 
 namespace camex {
 
@@ -112,10 +113,8 @@ class NoisyTopKGate {
   /// The trainable arrays with their gradients (none for a fixed router).
   std::vector<Parameter<Scalar, ExecSpace>> parameters() const {
     if (!options_.trainable) return {};
-    const auto flat = [](const Weights& w) {
-      return Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(w.data(), w.size());
-    };
-    return {{"w_gate", flat(gate_), flat(gate_grad_)}, {"w_noise", flat(noise_), flat(noise_grad_)}};
+    using P = Parameter<Scalar, ExecSpace>;
+    return {P::of("w_gate", gate_, gate_grad_), P::of("w_noise", noise_, noise_grad_)};
   }
 
   std::size_t workspace_bytes() const {
@@ -129,12 +128,7 @@ class NoisyTopKGate {
   double forward(const ExecSpace& space, const StepContext& step, const ConstRows& routed, const Rows& scores,
                  const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::forward";
-    detail::require_nonempty(fn, "routed", routed, "[G, I] matrix of router inputs");
-    if (routed.extent(0) > max_groups_)
-      throw argument_error(fn, "routed", detail::concat("at most max_groups = ", max_groups_, " rows"),
-                           detail::concat("shape ", detail::shape_of(routed)));
-    detail::require_shape(fn, "routed", routed, routed.extent(0), inputs_, "[G, I] with I = inputs()");
-    detail::require_shape(fn, "scores", scores, routed.extent(0), experts_, "[G, n] (routed.extent(0), experts())");
+    detail::require_router_operands(fn, routed, scores, max_groups_, inputs_, experts_);
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     routed_ = routed;
@@ -220,9 +214,7 @@ class NoisyTopKGate {
   void backward(const ExecSpace& space, const ConstRows& d_scores, double d_loss, const Rows& d_routed,
                 const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::backward";
-    if (!forwarded_) throw argument_error(fn, "this", "a gate whose forward has run", "no forward yet");
-    detail::require_shape(fn, "d_scores", d_scores, groups_, experts_, "[G, n], G of the last forward");
-    detail::require_shape(fn, "d_routed", d_routed, groups_, inputs_, "[G, I], G of the last forward");
+    detail::require_router_gradients(fn, forwarded_, d_scores, d_routed, groups_, inputs_, experts_);
     if (!std::isfinite(d_loss)) throw argument_error(fn, "d_loss", "a finite cotangent", detail::concat(d_loss));
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);

@@ -27,6 +27,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/detail/kokkos_compat.hpp"
+#include "camex/detail/router_operands.hpp"
 
 namespace camex {
 
@@ -107,14 +108,12 @@ class SmearRouter {
   /// Every trainable array with its gradient: the input LayerNorm's gain and bias, the router weights [N, C], and
   /// with normalize_weights the per-expert LayerNorms' gains and biases [N, C].
   std::vector<Parameter<Scalar, ExecSpace>> parameters() const {
-    using Flat = Kokkos::View<Scalar*, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-    const auto flat = [](const auto& v) { return Flat(v.data(), v.size()); };
-    std::vector<Parameter<Scalar, ExecSpace>> out{{"ln_gain", flat(ln_gain_), flat(d_ln_gain_)},
-                                                  {"ln_bias", flat(ln_bias_), flat(d_ln_bias_)},
-                                                  {"w_router", flat(weights_), flat(d_weights_)}};
+    using P = Parameter<Scalar, ExecSpace>;
+    std::vector<P> out{P::of("ln_gain", ln_gain_, d_ln_gain_), P::of("ln_bias", ln_bias_, d_ln_bias_),
+                       P::of("w_router", weights_, d_weights_)};
     if (options_.normalize_weights) {
-      out.push_back({"column_gain", flat(column_gain_), flat(d_column_gain_)});
-      out.push_back({"column_bias", flat(column_bias_), flat(d_column_bias_)});
+      out.push_back(P::of("column_gain", column_gain_, d_column_gain_));
+      out.push_back(P::of("column_bias", column_bias_, d_column_bias_));
     }
     return out;
   }
@@ -129,12 +128,7 @@ class SmearRouter {
   double forward(const ExecSpace& space, const StepContext& step, const ConstRows& routed, const Rows& scores,
                  const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::SmearRouter::forward";
-    detail::require_nonempty(fn, "routed", routed, "[G, C] matrix of router inputs");
-    if (routed.extent(0) > max_groups_)
-      throw argument_error(fn, "routed", detail::concat("at most max_groups = ", max_groups_, " rows"),
-                           detail::concat("shape ", detail::shape_of(routed)));
-    detail::require_shape(fn, "routed", routed, routed.extent(0), channels_, "[G, C] with C = channels()");
-    detail::require_shape(fn, "scores", scores, routed.extent(0), experts_, "[G, N] (routed.extent(0), experts())");
+    detail::require_router_operands(fn, routed, scores, max_groups_, channels_, experts_);
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     groups_ = routed.extent(0);
@@ -191,9 +185,7 @@ class SmearRouter {
   void backward(const ExecSpace& space, const ConstRows& d_scores, double /*d_loss*/, const Rows& d_routed,
                 const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::SmearRouter::backward";
-    if (!forwarded_) throw argument_error(fn, "this", "a router whose forward has run", "no forward yet");
-    detail::require_shape(fn, "d_scores", d_scores, groups_, experts_, "[G, N], G of the last forward");
-    detail::require_shape(fn, "d_routed", d_routed, groups_, channels_, "[G, C], G of the last forward");
+    detail::require_router_gradients(fn, forwarded_, d_scores, d_routed, groups_, channels_, experts_);
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     const std::size_t n = experts_, width = channels_, groups = groups_;
