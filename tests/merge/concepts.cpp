@@ -71,6 +71,50 @@ static_assert(MergePolicy<DareCA<float, Space>>);
 static_assert(MergePolicy<CurvatureAware<float, Space>>);
 static_assert(MergePolicy<DynamicChain<float, Space>::Layer>);
 
+// The refinement for policies that expose their rows and coefficients (merge/row_combination_policy.hpp).
+struct CompleteRows : Complete {
+  std::size_t row_count() const { return 0; }
+  In prepared_rows(const Space&, const Workspace<Space>&) { return {}; }
+  In coefficients(const Space&, const In&, const Workspace<Space>&) const { return {}; }
+  void backward_from_rows(const Space&, const In&, const In&, const Out&, const Out&, const Out&, const Out&,
+                          const Workspace<Space>&) {}
+};
+struct NoRowCount : CompleteRows {
+  std::size_t row_count() const = delete;
+};
+struct RowsAsPointer : CompleteRows {
+  const float* prepared_rows(const Space&, const Workspace<Space>&) { return nullptr; }
+};
+struct MutatingCoefficients : CompleteRows {  // must be callable on a const policy
+  In coefficients(const Space&, const In&, const Workspace<Space>&) const = delete;
+  In coefficients(const Space&, const In&, const Workspace<Space>&) { return {}; }
+};
+struct NoBackwardFromRows : CompleteRows {
+  void backward_from_rows(const Space&, const In&, const In&, const Out&, const Out&, const Out&, const Out&,
+                          const Workspace<Space>&) = delete;
+};
+struct RowsWithoutPolicy : NoBackward {  // the refinement needs the whole MergePolicy too
+  std::size_t row_count() const { return 0; }
+  In prepared_rows(const Space&, const Workspace<Space>&) { return {}; }
+  In coefficients(const Space&, const In&, const Workspace<Space>&) const { return {}; }
+  void backward_from_rows(const Space&, const In&, const In&, const Out&, const Out&, const Out&, const Out&,
+                          const Workspace<Space>&) {}
+};
+
+static_assert(RowCombinationPolicy<CompleteRows>);
+static_assert(!RowCombinationPolicy<Complete>);
+static_assert(!RowCombinationPolicy<NoRowCount>);
+static_assert(!RowCombinationPolicy<RowsAsPointer>);
+static_assert(!RowCombinationPolicy<MutatingCoefficients>);
+static_assert(!RowCombinationPolicy<NoBackwardFromRows>);
+static_assert(!RowCombinationPolicy<RowsWithoutPolicy>);
+
+static_assert(RowCombinationPolicy<Euclidean<float, Space>> && RowCombinationPolicy<Domain<double, Space>>);
+static_assert(RowCombinationPolicy<Ties<float, Space>> && RowCombinationPolicy<TiesCA<float, Space>>);
+static_assert(RowCombinationPolicy<Dare<float, Space>> && RowCombinationPolicy<DareCA<float, Space>>);
+static_assert(RowCombinationPolicy<CurvatureAware<float, Space>>);
+static_assert(RowCombinationPolicy<DynamicChain<float, Space>::Layer>);
+
 static_assert(MaskAxis<NoMask, Space, float> && MaskAxis<TiesMask, Space, float> && MaskAxis<DareMask, Space, float>);
 static_assert(TransformAxis<IdentityTransform, float, Space> && TransformAxis<CurvatureTransform<float, Space>, float, Space>);
 

@@ -52,8 +52,9 @@ struct Block {
   Gate router{in, n, sequences.groups(), {.k = 2, .balance_coefficient = 0.4, .init_std = 0.5}, 5};
   MergedFFN<Policy, Gate> layer;
   Workspace<Space> ws;
-  explicit Block(Activation act)
-      : layer(fc, &fc_bias, proj, &proj_bias, router, sequences, act), ws(make_workspace<Space>(layer.workspace_bytes())) {}
+  explicit Block(Activation act, const EvaluationOptions& evaluation = {})
+      : layer(fc, &fc_bias, proj, &proj_bias, router, sequences, act, evaluation),
+        ws(make_workspace<Space>(layer.workspace_bytes())) {}
 
   std::pair<HostMatrix, double> forward(const StepContext& step, const Operands& o) {
     std::vector<Matrix<double, Space>> keep;  // device copies live until the call returns
@@ -66,6 +67,28 @@ struct Block {
     Matrix<double, Space> y("y", sequences.tokens(), out);
     const double aux = layer.forward(Space{}, step, to_device<double>(o.x), Mask(), w1, b1, w2, b2, y, ws);
     return {to_host(y), aux};
+  }
+
+  /// d_x, then experts' and bases' gradients of W1, b1, W2, b2, then the router's, for the last forward.
+  std::vector<HostMatrix> backward(const Operands& o, const HostMatrix& d_y, double d_aux) {
+    Matrix<double, Space> d_x("d_x", sequences.tokens(), in);
+    std::vector<Matrix<double, Space>> d_e, d_b;
+    for (int k = 0; k < 4; ++k) {
+      d_e.emplace_back("d_e", n, o.experts[k].cols());
+      d_b.emplace_back("d_b", 1, o.base[k].cols());
+    }
+    const auto g = [&](int k) { return ExpertGradients<double, Space>{d_e[k], d_b[k]}; };
+    layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, g(0), g(1), g(2), g(3), ws);
+    std::vector<HostMatrix> out{to_host(d_x)};
+    for (int k = 0; k < 4; ++k) {
+      out.push_back(to_host(d_e[k]));
+      out.push_back(to_host(d_b[k]));
+    }
+    for (const auto& p : router.parameters()) {
+      const auto values = host_values(p.gradient);
+      out.push_back(Eigen::Map<const HostMatrix>(values.data(), 1, static_cast<Eigen::Index>(values.size())));
+    }
+    return out;
   }
 };
 
@@ -140,25 +163,18 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
           return (y.array() * d_y.array()).sum() + d_aux * aux;
         };
         objective();  // the forward the backward below differentiates
-        Matrix<double, Space> d_x("d_x", sequences.tokens(), in);
-        std::vector<Matrix<double, Space>> d_e, d_b;
-        for (int k = 0; k < 4; ++k) {
-          d_e.emplace_back("d_e", n, o.experts[k].cols());
-          d_b.emplace_back("d_b", 1, o.base[k].cols());
-        }
-        const auto g = [&](int k) { return ExpertGradients<double, Space>{d_e[k], d_b[k]}; };
-        block.layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, g(0), g(1), g(2), g(3), block.ws);
-        const auto params = block.router.parameters();
-        std::vector<std::vector<double>> param_grads;
-        for (const auto& p : params) param_grads.push_back(host_values(p.gradient));
-
+        const std::vector<HostMatrix> grads = block.backward(o, d_y, d_aux);
         GradientCheck check(objective);
-        check.matrix(o.x, to_host(d_x));
+        check.matrix(o.x, grads[0]);
         for (int k = 0; k < 4; ++k) {
-          check.matrix(o.experts[k], to_host(d_e[k]));
-          check.matrix(o.base[k], to_host(d_b[k]));
+          check.matrix(o.experts[k], grads[1 + 2 * k]);
+          check.matrix(o.base[k], grads[2 + 2 * k]);
         }
-        for (std::size_t which = 0; which < params.size(); ++which) check.parameter(params[which].value, param_grads[which]);
+        const auto params = block.router.parameters();
+        for (std::size_t which = 0; which < params.size(); ++which) {
+          const HostMatrix& g = grads[9 + which];
+          check.parameter(params[which].value, std::vector<double>(g.data(), g.data() + g.size()));
+        }
         const double worst = check.worst(), scale = check.scale();
         // Central differences of a smooth function (ReLU: no pre-activation within h of 0 on random inputs):
         // truncation O(h^2) and rounding O(eps / h), about 1e-9 here; the bound leaves a factor of 100.
@@ -166,6 +182,33 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
         BOOST_TEST(scale > 1e-2);
       }
     }
+  }
+}
+
+// Spec §9 for each of the block's two linears: applying every prepared row and mixing gives what merging per
+// group then applying gives, forward and backward.
+BOOST_AUTO_TEST_CASE(evaluation_orders_agree) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    Block merging(Activation::gelu_tanh, {.order = EvaluationOrder::merge_then_apply});
+    Block applying(Activation::gelu_tanh, {.order = EvaluationOrder::apply_then_mix});
+    BOOST_TEST((merging.layer.fc_order() == EvaluationOrder::merge_then_apply &&
+                merging.layer.proj_order() == EvaluationOrder::merge_then_apply));
+    BOOST_TEST((applying.layer.fc_order() == EvaluationOrder::apply_then_mix &&
+                applying.layer.proj_order() == EvaluationOrder::apply_then_mix));
+    const Operands o = random_operands(gen);
+    const HostMatrix d_y = random_matrix(sequences.tokens(), out, gen);
+    const StepContext step{.seed = 8, .step = 1, .tensor = 0, .training = true};
+    const auto [y_merging, aux_merging] = merging.forward(step, o);
+    const auto [y_applying, aux_applying] = applying.forward(step, o);
+    // Double: the two orders sum the same O(1) products in different orders (n + 1 rows, I or H inputs).
+    BOOST_TEST((y_applying - y_merging).cwiseAbs().maxCoeff() <= 1e-13);
+    BOOST_TEST(aux_applying == aux_merging);
+    const auto g_merging = merging.backward(o, d_y, 0.7), g_applying = applying.backward(o, d_y, 0.7);
+    BOOST_TEST_REQUIRE(g_merging.size() == g_applying.size());
+    for (std::size_t k = 0; k < g_merging.size(); ++k)
+      BOOST_TEST((g_applying[k] - g_merging[k]).cwiseAbs().maxCoeff() <= 1e-12 * (1 + g_merging[k].cwiseAbs().maxCoeff()),
+                 "gradient " << k);
   }
 }
 

@@ -3,9 +3,14 @@
 // n experts by a policy with group g's scores, and X_g the T consecutive token rows of group g. The building block
 // of the merged layers (nn/): a merged linear is one of these behind a router, a merged FFN two with an activation
 // between them, all sharing one routing distribution.
+//
+// The weights are evaluated in the order nn/evaluation_order.hpp picks: merged per group then applied, or (for a
+// RowCombinationPolicy) the policy's prepared rows applied to every token and mixed by its coefficients, which
+// never forms a per-group weight. Biases are always merged: G x O numbers.
 
 #include <Kokkos_Core.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <optional>
 #include <string>
@@ -16,6 +21,8 @@
 #include "camex/core/workspace.hpp"
 #include "camex/detail/gemm.hpp"
 #include "camex/merge/concepts.hpp"
+#include "camex/merge/row_combination_policy.hpp"
+#include "camex/nn/evaluation_order.hpp"
 
 namespace camex {
 
@@ -45,11 +52,11 @@ class MergedAffine {
   template <class U>
   using Buffer = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
 
-  /// `weights` merges [O, I] weights, `bias` (null: none) [O, 1] biases, for `groups` groups of `experts`
-  /// experts; `fn` and the two names label the errors.
+  /// `weights` merges [O, I] weights, `bias` (null: none) [O, 1] biases, for `groups` groups of `group_length`
+  /// tokens and `experts` experts, evaluated in the order `options` picks; `fn` and the names label the errors.
   MergedAffine(const char* fn, const char* weight_name, const char* bias_name, Policy& weights, Policy* bias,
-               std::size_t experts, std::size_t groups)
-      : weights_(weights), bias_(bias), groups_(groups) {
+               std::size_t experts, std::size_t groups, std::size_t group_length, const EvaluationOptions& options)
+      : weights_(weights), bias_(bias), groups_(groups), group_length_(group_length) {
     const MergeProblem& w = weights.problem();
     if (w.experts != experts)
       throw argument_error(fn, weight_name, concat("a problem over the router's ", experts, " experts"),
@@ -66,24 +73,54 @@ class MergedAffine {
                              concat(b.experts, " experts, ", b.groups, " groups, shape [", b.shape.rows, ", ",
                                     b.shape.cols, ']'));
     }
+    if (!(options.flops_per_byte > 0) || !std::isfinite(options.flops_per_byte))
+      throw argument_error(fn, "options.flops_per_byte", "a positive finite machine balance", concat(options.flops_per_byte));
+    if constexpr (RowCombinationPolicy<Policy>) {
+      order_ = choose_order(options, shape());
+    } else {
+      if (options.order == EvaluationOrder::apply_then_mix)
+        throw argument_error(fn, "options.order",
+                             "merge_then_apply or automatic (apply_then_mix needs a RowCombinationPolicy, which exposes "
+                             "its prepared rows and coefficients)",
+                             "apply_then_mix");
+      order_ = EvaluationOrder::merge_then_apply;
+    }
   }
 
   std::size_t outputs() const { return weights_.problem().shape.rows; }
   std::size_t inputs() const { return weights_.problem().shape.cols; }
   std::size_t experts() const { return weights_.problem().experts; }
   bool has_bias() const { return bias_ != nullptr; }
+  /// The order this map evaluates its weights in (never automatic).
+  EvaluationOrder order() const { return order_; }
+
+  /// The sizes the evaluation cost depends on.
+  AffineShape shape() const {
+    std::size_t rows = experts();
+    if constexpr (RowCombinationPolicy<Policy>) rows = weights_.row_count();
+    return {.tokens = groups_ * group_length_, .groups = groups_, .rows = rows, .outputs = outputs(), .inputs = inputs(),
+            .scalar_bytes = sizeof(Scalar)};
+  }
 
   /// What lives from forward to backward, then scratch, carved in a fixed order.
+  /// merge_then_apply carves merged_weights and d_merged_weights [G, P]; apply_then_mix carves applied [N, m O]
+  /// (each token times every row; reused for the scaled d_y in backward), d_rows [m, P] and d_coef [G, m].
   struct Buffers {
-    Buffer<Scalar> merged_weights, d_merged_weights, merged_bias, d_merged_bias, d_scores_bias;
+    Buffer<Scalar> merged_weights, d_merged_weights, applied, d_rows, d_coef;
+    Buffer<Scalar> merged_bias, d_merged_bias, d_scores_bias;
     Workspace<ExecSpace> weight_policy, bias_policy;
   };
 
   Buffers carve(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = groups_, n = experts(), in = inputs(), out = outputs();
+    const bool merging = order_ == EvaluationOrder::merge_then_apply;
+    const std::size_t m = shape().rows;
     Buffers b;
-    b.merged_weights = carver.template take_matrix<Scalar>(g, out * in);
-    b.d_merged_weights = carver.template take_matrix<Scalar>(g, out * in);
+    b.merged_weights = carver.template take_matrix<Scalar>(merging ? g : 0, out * in);
+    b.d_merged_weights = carver.template take_matrix<Scalar>(merging ? g : 0, out * in);
+    b.applied = carver.template take_matrix<Scalar>(merging ? 0 : g * group_length_, m * out);
+    b.d_rows = carver.template take_matrix<Scalar>(merging ? 0 : m, out * in);
+    b.d_coef = carver.template take_matrix<Scalar>(merging ? 0 : g, m);
     b.merged_bias = carver.template take_matrix<Scalar>(bias_ ? g : 0, out);
     b.d_merged_bias = carver.template take_matrix<Scalar>(bias_ ? g : 0, out);
     b.d_scores_bias = carver.template take_matrix<Scalar>(bias_ ? g : 0, n);
@@ -103,49 +140,60 @@ class MergedAffine {
     if (!bias_ && operand) throw argument_error(fn, name, "none (the layer has no bias policy)", "bias tensors");
   }
 
-  /// Prepares and merges this step's W_g (drawing at step.tensor) and b_g (at step.tensor + 1) with `scores`
-  /// [G, n], then y = X_g W_gᵀ + b_g for the groups of `per` consecutive rows of x.
-  void forward(const ExecSpace& space, const StepContext& step, const In& scores, const In& x, std::size_t per,
+  /// Prepares this step's W_g (drawing at step.tensor) and b_g (at step.tensor + 1), merged with `scores` [G, n],
+  /// then y = X_g W_gᵀ + b_g for the groups of group_length consecutive rows of x.
+  void forward(const ExecSpace& space, const StepContext& step, const In& scores, const In& x,
                const ExpertTensors<Scalar, ExecSpace>& weights, const std::optional<ExpertTensors<Scalar, ExecSpace>>& bias,
                const Out& y, const Buffers& b) {
     weights_.prepare(space, step, weights.experts, weights.base, b.weight_policy);
-    weights_.merge(space, scores, b.merged_weights, b.weight_policy);
-    const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs());
-    const auto rows = static_cast<std::ptrdiff_t>(per);
-    gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::yes, .m = static_cast<int>(per),
-                                  .n = out, .k = in, .alpha = 1, .a = x.data(), .lda = row_stride(x),
-                                  .stride_a = rows * row_stride(x), .b = b.merged_weights.data(), .ldb = in,
-                                  .stride_b = static_cast<std::ptrdiff_t>(out) * in, .beta = 0, .c = y.data(),
-                                  .ldc = row_stride(y), .stride_c = rows * row_stride(y), .batch = static_cast<int>(scores.extent(0))});
+    if constexpr (RowCombinationPolicy<Policy>) {
+      if (order_ == EvaluationOrder::apply_then_mix) apply_rows(space, scores, x, y, b);
+    }
+    if (order_ == EvaluationOrder::merge_then_apply) {
+      weights_.merge(space, scores, b.merged_weights, b.weight_policy);
+      const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs());
+      const auto rows = static_cast<std::ptrdiff_t>(group_length_);
+      gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::yes, .m = static_cast<int>(group_length_),
+                                    .n = out, .k = in, .alpha = 1, .a = x.data(), .lda = row_stride(x),
+                                    .stride_a = rows * row_stride(x), .b = b.merged_weights.data(), .ldb = in,
+                                    .stride_b = static_cast<std::ptrdiff_t>(out) * in, .beta = 0, .c = y.data(),
+                                    .ldc = row_stride(y), .stride_c = rows * row_stride(y), .batch = static_cast<int>(scores.extent(0))});
+    }
     if (!bias_) return;
     StepContext bias_step = step;
     bias_step.tensor = step.tensor + 1;
     bias_->prepare(space, bias_step, bias->experts, bias->base, b.bias_policy);
     bias_->merge(space, scores, b.merged_bias, b.bias_policy);
-    add_group_bias(space, b.merged_bias, per, y);
+    add_group_bias(space, b.merged_bias, group_length_, y);
   }
 
   /// d_x = d_Y_g W_g (overwritten), d_scores [G, n] (overwritten: weights' and bias's parts), and the experts',
   /// bases' and policies' parameter gradients, for the last forward with these buffers.
-  void backward(const ExecSpace& space, const In& scores, const In& x, std::size_t per, const In& d_y, const Out& d_x,
+  void backward(const ExecSpace& space, const In& scores, const In& x, const In& d_y, const Out& d_x,
                 const Out& d_scores, const ExpertGradients<Scalar, ExecSpace>& d_weights,
                 const std::optional<ExpertGradients<Scalar, ExecSpace>>& d_bias, const Buffers& b) {
-    const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs()), groups = static_cast<int>(scores.extent(0));
-    const auto rows = static_cast<std::ptrdiff_t>(per);
-    gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::yes, .transpose_b = Transpose::no, .m = out, .n = in,
-                                  .k = static_cast<int>(per), .alpha = 1, .a = d_y.data(), .lda = row_stride(d_y),
-                                  .stride_a = rows * row_stride(d_y), .b = x.data(), .ldb = row_stride(x),
-                                  .stride_b = rows * row_stride(x), .beta = 0, .c = b.d_merged_weights.data(), .ldc = in,
-                                  .stride_c = static_cast<std::ptrdiff_t>(out) * in, .batch = groups});
-    gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::no, .m = static_cast<int>(per),
-                                  .n = in, .k = out, .alpha = 1, .a = d_y.data(), .lda = row_stride(d_y),
-                                  .stride_a = rows * row_stride(d_y), .b = b.merged_weights.data(), .ldb = in,
-                                  .stride_b = static_cast<std::ptrdiff_t>(out) * in, .beta = 0, .c = d_x.data(),
-                                  .ldc = row_stride(d_x), .stride_c = rows * row_stride(d_x), .batch = groups});
-    weights_.backward(space, scores, b.d_merged_weights, d_scores, d_weights.experts, d_weights.base, b.weight_policy);
+    const int groups = static_cast<int>(scores.extent(0));
+    if constexpr (RowCombinationPolicy<Policy>) {
+      if (order_ == EvaluationOrder::apply_then_mix) apply_rows_backward(space, scores, x, d_y, d_x, d_scores, d_weights, b);
+    }
+    if (order_ == EvaluationOrder::merge_then_apply) {
+      const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs());
+      const auto rows = static_cast<std::ptrdiff_t>(group_length_);
+      gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::yes, .transpose_b = Transpose::no, .m = out, .n = in,
+                                    .k = static_cast<int>(group_length_), .alpha = 1, .a = d_y.data(), .lda = row_stride(d_y),
+                                    .stride_a = rows * row_stride(d_y), .b = x.data(), .ldb = row_stride(x),
+                                    .stride_b = rows * row_stride(x), .beta = 0, .c = b.d_merged_weights.data(), .ldc = in,
+                                    .stride_c = static_cast<std::ptrdiff_t>(out) * in, .batch = groups});
+      gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::no, .m = static_cast<int>(group_length_),
+                                    .n = in, .k = out, .alpha = 1, .a = d_y.data(), .lda = row_stride(d_y),
+                                    .stride_a = rows * row_stride(d_y), .b = b.merged_weights.data(), .ldb = in,
+                                    .stride_b = static_cast<std::ptrdiff_t>(out) * in, .beta = 0, .c = d_x.data(),
+                                    .ldc = row_stride(d_x), .stride_c = rows * row_stride(d_x), .batch = groups});
+      weights_.backward(space, scores, b.d_merged_weights, d_scores, d_weights.experts, d_weights.base, b.weight_policy);
+    }
     if (!bias_) return;
     const auto d_merged_bias = b.d_merged_bias;
-    const std::size_t o_count = outputs();
+    const std::size_t o_count = outputs(), per = group_length_;
     Kokkos::parallel_for("camex::MergedAffine[d_bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * o_count),
                          KOKKOS_LAMBDA(std::size_t w) {
                            const std::size_t g = w / o_count, o = w % o_count;
@@ -158,6 +206,71 @@ class MergedAffine {
     const std::size_t n = experts();
     Kokkos::parallel_for("camex::MergedAffine[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * n),
                          KOKKOS_LAMBDA(std::size_t w) { d_scores(w / n, w % n) += d_scores_bias(w / n, w % n); });
+  }
+
+  // Kernel launchers: public for nvcc (extended lambdas); not part of the interface.
+
+  /// apply_then_mix: A_j = X R_jᵀ for every prepared row j into `applied` [N, m O], then
+  /// y_t = sum_j C[g(t), j] A_j[t].
+  void apply_rows(const ExecSpace& space, const In& scores, const In& x, const Out& y, const Buffers& b)
+    requires RowCombinationPolicy<Policy>
+  {
+    const auto rows = weights_.prepared_rows(space, b.weight_policy);
+    const auto coef = weights_.coefficients(space, scores, b.weight_policy);
+    const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs()), m = static_cast<int>(rows.extent(0));
+    const int tokens = static_cast<int>(x.extent(0));
+    gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::yes, .m = tokens, .n = out, .k = in,
+                                  .alpha = 1, .a = x.data(), .lda = row_stride(x), .stride_a = 0, .b = rows.data(), .ldb = in,
+                                  .stride_b = row_stride(rows), .beta = 0, .c = b.applied.data(), .ldc = m * out,
+                                  .stride_c = out, .batch = m});
+    const auto applied = b.applied;
+    const std::size_t o_count = outputs(), per = group_length_;
+    Kokkos::parallel_for("camex::MergedAffine[mix]", Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0) * o_count),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           const std::size_t t = w / o_count, o = w % o_count, g = t / per;
+                           Scalar sum = 0;
+                           for (int j = 0; j < m; ++j) sum += coef(g, j) * applied(t, j * o_count + o);
+                           y(t, o) = sum;
+                         });
+  }
+
+  /// apply_then_mix backward: dL/dC[g, j] = sum over group g's tokens of <d_y_t, A_j[t]>; then `applied` is
+  /// overwritten by D_j[t] = C[g(t), j] d_y_t, so d_x = sum_j D_j R_j and dL/dR_j = D_jᵀ X; the policy takes it
+  /// from there.
+  void apply_rows_backward(const ExecSpace& space, const In& scores, const In& x, const In& d_y, const Out& d_x,
+                           const Out& d_scores, const ExpertGradients<Scalar, ExecSpace>& d_weights, const Buffers& b)
+    requires RowCombinationPolicy<Policy>
+  {
+    const auto rows = weights_.prepared_rows(space, b.weight_policy);
+    const auto coef = weights_.coefficients(space, scores, b.weight_policy);
+    const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs()), m = static_cast<int>(rows.extent(0));
+    const int tokens = static_cast<int>(x.extent(0));
+    const std::size_t o_count = outputs(), per = group_length_, row_count = rows.extent(0);
+    const auto applied = b.applied;
+    const auto d_coef = b.d_coef;
+    Kokkos::parallel_for("camex::MergedAffine[d_coef]", Kokkos::RangePolicy<ExecSpace>(space, 0, scores.extent(0) * row_count),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           const std::size_t g = w / row_count, j = w % row_count;
+                           double sum = 0;  // G m sums of L O terms, as the merge's backward sums its scores' gradient
+                           for (std::size_t t = g * per; t < (g + 1) * per; ++t)
+                             for (std::size_t o = 0; o < o_count; ++o) sum += double(d_y(t, o)) * applied(t, j * o_count + o);
+                           d_coef(g, j) = static_cast<Scalar>(sum);
+                         });
+    Kokkos::parallel_for("camex::MergedAffine[scale d_y]",
+                         Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0) * row_count * o_count),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           const std::size_t t = w / (row_count * o_count), j = w / o_count % row_count, o = w % o_count;
+                           applied(t, j * o_count + o) = coef(t / per, j) * d_y(t, o);
+                         });
+    for (int j = 0; j < m; ++j)
+      gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::no, .m = tokens, .n = in, .k = out,
+                                    .alpha = 1, .a = applied.data() + j * out, .lda = m * out, .b = rows.data() + j * row_stride(rows),
+                                    .ldb = in, .beta = j == 0 ? Scalar(0) : Scalar(1), .c = d_x.data(), .ldc = row_stride(d_x)});
+    gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::yes, .transpose_b = Transpose::no, .m = out, .n = in, .k = tokens,
+                                  .alpha = 1, .a = applied.data(), .lda = m * out, .stride_a = out, .b = x.data(),
+                                  .ldb = row_stride(x), .stride_b = 0, .beta = 0, .c = b.d_rows.data(), .ldc = in,
+                                  .stride_c = row_stride(b.d_rows), .batch = m});
+    weights_.backward_from_rows(space, scores, d_coef, b.d_rows, d_scores, d_weights.experts, d_weights.base, b.weight_policy);
   }
 
   /// y[t, :] += bias[t / per, :].
@@ -173,7 +286,8 @@ class MergedAffine {
  private:
   Policy& weights_;
   Policy* bias_;
-  std::size_t groups_;
+  std::size_t groups_, group_length_;
+  EvaluationOrder order_ = EvaluationOrder::merge_then_apply;
 };
 
 }  // namespace detail

@@ -94,6 +94,8 @@ class ComposedPolicy {
   const MergeProblem& problem() const { return problem_; }
   BaseSource base_source() const { return composition_.base; }
   const Composition& composition() const { return composition_; }
+  /// m, the number of rows a merge combines: the n deltas, and the base where there is one.
+  std::size_t row_count() const { return problem_.experts + (composition_.base != BaseSource::none ? 1 : 0); }
   const Mask& mask() const { return mask_; }
   Transform& transform() { return transform_; }
   const Transform& transform() const { return transform_; }
@@ -167,7 +169,7 @@ class ComposedPolicy {
                           "[B, P] with B = scores.extent(0), P = problem().shape.params()");
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
-    const auto coef = coefficients(fn.c_str(), scores, buffers);
+    const auto coef = build_coefficients(fn.c_str(), scores, buffers);
     if constexpr (generation_possible) {
       if (generates_rows() && !rows_ready_) {
         require_operands_unchanged(fn.c_str(), merged);
@@ -222,43 +224,51 @@ class ComposedPolicy {
     if (!bare()) ensure_rows(space, buffers);
     const auto rows = merge_rows(buffers);
     const std::size_t nrows = rows.extent(0);
-    const auto coef = coefficients(fn, scores, buffers);
+    const auto coef = build_coefficients(fn, scores, buffers);
     const Buffer<Scalar> d_coef(buffers.d_coef.data(), groups, nrows);
     const auto scratch = carver.template take<unsigned char>(soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(groups, nrows, params));
     const Workspace<ExecSpace> backward_workspace(scratch.data(), scratch.extent(0));
-    if (buffers.rows.extent(0) == 0) {
-      // A bare soft merge: the rows are the experts, so d_R is d_experts itself.
-      if (upstream.d_next.size() != 0)
-        throw argument_error(fn, "upstream", "no upstream adjoint (the policy has no base to propagate)", "one");
+    if (bare()) {
+      // The rows are the experts, so d_R is d_experts itself.
       soft_merge_backward(space, coef, rows, d_merged, d_coef, d_experts, backward_workspace);
-      score_gradient(space, d_coef, d_scores);
+      rows_backward(fn, space, d_coef, d_experts, d_scores, d_experts, d_base, upstream, buffers, carver);
       return;
     }
-    const auto d_rows = buffers.d_rows;
-    soft_merge_backward(space, coef, rows, d_merged, d_coef, d_rows, backward_workspace);
-    score_gradient(space, d_coef, d_scores);
-    if (upstream.d_next.size() != 0) add_upstream(space, upstream, d_rows);
+    soft_merge_backward(space, coef, rows, d_merged, d_coef, buffers.d_rows, backward_workspace);
+    rows_backward(fn, space, d_coef, buffers.d_rows, d_scores, d_experts, d_base, upstream, buffers, carver);
+  }
 
-    const auto d_delta = Kokkos::subview(d_rows, std::pair<std::size_t, std::size_t>(0, n), Kokkos::ALL);
-    if (factor_active_) ensure_deltas(space, buffers);
-    const auto tau = deltas(buffers);
-    if (factor_active_) ensure_factor(space, buffers);
-    if constexpr (Transform::is_identity) {
-      if (factor_active_)
-        mask_.adjoint(space, tau, buffers.factor, d_delta, d_experts, buffers.mask);
-      else
-        Kokkos::deep_copy(space, d_experts, d_delta);
-    } else {
-      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed)
-        detail::multiply_elementwise(space, buffers.factor, d_delta, d_delta);
-      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta) {
-        transform_.backward(space, transform_input(buffers), d_delta, buffers.pre_adjoint, carver);
-        mask_.adjoint(space, tau, buffers.factor, buffers.pre_adjoint, d_experts, buffers.mask);
-      } else {
-        transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
-      }
-    }
-    if (composition_.base != BaseSource::none) base_gradient(space, d_rows, d_experts, d_base);
+  /// The score-to-coefficient map of this step: merged = C R with R = prepared_rows(), so C [B, m] holds
+  /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1 for the base row. The view lives in the workspace
+  /// and holds until the next call given scores. Valid after prepare.
+  ConstMatrix<Scalar, ExecSpace> coefficients(const ExecSpace&, const ConstMatrix<Scalar, ExecSpace>& scores,
+                                              const Workspace<ExecSpace>& workspace) const {
+    const std::string fn = name_ + "::coefficients";
+    check_scores(fn.c_str(), scores);
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    return build_coefficients(fn.c_str(), scores, layout(carver));
+  }
+
+  /// The backward of merged = C R for a caller that applies the rows itself (never forming merged tensors): from
+  /// d_coef = dL/dC [B, m] and d_rows = dL/dR [m, P] (overwritten: used as scratch), writes what backward writes.
+  void backward_from_rows(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
+                          const ConstMatrix<Scalar, ExecSpace>& d_coef, const Matrix<Scalar, ExecSpace>& d_rows,
+                          const Matrix<Scalar, ExecSpace>& d_scores, const Matrix<Scalar, ExecSpace>& d_experts,
+                          const Matrix<Scalar, ExecSpace>& d_base, const Workspace<ExecSpace>& workspace,
+                          const UpstreamAdjoint<Scalar, ExecSpace>& upstream = {}) {
+    const std::string name = name_ + "::backward_from_rows";
+    const char* fn = name.c_str();
+    check_scores(fn, scores);
+    const std::size_t groups = scores.extent(0), n = problem_.experts, params = problem_.shape.params();
+    detail::require_shape(fn, "d_coef", d_coef, groups, row_count(), "[B, m], the shape of coefficients()");
+    detail::require_shape(fn, "d_rows", d_rows, row_count(), params, "[m, P], the shape of prepared_rows()");
+    detail::require_shape(fn, "d_scores", d_scores, groups, n, "[B, n], the shape of scores");
+    detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
+    detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    const auto buffers = layout(carver);
+    if (!bare()) ensure_rows(space, buffers);
+    rows_backward(fn, space, d_coef, d_rows, d_scores, d_experts, d_base, upstream, buffers, carver);
   }
 
   /// This step's rows [D_1 .. D_n, base] (or the experts, for a bare soft merge), materialised if the merge
@@ -283,13 +293,51 @@ class ComposedPolicy {
     MaskState mask;
   };
 
+  /// What every backward shares once dL/dC and dL/dR are known: the scores' gradient, then d_R back through the
+  /// mask and the transform to the experts and the base (d_rows is overwritten on the way).
+  template <class DRows>
+  void rows_backward(const char* fn, const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& d_coef,
+                     const DRows& d_rows, const Matrix<Scalar, ExecSpace>& d_scores,
+                     const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
+                     const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const Buffers& buffers,
+                     detail::WorkspaceCarver<ExecSpace>& carver) {
+    score_gradient(space, d_coef, d_scores);
+    if (bare()) {
+      if (upstream.d_next.size() != 0)
+        throw argument_error(fn, "upstream", "no upstream adjoint (the policy has no base to propagate)", "one");
+      if (d_rows.data() != d_experts.data()) Kokkos::deep_copy(space, d_experts, d_rows);
+      return;
+    }
+    if (upstream.d_next.size() != 0) add_upstream(space, upstream, d_rows);
+
+    const auto d_delta = Kokkos::subview(d_rows, std::pair<std::size_t, std::size_t>(0, problem_.experts), Kokkos::ALL);
+    if (factor_active_) ensure_deltas(space, buffers);
+    const auto tau = deltas(buffers);
+    if (factor_active_) ensure_factor(space, buffers);
+    if constexpr (Transform::is_identity) {
+      if (factor_active_)
+        mask_.adjoint(space, tau, buffers.factor, d_delta, d_experts, buffers.mask);
+      else
+        Kokkos::deep_copy(space, d_experts, d_delta);
+    } else {
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed)
+        detail::multiply_elementwise(space, buffers.factor, d_delta, d_delta);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta) {
+        transform_.backward(space, transform_input(buffers), d_delta, buffers.pre_adjoint, carver);
+        mask_.adjoint(space, tau, buffers.factor, buffers.pre_adjoint, d_experts, buffers.mask);
+      } else {
+        transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
+      }
+    }
+    if (composition_.base != BaseSource::none) base_gradient(space, d_rows, d_experts, d_base);
+  }
+
   static constexpr bool has_mask = !std::is_same_v<Mask, NoMask>;
   static constexpr bool generation_possible =
       Transform::is_identity && static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
 
   /// No base, no mask, no transform: the rows are the experts themselves.
   bool bare() const { return composition_.base == BaseSource::none && !has_mask && Transform::is_identity; }
-  std::size_t row_count() const { return problem_.experts + (composition_.base != BaseSource::none ? 1 : 0); }
 
   /// Whether merge generates the rows tile by tile instead of reading them from the workspace.
   bool generates_rows() const {
@@ -395,7 +443,7 @@ class ComposedPolicy {
 
   /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the host (B x (n + 1) numbers), which is
   /// also where non-finite scores and the degenerate base are caught.
-  Buffer<Scalar> coefficients(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores, const Buffers& b) const {
+  Buffer<Scalar> build_coefficients(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores, const Buffers& b) const {
     const std::size_t groups = scores.extent(0), n = problem_.experts, nrows = b.coef.extent(1);
     const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, scores);
     const bool kappa = mask_.score_factor_active(step_);
@@ -434,7 +482,7 @@ class ComposedPolicy {
   // Kernel launchers: public because nvcc does not allow extended (device) lambdas in private member functions;
   // they are not part of the policy's interface.
   /// d_scores[b, i] = alpha kappa[b, i] d_C[b, i].
-  void score_gradient(const ExecSpace& space, const Buffer<Scalar>& d_coef, const Matrix<Scalar, ExecSpace>& d_scores) const {
+  void score_gradient(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& d_coef, const Matrix<Scalar, ExecSpace>& d_scores) const {
     const std::size_t groups = d_scores.extent(0), n = problem_.experts;
     const bool kappa = mask_.score_factor_active(step_);
     const auto factor = mask_.score_factor(step_);
@@ -446,8 +494,8 @@ class ComposedPolicy {
                          });
   }
 
-  void add_upstream(const ExecSpace& space, const UpstreamAdjoint<Scalar, ExecSpace>& upstream,
-                    const Buffer<Scalar>& d_rows) const {
+  template <class DRows>
+  void add_upstream(const ExecSpace& space, const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const DRows& d_rows) const {
     const std::size_t n = problem_.experts, params = problem_.shape.params(), nrows = d_rows.extent(0);
     detail::require_shape((name_ + "::backward").c_str(), "upstream.d_next", upstream.d_next, 1, params, "[1, P]");
     const auto d_next = upstream.d_next;
@@ -516,7 +564,8 @@ class ComposedPolicy {
   };
 
   /// d_base = d_R[n] - sum_i d_tau_i; with the base taken from expert j that sum goes to d_E_j instead.
-  void base_gradient(const ExecSpace& space, const Buffer<Scalar>& d_rows, const Matrix<Scalar, ExecSpace>& d_experts,
+  template <class DRows>
+  void base_gradient(const ExecSpace& space, const DRows& d_rows, const Matrix<Scalar, ExecSpace>& d_experts,
                      const Matrix<Scalar, ExecSpace>& d_base) const {
     const int n = static_cast<int>(problem_.experts);
     const bool to_expert = composition_.base == BaseSource::expert;

@@ -75,8 +75,39 @@ class DynamicChain {
                   const ConstMatrix<Scalar, ExecSpace>& d_merged, const Matrix<Scalar, ExecSpace>& d_scores,
                   const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
                   const Workspace<ExecSpace>& workspace) {
-      auto& chain = *chain_;
-      constexpr const char* fn = "camex::DynamicChain::Layer::backward";
+      const auto upstream = begin_backward("camex::DynamicChain::Layer::backward", d_base);
+      inner_.backward(space, scores, d_merged, d_scores, d_experts, own_d_base(d_base), workspace, upstream);
+      backward_done_ = chain_->generation_;
+    }
+
+    /// The rows [D_1 .. D_n, P_l] and the score-to-coefficient map, for callers that apply the rows themselves
+    /// (merge/row_combination_policy.hpp); backward_from_rows keeps the chain's order rules.
+    std::size_t row_count() const { return inner_.row_count(); }
+    ConstMatrix<Scalar, ExecSpace> prepared_rows(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
+      return inner_.prepared_rows(space, workspace);
+    }
+    ConstMatrix<Scalar, ExecSpace> coefficients(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
+                                                const Workspace<ExecSpace>& workspace) const {
+      return inner_.coefficients(space, scores, workspace);
+    }
+    void backward_from_rows(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
+                            const ConstMatrix<Scalar, ExecSpace>& d_coef, const Matrix<Scalar, ExecSpace>& d_rows,
+                            const Matrix<Scalar, ExecSpace>& d_scores, const Matrix<Scalar, ExecSpace>& d_experts,
+                            const Matrix<Scalar, ExecSpace>& d_base, const Workspace<ExecSpace>& workspace) {
+      const auto upstream = begin_backward("camex::DynamicChain::Layer::backward_from_rows", d_base);
+      inner_.backward_from_rows(space, scores, d_coef, d_rows, d_scores, d_experts, own_d_base(d_base), workspace, upstream);
+      backward_done_ = chain_->generation_;
+    }
+
+   private:
+    friend class DynamicChain;
+    Layer(DynamicChain* chain, std::size_t index, const MergeProblem& problem, const DynamicOptions& options)
+        : chain_(chain), index_(index),
+          inner_(problem, options.curvature, {.alpha = options.alpha, .on_degenerate = DegenerateBase::accept}) {}
+
+    /// Checks the chain's order rules and d_base; returns the adjoint from layer l + 1's base.
+    UpstreamAdjoint<Scalar, ExecSpace> begin_backward(const char* fn, const Matrix<Scalar, ExecSpace>& d_base) const {
+      const auto& chain = *chain_;
       const bool last = index_ + 1 == chain.layers_.size();
       if (prepared_ == 0 || prepared_ != chain.generation_)
         throw argument_error(fn, "this", detail::concat("layer ", index_, " prepared in this step before its backward"),
@@ -86,18 +117,13 @@ class DynamicChain {
                              detail::concat("layer ", index_, " first"));
       if (index_ > 0 && d_base.size() != 0)
         throw argument_error(fn, "d_base", "an empty view (the base of a later layer is propagated)", detail::shape_of(d_base));
-      const UpstreamAdjoint<Scalar, ExecSpace> upstream{
-          last ? ConstMatrix<Scalar, ExecSpace>() : chain.d_base_row(index_ + 1), chain.propagation_coefficient()};
-      inner_.backward(space, scores, d_merged, d_scores, d_experts, index_ == 0 ? d_base : chain.d_base_row(index_), workspace,
-                      upstream);
-      backward_done_ = chain.generation_;
+      return {last ? ConstMatrix<Scalar, ExecSpace>() : chain.d_base_row(index_ + 1), chain.propagation_coefficient()};
     }
 
-   private:
-    friend class DynamicChain;
-    Layer(DynamicChain* chain, std::size_t index, const MergeProblem& problem, const DynamicOptions& options)
-        : chain_(chain), index_(index),
-          inner_(problem, options.curvature, {.alpha = options.alpha, .on_degenerate = DegenerateBase::accept}) {}
+    /// Layer 0's base gradient is the caller's; a later layer's goes to the chain, for layer l - 1's upstream.
+    Matrix<Scalar, ExecSpace> own_d_base(const Matrix<Scalar, ExecSpace>& d_base) const {
+      return index_ == 0 ? d_base : chain_->d_base_row(index_);
+    }
 
     DynamicChain* chain_;
     std::size_t index_;

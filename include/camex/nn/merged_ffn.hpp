@@ -73,11 +73,13 @@ class MergedFFN {
   using Gradients = ExpertGradients<Scalar, ExecSpace>;
 
   /// `fc` merges W1 [H, I] and `proj` W2 [O, H] (their problems' shapes), `fc_bias` and `proj_bias` (null: none)
-  /// the biases [H, 1] and [O, 1]; all for the layout's G groups and the router's n experts.
+  /// the biases [H, 1] and [O, 1]; all for the layout's G groups and the router's n experts. Each weight is
+  /// evaluated in the order `evaluation` picks for its own shape (nn/evaluation_order.hpp).
   MergedFFN(Policy& fc, Policy* fc_bias, Policy& proj, Policy* proj_bias, RouterType& router, const RoutingLayout& layout,
-            Activation activation = Activation::gelu_tanh)
-      : fc_(check(layout), "fc", "fc_bias", fc, fc_bias, router.experts(), layout.groups()),
-        proj_("camex::MergedFFN", "proj", "proj_bias", proj, proj_bias, router.experts(), layout.groups()),
+            Activation activation = Activation::gelu_tanh, const EvaluationOptions& evaluation = {})
+      : fc_(check(layout), "fc", "fc_bias", fc, fc_bias, router.experts(), layout.groups(), layout.group_length(), evaluation),
+        proj_("camex::MergedFFN", "proj", "proj_bias", proj, proj_bias, router.experts(), layout.groups(),
+              layout.group_length(), evaluation),
         router_(router),
         layout_(layout),
         activation_(activation) {
@@ -92,6 +94,8 @@ class MergedFFN {
   std::size_t outputs() const { return proj_.outputs(); }
   std::size_t experts() const { return fc_.experts(); }
   const RoutingLayout& layout() const { return layout_; }
+  EvaluationOrder fc_order() const { return fc_.order(); }
+  EvaluationOrder proj_order() const { return proj_.order(); }
 
   std::size_t workspace_bytes() const {
     detail::WorkspaceCarver<ExecSpace> carver;
@@ -115,8 +119,7 @@ class MergedFFN {
     forwarded_ = true;
     routing_inputs(space, layout_, x, padding, b.routed);
     const double aux = router_.forward(space, with_tensor(step, 4), b.routed, b.scores, b.router);
-    const std::size_t per = layout_.group_length();
-    fc_.forward(space, step, b.scores, x, per, fc, fc_bias, b.hidden, b.fc);
+    fc_.forward(space, step, b.scores, x, fc, fc_bias, b.hidden, b.fc);
     const auto hidden = b.hidden, activated = b.activated;
     const Activation act = activation_;
     Kokkos::parallel_for("camex::MergedFFN[activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
@@ -125,7 +128,7 @@ class MergedFFN {
                            activated.data()[w] =
                                static_cast<Scalar>(detail::activate(act, static_cast<double>(hidden.data()[w]), &unused));
                          });
-    proj_.forward(space, with_tensor(step, 2), b.scores, b.activated, per, proj, proj_bias, y, b.proj);
+    proj_.forward(space, with_tensor(step, 2), b.scores, b.activated, proj, proj_bias, y, b.proj);
     return aux;
   }
 
@@ -142,8 +145,7 @@ class MergedFFN {
     proj_.require_bias_operand(fn, "d_proj_bias", d_proj_bias);
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
-    const std::size_t per = layout_.group_length();
-    proj_.backward(space, b.scores, b.activated, per, d_y, b.d_hidden, b.d_scores_proj, d_proj, d_proj_bias, b.proj);
+    proj_.backward(space, b.scores, b.activated, d_y, b.d_hidden, b.d_scores_proj, d_proj, d_proj_bias, b.proj);
     const auto hidden = b.hidden, d_hidden = b.d_hidden;
     const Activation act = activation_;
     Kokkos::parallel_for("camex::MergedFFN[d_activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
@@ -152,7 +154,7 @@ class MergedFFN {
                            detail::activate(act, static_cast<double>(hidden.data()[w]), &derivative);
                            d_hidden.data()[w] = static_cast<Scalar>(derivative * static_cast<double>(d_hidden.data()[w]));
                          });
-    fc_.backward(space, b.scores, x_, per, b.d_hidden, d_x, b.d_scores, d_fc, d_fc_bias, b.fc);
+    fc_.backward(space, b.scores, x_, b.d_hidden, d_x, b.d_scores, d_fc, d_fc_bias, b.fc);
     const auto d_scores = b.d_scores, d_scores_proj = b.d_scores_proj;
     Kokkos::parallel_for("camex::MergedFFN[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, d_scores.size()),
                          KOKKOS_LAMBDA(std::size_t w) { d_scores.data()[w] += d_scores_proj.data()[w]; });

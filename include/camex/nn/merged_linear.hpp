@@ -11,8 +11,9 @@
 //   aux   = layer.forward(space, step, x, padding, weights, bias, y, ws)       x [S·L, I] -> y [S·L, O]
 //   layer.backward(space, d_y, d_aux, d_x, d_weights, d_bias, ws)
 //
-// Evaluation order: this layer merges, then applies the merged matrix to each group's tokens (spec §9: cheaper
-// than applying every expert and mixing whenever a group has more than one token).
+// Evaluation order (spec §9, nn/evaluation_order.hpp): merge W_g per group then apply it to the group's tokens,
+// or apply every prepared row of a RowCombinationPolicy to every token and mix the results by the coefficients;
+// by default the cheaper by the cost model, which is merging unless groups hold one or two tokens.
 //
 // Random draws: a layer uses three tensor ids from step.tensor on: the weights' policy draws at step.tensor, the
 // bias's at step.tensor + 1, the router at step.tensor + 2. Give consecutive layers ids three apart.
@@ -48,8 +49,10 @@ class MergedLinear {
 
   /// `weight_policy` merges the [O, I] weights (its problem's shape), `bias_policy` (null: no bias) the [O, 1]
   /// biases; both for the layout's G routing groups and the router's n experts. The layer keeps references.
-  MergedLinear(Policy& weight_policy, Policy* bias_policy, RouterType& router, const RoutingLayout& layout)
-      : affine_(check(layout), "weight_policy", "bias_policy", weight_policy, bias_policy, router.experts(), layout.groups()),
+  MergedLinear(Policy& weight_policy, Policy* bias_policy, RouterType& router, const RoutingLayout& layout,
+               const EvaluationOptions& evaluation = {})
+      : affine_(check(layout), "weight_policy", "bias_policy", weight_policy, bias_policy, router.experts(), layout.groups(),
+                layout.group_length(), evaluation),
         router_(router),
         layout_(layout) {}
 
@@ -57,6 +60,8 @@ class MergedLinear {
   std::size_t inputs() const { return affine_.inputs(); }
   std::size_t experts() const { return affine_.experts(); }
   const RoutingLayout& layout() const { return layout_; }
+  /// The order the weights are evaluated in (never automatic).
+  EvaluationOrder order() const { return affine_.order(); }
 
   std::size_t workspace_bytes() const {
     detail::WorkspaceCarver<ExecSpace> carver;
@@ -82,7 +87,7 @@ class MergedLinear {
     StepContext router_step = step;
     router_step.tensor = step.tensor + 2;
     const double aux = router_.forward(space, router_step, b.routed, b.scores, b.router);
-    affine_.forward(space, step, b.scores, x, layout_.group_length(), weights, bias, y, b.affine);
+    affine_.forward(space, step, b.scores, x, weights, bias, y, b.affine);
     return aux;
   }
 
@@ -98,7 +103,7 @@ class MergedLinear {
     affine_.require_bias_operand(fn, "d_bias", d_bias);
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
-    affine_.backward(space, b.scores, x_, layout_.group_length(), d_y, d_x, b.d_scores, d_weights, d_bias, b.affine);
+    affine_.backward(space, b.scores, x_, d_y, d_x, b.d_scores, d_weights, d_bias, b.affine);
     router_.backward(space, b.d_scores, d_aux, b.d_routed, b.router);
     routing_inputs_backward(space, layout_, b.d_routed, padding_, d_x, /*accumulate=*/true);
   }
