@@ -79,7 +79,57 @@ void check_geometry(const Geometry& g, std::mt19937_64& gen) {
     }
 }
 
+// The contraction's host paths: one fibre run per GEMM block (inner >= 512, split into blocks of 1024), o slices
+// packed side by side (several blocks per chunk where chunk > 1024 / inner), and rows of o (inner = 1, more than
+// 1024 per chunk).
+const Geometry contraction_geometries[] = {
+    {1, 6, 1560}, {1, 13, 2100}, {3, 12, 130}, {2, 10, 13}, {400, 5, 300}, {200, 13, 1}, {70000, 2, 1}, {150, 48, 1},
+};
+
+template <class T>
+void check_contraction(const Geometry& g, std::mt19937_64& gen) {
+  const detail::Mode mode{g.outer, g.extent, g.inner};
+  const std::size_t tensors = 2, P = mode.size(), d = g.extent, stride = P + 3;
+  const HostMatrix v = rounded<T>(random_matrix(1, tensors * stride, gen));
+  const HostMatrix y = rounded<T>(random_matrix(1, tensors * stride, gen));
+  const auto dv = to_device<T>(v), dy = to_device<T>(y);
+  Kokkos::View<T*, typename Space::memory_space> grad("grad", tensors * d * d);
+  Kokkos::View<double*, typename Space::memory_space> partial("partial", detail::mode_contraction_scratch(tensors, mode));
+  detail::mode_contraction<Space, T>(Space{}, dv.data(), static_cast<std::ptrdiff_t>(stride), dy.data(),
+                                     static_cast<std::ptrdiff_t>(stride), tensors, mode, grad.data(),
+                                     typename detail::WorkspaceCarver<Space>::template Array<double>(partial.data(), partial.size()));
+  const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, grad);
+  double worst_ratio = 0;
+  for (std::size_t i = 0; i < tensors; ++i)
+    for (std::size_t a = 0; a < d; ++a)
+      for (std::size_t b = 0; b < d; ++b) {
+        double expected = 0, magnitude = 0;
+        for (std::size_t o = 0; o < g.outer; ++o)
+          for (std::size_t t = 0; t < g.inner; ++t) {
+            const double term = v(0, i * stride + (o * d + a) * g.inner + t) * y(0, i * stride + (o * d + b) * g.inner + t);
+            expected += term;
+            magnitude += std::abs(term);
+          }
+        // Blocks of at most 1024 products are summed in T, the blocks in double, the result rounded to T once:
+        // |error| <= (1024 u + u) sum |terms| + u |sum|.
+        const double bound = 1025 * unit_roundoff<T> * magnitude + unit_roundoff<T> * std::abs(expected);
+        worst_ratio = std::max(worst_ratio, std::abs(got(i * d * d + a * d + b) - expected) / bound);
+      }
+  BOOST_TEST(worst_ratio <= 1.0, "outer " << g.outer << ", d " << d << ", inner " << g.inner);
+  // Typical rounding is far below the worst-case bound; a wrong term would show as a ratio of order 1e3 and more.
+}
+
 }  // namespace
+
+BOOST_AUTO_TEST_CASE(mode_contraction_matches_double_loops) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    for (const auto& g : contraction_geometries) {
+      check_contraction<float>(g, gen);
+      check_contraction<double>(g, gen);
+    }
+  }
+}
 
 BOOST_AUTO_TEST_CASE(mode_product_matches_double_loops) {
   std::mt19937_64 gen(test_seed());

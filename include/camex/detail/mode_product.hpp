@@ -5,15 +5,18 @@
 //   contraction:    G[a, a'] = sum_{o, t} v[o, a, t] y[o, a', t]          (the gradient of F given v = d out)
 // The curvature transform (spec §4.5) is four of these per expert and rank; never an (O I) x (O I) matrix.
 //
-// Host schedule: both are small GEMMs run by the register-blocked row combination. Where the mode has inner runs,
-// the d output rows of a column tile combine its d input rows with the factor's rows as coefficients. In the last
-// mode (inner = 1) the roles swap: each fibre is a contiguous row of coefficients and the rows combined are those of
-// the factor's transpose. Device schedule: one lane per output entry.
+// Host schedule: the products are small GEMMs run by the register-blocked row combination. Where the mode has
+// inner runs, the d output rows of a column tile combine its d input rows with the factor's rows as coefficients.
+// In the last mode (inner = 1) the roles swap: each fibre is a contiguous row of coefficients and the rows combined
+// are those of the factor's transpose. The contraction is a d x d GEMM with a long inner dimension, run by Eigen
+// in blocks (contract_chunk_on_host). Device schedule: one lane per output entry.
 
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
 #include <cstddef>
+
+#include <Eigen/Core>
 
 #include "camex/core/workspace.hpp"
 #include "camex/detail/row_combination.hpp"
@@ -121,6 +124,61 @@ inline std::size_t mode_contraction_scratch(std::size_t tensors, const Mode& mod
   return tensors * ContractionChunking(mode.outer).chunks * mode.extent * mode.extent;
 }
 
+/// Terms of a contraction summed by one GEMM in the scalar type before they are added to the double accumulator:
+/// long enough for Eigen's kernel to run at speed, short enough that float rounding stays at GEMM level.
+inline constexpr std::size_t contraction_block = 1024;
+
+/// acc (d x d, double, overwritten) = sum over o in [o0, o1) and t of v[o, a, t] y[o, a', t], as GEMMs of at most
+/// contraction_block terms: straight from the tensors where a block is one fibre run (inner == 1: rows of o; one o
+/// per block: columns of t), else from the block's o slices packed side by side into [d, block] matrices.
+template <class T>
+void contract_chunk_on_host(const T* v, const T* y, const Mode& mode, std::size_t o0, std::size_t o1, double* acc) {
+  using Rows = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using Map = Eigen::Map<const Rows, 0, Eigen::OuterStride<>>;
+  const auto d = static_cast<Eigen::Index>(mode.extent);
+  const std::size_t inner = mode.inner, slice = mode.extent * inner;
+  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> total(acc, d, d);
+  total.setZero();
+  Rows block(d, d);
+  const auto add = [&] { total += block.template cast<double>(); };
+  if (inner == 1) {
+    for (std::size_t b0 = o0; b0 < o1; b0 += contraction_block) {
+      const auto len = static_cast<Eigen::Index>(std::min(contraction_block, o1 - b0));
+      block.noalias() = Map(v + b0 * slice, len, d, Eigen::OuterStride<>(d)).transpose() *
+                        Map(y + b0 * slice, len, d, Eigen::OuterStride<>(d));
+      add();
+    }
+    return;
+  }
+  if (inner >= contraction_block / 2) {
+    for (std::size_t o = o0; o < o1; ++o)
+      for (std::size_t t0 = 0; t0 < inner; t0 += contraction_block) {
+        const auto len = static_cast<Eigen::Index>(std::min(contraction_block, inner - t0));
+        const auto stride = Eigen::OuterStride<>(static_cast<Eigen::Index>(inner));
+        block.noalias() = Map(v + o * slice + t0, d, len, stride) * Map(y + o * slice + t0, d, len, stride).transpose();
+        add();
+      }
+    return;
+  }
+  const std::size_t per_block = contraction_block / inner;
+  // Per thread and kept between calls: a fresh buffer per chunk would be fresh pages per chunk.
+  thread_local Rows packed_v, packed_y;
+  packed_v.resize(d, static_cast<Eigen::Index>(per_block * inner));
+  packed_y.resize(d, static_cast<Eigen::Index>(per_block * inner));
+  for (std::size_t b0 = o0; b0 < o1; b0 += per_block) {
+    const std::size_t count = std::min(per_block, o1 - b0);
+    for (std::size_t q = 0; q < count; ++q)
+      for (Eigen::Index a = 0; a < d; ++a) {
+        const std::size_t at = (b0 + q) * slice + static_cast<std::size_t>(a) * inner;
+        std::copy(v + at, v + at + inner, packed_v.row(a).data() + q * inner);
+        std::copy(y + at, y + at + inner, packed_y.row(a).data() + q * inner);
+      }
+    const auto used = static_cast<Eigen::Index>(count * inner);
+    block.noalias() = packed_v.leftCols(used) * packed_y.leftCols(used).transpose();
+    add();
+  }
+}
+
 /// grad[i][a, a'] = sum_{o, t} v_i[o, a, t] y_i[o, a', t] for each tensor i (grad: `tensors` d x d blocks).
 /// `partial` holds mode_contraction_scratch doubles.
 template <class ExecSpace, class T>
@@ -133,34 +191,11 @@ void mode_contraction(const ExecSpace& space, const T* v, std::ptrdiff_t v_strid
   double* part = partial.data();
   constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
   if constexpr (on_host) {
-    const int tile = static_cast<int>(std::min<std::size_t>(inner, max_tile_length));
     Kokkos::parallel_for(
         "camex::mode_contraction[chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, tensors * chunks), [=](std::size_t w) {
           const std::size_t i = w / chunks, c = w % chunks;
-          double* acc = part + w * d * d;
-          std::fill(acc, acc + d * d, 0.0);
-          const T* vi = v + i * v_stride;
-          const T* yi = y + i * y_stride;
-          for (std::size_t o = c * chunk, end = chunk_end(c, chunk, outer); o < end; ++o) {
-            const T* vo = vi + o * d * inner;
-            const T* yo = yi + o * d * inner;
-            if (inner >= 8) {
-              for (std::size_t t0 = 0; t0 < inner; t0 += tile) {
-                const int len = tile_extent(t0, inner, tile);
-                for (std::size_t a = 0; a < d; ++a)
-                  for_each_block_of_8<TileDots>(static_cast<int>(d), vo + a * inner + t0, yo + t0,
-                                                static_cast<std::ptrdiff_t>(inner), len, acc + a * d);
-              }
-            } else {
-              for (std::size_t t = 0; t < inner; ++t)
-                for (std::size_t a = 0; a < d; ++a) {
-                  const double va = static_cast<double>(vo[a * inner + t]);
-                  double* row = acc + a * d;
-                  CAMEX_IVDEP
-                  for (std::size_t b = 0; b < d; ++b) row[b] += va * static_cast<double>(yo[b * inner + t]);
-                }
-            }
-          }
+          contract_chunk_on_host(v + i * v_stride, y + i * y_stride, mode, c * chunk, chunk_end(c, chunk, outer),
+                                 part + w * d * d);
         });
   } else {
     Kokkos::parallel_for(
