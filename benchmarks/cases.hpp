@@ -1,6 +1,8 @@
 #pragma once
 // The benchmark families of camex_bench, registered by main() in kernels.cpp.
 
+#include <camex/camex.hpp>
+
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
@@ -18,7 +20,27 @@ inline benchmark::internal::Benchmark* timed(benchmark::internal::Benchmark* b) 
   });
 }
 
+/// Curvature factors drawn around their initial value, so no product is special (identity, zeros).
+template <class Policy>
+void perturb_factors(Policy& policy) {
+  using Space = typename Policy::execution_space;
+  using T = typename Policy::scalar_type;
+  std::uint32_t tensor = 100;
+  for (auto& parameter : policy.parameters()) {
+    const auto v = parameter.value;
+    const CounterRng rng(7, 0);
+    const std::uint32_t t = tensor++;
+    Kokkos::parallel_for("bench::perturb", Kokkos::RangePolicy<Space>(0, v.extent(0)), KOKKOS_LAMBDA(std::size_t k) {
+      v(k) += static_cast<T>(0.1 * (rng.uniform({t, 0, k}) - 0.5));
+    });
+  }
+  Space().fence();
+}
+
 /// One step (prepare + merge) of every built-in merge policy; see policies.cpp.
 void register_policy_benchmarks();
+
+/// Forward and backward of the merged layers, with where the time goes; see layers.cpp.
+void register_layer_benchmarks();
 
 }  // namespace camex::bench

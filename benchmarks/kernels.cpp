@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
   camex::bench::timed(benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask));
   camex::bench::register_policy_benchmarks();
+  camex::bench::register_layer_benchmarks();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -28,6 +28,17 @@ def main():
         speedup = f"{r['speedup_vs_torch']:.1f}" if r["speedup_vs_torch"] else "–"
         print(f"| {r['name']} | {r['camex_s'] * 1e3:.2f} | {r['camex_GBps']:.1f} | {100 * r['fraction_of_triad']:.0f} | "
               f"{r['camex_GFLOPs']:.1f} | {100 * r['fraction_of_sgemm']:.0f} | {torch_ms} | {speedup} |")
+    broken_down = [r for r in report["cases"] if pattern.search(r["name"]) and r.get("breakdown_ms")]
+    if broken_down:
+        print()
+        print("Where the time of the median repetition went (ms, and share of the step):")
+        print()
+        print("| case | step ms | part | ms | share |")
+        print("|---|---:|---|---:|---:|")
+        for r in broken_down:
+            step_ms = r["camex_median_s"] * 1e3
+            for part, ms in sorted(r["breakdown_ms"].items(), key=lambda kv: -kv[1]):
+                print(f"| {r['name']} | {step_ms:.1f} | {part} | {ms:.1f} | {100 * ms / step_ms:.0f} % |")
     return 0
 
 

@@ -31,21 +31,6 @@ void fill(const Kokkos::View<T**, Kokkos::LayoutRight, Space::memory_space>& m, 
   fill_uniform(Space{}, m, CounterRng(2025, 1), tensor, lo, hi);
 }
 
-/// Curvature factors drawn around their initial value, so no product is special (identity, zeros).
-template <class Policy>
-void perturb_factors(Policy& policy) {
-  std::uint32_t tensor = 100;
-  for (auto& parameter : policy.parameters()) {
-    const auto v = parameter.value;
-    const CounterRng rng(7, 0);
-    const std::uint32_t t = tensor++;
-    Kokkos::parallel_for("bench::perturb", Kokkos::RangePolicy<Space>(0, v.extent(0)), KOKKOS_LAMBDA(std::size_t k) {
-      v(k) += static_cast<T>(0.1 * (rng.uniform({t, 0, k}) - 0.5));
-    });
-  }
-  Space().fence();
-}
-
 double transform_flops(const Shape& s, std::size_t rank) {
   const auto [o1, o2] = nearest_factors(s.tensor.rows);
   const auto [i1, i2] = nearest_factors(s.tensor.cols);

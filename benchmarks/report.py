@@ -25,6 +25,10 @@ def camex_cases(path):
             case["camex_s"] = seconds
         if statistic in ("median", "single"):
             case["camex_median_s"] = seconds
+            # Where the time of a median repetition went, for cases that time their parts (counters ms_*).
+            parts = {k.removeprefix("ms_"): v for k, v in bench.items() if k.startswith("ms_")}
+            if parts:
+                case["breakdown_ms"] = parts
     return cases, data.get("context", {})
 
 
@@ -67,6 +71,8 @@ def main():
         row = {"name": name, "camex_s": c["camex_s"], "camex_median_s": c["camex_median_s"],
                "torch_s": t["seconds"] if t else None, "torch_median_s": t["median_seconds"] if t else None,
                "torch_out_s": t["out_seconds"] if t else None, "bytes": c["bytes"], "flops": c["flops"]}
+        if "breakdown_ms" in c:
+            row["breakdown_ms"] = c["breakdown_ms"]
         row["camex_GBps"] = c["bytes"] / c["camex_s"] * 1e-9
         row["camex_GFLOPs"] = c["flops"] / c["camex_s"] * 1e-9
         row["fraction_of_triad"] = row["camex_GBps"] / triad
@@ -91,6 +97,11 @@ def main():
               f"{r['camex_GFLOPs']:>8.1f} {100 * r['fraction_of_sgemm']:>6.0f}% {fmt(r['torch_s'] and r['torch_s'] * 1e3, '>9.3f')} "
               f"{fmt(r['speedup_vs_torch'], '>7.2f')}x {fmt(r['torch_out_s'] and r['torch_out_s'] * 1e3, '>13.3f')} "
               f"{fmt(r['speedup_vs_torch_out'], '>6.2f')}x")
+
+    for r in rows:
+        if "breakdown_ms" in r:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["breakdown_ms"].items(), key=lambda kv: -kv[1]))
+            print(f"{r['name']}: median step {r['camex_median_s'] * 1e3:.1f} ms = {parts} (ms)")
 
     report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "stream_write_GBps", "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
               "machine": {"execution_space": ceilings["execution_space"], "concurrency": ceilings["concurrency"],

@@ -193,10 +193,53 @@ def policy_cases():
             yield f"dynamic{at}/layers=2/r=8", dynamic, None
 
 
+def merged_linear_cases():
+    """One training step of benchmarks/layers.cpp's merged linear with autograd: routing inputs by causal segments
+    (segment 0 on itself, detached), the noisy gate with k = n and the cv^2 importance loss, TIES-CA merges of the
+    weight and the bias per group, the per-group products, and the backward to every input and parameter."""
+    S, L, T, I, O, n, r = 4, 1024, 256, 768, 3072, 7, 8
+    G, N = S * L // T, S * L
+    gen = torch.Generator().manual_seed(2025)
+    rand = lambda *size: torch.rand(*size, generator=gen) * 2 - 1
+    leaf = lambda t: t.requires_grad_()
+    x, d_y = leaf(rand(N, I)), rand(N, O)
+    experts_w, base_w = leaf(rand(n, O * I)), leaf(rand(1, O * I))
+    experts_b, base_b = leaf(rand(n, O)), leaf(rand(1, O))
+    factors_w = [[leaf(f.clone()) for f in q] for q in random_factors(gen, n, (O, I), r)]
+    factors_b = [[leaf(f.clone()) for f in q] for q in random_factors(gen, n, (O, 1), r)]
+    w_gate, w_noise = leaf(torch.randn(I, n, generator=gen) * 0.02), leaf(torch.randn(I, n, generator=gen) * 0.02)
+    leaves = [x, experts_w, base_w, experts_b, base_b, w_gate, w_noise] + \
+        [f for q in factors_w + factors_b for f in q]
+
+    def cv_squared(v):
+        return v.var() / (v.mean() ** 2 + 1e-10)
+
+    def ties_ca(experts, base, factors, shape):
+        tau = experts - base
+        with torch.no_grad():  # the TIES factor is piecewise constant: no gradient flows through it
+            f = ties_factors(tau, 0.2)
+        return curvature(f * tau, factors, shape)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        segments = x.view(S, L // T, T, I).mean(dim=2)
+        routed = torch.cat([segments[:, :1].detach(), segments[:, :-1]], dim=1).reshape(G, I)
+        noise = torch.nn.functional.softplus(routed @ w_noise) + 0.01
+        scores = torch.softmax(routed @ w_gate + torch.randn(G, n) * noise, dim=1)
+        aux = 1e-5 * cv_squared(scores.sum(dim=0))
+        merged_w = base_w + scores @ ties_ca(experts_w, base_w, factors_w, (O, I))
+        merged_b = base_b + scores @ ties_ca(experts_b, base_b, factors_b, (O, 1))
+        y = torch.baddbmm(merged_b.view(G, 1, O), x.view(G, T, I), merged_w.view(G, O, I).transpose(1, 2))
+        ((y.view(N, O) * d_y).sum() + aux).backward()
+
+    yield f"merged_linear/768to3072/n={n}/ties_ca/tokens={S}x{L}/T={T}/r={r}", step, None
+
+
 # Each case yields (name, idiomatic, preallocated): the expression a PyTorch user writes (fresh output tensors,
 # whose page faults are part of its cost on CPU) and the same math into preallocated outputs (out=), which is the
 # kernel-for-kernel comparison with camex; preallocated is None where PyTorch has no out= form. Both are reported.
-CASES = [soft_merge_cases, top_k_cases, ties_mask_cases, policy_cases]
+CASES = [soft_merge_cases, top_k_cases, ties_mask_cases, policy_cases, merged_linear_cases]
 
 
 def main():
