@@ -29,6 +29,8 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <unordered_map>
 
 namespace camex::bench {
@@ -117,19 +119,32 @@ void fill(const View& m, std::uint32_t tensor, T lo, T hi) { fill_uniform(Space{
 
 struct LayerShape {
   std::size_t sequences = 4, length = 1024, segment = 256, inputs = 768, outputs = 3072, experts = 7, rank = 8;
+  EvaluationOrder order = EvaluationOrder::automatic;
 };
 
+/// TIES-CA with perturbed factors (the case), or Domain(0.5): no transform, so the evaluation order is
+/// what the time depends on.
+template <class Policy>
+Policy make_policy(const LayerShape& s, std::size_t groups, std::size_t cols) {
+  const MergeProblem problem{.experts = s.experts, .groups = groups, .shape = {s.outputs, cols}};
+  if constexpr (std::is_same_v<Policy, TiesCA<T, Space>>) {
+    Policy policy(problem, {}, {.rank = s.rank});
+    perturb_factors(policy);
+    return policy;
+  } else {
+    return Policy(problem, {.alpha = 0.5});
+  }
+}
+
+template <class Policy>
 void merged_linear_step(benchmark::State& state, const LayerShape& s) {
   const RoutingLayout layout{.sequences = s.sequences, .length = s.length, .granularity = Granularity::causal_segment,
                              .segment = s.segment};
   const std::size_t n = s.experts, groups = layout.groups(), tokens = layout.tokens();
   const std::size_t params = s.outputs * s.inputs;
-  const CurvatureOptions curvature{.rank = s.rank};
-  TiesCA<T, Space> weights({n, groups, {s.outputs, s.inputs}}, {}, curvature), bias({n, groups, {s.outputs, 1}}, {}, curvature);
-  perturb_factors(weights);
-  perturb_factors(bias);
+  Policy weights = make_policy<Policy>(s, groups, s.inputs), bias = make_policy<Policy>(s, groups, 1);
   NoisyTopKGate<T, Space> router(s.inputs, n, groups, {.balance_coefficient = 1e-5}, 1);
-  MergedLinear layer(weights, &bias, router, layout);
+  MergedLinear layer(weights, &bias, router, layout, {.order = s.order});
   View x("x", tokens, s.inputs), y("y", tokens, s.outputs), d_y("d_y", tokens, s.outputs), d_x("d_x", tokens, s.inputs);
   View ew("experts_w", n, params), bw("base_w", 1, params), eb("experts_b", n, s.outputs), bb("base_b", 1, s.outputs);
   View d_ew("d_experts_w", n, params), d_bw("d_base_w", 1, params), d_eb("d_experts_b", n, s.outputs),
@@ -163,8 +178,11 @@ void merged_linear_step(benchmark::State& state, const LayerShape& s) {
 
   const auto [o1, o2] = nearest_factors(s.outputs);
   const auto [i1, i2] = nearest_factors(s.inputs);
-  const double transform = 2.0 * s.rank * n * params * static_cast<double>(o1 + o2 + i1 + i2) +
-                           2.0 * s.rank * n * s.outputs * static_cast<double>(o1 + o2);
+  const double transform = std::is_same_v<Policy, TiesCA<T, Space>>
+                               ? 2.0 * s.rank * n * params * static_cast<double>(o1 + o2 + i1 + i2) +
+                                     2.0 * s.rank * n * s.outputs * static_cast<double>(o1 + o2)
+                               : 0.0;
+  // The merge-then-apply count (spec §9: the cheaper order's work whichever order runs).
   state.counters["flops"] = 6.0 * tokens * params + 3 * transform + 3 * 2.0 * groups * (n + 1) * (params + s.outputs);
   // Minimum traffic: experts and bases read and their gradients written, x and d_y read, y and d_x written.
   state.counters["bytes"] = 4.0 * (2 * (n + 1) * (params + s.outputs) + 2 * tokens * (s.inputs + s.outputs));
@@ -184,7 +202,15 @@ void merged_linear_step(benchmark::State& state, const LayerShape& s) {
 void register_layer_benchmarks() {
   const LayerShape gpt2{};
   timed(benchmark::RegisterBenchmark("merged_linear/768to3072/n=7/ties_ca/tokens=4x1024/T=256/r=8",
-                                     [=](benchmark::State& state) { merged_linear_step(state, gpt2); }));
+                                     [=](benchmark::State& state) { merged_linear_step<TiesCA<T, Space>>(state, gpt2); }));
+  // Per-token routing (segments of one token, G = N = 64): the two evaluation orders of the same layer, the
+  // automatic choice being apply-then-mix (tests/nn/evaluation_order.cpp).
+  for (const auto& [order, label] : {std::pair{EvaluationOrder::merge_then_apply, "merge_then_apply"},
+                                     std::pair{EvaluationOrder::apply_then_mix, "apply_then_mix"}}) {
+    const LayerShape per_token{.sequences = 1, .length = 64, .segment = 1, .order = order};
+    timed(benchmark::RegisterBenchmark(("merged_linear/768to3072/n=7/domain/tokens=1x64/T=1/" + std::string(label)).c_str(),
+                                       [=](benchmark::State& state) { merged_linear_step<Domain<T, Space>>(state, per_token); }));
+  }
 }
 
 }  // namespace camex::bench
