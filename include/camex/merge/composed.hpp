@@ -212,12 +212,9 @@ class ComposedPolicy {
                 const Workspace<ExecSpace>& workspace, const UpstreamAdjoint<Scalar, ExecSpace>& upstream) {
     const std::string name = name_ + "::backward";
     const char* fn = name.c_str();
-    check_scores(fn, scores);
-    const std::size_t groups = scores.extent(0), n = problem_.experts, params = problem_.shape.params();
+    check_gradient_operands(fn, scores, d_scores, d_experts, d_base);
+    const std::size_t groups = scores.extent(0), params = problem_.shape.params();
     detail::require_shape(fn, "d_merged", d_merged, groups, params, "[B, P] with B = scores.extent(0)");
-    detail::require_shape(fn, "d_scores", d_scores, groups, n, "[B, n], the shape of scores");
-    detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
-    detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
 
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
@@ -258,13 +255,9 @@ class ComposedPolicy {
                           const UpstreamAdjoint<Scalar, ExecSpace>& upstream = {}) {
     const std::string name = name_ + "::backward_from_rows";
     const char* fn = name.c_str();
-    check_scores(fn, scores);
-    const std::size_t groups = scores.extent(0), n = problem_.experts, params = problem_.shape.params();
-    detail::require_shape(fn, "d_coef", d_coef, groups, row_count(), "[B, m], the shape of coefficients()");
-    detail::require_shape(fn, "d_rows", d_rows, row_count(), params, "[m, P], the shape of prepared_rows()");
-    detail::require_shape(fn, "d_scores", d_scores, groups, n, "[B, n], the shape of scores");
-    detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
-    detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
+    check_gradient_operands(fn, scores, d_scores, d_experts, d_base);
+    detail::require_shape(fn, "d_coef", d_coef, scores.extent(0), row_count(), "[B, m], the shape of coefficients()");
+    detail::require_shape(fn, "d_rows", d_rows, row_count(), problem_.shape.params(), "[m, P], the shape of prepared_rows()");
     auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
@@ -439,6 +432,17 @@ class ComposedPolicy {
   void check_scores(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores) const {
     if (!prepared_) throw argument_error(fn, "this", "prepare() to have run for this step", "an unprepared policy");
     detail::require_scores_shape(fn, scores, problem_);
+  }
+
+  /// What both backwards check: a prepared step, the scores, and the gradients every backward writes.
+  void check_gradient_operands(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores,
+                               const Matrix<Scalar, ExecSpace>& d_scores, const Matrix<Scalar, ExecSpace>& d_experts,
+                               const Matrix<Scalar, ExecSpace>& d_base) const {
+    check_scores(fn, scores);
+    const std::size_t n = problem_.experts, params = problem_.shape.params();
+    detail::require_shape(fn, "d_scores", d_scores, scores.extent(0), n, "[B, n], the shape of scores");
+    detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
+    detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
   }
 
   /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the host (B x (n + 1) numbers), which is
