@@ -1,5 +1,5 @@
 // Batched GEMM against a double reference, on both schedules (Eigen blocks, one lane per entry): every transpose combination, beta zero (over NaN garbage) and not,
-// padded leading dimensions (the padding left untouched), column counts across the host column block, float and
+// padded leading dimensions (the padding left untouched), row and column counts across the host blocks, float and
 // double.
 #include "camex/detail/gemm.hpp"
 
@@ -79,8 +79,9 @@ BOOST_AUTO_TEST_CASE(batched_gemm_matches_double) {
       for (const Transpose ta : {Transpose::no, Transpose::yes})
         for (const Transpose tb : {Transpose::no, Transpose::yes})
           for (const double beta : {0.0, -0.5}) {
-            // n = 300 spans a full host column block and a partial one; small odd m and k.
+            // n = 300 spans a full host column block and a partial one, m = 300 a full row block and a partial one.
             check<float>(schedule, ta, tb, 5, 300, 7, beta, gen);
+            check<float>(schedule, ta, tb, 300, 11, 7, beta, gen);
             check<double>(schedule, ta, tb, 9, 13, 33, beta, gen);
           }
   }

@@ -3,9 +3,10 @@
 // batch of equally shaped problems at fixed strides (one per routing group: its tokens times its merged weight).
 //
 // Host spaces run Eigen's GEMM compiled for the CPU (the native SGEMM ceiling of the benchmarks, 2-3x the system
-// BLAS here). The batch and the columns of C are cut into fixed blocks that depend on the shape only, one Kokkos
-// work item each, and Eigen runs single-threaded inside a work item: the space's threads do the parallelism, and
-// the result does not depend on the thread count. Other spaces run a plain one-entry-per-lane kernel: correct on
+// BLAS here). The batch and the rows and columns of C are cut into fixed blocks that depend on the shape only, one
+// Kokkos work item each, and Eigen runs single-threaded inside a work item: the space's threads do the
+// parallelism, and the result does not depend on the thread count. Row blocks matter for the narrow products of
+// small models (a [1024, 128] output is one column block, but four row blocks). Other spaces run a plain one-entry-per-lane kernel: correct on
 // every backend, not tuned (a vendor BLAS belongs there); tests run it on the host too (Schedule::lane_per_parameter).
 
 #include <Kokkos_Core.hpp>
@@ -37,20 +38,23 @@ struct GemmBatch {
   int batch = 1;
 };
 
-/// Columns of C one host work item computes.
+/// Columns and rows of C one host work item computes.
 inline constexpr int gemm_column_block = 256;
+inline constexpr int gemm_row_block = 256;
 
 template <class T>
-inline void gemm_block_on_host(const GemmBatch<T>& g, int item, int column0, int columns) {
+inline void gemm_block_on_host(const GemmBatch<T>& g, int item, int row0, int rows, int column0, int columns) {
   using Stride = Eigen::OuterStride<>;
   using Rows = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using ConstMap = Eigen::Map<const Rows, 0, Stride>;
   const bool ta = g.transpose_a == Transpose::yes, tb = g.transpose_b == Transpose::yes;
-  const ConstMap a(g.a + item * g.stride_a, ta ? g.k : g.m, ta ? g.m : g.k, Stride(g.lda));
+  // The block's rows of op(A): columns row0.. of A when transposed, rows row0.. otherwise.
+  const ConstMap a(g.a + item * g.stride_a + (ta ? row0 : row0 * g.lda), ta ? g.k : rows, ta ? rows : g.k,
+                   Stride(g.lda));
   // The block's columns of op(B): rows column0.. of B when transposed, columns column0.. otherwise.
   const ConstMap b(g.b + item * g.stride_b + (tb ? column0 * g.ldb : column0), tb ? columns : g.k, tb ? g.k : columns,
                    Stride(g.ldb));
-  Eigen::Map<Rows, 0, Stride> c(g.c + item * g.stride_c + column0, g.m, columns, Stride(g.ldc));
+  Eigen::Map<Rows, 0, Stride> c(g.c + item * g.stride_c + row0 * g.ldc + column0, rows, columns, Stride(g.ldc));
   const auto product = [&](const auto& left, const auto& right) {
     if (g.beta == T(0))
       c.noalias() = g.alpha * (left * right);
@@ -77,10 +81,13 @@ void gemm(const ExecSpace& space, const GemmBatch<T>& g, Schedule schedule = Sch
   constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
   if constexpr (on_host) {
     if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
-      const int blocks = (g.n + gemm_column_block - 1) / gemm_column_block;
+      const int column_blocks = (g.n + gemm_column_block - 1) / gemm_column_block;
+      const int row_blocks = (g.m + gemm_row_block - 1) / gemm_row_block, blocks = row_blocks * column_blocks;
       Kokkos::parallel_for("camex::gemm[host]", Kokkos::RangePolicy<ExecSpace>(space, 0, g.batch * blocks), [=](int w) {
-        const int item = w / blocks, column0 = w % blocks * gemm_column_block;
-        gemm_block_on_host(g, item, column0, g.n - column0 < gemm_column_block ? g.n - column0 : gemm_column_block);
+        const int item = w / blocks, row0 = w % blocks / column_blocks * gemm_row_block,
+                  column0 = w % column_blocks * gemm_column_block;
+        gemm_block_on_host(g, item, row0, g.m - row0 < gemm_row_block ? g.m - row0 : gemm_row_block, column0,
+                           g.n - column0 < gemm_column_block ? g.n - column0 : gemm_column_block);
       });
       return;
     }
