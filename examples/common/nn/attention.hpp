@@ -1,0 +1,146 @@
+#pragma once
+// Causal multi-head self-attention over sequences of `context` tokens, from the fused projection
+// qkv [N, 3C] (q, k, v side by side, head h in columns h d .. h d + d of each, d = C / heads; GPT-2's layout) to
+// y [N, C], the heads' outputs side by side (before the output projection):
+//
+//   A_h = softmax(q_h k_h^T / sqrt(d) + causal mask),   y_h = A_h v_h.
+//
+// q, k, v are copied into one [L, d] block per (sequence, head) so the products are batched GEMMs; the full L x L
+// score block is computed and the upper triangle masked (twice the needed flops for simpler, regular GEMMs). The
+// object keeps the blocks and the probabilities of its last forward for the backward, so a model holds one per
+// layer. The backward overwrites d_qkv.
+
+#include <cmath>
+#include <string>
+
+#include "linear.hpp"
+#include "tensor.hpp"
+
+namespace camex::examples {
+
+template <class T, class Space>
+class CausalSelfAttention {
+ public:
+  CausalSelfAttention(std::size_t sequences, std::size_t context, std::size_t channels, std::size_t heads)
+      : sequences_(sequences), context_(context), channels_(channels), heads_(heads) {
+    if (heads == 0 || channels % heads != 0)
+      throw argument_error("CausalSelfAttention", "heads", detail::concat("a divisor of the width ", channels),
+                           detail::concat(heads));
+    const std::size_t rows = sequences * heads * context, d = channels / heads;
+    for (Mat<T, Space>* m : {&q_, &k_, &v_, &o_, &d_q_, &d_k_, &d_v_, &d_o_}) *m = Mat<T, Space>("attention", rows, d);
+    att_ = Mat<T, Space>("attention.probabilities", rows, context);
+    d_att_ = Mat<T, Space>("attention.d_probabilities", rows, context);
+  }
+
+  std::size_t tokens() const { return sequences_ * context_; }
+  std::size_t head_width() const { return channels_ / heads_; }
+
+  void forward(const Space& space, const ConstMat<T, Space>& qkv, const Mat<T, Space>& y) {
+    constexpr const char* fn = "CausalSelfAttention::forward";
+    detail::require_shape(fn, "qkv", qkv, tokens(), 3 * channels_, "[N, 3C]");
+    detail::require_shape(fn, "y", y, tokens(), channels_, "[N, C]");
+    split_heads(space, qkv, 0, q_);
+    split_heads(space, qkv, 1, k_);
+    split_heads(space, qkv, 2, v_);
+    const T scale = static_cast<T>(1 / std::sqrt(static_cast<double>(head_width())));
+    batched(space, q_, detail::Transpose::no, k_, detail::Transpose::yes, att_, scale, T(0));
+    causal_softmax(space);
+    batched(space, att_, detail::Transpose::no, v_, detail::Transpose::no, o_, T(1), T(0));
+    merge_heads(space, o_, y, 0);
+  }
+
+  void backward(const Space& space, const ConstMat<T, Space>& d_y, const Mat<T, Space>& d_qkv) {
+    constexpr const char* fn = "CausalSelfAttention::backward";
+    detail::require_shape(fn, "d_y", d_y, tokens(), channels_, "[N, C]");
+    detail::require_shape(fn, "d_qkv", d_qkv, tokens(), 3 * channels_, "[N, 3C]");
+    split_heads(space, d_y, 0, d_o_);
+    batched(space, d_o_, detail::Transpose::no, v_, detail::Transpose::yes, d_att_, T(1), T(0));
+    batched(space, att_, detail::Transpose::yes, d_o_, detail::Transpose::no, d_v_, T(1), T(0));
+    causal_softmax_backward(space, static_cast<T>(1 / std::sqrt(static_cast<double>(head_width()))));
+    batched(space, d_att_, detail::Transpose::no, k_, detail::Transpose::no, d_q_, T(1), T(0));
+    batched(space, d_att_, detail::Transpose::yes, q_, detail::Transpose::no, d_k_, T(1), T(0));
+    merge_heads(space, d_q_, d_qkv, 0);
+    merge_heads(space, d_k_, d_qkv, 1);
+    merge_heads(space, d_v_, d_qkv, 2);
+  }
+
+  // Public for nvcc (extended lambdas); not part of the interface.
+  /// The (sequence, head) blocks of columns part x C .. part x C + C of `from` (part 0 q, 1 k, 2 v).
+  void split_heads(const Space& space, const ConstMat<T, Space>& from, std::size_t part, const Mat<T, Space>& to) const {
+    const std::size_t c = channels_, h = heads_, d = head_width(), l = context_, n = tokens();
+    Kokkos::parallel_for("attention[split_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           const std::size_t t = w / c, col = w % c, head = col / d;
+                           to(((t / l) * h + head) * l + t % l, col % d) = from(t, part * c + col);
+                         });
+  }
+
+  /// The inverse: overwrites columns part x C .. part x C + C of `to`.
+  void merge_heads(const Space& space, const Mat<T, Space>& from, const Mat<T, Space>& to, std::size_t part) const {
+    const std::size_t c = channels_, h = heads_, d = head_width(), l = context_, n = tokens();
+    Kokkos::parallel_for("attention[merge_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c),
+                         KOKKOS_LAMBDA(std::size_t w) {
+                           const std::size_t t = w / c, col = w % c, head = col / d;
+                           to(t, part * c + col) = from(((t / l) * h + head) * l + t % l, col % d);
+                         });
+  }
+
+  /// One product per (sequence, head) block: c_i = alpha op(a_i) op(b_i) + beta c_i.
+  void batched(const Space& space, const Mat<T, Space>& a, detail::Transpose ta, const Mat<T, Space>& b,
+               detail::Transpose tb, const Mat<T, Space>& c, T alpha, T beta) const {
+    const std::size_t blocks = sequences_ * heads_, l = context_;
+    const std::size_t c_cols = c.extent(1), a_cols = a.extent(1), b_cols = b.extent(1);
+    const bool at = ta == detail::Transpose::yes;
+    detail::gemm(space, detail::GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = static_cast<int>(l),
+                                             .n = static_cast<int>(c_cols),
+                                             .k = static_cast<int>(at ? l : a_cols), .alpha = alpha, .a = a.data(),
+                                             .lda = static_cast<std::ptrdiff_t>(a_cols),
+                                             .stride_a = static_cast<std::ptrdiff_t>(l * a_cols), .b = b.data(),
+                                             .ldb = static_cast<std::ptrdiff_t>(b_cols),
+                                             .stride_b = static_cast<std::ptrdiff_t>(l * b_cols), .beta = beta,
+                                             .c = c.data(), .ldc = static_cast<std::ptrdiff_t>(c_cols),
+                                             .stride_c = static_cast<std::ptrdiff_t>(l * c_cols),
+                                             .batch = static_cast<int>(blocks)});
+  }
+
+  void causal_softmax(const Space& space) const {
+    const auto att = att_;
+    const std::size_t l = context_;
+    Kokkos::parallel_for("attention[softmax]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)),
+                         KOKKOS_LAMBDA(std::size_t r) {
+                           const std::size_t t = r % l;
+                           T top = att(r, 0);
+                           for (std::size_t s = 1; s <= t; ++s) top = att(r, s) > top ? att(r, s) : top;
+                           double sum = 0;
+                           for (std::size_t s = 0; s <= t; ++s) {
+                             const T e = detail::math::exp(att(r, s) - top);
+                             att(r, s) = e;
+                             sum += e;
+                           }
+                           const T inverse = static_cast<T>(1 / sum);
+                           for (std::size_t s = 0; s <= t; ++s) att(r, s) *= inverse;
+                           for (std::size_t s = t + 1; s < l; ++s) att(r, s) = 0;
+                         });
+  }
+
+  /// d_att <- scale A .* (d_att - rowsum(A .* d_att)): the gradient of the scaled scores.
+  void causal_softmax_backward(const Space& space, T scale) const {
+    const auto att = att_, d_att = d_att_;
+    const std::size_t l = context_;
+    Kokkos::parallel_for("attention[softmax_backward]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)),
+                         KOKKOS_LAMBDA(std::size_t r) {
+                           const std::size_t t = r % l;
+                           double dot = 0;
+                           for (std::size_t s = 0; s <= t; ++s) dot += static_cast<double>(att(r, s)) * d_att(r, s);
+                           for (std::size_t s = 0; s <= t; ++s)
+                             d_att(r, s) = static_cast<T>(scale * att(r, s) * (d_att(r, s) - dot));
+                           for (std::size_t s = t + 1; s < l; ++s) d_att(r, s) = 0;
+                         });
+  }
+
+ private:
+  std::size_t sequences_, context_, channels_, heads_;
+  Mat<T, Space> q_, k_, v_, o_, att_, d_q_, d_k_, d_v_, d_o_, d_att_;
+};
+
+}  // namespace camex::examples

@@ -1,0 +1,59 @@
+#pragma once
+// The language-model head tied to the token embedding and its loss: logits = x wte^T ([N, V]), p = softmax per
+// token, loss = mean over tokens of -log p[target]. The forward keeps p (in the logits buffer) for the backward:
+// d_logits = (p - onehot(target)) d_loss / N, d_x += d_logits wte, d_wte += d_logits^T x. Losses are summed in
+// double by a reduction whose order depends on the thread count only.
+
+#include <cmath>
+
+#include "linear.hpp"
+#include "tensor.hpp"
+
+namespace camex::examples {
+
+template <class Space, class T>
+double tied_head_forward(const Space& space, const InMat<T, Space>& x, const InMat<T, Space>& wte,
+                         const TokenIds<Space>& targets, const Mat<T, Space>& probabilities) {
+  constexpr const char* fn = "tied_head_forward";
+  const std::size_t n = x.extent(0), vocab = wte.extent(0);
+  detail::require_shape(fn, "wte", wte, vocab, x.extent(1), "[V, C] with C = x's columns");
+  require_length(fn, "targets", targets, n, "x's rows");
+  detail::require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V]");
+  matmul(space, x, detail::Transpose::no, wte, detail::Transpose::yes, probabilities, T(1), T(0));
+  double total = 0;
+  Kokkos::parallel_reduce("tied_head_forward[softmax]", Kokkos::RangePolicy<Space>(space, 0, n),
+                          KOKKOS_LAMBDA(std::size_t t, double& sum) {
+                            T top = probabilities(t, 0);
+                            for (std::size_t v = 1; v < vocab; ++v) top = probabilities(t, v) > top ? probabilities(t, v) : top;
+                            double z = 0;
+                            for (std::size_t v = 0; v < vocab; ++v) z += detail::math::exp(static_cast<double>(probabilities(t, v) - top));
+                            sum += detail::math::log(z) - static_cast<double>(probabilities(t, targets(t)) - top);
+                            const double inverse = 1 / z;
+                            for (std::size_t v = 0; v < vocab; ++v)
+                              probabilities(t, v) = static_cast<T>(detail::math::exp(static_cast<double>(probabilities(t, v) - top)) * inverse);
+                          },
+                          total);
+  return total / static_cast<double>(n);
+}
+
+/// Turns the probabilities of the last forward into d_logits (in place), then accumulates d_x and d_wte.
+template <class Space, class T>
+void tied_head_backward(const Space& space, const InMat<T, Space>& x, const InMat<T, Space>& wte,
+                        const TokenIds<Space>& targets, const Mat<T, Space>& probabilities, double d_loss,
+                        const Mat<T, Space>& d_x, const Mat<T, Space>& d_wte) {
+  constexpr const char* fn = "tied_head_backward";
+  const std::size_t n = x.extent(0), vocab = wte.extent(0);
+  detail::require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V], as the forward left it");
+  detail::require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x");
+  detail::require_shape(fn, "d_wte", d_wte, vocab, x.extent(1), "the shape of wte");
+  const T scale = static_cast<T>(d_loss / static_cast<double>(n));
+  Kokkos::parallel_for("tied_head_backward[d_logits]", Kokkos::RangePolicy<Space>(space, 0, n * vocab),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t t = w / vocab, v = w % vocab;
+                         probabilities(t, v) = scale * (probabilities(t, v) - (static_cast<std::int32_t>(v) == targets(t) ? T(1) : T(0)));
+                       });
+  matmul(space, probabilities, detail::Transpose::no, wte, detail::Transpose::no, d_x, T(1), T(1));
+  matmul(space, probabilities, detail::Transpose::yes, x, detail::Transpose::no, d_wte, T(1), T(1));
+}
+
+}  // namespace camex::examples

@@ -1,0 +1,126 @@
+#pragma once
+// AdamW (Loshchilov & Hutter; PyTorch's torch.optim.AdamW) over every trainable tensor of a model, with the
+// learning rate warmed up linearly from 0 and then decayed linearly to a floor, and the gradients clipped by
+// their global norm. The two moments live in one arena each, one slice per tensor in the order given.
+//
+//   g <- g min(1, clip / ||g||)                     ||g|| over all tensors, summed in double
+//   m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2
+//   w <- w - lr (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd w)     wd only where the tensor decays
+
+#include <camex/core/error.hpp>
+
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "parameters.hpp"
+
+namespace camex::examples {
+
+struct AdamWOptions {
+  double learning_rate = 1e-3;
+  double beta1 = 0.9, beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double clip = 1.0;               ///< global gradient-norm bound; 0 turns clipping off
+  std::uint64_t warmup = 0;        ///< steps of linear warm-up
+  std::uint64_t total = 1;         ///< the step at which the decay reaches the floor
+  double final_fraction = 0.1;     ///< the floor, as a fraction of the learning rate
+};
+
+/// The learning rate of step `step` (0-based): (step + 1) / warmup of the peak during warm-up, then linear
+/// down to final_fraction of it at `total`, and flat after.
+inline double scheduled_rate(const AdamWOptions& o, std::uint64_t step) {
+  if (step < o.warmup) return o.learning_rate * static_cast<double>(step + 1) / static_cast<double>(o.warmup);
+  const double span = static_cast<double>(std::max<std::uint64_t>(o.total, o.warmup + 1) - o.warmup);
+  const double progress = std::min(1.0, static_cast<double>(step - o.warmup) / span);
+  return o.learning_rate * (1 - progress * (1 - o.final_fraction));
+}
+
+template <class T, class Space>
+class AdamW {
+ public:
+  AdamW(std::vector<NamedTensor<T, Space>> tensors, const AdamWOptions& options)
+      : tensors_(std::move(tensors)), options_(options) {
+    constexpr const char* fn = "AdamW";
+    if (!(options.learning_rate > 0)) throw argument_error(fn, "learning_rate", "a positive rate", detail::concat(options.learning_rate));
+    if (!(options.beta1 >= 0 && options.beta1 < 1)) throw argument_error(fn, "beta1", "a value in [0, 1)", detail::concat(options.beta1));
+    if (!(options.beta2 >= 0 && options.beta2 < 1)) throw argument_error(fn, "beta2", "a value in [0, 1)", detail::concat(options.beta2));
+    if (!(options.clip >= 0)) throw argument_error(fn, "clip", "a norm bound >= 0 (0: no clipping)", detail::concat(options.clip));
+    std::size_t total = 0;
+    for (const auto& t : tensors_) {
+      offsets_.push_back(total);
+      total += t.flat.value.extent(0);
+    }
+    m_ = Vec<T, Space>("adamw.m", total);
+    v_ = Vec<T, Space>("adamw.v", total);
+  }
+
+  const std::vector<NamedTensor<T, Space>>& tensors() const { return tensors_; }
+  /// The moments, for checkpoints: one arena each, tensor i at offset(i).
+  const Vec<T, Space>& first_moment() const { return m_; }
+  const Vec<T, Space>& second_moment() const { return v_; }
+  std::size_t offset(std::size_t i) const { return offsets_.at(i); }
+  std::uint64_t steps_taken() const { return steps_; }
+  void set_steps_taken(std::uint64_t steps) { steps_ = steps; }
+
+  /// The global gradient norm before clipping.
+  double gradient_norm(const Space& space) const {
+    double sum = 0;
+    for (const auto& t : tensors_) {
+      const auto g = t.flat.gradient;
+      double part = 0;
+      Kokkos::parallel_reduce("AdamW[norm]", Kokkos::RangePolicy<Space>(space, 0, g.extent(0)),
+                              KOKKOS_LAMBDA(std::size_t k, double& acc) { acc += static_cast<double>(g(k)) * g(k); }, part);
+      sum += part;
+    }
+    return std::sqrt(sum);
+  }
+
+  /// One update from the gradients the tensors hold; returns the norm before clipping.
+  double step(const Space& space) {
+    const double norm = gradient_norm(space);
+    if (!std::isfinite(norm))
+      throw std::runtime_error("AdamW::step: the gradient norm is " + std::to_string(norm) +
+                               " (a non-finite loss or gradient); lower the learning rate or check the data");
+    const double clip_scale = options_.clip > 0 && norm > options_.clip ? options_.clip / norm : 1.0;
+    const double lr = scheduled_rate(options_, steps_);
+    ++steps_;
+    const double c1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
+    const double c2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
+    for (std::size_t i = 0; i < tensors_.size(); ++i)
+      update(space, tensors_[i], offsets_[i], clip_scale, lr, c1, c2);
+    return norm;
+  }
+
+  // Public for nvcc (extended lambda); not part of the interface.
+  void update(const Space& space, const NamedTensor<T, Space>& t, std::size_t offset, double clip_scale, double lr,
+              double c1, double c2) const {
+    const auto w = t.flat.value;
+    const auto g = t.flat.gradient;
+    const auto m = m_, v = v_;
+    const double b1 = options_.beta1, b2 = options_.beta2, eps = options_.eps;
+    const double decay = t.decay ? options_.weight_decay : 0.0;
+    Kokkos::parallel_for("AdamW[update]", Kokkos::RangePolicy<Space>(space, 0, w.extent(0)), KOKKOS_LAMBDA(std::size_t k) {
+      const double grad = static_cast<double>(g(k)) * clip_scale;
+      const double mk = b1 * m(offset + k) + (1 - b1) * grad;
+      const double vk = b2 * v(offset + k) + (1 - b2) * grad * grad;
+      m(offset + k) = static_cast<T>(mk);
+      v(offset + k) = static_cast<T>(vk);
+      const double wk = w(k);
+      w(k) = static_cast<T>(wk - lr * ((mk / c1) / (detail::math::sqrt(vk / c2) + eps) + decay * wk));
+    });
+  }
+
+ private:
+  std::vector<NamedTensor<T, Space>> tensors_;
+  AdamWOptions options_;
+  std::vector<std::size_t> offsets_;
+  Vec<T, Space> m_, v_;
+  std::uint64_t steps_ = 0;
+};
+
+}  // namespace camex::examples
