@@ -132,9 +132,10 @@ BOOST_AUTO_TEST_CASE(backward_is_the_adjoint) {
           Matrix<double, Space> d_x("d_x", layout.tokens(), width);
           routing_inputs_backward(Space{}, layout, to_device<double>(d_routed), mask, d_x);
           const HostMatrix got = to_host(d_x);
-          // The objective with segment 0's routing detached: its group's term does not vary with x.
+          // The objective with segment 0's routing detached (also when it is the only segment): its group's term
+          // does not vary with x.
           HostMatrix live = d_routed;
-          if (layout.segments() > 1)
+          if (layout.granularity == Granularity::causal_segment)
             for (std::size_t g = 0; g < layout.groups(); g += layout.segments()) live.row(g).setZero();
           HostMatrix at = x;
           const auto objective = [&] { return (run_forward<double>(layout, at, mask).array() * live.array()).sum(); };

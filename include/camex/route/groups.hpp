@@ -54,10 +54,11 @@ struct RoutingLayout {
     return g % per == 0 ? g : g - 1;
   }
   /// The group that receives the gradient of source group g's mean: the next segment (none after the last), or
-  /// g itself for sequences. Segment 0's own routing is detached. Returns groups() for none.
+  /// g itself for sequences. Segment 0's own routing is detached, also where it is the only segment (T = L).
+  /// Returns groups() for none.
   KOKKOS_INLINE_FUNCTION std::size_t gradient_receiver(std::size_t g) const {
+    if (granularity == Granularity::sequence) return g;
     const std::size_t per = segments();
-    if (per == 1) return g;
     return g % per + 1 < per ? g + 1 : groups();
   }
 };
