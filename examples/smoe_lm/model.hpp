@@ -41,6 +41,16 @@ struct GptShape {
   std::size_t tokens() const { return sequences * context; }
 };
 
+/// Training FLOPs per token of the dense-equivalent model (forward + backward = 3 x forward): the projections, the
+/// attention products as computed (the full L x L block), the MLP at one merged weight, the tied head. The merge
+/// policies' own work (masks, curvature transforms, merges) is extra and not counted, so a GFLOP/s figure from this
+/// count is a lower bound for merged models.
+inline double model_flops_per_token(const GptShape& s) {
+  const double c = static_cast<double>(s.channels), h = static_cast<double>(s.hidden), l = static_cast<double>(s.context);
+  const double per_layer = 2 * c * 3 * c + 2 * c * c + 2 * 2 * l * c + 2 * 2 * c * h;
+  return 3 * (static_cast<double>(s.layers) * per_layer + 2 * c * static_cast<double>(s.vocab));
+}
+
 struct LossParts {
   double cross_entropy = 0;
   double aux = 0;  ///< the routers' balancing losses (already scaled by their coefficients)
@@ -62,8 +72,8 @@ class Gpt {
     wte_ = arena_.add("wte", {shape.vocab, c}, true, Init::normal(0.02));
     wpe_ = arena_.add("wpe", {shape.context, c}, true, Init::normal(0.02));
     for (std::size_t l = 0; l < shape.layers; ++l) {
-      const std::string p = "h" + std::to_string(l) + ".";
-      Block b{.attention = CausalSelfAttention<T, Space>(shape.sequences, shape.context, c, shape.heads), .mlp = make_mlp(l)};
+      const std::string p = layer_prefix(l);
+      Block b(CausalSelfAttention<T, Space>(shape.sequences, shape.context, c, shape.heads), make_mlp(l));
       b.ln1_w = arena_.add(p + "ln1.weight", {c}, false, Init::ones());
       b.ln1_b = arena_.add(p + "ln1.bias", {c}, false, Init::zeros());
       b.attn_w = arena_.add(p + "attn.weight", {3 * c, c}, true, Init::normal(0.02));
@@ -102,6 +112,8 @@ class Gpt {
   ParameterArena<T, Space>& arena() { return arena_; }
   const ParameterArena<T, Space>& arena() const { return arena_; }
   Mlp& mlp(std::size_t l) { return *blocks_.at(l).mlp; }
+  /// The softmax of the last forward's logits, [S·L, V] (until backward turns it into their gradient).
+  const Mat<T, Space>& probabilities() const { return probabilities_; }
 
   /// Every trainable tensor: the arena's, then each MLP's library components'.
   std::vector<NamedTensor<T, Space>> tensors() {
@@ -175,12 +187,20 @@ class Gpt {
 
  private:
   struct Block {
+    Block(CausalSelfAttention<T, Space> a, std::unique_ptr<Mlp> m) : attention(std::move(a)), mlp(std::move(m)) {}
     CausalSelfAttention<T, Space> attention;
     std::unique_ptr<Mlp> mlp;
     std::size_t ln1_w = 0, ln1_b = 0, attn_w = 0, attn_b = 0, attn_proj_w = 0, attn_proj_b = 0, ln2_w = 0, ln2_b = 0;
     Mat<T, Space> residual, ln1, qkv, attended, mid, ln2;
     Vec<T, Space> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;
   };
+
+  /// "h<l>." (built by appends: GCC 12 warns falsely about `"h" + std::to_string(l)`, its bug 105329).
+  static std::string layer_prefix(std::size_t l) {
+    std::string p("h");
+    p.append(std::to_string(l)).push_back('.');
+    return p;
+  }
 
   Mat<T, Space> value(std::size_t i) const { return arena_.value(i); }
   Mat<T, Space> gradient(std::size_t i) const { return arena_.gradient(i); }

@@ -21,16 +21,22 @@ double tied_head_forward(const Space& space, const InMat<T, Space>& x, const InM
   detail::require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V]");
   matmul(space, x, detail::Transpose::no, wte, detail::Transpose::yes, probabilities, T(1), T(0));
   double total = 0;
+  // One exp per logit, kept in place and normalised after: the head's V x N exps are a large part of a small
+  // model's step.
   Kokkos::parallel_reduce("tied_head_forward[softmax]", Kokkos::RangePolicy<Space>(space, 0, n),
                           KOKKOS_LAMBDA(std::size_t t, double& sum) {
                             T top = probabilities(t, 0);
                             for (std::size_t v = 1; v < vocab; ++v) top = probabilities(t, v) > top ? probabilities(t, v) : top;
+                            const double target = static_cast<double>(probabilities(t, targets(t)) - top);
                             double z = 0;
-                            for (std::size_t v = 0; v < vocab; ++v) z += detail::math::exp(static_cast<double>(probabilities(t, v) - top));
-                            sum += detail::math::log(z) - static_cast<double>(probabilities(t, targets(t)) - top);
-                            const double inverse = 1 / z;
-                            for (std::size_t v = 0; v < vocab; ++v)
-                              probabilities(t, v) = static_cast<T>(detail::math::exp(static_cast<double>(probabilities(t, v) - top)) * inverse);
+                            for (std::size_t v = 0; v < vocab; ++v) {
+                              const T e = detail::math::exp(probabilities(t, v) - top);
+                              probabilities(t, v) = e;
+                              z += e;
+                            }
+                            sum += detail::math::log(z) - target;
+                            const T inverse = static_cast<T>(1 / z);
+                            for (std::size_t v = 0; v < vocab; ++v) probabilities(t, v) *= inverse;
                           },
                           total);
   return total / static_cast<double>(n);

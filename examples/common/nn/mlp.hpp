@@ -97,8 +97,8 @@ class MergedMlp {
         policies_(policies),
         fc_router_(fc_router),
         proj_router_(proj_router),
-        fc_{MergedLinear<Policy, Router>(policies.fc_weight, &policies.fc_bias, fc_router, layout, evaluation)},
-        proj_{MergedLinear<Policy, Router>(policies.proj_weight, &policies.proj_bias, proj_router, layout, evaluation)} {
+        fc_(MergedLinear<Policy, Router>(policies.fc_weight, &policies.fc_bias, fc_router, layout, evaluation)),
+        proj_(MergedLinear<Policy, Router>(policies.proj_weight, &policies.proj_bias, proj_router, layout, evaluation)) {
     const std::size_t tokens = layout.tokens();
     h_ = Mat<T, Space>("mlp.h", tokens, shape.hidden);
     a_ = Mat<T, Space>("mlp.a", tokens, shape.hidden);
@@ -158,6 +158,7 @@ class MergedMlp {
 
  private:
   struct Linear {
+    explicit Linear(MergedLinear<Policy, Router> l) : layer(std::move(l)) {}
     MergedLinear<Policy, Router> layer;
     std::size_t experts = 0, bias_experts = 0;
     std::optional<std::size_t> base, bias_base;

@@ -65,6 +65,8 @@ class AdamW {
   const Vec<T, Space>& second_moment() const { return v_; }
   std::size_t offset(std::size_t i) const { return offsets_.at(i); }
   std::uint64_t steps_taken() const { return steps_; }
+  /// The learning rate the next step() uses.
+  double next_rate() const { return scheduled_rate(options_, steps_); }
   void set_steps_taken(std::uint64_t steps) { steps_ = steps; }
 
   /// The global gradient norm before clipping.
@@ -87,7 +89,7 @@ class AdamW {
       throw std::runtime_error("AdamW::step: the gradient norm is " + std::to_string(norm) +
                                " (a non-finite loss or gradient); lower the learning rate or check the data");
     const double clip_scale = options_.clip > 0 && norm > options_.clip ? options_.clip / norm : 1.0;
-    const double lr = scheduled_rate(options_, steps_);
+    const double lr = next_rate();
     ++steps_;
     const double c1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
     const double c2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));

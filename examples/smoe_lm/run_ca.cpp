@@ -1,0 +1,15 @@
+#include "merged_run.hpp"
+#include "runs.hpp"
+
+namespace camex::examples {
+
+int run_ca(const TrainConfig& c, const LmData& data) {
+  using Policy = CurvatureAware<TrainScalar, TrainSpace>;
+  return train_independent<Policy>(
+      c, data, [&](const MergeProblem& p) {
+        return std::make_unique<Policy>(p, CurvatureOptions{.rank = c.rank}, Composition{.alpha = merge_step(c)});
+      },
+      noisy_routers(c));
+}
+
+}  // namespace camex::examples

@@ -1,0 +1,315 @@
+#pragma once
+// The training loop of smoe_lm, for any MLP (dense or merged with any policy): initialise, upcycle or resume;
+// step (forward, backward, AdamW); report progress, validation perplexity, the curves as CSV and PNG; checkpoint
+// atomically. Everything a step draws (batch windows, router noise, DARE masks) is keyed by (seed, step), and
+// the checkpoint holds the parameters, both AdamW moments and the step, so a resumed run continues exactly as
+// the uninterrupted one would have (on the same backend and thread count).
+
+#include <Kokkos_Core.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "common/data/batches.hpp"
+#include "common/io/safetensors.hpp"
+#include "common/train/adamw.hpp"
+#include "common/train/curves.hpp"
+#include "config.hpp"
+#include "model.hpp"
+
+namespace camex::examples {
+
+/// The tokenized corpus a run trains and validates on.
+struct LmData {
+  std::string corpus;
+  std::filesystem::path tokenizer;
+  std::size_t vocab = 0;
+  std::optional<TokenBatches> train, valid;
+};
+
+inline GptShape gpt_shape(const TrainConfig& c, std::size_t vocab) {
+  return {.vocab = vocab, .context = c.context, .channels = c.channels, .heads = c.heads, .layers = c.layers,
+          .hidden = c.hidden_width(), .sequences = c.batch};
+}
+
+inline constexpr const char* checkpoint_format = "camex.smoe_lm.v1";
+
+/// The options that define the model's tensors: a checkpoint must agree on them to be resumed.
+inline nlohmann::json model_defining(const TrainConfig& c) {
+  return {{"vocab", c.vocab}, {"context", c.context}, {"channels", c.channels}, {"heads", c.heads}, {"layers", c.layers},
+          {"hidden", c.hidden_width()}, {"policy", c.policy}, {"experts", c.experts}, {"rank", c.rank}, {"batch", c.batch}};
+}
+
+template <class T, class Space>
+HostTensor host_tensor(const std::string& name, const std::vector<std::size_t>& shape, const typename Parameter<T, Space>::Flat& flat) {
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, flat);
+  HostTensor t{name, dtype_of<T>(), shape, std::vector<unsigned char>(host.extent(0) * sizeof(T))};
+  std::memcpy(t.bytes.data(), host.data(), t.bytes.size());
+  return t;
+}
+
+template <class T, class Space>
+void load_tensor(const SafetensorsFile& file, const std::string& name, const std::vector<std::size_t>& shape,
+                 const typename Parameter<T, Space>::Flat& flat) {
+  auto host = Kokkos::create_mirror_view(flat);
+  std::memcpy(host.data(), file.tensor(name, dtype_of<T>(), shape), host.extent(0) * sizeof(T));
+  Kokkos::deep_copy(flat, host);
+}
+
+template <class T, class Space>
+void save_checkpoint(const std::filesystem::path& path, const TrainConfig& c, const AdamW<T, Space>& adam) {
+  std::vector<HostTensor> tensors;
+  const auto& list = adam.tensors();
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto& t = list[i];
+    const std::size_t size = t.flat.value.extent(0);
+    tensors.push_back(host_tensor<T, Space>(t.name, t.shape, t.flat.value));
+    using Flat = typename Parameter<T, Space>::Flat;
+    tensors.push_back(host_tensor<T, Space>("adamw.m/" + t.name, t.shape, Flat(adam.first_moment().data() + adam.offset(i), size)));
+    tensors.push_back(host_tensor<T, Space>("adamw.v/" + t.name, t.shape, Flat(adam.second_moment().data() + adam.offset(i), size)));
+  }
+  nlohmann::json config = c;
+  write_safetensors(path, tensors,
+                    {{"format", checkpoint_format}, {"step", std::to_string(adam.steps_taken())}, {"config", config.dump()},
+                     {"model", model_defining(c).dump()}});
+}
+
+/// Restores the parameters, the moments and the step count; returns the step.
+template <class T, class Space>
+std::uint64_t load_checkpoint(const std::filesystem::path& path, const TrainConfig& c, AdamW<T, Space>& adam) {
+  const SafetensorsFile file(path);
+  if (file.metadata("format") != checkpoint_format)
+    throw checkpoint_error("'" + path.string() + "' is a '" + file.metadata("format") + "' file, expected " + checkpoint_format);
+  const auto saved = nlohmann::json::parse(file.metadata("model"));
+  if (saved != model_defining(c))
+    throw checkpoint_error("'" + path.string() + "' holds a model configured " + saved.dump() + "; this run is " +
+                           model_defining(c).dump());
+  const auto& list = adam.tensors();
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto& t = list[i];
+    const std::size_t size = t.flat.value.extent(0);
+    using Flat = typename Parameter<T, Space>::Flat;
+    load_tensor<T, Space>(file, t.name, t.shape, t.flat.value);
+    load_tensor<T, Space>(file, "adamw.m/" + t.name, t.shape, Flat(adam.first_moment().data() + adam.offset(i), size));
+    load_tensor<T, Space>(file, "adamw.v/" + t.name, t.shape, Flat(adam.second_moment().data() + adam.offset(i), size));
+  }
+  const std::uint64_t step = std::stoull(file.metadata("step"));
+  adam.set_steps_taken(step);
+  return step;
+}
+
+/// Copies a dense checkpoint into the model: tensors of the same name and shape as they are, and the dense MLP's
+/// weights and biases into every expert and base of the merged MLP (the CAMEx code's upcycling). Returns how many
+/// model tensors were set.
+template <class T, class Space>
+std::size_t upcycle(const std::filesystem::path& path, const std::vector<NamedTensor<T, Space>>& tensors) {
+  const SafetensorsFile file(path);
+  const std::regex expert(R"((h\d+\.mlp\.(fc|proj)\.(weight|bias))\.(experts|base))");
+  std::size_t set = 0;
+  for (const auto& t : tensors) {
+    std::smatch m;
+    if (file.contains(t.name)) {
+      load_tensor<T, Space>(file, t.name, t.shape, t.flat.value);
+      ++set;
+    } else if (std::regex_match(t.name, m, expert)) {
+      const std::vector<std::size_t> dense_shape(t.shape.begin() + 1, t.shape.end());
+      const unsigned char* source = file.tensor(m[1].str(), dtype_of<T>(), dense_shape);
+      std::size_t per = 1;
+      for (const std::size_t e : dense_shape) per *= e;
+      auto host = Kokkos::create_mirror_view(t.flat.value);
+      for (std::size_t copy = 0; copy < t.shape[0]; ++copy) std::memcpy(host.data() + copy * per, source, per * sizeof(T));
+      Kokkos::deep_copy(t.flat.value, host);
+      ++set;
+    }
+  }
+  if (set == 0) throw checkpoint_error("'" + path.string() + "' shares no tensor with this model: expected a dense smoe_lm checkpoint");
+  return set;
+}
+
+inline std::string clock_text(double seconds) {
+  const long s = std::lround(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  return buf;
+}
+
+inline std::string exact(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+/// One forward and backward of step `step`'s batch, written with the parameters for an independent check
+/// (examples/smoe_lm/twin.py compare): "param/<name>", "grad/<name>", "inputs", "targets", "probabilities".
+template <class T, class Space, class Model>
+int dump_step(const TrainConfig& c, const LmData& data, Model& model, const AdamW<T, Space>& adam, std::uint64_t step) {
+  const Space space;
+  const GptShape& shape = model.shape();
+  Kokkos::View<std::int32_t*, typename Space::memory_space> inputs("inputs", shape.tokens()), targets("targets", shape.tokens());
+  auto host_inputs = Kokkos::create_mirror_view(inputs);
+  auto host_targets = Kokkos::create_mirror_view(targets);
+  data.train->training_batch(c.seed, step, host_inputs.data(), host_targets.data());
+  Kokkos::deep_copy(inputs, host_inputs);
+  Kokkos::deep_copy(targets, host_targets);
+  const auto loss = model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, inputs, targets);
+  std::vector<HostTensor> out;
+  const auto tokens = [&](const char* name, const auto& host) {
+    HostTensor t{name, "I32", {shape.sequences, shape.context}, std::vector<unsigned char>(host.extent(0) * 4)};
+    std::memcpy(t.bytes.data(), host.data(), t.bytes.size());
+    out.push_back(std::move(t));
+  };
+  tokens("inputs", host_inputs);
+  tokens("targets", host_targets);
+  const auto& p = model.probabilities();
+  out.push_back(host_tensor<T, Space>("probabilities", {p.extent(0), p.extent(1)}, typename Parameter<T, Space>::Flat(p.data(), p.size())));
+  model.backward(space);
+  for (const auto& t : adam.tensors()) {
+    out.push_back(host_tensor<T, Space>("param/" + t.name, t.shape, t.flat.value));
+    out.push_back(host_tensor<T, Space>("grad/" + t.name, t.shape, t.flat.gradient));
+  }
+  nlohmann::json config = c;
+  write_safetensors(c.dump_step, out,
+                    {{"format", "camex.smoe_lm.dump.v1"}, {"config", config.dump()}, {"step", std::to_string(step)},
+                     {"seed", std::to_string(c.seed)}, {"cross_entropy", exact(loss.cross_entropy)}, {"aux", exact(loss.aux)}});
+  std::printf("wrote step %llu's parameters, batch, losses (cross-entropy %.6f, aux %.3e) and gradients to %s\n",
+              static_cast<unsigned long long>(step), loss.cross_entropy, loss.aux, c.dump_step.c_str());
+  return 0;
+}
+
+template <class Mlp>
+int train(const TrainConfig& c, const LmData& data, const std::function<std::unique_ptr<Mlp>(std::size_t)>& make_mlp) {
+  using T = float;
+  using Space = Kokkos::DefaultExecutionSpace;
+  const Space space;
+  const GptShape shape = gpt_shape(c, data.vocab);
+  Gpt<T, Space, Mlp> model(shape, make_mlp);
+  model.arena().initialise(c.seed);
+  const auto tensors = model.tensors();
+  std::size_t parameters = 0;
+  for (const auto& t : tensors) parameters += t.flat.value.extent(0);
+  AdamW<T, Space> adam(tensors, {.learning_rate = c.lr, .weight_decay = c.weight_decay, .clip = c.clip, .warmup = c.warmup,
+                                 .total = c.steps, .final_fraction = c.final_lr_fraction});
+  const std::filesystem::path out(c.out);
+  std::filesystem::create_directories(out);
+  std::uint64_t start = 0;
+  if (!c.resume.empty()) {
+    start = load_checkpoint(c.resume, c, adam);
+    std::printf("resumed from %s at step %llu\n", c.resume.c_str(), static_cast<unsigned long long>(start));
+  } else if (!c.upcycle_from.empty()) {
+    std::printf("upcycled %zu tensors from %s\n", upcycle<T, Space>(c.upcycle_from, tensors), c.upcycle_from.c_str());
+  }
+  if (!c.dump_step.empty()) return dump_step(c, data, model, adam, start);
+  {
+    nlohmann::json config = c;
+    write_text_atomically(out / "config.json", config.dump(2) + "\n");
+  }
+  CurveLog curves(out / "curves.csv", start);
+  const double flops_per_token = model_flops_per_token(shape);
+  std::printf("smoe_lm: policy %s on %s (%zu train / %zu valid tokens, vocab %zu); %zu layers x %zu channels, %zu "
+              "parameters, %.2f MFLOP per token (model, forward + backward); %zu x %zu tokens per step; %s, concurrency %d\n",
+              c.policy.c_str(), data.corpus.c_str(), data.train->tokens(), data.valid->tokens(), data.vocab, c.layers,
+              c.channels, parameters, flops_per_token / 1e6, c.batch, c.context, Space::name(),
+              static_cast<int>(space.concurrency()));
+  std::fflush(stdout);
+
+  Kokkos::View<std::int32_t*, Space::memory_space> inputs("inputs", shape.tokens()), targets("targets", shape.tokens());
+  auto host_inputs = Kokkos::create_mirror_view(inputs);
+  auto host_targets = Kokkos::create_mirror_view(targets);
+  const std::size_t eval_batches = std::min(c.eval_batches, data.valid->evaluation_batches());
+  const auto evaluate = [&] {
+    double sum = 0;
+    for (std::size_t b = 0; b < eval_batches; ++b) {
+      data.valid->evaluation_batch(b, host_inputs.data(), host_targets.data());
+      Kokkos::deep_copy(inputs, host_inputs);
+      Kokkos::deep_copy(targets, host_targets);
+      sum += model.forward(space, {.seed = c.seed, .step = 0, .tensor = 0, .training = false}, inputs, targets).cross_entropy;
+    }
+    return sum / static_cast<double>(eval_batches);
+  };
+
+  using Clock = std::chrono::steady_clock;
+  const auto began = Clock::now();
+  auto window_began = began;
+  double window_loss = 0, window_aux = 0;
+  std::uint64_t window_steps = 0;
+  double last_valid = std::nan("");
+  double train_seconds = 0, train_tokens = 0;  // steps only, evaluation excluded
+  for (std::uint64_t step = start; step < c.steps; ++step) {
+    data.train->training_batch(c.seed, step, host_inputs.data(), host_targets.data());
+    Kokkos::deep_copy(inputs, host_inputs);
+    Kokkos::deep_copy(targets, host_targets);
+    const auto loss = model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, inputs, targets);
+    model.backward(space);
+    const double rate = adam.next_rate();
+    const double norm = adam.step(space);
+    if (!std::isfinite(loss.cross_entropy))
+      throw std::runtime_error("the training loss became " + std::to_string(loss.cross_entropy) + " at step " +
+                               std::to_string(step) + "; lower --lr");
+    window_loss += loss.cross_entropy;
+    window_aux += loss.aux;
+    ++window_steps;
+    const std::uint64_t done = step + 1;
+    const bool last = done == c.steps, log_now = done % c.log_every == 0 || last;
+    const bool eval_now = done % c.eval_every == 0 || last;
+    if (log_now) {
+      space.fence();
+      const auto now = Clock::now();
+      const double window_seconds = std::chrono::duration<double>(now - window_began).count();
+      train_seconds += window_seconds;
+      train_tokens += static_cast<double>(window_steps * shape.tokens());
+      const double ms = 1e3 * window_seconds / static_cast<double>(window_steps);
+      const double tokens_per_s = static_cast<double>(window_steps * shape.tokens()) / window_seconds;
+      const double eta = static_cast<double>(c.steps - done) * ms / 1e3;
+      CurveRow row{.step = done, .train_loss = window_loss / window_steps, .aux_loss = window_aux / window_steps,
+                   .learning_rate = rate, .grad_norm = norm, .tokens_per_second = tokens_per_s, .ms_per_step = ms};
+      if (eval_now) {
+        last_valid = evaluate();
+        row.valid_loss = last_valid;
+      }
+      std::printf("step %6llu/%llu | loss %.4f | aux %.2e | lr %.2e | |g| %.3f | %8.0f tok/s | %7.1f ms/step | ETA %s%s\n",
+                  static_cast<unsigned long long>(done), static_cast<unsigned long long>(c.steps), row.train_loss,
+                  row.aux_loss, rate, norm, tokens_per_s, ms, clock_text(eta).c_str(),
+                  eval_now ? (" | valid loss " + std::to_string(last_valid) + ", perplexity " +
+                              std::to_string(std::exp(last_valid))).c_str()
+                           : "");
+      std::fflush(stdout);
+      curves.add(row);
+      curves.write();
+      window_began = Clock::now();  // evaluation time is not counted as training time
+      window_loss = window_aux = 0;
+      window_steps = 0;
+    }
+    if (last || done == c.stop_after || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0))
+      save_checkpoint(out / "checkpoint.safetensors", c, adam);
+    if (done == c.stop_after) {
+      std::printf("stopped after step %llu (--stop-after); continue with --resume %s\n",
+                  static_cast<unsigned long long>(done), (out / "checkpoint.safetensors").c_str());
+      return 0;
+    }
+  }
+  if (start >= c.steps) last_valid = evaluate();
+  std::string png;
+  if (c.plot) png = curves.plot(out / "curves.png", c.policy + " on " + data.corpus);
+  std::printf("validation perplexity %.3f (loss %.4f) after %llu steps, %.1f s; training %.0f tokens/s = %.1f GFLOP/s of "
+              "model FLOPs\n",
+              std::exp(last_valid), last_valid, static_cast<unsigned long long>(c.steps),
+              std::chrono::duration<double>(Clock::now() - began).count(), train_seconds > 0 ? train_tokens / train_seconds : 0.0,
+              train_seconds > 0 ? flops_per_token * train_tokens / train_seconds / 1e9 : 0.0);
+  std::printf("curves: %s%s\ncheckpoint: %s\n", (out / "curves.csv").c_str(), png.empty() ? "" : (" and " + png).c_str(),
+              (out / "checkpoint.safetensors").c_str());
+  return 0;
+}
+
+}  // namespace camex::examples

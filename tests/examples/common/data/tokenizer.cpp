@@ -1,0 +1,91 @@
+// The sentencepiece BPE tokenizer: trained on a small text into a cache, loaded (not retrained) the second time,
+// a different text trains a different model, ids end lines with </s>, decode inverts encode; the batches drawn
+// from a token stream; and the errors.
+#include <boost/test/unit_test.hpp>
+
+#include "common/data/batches.hpp"
+#include "common/data/tokenizer.hpp"
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+using namespace camex::examples;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string sample_text(int lines, int salt) {
+  std::string text;
+  const char* words[] = {"merge", "expert", "router", "token", "segment", "curvature", "mask", "base"};
+  for (int i = 0; i < lines; ++i) {
+    for (int w = 0; w < 6; ++w) text += std::string(words[(i * 7 + w * 3 + salt) % 8]) + (w < 5 ? " " : "");
+    text += " .\n";
+  }
+  return text;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(tokenizer_trains_once_and_round_trips) {
+  const fs::path cache = fs::temp_directory_path() / ("camex-tokenizer-" + std::to_string(::getpid()));
+  fs::remove_all(cache);
+  bool trained = false;
+  const Tokenizer first = Tokenizer::trained_on(sample_text(300, 0), 48, cache, &trained);
+  BOOST_TEST(trained);
+  BOOST_TEST(first.vocab() == 48u);
+  const Tokenizer again = Tokenizer::trained_on(sample_text(300, 0), 48, cache, &trained);
+  BOOST_TEST(!trained);
+  BOOST_TEST(again.path() == first.path());
+  const Tokenizer other = Tokenizer::trained_on(sample_text(300, 1), 48, cache, &trained);
+  BOOST_TEST(trained);
+  BOOST_TEST(other.path() != first.path());
+  const auto ids = first.encode("merge token expert .\nrouter mask\n");
+  BOOST_TEST(ids.back() == Tokenizer::end_of_line);
+  BOOST_TEST(std::count(ids.begin(), ids.end(), Tokenizer::end_of_line) == 2);
+  std::vector<std::int32_t> line(ids.begin(), std::find(ids.begin(), ids.end(), Tokenizer::end_of_line));
+  BOOST_TEST(first.decode(line) == "merge token expert .");
+  for (const auto& entry : fs::directory_iterator(cache)) BOOST_TEST(entry.path().extension() == ".model");  // no leftovers
+  fs::remove_all(cache);
+}
+
+BOOST_AUTO_TEST_CASE(tokenizer_errors) {
+  BOOST_CHECK_EXCEPTION(Tokenizer::trained_on("a b c\n", 8, fs::temp_directory_path()), data_error, [](const data_error& e) {
+    return std::string(e.what()).find("expected 16 to 65536") != std::string::npos;
+  });
+  const fs::path file = fs::temp_directory_path() / ("camex-not-a-dir-" + std::to_string(::getpid()));
+  std::ofstream(file) << "x";
+  BOOST_CHECK_EXCEPTION(Tokenizer::trained_on("a b c\n", 32, file / "cache"), data_error, [](const data_error& e) {
+    return std::string(e.what()).find("cannot create the tokenizer cache") != std::string::npos;
+  });
+  fs::remove(file);
+  BOOST_CHECK_EXCEPTION(Tokenizer(fs::temp_directory_path() / "no-such.model"), data_error, [](const data_error& e) {
+    return std::string(e.what()).find("cannot load the tokenizer") != std::string::npos;
+  });
+}
+
+BOOST_AUTO_TEST_CASE(batches_are_windows_keyed_by_step) {
+  std::vector<std::int32_t> stream(100);
+  for (int i = 0; i < 100; ++i) stream[i] = i;
+  const TokenBatches batches(stream, 3, 8, "the test stream");
+  BOOST_TEST(batches.evaluation_batches() == 4u);  // (100 - 1) / 24
+  std::int32_t in[24], out[24], in2[24], out2[24];
+  batches.training_batch(5, 17, in, out);
+  batches.training_batch(5, 17, in2, out2);
+  BOOST_TEST(std::equal(in, in + 24, in2));
+  for (int s = 0; s < 3; ++s)
+    for (int t = 0; t < 8; ++t) {
+      BOOST_TEST(out[s * 8 + t] == in[s * 8 + t] + 1);                 // targets are the next tokens
+      if (t > 0) BOOST_TEST(in[s * 8 + t] == in[s * 8 + t - 1] + 1);   // a window is contiguous
+      BOOST_TEST(in[s * 8 + t] + 1 <= 99);
+    }
+  batches.training_batch(5, 18, in2, out2);
+  BOOST_TEST(!std::equal(in, in + 24, in2));
+  batches.evaluation_batch(1, in, out);
+  BOOST_TEST(in[0] == 24);
+  BOOST_TEST(out[23] == 48);
+  BOOST_CHECK_EXCEPTION(TokenBatches(std::vector<std::int32_t>(24), 3, 8, "the validation split"), data_error,
+                        [](const data_error& e) {
+                          return std::string(e.what()).find("the validation split holds 24 tokens: expected at least 25") != std::string::npos;
+                        });
+}
