@@ -3,8 +3,12 @@
 training tokens for every policy), then prints the table of docs/results.md: validation perplexity mean ± sd over
 the seeds, tokens/s, and the command that reproduces each row. The raw numbers go to a JSON file.
 
+With --ceilings CAMEX_CEILINGS it first measures the machine's ceilings (STREAM, native and system SGEMM), and
+with --twin-steps N it times the PyTorch twin (twin.py train) on each policy's configuration right after the
+policy's first seed, so the C++ and PyTorch throughputs come from the same sitting.
+
 usage: results.py SMOE_LM [--policies dense,smoe,...] [--seeds 1,2,3] [--steps N] [--out runs/results]
-                         [--json docs/measurements/lm-results.json] [-- extra smoe_lm options]"""
+                         [--ceilings CAMEX_CEILINGS] [--twin-steps N] [--json FILE] [-- extra smoe_lm options]"""
 import argparse
 import csv
 import json
@@ -33,10 +37,19 @@ def main():
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--out", default="runs/results")
     p.add_argument("--json", default=None)
-    p.add_argument("extra", nargs="*", help="further smoe_lm options (after --)")
-    a = p.parse_args()
+    p.add_argument("--ceilings", default=None, help="the camex_ceilings binary")
+    p.add_argument("--twin-steps", type=int, default=0, help="time the PyTorch twin for this many steps per policy")
+    argv = sys.argv[1:]
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    a.extra = extra
     policies, seeds = a.policies.split(","), [int(s) for s in a.seeds.split(",")]
-    results = []
+    results, twin = [], {}
+    ceilings = None
+    if a.ceilings:
+        ceilings = json.loads(subprocess.run([a.ceilings], capture_output=True, text=True, check=True).stdout)
+        print(f"ceilings: {json.dumps(ceilings)}", flush=True)
+    twin_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "twin.py")
     total = len(policies) * len(seeds)
     began = time.time()
     for i, (policy, seed) in enumerate((p_, s) for p_ in policies for s in seeds):
@@ -50,6 +63,15 @@ def main():
         tokens_per_s = statistics.median(float(r["tokens_per_second"]) for r in rows)
         results.append({"policy": policy, "seed": seed, "valid_loss": valid, "valid_perplexity": math.exp(valid),
                         "tokens_per_second": tokens_per_s, "seconds": time.time() - t0, "args": args})
+        if a.twin_steps and policy not in twin:
+            timed = subprocess.run(["/usr/bin/python3", twin_script, "train", os.path.join(out, "config.json"), "--steps",
+                                    str(a.twin_steps), "--threads", os.environ.get("OMP_NUM_THREADS", "2")],
+                                   capture_output=True, text=True)
+            line = [l for l in timed.stdout.splitlines() if "timed steps" in l]
+            if timed.returncode != 0 or not line:
+                sys.exit(f"twin.py train failed for {policy}:\n{timed.stdout}\n{timed.stderr}")
+            twin[policy] = float(line[-1].split(":")[1].split("tok/s")[0])
+            print(f"    PyTorch twin, {policy}: {twin[policy]:.0f} tok/s", flush=True)
         done = i + 1
         eta = (time.time() - began) / done * (total - done)
         print(f"[{done}/{total}] {policy} seed {seed}: valid perplexity {math.exp(valid):.2f}, {tokens_per_s:.0f} tok/s, "
@@ -57,10 +79,11 @@ def main():
     if a.json:
         os.makedirs(os.path.dirname(a.json) or ".", exist_ok=True)
         with open(a.json + ".tmp", "w") as f:
-            json.dump({"steps": a.steps, "extra": a.extra, "results": results}, f, indent=1)
+            json.dump({"steps": a.steps, "extra": a.extra, "ceilings": ceilings, "twin_tokens_per_second": twin,
+                       "results": results}, f, indent=1)
         os.replace(a.json + ".tmp", a.json)
-    print("\n| policy | valid perplexity (mean ± sd) | seeds | tokens/s (median) | command |")
-    print("|---|---|---|---|---|")
+    print("\n| policy | valid perplexity (mean ± sd) | seeds | C++ tokens/s (median) | PyTorch twin tokens/s | ratio | command |")
+    print("|---|---|---|---|---|---|---|")
     for policy in policies:
         rs = [r for r in results if r["policy"] == policy]
         ppl = [r["valid_perplexity"] for r in rs]
@@ -68,8 +91,10 @@ def main():
         command = "`build/examples/smoe_lm/smoe_lm " + " ".join(
             x for j, x in enumerate(rs[0]["args"]) if not (rs[0]["args"][j - 1] == "--out" or x == "--out")).replace(
             f"--seed {rs[0]['seed']}", "--seed S") + "`"
-        print(f"| {policy} | {statistics.mean(ppl):.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in rs)} | "
-              f"{statistics.median(r['tokens_per_second'] for r in rs):.0f} | {command} |")
+        cpp = statistics.median(r["tokens_per_second"] for r in rs)
+        torch_rate = twin.get(policy)
+        print(f"| {policy} | {statistics.mean(ppl):.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in rs)} | {cpp:.0f} | "
+              + (f"{torch_rate:.0f} | {cpp / torch_rate:.1f}x" if torch_rate else "- | -") + f" | {command} |")
 
 
 if __name__ == "__main__":
