@@ -5,7 +5,7 @@ losses and every gradient (float32), and `twin.py compare` rebuilds the model in
 and checks them within float32 roundoff. Covers every policy (dense, smoe with top-2 of 3, smear, domain, ties,
 ties-ca, dare, dare-ca, ca, dynamic) with causal segment routing, sequence routing, a step other than 0 (a run
 resumed at step 3, so the step's random stream and trained parameters) and an upcycled model (every delta 0). Runs
-on a small WikiText-style directory this test writes (like resume_test.py). Exits 77 (skipped) when no Python with
+on a small WikiText-style directory this test writes (tiny_runs.py). Exits 77 (skipped) when no Python with
 torch is found: twin.py needs PyTorch, which Debian's python3-torch installs for /usr/bin/python3.
 
 usage: twin_test.py SMOE_LM_BINARY [--keep DIR]   (--keep: write the corpus and the dumps to DIR and keep them)"""
@@ -20,8 +20,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 TWIN = os.path.join(HERE, "..", "..", "..", "examples", "smoe_lm", "twin.py")
 sys.path.insert(0, HERE)
-sys.dont_write_bytecode = True  # importing resume_test leaves no __pycache__ in the source tree
-from resume_test import write_corpus  # noqa: E402  (the same small WikiText-style corpus)
+sys.dont_write_bytecode = True  # importing tiny_runs leaves no __pycache__ in the source tree
+from tiny_runs import run, tiny_model  # noqa: E402
 
 SKIP = 77
 
@@ -39,14 +39,6 @@ def python_with_torch():
     return None, reasons
 
 
-def run(args, what):
-    result = subprocess.run(args, capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"FAIL {what}: {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
-        return None
-    return result.stdout
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("binary")
@@ -62,12 +54,7 @@ def main():
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     with (contextlib.nullcontext(os.path.abspath(args.keep)) if args.keep else tempfile.TemporaryDirectory()) as tmp:
-        data = os.path.join(tmp, "wikitext")
-        os.makedirs(data, exist_ok=True)
-        write_corpus(data)
-        common = ["--data", data, "--cache-dir", os.path.join(tmp, "cache"), "--vocab", "64", "--context", "16",
-                  "--channels", "16", "--heads", "2", "--layers", "2", "--experts", "3", "--segment", "8",
-                  "--batch", "4", "--steps", "6", "--warmup", "2", "--plot", "0", "--seed", "5"]
+        common = tiny_model(tmp) + ["--steps", "6", "--warmup", "2", "--seed", "5"]
         # (name, extra options, [options of a run to make first, with {dir} its --out]).
         cases = [
             ("dense", ["--policy", "dense"], None),

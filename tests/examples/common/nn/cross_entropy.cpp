@@ -11,14 +11,6 @@ namespace {
 
 constexpr int tokens = 7, channels = 5, vocab = 11;
 
-examples::TokenIds<Space> device_targets(const std::vector<std::int32_t>& ids) {
-  Kokkos::View<std::int32_t*, Space::memory_space> v("targets", ids.size());
-  auto host = Kokkos::create_mirror_view(v);
-  for (std::size_t i = 0; i < ids.size(); ++i) host(i) = ids[i];
-  Kokkos::deep_copy(v, host);
-  return v;
-}
-
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(tied_head_forward_and_backward) {
@@ -26,7 +18,7 @@ BOOST_AUTO_TEST_CASE(tied_head_forward_and_backward) {
   CAMEX_TEST_CONTEXT() {
     std::vector<std::int32_t> ids(tokens);
     for (auto& id : ids) id = static_cast<std::int32_t>(gen() % vocab);
-    const auto targets = device_targets(ids);
+    const auto targets = device_token_ids(ids);
     std::vector<Operand> operands{{"x", random_matrix(tokens, channels, gen, -2, 2)}, {"wte", random_matrix(vocab, channels, gen)}};
     Matrix<double, Space> probabilities("p", tokens, vocab);
     const auto loss = [&](const std::vector<HostMatrix>& v) {
@@ -66,7 +58,7 @@ BOOST_AUTO_TEST_CASE(tied_head_forward_and_backward) {
 
 BOOST_AUTO_TEST_CASE(tied_head_errors) {
   CAMEX_TEST_CONTEXT() {
-    const auto targets = device_targets({0, 1, 2});
+    const auto targets = device_token_ids({0, 1, 2});
     Matrix<float, Space> x("x", 3, channels), wte("wte", vocab, channels), p("p", 3, vocab), narrow("p", 3, vocab - 1),
         more("x", 4, channels);
     require_argument_error([&] { examples::tied_head_forward(Space{}, x, wte, targets, narrow); }, "probabilities",

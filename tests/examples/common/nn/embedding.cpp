@@ -11,14 +11,6 @@ namespace {
 
 constexpr int vocab = 5, context = 4, channels = 6, sequences = 3;
 
-examples::TokenIds<Space> device_tokens(const std::vector<std::int32_t>& ids) {
-  Kokkos::View<std::int32_t*, Space::memory_space> v("tokens", ids.size());
-  auto host = Kokkos::create_mirror_view(v);
-  for (std::size_t i = 0; i < ids.size(); ++i) host(i) = ids[i];
-  Kokkos::deep_copy(v, host);
-  return v;
-}
-
 template <class T>
 HostMatrix forward(const examples::TokenIds<Space>& tokens, const std::vector<HostMatrix>& v) {
   Matrix<T, Space> out("out", tokens.extent(0), channels);
@@ -34,7 +26,7 @@ BOOST_AUTO_TEST_CASE(embedding_forward_and_backward) {
     // 12 tokens over a vocabulary of 5: repeats are certain.
     std::vector<std::int32_t> ids(sequences * context);
     for (auto& id : ids) id = static_cast<std::int32_t>(gen() % vocab);
-    const auto tokens = device_tokens(ids);
+    const auto tokens = device_token_ids(ids);
     std::vector<Operand> operands{{"wte", random_matrix(vocab, channels, gen)}, {"wpe", random_matrix(context, channels, gen)}};
     HostMatrix expected(ids.size(), channels);
     for (std::size_t t = 0; t < ids.size(); ++t)
@@ -55,7 +47,7 @@ BOOST_AUTO_TEST_CASE(embedding_forward_and_backward) {
 
 BOOST_AUTO_TEST_CASE(embedding_errors) {
   CAMEX_TEST_CONTEXT() {
-    const auto tokens = device_tokens({0, 1, 2, 3, 4, 0, 1});  // 7 tokens: not whole sequences of 4
+    const auto tokens = device_token_ids({0, 1, 2, 3, 4, 0, 1});  // 7 tokens: not whole sequences of 4
     Matrix<float, Space> wte("wte", vocab, channels), wpe("wpe", context, channels), out("out", 7, channels),
         narrow("wpe", context, channels - 1);
     require_argument_error([&] { examples::embedding_forward(Space{}, tokens, wte, wpe, out); }, "tokens",

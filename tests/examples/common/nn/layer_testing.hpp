@@ -39,6 +39,15 @@ HostMatrix vector_to_host(const V& v) {
   return m;
 }
 
+/// Token ids (or targets) in Space's memory.
+inline examples::TokenIds<Space> device_token_ids(const std::vector<std::int32_t>& ids) {
+  Kokkos::View<std::int32_t*, Space::memory_space> v("tokens", ids.size());
+  auto host = Kokkos::create_mirror_view(v);
+  for (std::size_t i = 0; i < ids.size(); ++i) host(i) = ids[i];
+  Kokkos::deep_copy(v, host);
+  return v;
+}
+
 /// One operand of a layer under test: its values, and whether the check differentiates it.
 struct Operand {
   std::string name;

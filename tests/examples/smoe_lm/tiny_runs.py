@@ -1,0 +1,51 @@
+"""What the whole-program tests of smoe_lm share (resume_test.py, upcycle_test.py, twin_test.py): a small
+WikiText-style corpus written on the spot, the options of a tiny model on it, running the trainer, and reading its
+safetensors files."""
+import json
+import os
+import random
+import subprocess
+
+
+def write_corpus(directory):
+    """wiki.{train,valid,test}.tokens of made-up sentences, the same on every run."""
+    rng = random.Random(7)
+    subjects = ["the expert", "a router", "the merged layer", "every token", "the base", "a segment"]
+    verbs = ["merges", "routes", "drops", "keeps", "scales", "reads"]
+    objects = ["the deltas", "its scores", "the curvature", "a mask", "the gradient", "two experts"]
+    for part, lines in (("train", 1500), ("valid", 300), ("test", 300)):
+        with open(os.path.join(directory, f"wiki.{part}.tokens"), "w") as f:
+            f.write(" = Heading = \n\n")
+            for _ in range(lines):
+                f.write(f" {rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} . \n")
+
+
+def tiny_model(work):
+    """Writes the corpus under `work` and returns the options of a tiny model on it (with its own tokenizer cache):
+    context 16, width 16, 2 heads, 2 layers, 3 experts, segments of 8, batch 4, vocabulary 64."""
+    data = os.path.join(work, "wikitext")
+    os.makedirs(data, exist_ok=True)
+    write_corpus(data)
+    return ["--data", data, "--cache-dir", os.path.join(work, "cache"), "--vocab", "64", "--context", "16",
+            "--channels", "16", "--heads", "2", "--layers", "2", "--experts", "3", "--segment", "8", "--batch", "4",
+            "--plot", "0"]
+
+
+def run(command, what):
+    """The command's standard output, or None after printing why it failed."""
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"FAIL {what}: {' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return None
+    return result.stdout
+
+
+def read_safetensors(path):
+    """(metadata, {name: bytes}) of a safetensors file."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + length])
+    data = blob[8 + length:]
+    return (header.get("__metadata__", {}),
+            {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"})
