@@ -7,8 +7,13 @@ With --ceilings CAMEX_CEILINGS it first measures the machine's ceilings (STREAM,
 with --twin-steps N it times the PyTorch twin (twin.py train) on each policy's configuration right after the
 policy's first seed, so the C++ and PyTorch throughputs come from the same sitting.
 
-usage: results.py SMOE_LM [--policies dense,smoe,...] [--seeds 1,2,3] [--steps N] [--out runs/results]
-                         [--ceilings CAMEX_CEILINGS] [--twin-steps N] [--json FILE] [-- extra smoe_lm options]"""
+With --plot FILE.png it draws every policy's validation loss against the step, averaged over the seeds (gnuplot),
+beside the CSV of the same curves (FILE.csv). --tabulate JSON redraws the table and the plot from a JSON file of an
+earlier sitting without running anything.
+
+usage: results.py [SMOE_LM] [--policies dense,smoe,...] [--seeds 1,2,3] [--steps N] [--out runs/results]
+                         [--ceilings CAMEX_CEILINGS] [--twin-steps N] [--json FILE] [--plot FILE.png]
+                         [--tabulate JSON] [-- extra smoe_lm options]"""
 import argparse
 import csv
 import json
@@ -31,7 +36,7 @@ def final_row(curves):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("binary")
+    p.add_argument("binary", nargs="?", help="the smoe_lm program (not needed with --tabulate)")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--seeds", default="1,2,3")
     p.add_argument("--steps", type=int, default=600)
@@ -39,11 +44,21 @@ def main():
     p.add_argument("--json", default=None)
     p.add_argument("--ceilings", default=None, help="the camex_ceilings binary")
     p.add_argument("--twin-steps", type=int, default=0, help="time the PyTorch twin for this many steps per policy")
+    p.add_argument("--plot", default=None, help="PNG of the validation curves (and a CSV beside it)")
+    p.add_argument("--tabulate", default=None, help="print the table (and --plot) from this JSON; run nothing")
     argv = sys.argv[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     a.extra = extra
     policies, seeds = a.policies.split(","), [int(s) for s in a.seeds.split(",")]
+    if a.tabulate:
+        with open(a.tabulate) as f:
+            saved = json.load(f)
+        policies = list(dict.fromkeys(r["policy"] for r in saved["results"]))
+        tabulate(policies, saved["results"], saved.get("twin_tokens_per_second", {}), a.plot)
+        return
+    if not a.binary:
+        p.error("the smoe_lm program is needed unless --tabulate is given")
     results, twin = [], {}
     ceilings = None
     if a.ceilings:
@@ -82,19 +97,57 @@ def main():
             json.dump({"steps": a.steps, "extra": a.extra, "ceilings": ceilings, "twin_tokens_per_second": twin,
                        "results": results}, f, indent=1)
         os.replace(a.json + ".tmp", a.json)
+    tabulate(policies, results, twin, a.plot)
+
+
+def tabulate(policies, results, twin, plot):
     print("\n| policy | valid perplexity (mean ± sd) | seeds | C++ tokens/s (median) | PyTorch twin tokens/s | ratio | command |")
     print("|---|---|---|---|---|---|---|")
     for policy in policies:
         rs = [r for r in results if r["policy"] == policy]
         ppl = [r["valid_perplexity"] for r in rs]
         sd = statistics.stdev(ppl) if len(ppl) > 1 else 0.0
+        args = rs[0]["args"]
         command = "`build/examples/smoe_lm/smoe_lm " + " ".join(
-            x for j, x in enumerate(rs[0]["args"]) if not (rs[0]["args"][j - 1] == "--out" or x == "--out")).replace(
+            x for j, x in enumerate(args) if not (x == "--out" or (j > 0 and args[j - 1] == "--out"))).replace(
             f"--seed {rs[0]['seed']}", "--seed S") + "`"
         cpp = statistics.median(r["tokens_per_second"] for r in rs)
         torch_rate = twin.get(policy)
         print(f"| {policy} | {statistics.mean(ppl):.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in rs)} | {cpp:.0f} | "
               + (f"{torch_rate:.0f} | {cpp / torch_rate:.1f}x" if torch_rate else "- | -") + f" | {command} |")
+    if plot:
+        draw(policies, results, plot)
+
+
+def draw(policies, results, png):
+    """Every policy's validation loss per step, mean over its seeds, as CSV and (gnuplot) PNG."""
+    curves = {}
+    for policy in policies:
+        per_step = {}
+        for r in (r for r in results if r["policy"] == policy):
+            out = r["args"][r["args"].index("--out") + 1]
+            with open(os.path.join(out, "curves.csv")) as f:
+                for row in csv.DictReader(f):
+                    if row["valid_loss"]:
+                        per_step.setdefault(int(row["step"]), []).append(float(row["valid_loss"]))
+        curves[policy] = {s: statistics.mean(v) for s, v in sorted(per_step.items())}
+    steps = sorted({s for c in curves.values() for s in c})
+    table = os.path.splitext(png)[0] + ".csv"
+    with open(table + ".tmp", "w") as f:
+        f.write("step," + ",".join(policies) + "\n")
+        for s in steps:
+            f.write(f"{s}," + ",".join(f"{curves[p][s]:.6f}" if s in curves[p] else "" for p in policies) + "\n")
+    os.replace(table + ".tmp", table)
+    script = "\n".join([
+        "set terminal pngcairo size 960,600 noenhanced", f"set output '{png}.tmp'", "set datafile separator ','",
+        "set title 'smoe_lm on Brown: validation loss, mean over seeds'", "set xlabel 'step'",
+        "set ylabel 'validation cross-entropy (nats/token)'", "set grid", "set key top right",
+        "plot " + ", ".join(f"'{table}' using 1:{i + 2} with linespoints lw 2 title '{p}'" for i, p in enumerate(policies))])
+    if subprocess.run(["gnuplot"], input=script, text=True).returncode == 0:
+        os.replace(png + ".tmp", png)
+        print(f"\ncurves: {table} and {png}")
+    else:
+        print(f"\ngnuplot failed; the curves are in {table}")
 
 
 if __name__ == "__main__":
