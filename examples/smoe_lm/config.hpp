@@ -52,17 +52,12 @@ struct TrainConfig {
   std::size_t hidden_width() const { return hidden == 0 ? 4 * channels : hidden; }
 };
 
-inline void to_json(nlohmann::json& j, const TrainConfig& c) {
-  j = {{"data", c.data}, {"brown_dir", c.brown_dir}, {"cache_dir", c.cache_dir}, {"vocab", c.vocab},
-       {"context", c.context}, {"channels", c.channels}, {"heads", c.heads}, {"layers", c.layers}, {"hidden", c.hidden},
-       {"policy", c.policy}, {"experts", c.experts}, {"top_k", c.top_k}, {"routing", c.routing}, {"segment", c.segment},
-       {"alpha", c.alpha}, {"density", c.density}, {"drop", c.drop}, {"gamma", c.gamma}, {"aux", c.aux}, {"rank", c.rank},
-       {"router_noise", c.router_noise}, {"steps", c.steps}, {"seed", c.seed}, {"batch", c.batch}, {"lr", c.lr},
-       {"weight_decay", c.weight_decay}, {"clip", c.clip}, {"final_lr_fraction", c.final_lr_fraction},
-       {"warmup", c.warmup}, {"log_every", c.log_every}, {"eval_every", c.eval_every},
-       {"checkpoint_every", c.checkpoint_every}, {"eval_batches", c.eval_batches}, {"out", c.out},
-       {"stop_after", c.stop_after}, {"resume", c.resume}, {"upcycle_from", c.upcycle_from}, {"dump_step", c.dump_step}, {"plot", c.plot}};
-}
+/// to_json and from_json over every field, under the field's name.
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(TrainConfig, data, brown_dir, cache_dir, vocab, context, channels, heads, layers, hidden,
+                                   policy, experts, top_k, routing, segment, alpha, density, drop, gamma, aux, rank,
+                                   router_noise, steps, seed, batch, lr, weight_decay, clip, final_lr_fraction, warmup,
+                                   log_every, eval_every, checkpoint_every, eval_batches, out, stop_after, resume,
+                                   upcycle_from, dump_step, plot)
 
 /// Reads the keys a JSON object sets; an unknown key or a value of the wrong type is an error naming it.
 inline void from_json_checked(const nlohmann::json& j, TrainConfig& c, const std::string& source) {
@@ -78,18 +73,7 @@ inline void from_json_checked(const nlohmann::json& j, TrainConfig& c, const std
       throw config_error(source + ": option '" + key + "' expects a count >= 0, given " + value.dump());
     known[key] = value;
   }
-  const auto& k = known;
-  c = TrainConfig{};
-  c.data = k["data"]; c.brown_dir = k["brown_dir"]; c.cache_dir = k["cache_dir"]; c.vocab = k["vocab"];
-  c.context = k["context"]; c.channels = k["channels"]; c.heads = k["heads"]; c.layers = k["layers"];
-  c.hidden = k["hidden"]; c.policy = k["policy"]; c.experts = k["experts"]; c.top_k = k["top_k"];
-  c.routing = k["routing"]; c.segment = k["segment"]; c.alpha = k["alpha"]; c.density = k["density"];
-  c.drop = k["drop"]; c.gamma = k["gamma"]; c.aux = k["aux"]; c.rank = k["rank"]; c.router_noise = k["router_noise"];
-  c.steps = k["steps"]; c.seed = k["seed"]; c.batch = k["batch"]; c.lr = k["lr"]; c.weight_decay = k["weight_decay"];
-  c.clip = k["clip"]; c.final_lr_fraction = k["final_lr_fraction"]; c.warmup = k["warmup"];
-  c.log_every = k["log_every"]; c.eval_every = k["eval_every"]; c.checkpoint_every = k["checkpoint_every"];
-  c.eval_batches = k["eval_batches"]; c.out = k["out"]; c.stop_after = k["stop_after"]; c.resume = k["resume"]; c.upcycle_from = k["upcycle_from"]; c.dump_step = k["dump_step"];
-  c.plot = k["plot"];
+  known.get_to(c);
 }
 
 inline const std::map<std::string, std::string>& policy_help() {

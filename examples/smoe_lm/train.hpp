@@ -10,15 +10,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <functional>
-#include <map>
 #include <memory>
 #include <optional>
 #include <regex>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -37,6 +33,38 @@ struct LmData {
   std::filesystem::path tokenizer;
   std::size_t vocab = 0;
   std::optional<TokenBatches> train, valid;
+};
+
+/// One batch's token ids on the device, filled from the training split (by step) or the validation split.
+template <class Space>
+class DeviceBatch {
+ public:
+  explicit DeviceBatch(std::size_t tokens)
+      : inputs_("inputs", tokens), targets_("targets", tokens), host_inputs_(Kokkos::create_mirror_view(inputs_)),
+        host_targets_(Kokkos::create_mirror_view(targets_)) {}
+
+  void training(const LmData& data, std::uint64_t seed, std::uint64_t step) {
+    data.train->training_batch(seed, step, host_inputs_.data(), host_targets_.data());
+    upload();
+  }
+  void evaluation(const LmData& data, std::size_t b) {
+    data.valid->evaluation_batch(b, host_inputs_.data(), host_targets_.data());
+    upload();
+  }
+  TokenIds<Space> inputs() const { return inputs_; }
+  TokenIds<Space> targets() const { return targets_; }
+  /// The host copies of the last batch.
+  const std::int32_t* host_inputs() const { return host_inputs_.data(); }
+  const std::int32_t* host_targets() const { return host_targets_.data(); }
+
+ private:
+  void upload() {
+    Kokkos::deep_copy(inputs_, host_inputs_);
+    Kokkos::deep_copy(targets_, host_targets_);
+  }
+  using Ids = Kokkos::View<std::int32_t*, typename Space::memory_space>;
+  Ids inputs_, targets_;
+  typename Ids::HostMirror host_inputs_, host_targets_;
 };
 
 inline GptShape gpt_shape(const TrainConfig& c, std::size_t vocab) {
@@ -74,11 +102,9 @@ void save_checkpoint(const std::filesystem::path& path, const TrainConfig& c, co
   const auto& list = adam.tensors();
   for (std::size_t i = 0; i < list.size(); ++i) {
     const auto& t = list[i];
-    const std::size_t size = t.flat.value.extent(0);
     tensors.push_back(host_tensor<T, Space>(t.name, t.shape, t.flat.value));
-    using Flat = typename Parameter<T, Space>::Flat;
-    tensors.push_back(host_tensor<T, Space>("adamw.m/" + t.name, t.shape, Flat(adam.first_moment().data() + adam.offset(i), size)));
-    tensors.push_back(host_tensor<T, Space>("adamw.v/" + t.name, t.shape, Flat(adam.second_moment().data() + adam.offset(i), size)));
+    tensors.push_back(host_tensor<T, Space>("adamw.m/" + t.name, t.shape, adam.first_moment(i)));
+    tensors.push_back(host_tensor<T, Space>("adamw.v/" + t.name, t.shape, adam.second_moment(i)));
   }
   nlohmann::json config = c;
   write_safetensors(path, tensors,
@@ -99,11 +125,9 @@ std::uint64_t load_checkpoint(const std::filesystem::path& path, const TrainConf
   const auto& list = adam.tensors();
   for (std::size_t i = 0; i < list.size(); ++i) {
     const auto& t = list[i];
-    const std::size_t size = t.flat.value.extent(0);
-    using Flat = typename Parameter<T, Space>::Flat;
     load_tensor<T, Space>(file, t.name, t.shape, t.flat.value);
-    load_tensor<T, Space>(file, "adamw.m/" + t.name, t.shape, Flat(adam.first_moment().data() + adam.offset(i), size));
-    load_tensor<T, Space>(file, "adamw.v/" + t.name, t.shape, Flat(adam.second_moment().data() + adam.offset(i), size));
+    load_tensor<T, Space>(file, "adamw.m/" + t.name, t.shape, adam.first_moment(i));
+    load_tensor<T, Space>(file, "adamw.v/" + t.name, t.shape, adam.second_moment(i));
   }
   const std::uint64_t step = std::stoull(file.metadata("step"));
   adam.set_steps_taken(step);
@@ -157,21 +181,18 @@ template <class T, class Space, class Model>
 int dump_step(const TrainConfig& c, const LmData& data, Model& model, const AdamW<T, Space>& adam, std::uint64_t step) {
   const Space space;
   const GptShape& shape = model.shape();
-  Kokkos::View<std::int32_t*, typename Space::memory_space> inputs("inputs", shape.tokens()), targets("targets", shape.tokens());
-  auto host_inputs = Kokkos::create_mirror_view(inputs);
-  auto host_targets = Kokkos::create_mirror_view(targets);
-  data.train->training_batch(c.seed, step, host_inputs.data(), host_targets.data());
-  Kokkos::deep_copy(inputs, host_inputs);
-  Kokkos::deep_copy(targets, host_targets);
-  const auto loss = model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, inputs, targets);
+  DeviceBatch<Space> batch(shape.tokens());
+  batch.training(data, c.seed, step);
+  const auto loss =
+      model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, batch.inputs(), batch.targets());
   std::vector<HostTensor> out;
-  const auto tokens = [&](const char* name, const auto& host) {
-    HostTensor t{name, "I32", {shape.sequences, shape.context}, std::vector<unsigned char>(host.extent(0) * 4)};
-    std::memcpy(t.bytes.data(), host.data(), t.bytes.size());
+  const auto tokens = [&](const char* name, const std::int32_t* ids) {
+    HostTensor t{name, "I32", {shape.sequences, shape.context}, std::vector<unsigned char>(shape.tokens() * 4)};
+    std::memcpy(t.bytes.data(), ids, t.bytes.size());
     out.push_back(std::move(t));
   };
-  tokens("inputs", host_inputs);
-  tokens("targets", host_targets);
+  tokens("inputs", batch.host_inputs());
+  tokens("targets", batch.host_targets());
   const auto& p = model.probabilities();
   out.push_back(host_tensor<T, Space>("probabilities", {p.extent(0), p.extent(1)}, typename Parameter<T, Space>::Flat(p.data(), p.size())));
   model.backward(space);
@@ -224,17 +245,14 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
               static_cast<int>(space.concurrency()));
   std::fflush(stdout);
 
-  Kokkos::View<std::int32_t*, Space::memory_space> inputs("inputs", shape.tokens()), targets("targets", shape.tokens());
-  auto host_inputs = Kokkos::create_mirror_view(inputs);
-  auto host_targets = Kokkos::create_mirror_view(targets);
+  DeviceBatch<Space> batch(shape.tokens());
   const std::size_t eval_batches = std::min(c.eval_batches, data.valid->evaluation_batches());
   const auto evaluate = [&] {
     double sum = 0;
     for (std::size_t b = 0; b < eval_batches; ++b) {
-      data.valid->evaluation_batch(b, host_inputs.data(), host_targets.data());
-      Kokkos::deep_copy(inputs, host_inputs);
-      Kokkos::deep_copy(targets, host_targets);
-      sum += model.forward(space, {.seed = c.seed, .step = 0, .tensor = 0, .training = false}, inputs, targets).cross_entropy;
+      batch.evaluation(data, b);
+      sum += model.forward(space, {.seed = c.seed, .step = 0, .tensor = 0, .training = false}, batch.inputs(), batch.targets())
+                 .cross_entropy;
     }
     return sum / static_cast<double>(eval_batches);
   };
@@ -247,10 +265,9 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
   double last_valid = std::nan("");
   double train_seconds = 0, train_tokens = 0;  // steps only, evaluation excluded
   for (std::uint64_t step = start; step < c.steps; ++step) {
-    data.train->training_batch(c.seed, step, host_inputs.data(), host_targets.data());
-    Kokkos::deep_copy(inputs, host_inputs);
-    Kokkos::deep_copy(targets, host_targets);
-    const auto loss = model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, inputs, targets);
+    batch.training(data, c.seed, step);
+    const auto loss =
+        model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, batch.inputs(), batch.targets());
     model.backward(space);
     const double rate = adam.next_rate();
     const double norm = adam.step(space);

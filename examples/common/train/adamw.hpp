@@ -60,10 +60,9 @@ class AdamW {
   }
 
   const std::vector<NamedTensor<T, Space>>& tensors() const { return tensors_; }
-  /// The moments, for checkpoints: one arena each, tensor i at offset(i).
-  const Vec<T, Space>& first_moment() const { return m_; }
-  const Vec<T, Space>& second_moment() const { return v_; }
-  std::size_t offset(std::size_t i) const { return offsets_.at(i); }
+  /// Tensor i's slice of the first (m) or second (v) moment arena, for checkpoints.
+  typename Parameter<T, Space>::Flat first_moment(std::size_t i) const { return slice(m_, i); }
+  typename Parameter<T, Space>::Flat second_moment(std::size_t i) const { return slice(v_, i); }
   std::uint64_t steps_taken() const { return steps_; }
   /// The learning rate the next step() uses.
   double next_rate() const { return scheduled_rate(options_, steps_); }
@@ -96,6 +95,10 @@ class AdamW {
     for (std::size_t i = 0; i < tensors_.size(); ++i)
       update(space, tensors_[i], offsets_[i], clip_scale, lr, c1, c2);
     return norm;
+  }
+
+  typename Parameter<T, Space>::Flat slice(const Vec<T, Space>& arena, std::size_t i) const {
+    return typename Parameter<T, Space>::Flat(arena.data() + offsets_.at(i), tensors_.at(i).flat.value.extent(0));
   }
 
   // Public for nvcc (extended lambda); not part of the interface.
