@@ -42,7 +42,7 @@ using View = Kokkos::View<T**, Kokkos::LayoutRight, Space::memory_space>;
 constexpr bool host_space = Kokkos::SpaceAccessibility<Space, Kokkos::HostSpace>::accessible;
 
 /// The categories of the breakdown, by the prefix of a kernel's label (first match wins; the rest is "other").
-constexpr std::array<std::pair<std::string_view, std::string_view>, 12> categories{{
+constexpr std::array<std::pair<std::string_view, std::string_view>, 13> categories{{
     {"camex::gemm", "gemm"},
     {"camex::mode_product", "curvature"},
     {"camex::mode_contraction", "curvature_factor_grad"},
@@ -55,6 +55,7 @@ constexpr std::array<std::pair<std::string_view, std::string_view>, 12> categori
     {"camex::MergedAffine", "merge"},
     {"camex::NoisyTopKGate", "router"},
     {"camex::routing_inputs", "router"},
+    {"camex::merge_scores", "router"},
 }};
 
 /// Sums the wall time of every Kokkos kernel by category while alive (one at a time: the callbacks are global).

@@ -26,8 +26,10 @@ noisy logits come within 1e-4 of each other (relative), a note says that roundof
 
 What smoe_lm's options can build is covered; library options no run of it sets are not (SMEAR's expert dropout,
 the CAMEx code's sign-agreement TIES, DARE's L1 rescale and expert granularity, padding masks, the identity-factor
-curvature init). Under causal segment routing segment 0 routes on its own mean with the gradient stopped, also when
-it is the only segment (--segment equal to --context), as camex::RoutingLayout does.
+curvature init, per_group gate rows). Under causal segment routing the router scores every segment on its own mean,
+segment s merges with segment s - 1's gates and segment 0 with its own, detached (also when it is the only segment,
+--segment equal to --context), and the balancing loss sums every segment's own gates, as camex::RoutingLayout's
+default GateRows::per_segment does.
 """
 import argparse
 import json
@@ -385,15 +387,19 @@ class Twin:
 
     # -- the merged MLP ----------------------------------------------------------------------------------------
     def routing_inputs(self, x):
-        """[G, I]: group (q, s) routed on the mean of segment s - 1 of sequence q, segment 0 on its own mean with
-        the gradient stopped (also when it is the only segment); under sequence routing each sequence on its own
-        mean, with the gradient."""
+        """[G, I]: the router rows' inputs, each routing group's own mean (per segment, or per sequence)."""
         s = self.spec
         means = x.view(s.batch, s.segments, s.group_length, -1).mean(2)
+        return means.reshape(s.groups, -1)
+
+    def merge_scores(self, gates):
+        """[G, n]: under causal segments segment s merges with segment s - 1's gates and segment 0 with its own,
+        detached; under sequence routing each sequence with its own."""
+        s = self.spec
         if s.sequence_routing:
-            return means.reshape(s.groups, -1)
-        routed = torch.cat([means[:, :1].detach(), means[:, :-1]], dim=1)
-        return routed.reshape(s.groups, -1)
+            return gates
+        rows = gates.view(s.batch, s.segments, -1)
+        return torch.cat([rows[:, :1].detach(), rows[:, :-1]], dim=1).reshape(s.groups, -1)
 
     def noisy_top_k(self, prefix, routed, tensor):
         """scores [G, n] and the balancing loss of camex::NoisyTopKGate."""
@@ -491,9 +497,10 @@ class Twin:
         routed = self.routing_inputs(x)
         prefix = f"h{layer}.mlp.{lin}.router."
         if s.router == "noisy":
-            scores, aux = self.noisy_top_k(prefix, routed, tensor + 2)
+            gates, aux = self.noisy_top_k(prefix, routed, tensor + 2)
         else:
-            scores, aux = self.smear_router(prefix, routed, tensor + 2)
+            gates, aux = self.smear_router(prefix, routed, tensor + 2)
+        scores = self.merge_scores(gates)
         weights = self.merge(layer, lin, "weight", rows, cols, scores, tensor).view(s.groups, rows, cols)
         bias = self.merge(layer, lin, "bias", rows, 1, scores, tensor + 1)
         y = torch.baddbmm(bias.unsqueeze(1), x.view(s.groups, s.group_length, cols), weights.transpose(1, 2))

@@ -42,6 +42,39 @@ std::pair<HostMatrix, double> run(Layer& layer, const StepContext& step, const T
   return {to_host(y), aux};
 }
 
+/// Zeroes the rows of tokens in a segment 0 (causal segments; nothing for sequences): an objective over the other
+/// outputs has no detached path, so finite differences see every gradient.
+HostMatrix outside_segment_0(const RoutingLayout& layout, HostMatrix d_y) {
+  if (layout.granularity == Granularity::causal_segment)
+    for (std::size_t t = 0; t < layout.tokens(); ++t)
+      if (t % layout.length < layout.segment) d_y.row(static_cast<Eigen::Index>(t)).setZero();
+  return d_y;
+}
+
+struct Gradients {
+  HostMatrix x, experts_w, base_w, experts_b, base_b;
+};
+
+/// Runs the backward of `layer`'s last forward (with its workspace); returns every tensor's gradient.
+template <class Layer>
+Gradients backward(Layer& layer, const HostMatrix& d_y, double d_aux, const Tensors& t, const Workspace<Space>& ws) {
+  const auto tokens = static_cast<std::size_t>(t.x.rows()), n = static_cast<std::size_t>(t.experts_w.rows());
+  const std::size_t in = layer.inputs(), out = layer.outputs();
+  Matrix<double, Space> d_x("d_x", tokens, in), d_ew("d_ew", n, out * in), d_bw("d_bw", 1, out * in),
+      d_eb("d_eb", n, out), d_bb("d_bb", 1, out);
+  layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, {d_ew, d_bw}, ExpertGradients<double, Space>{d_eb, d_bb}, ws);
+  return {to_host(d_x), to_host(d_ew), to_host(d_bw), to_host(d_eb), to_host(d_bb)};
+}
+
+/// Every policy and router parameter, in one list.
+template <class Weights, class Router>
+std::vector<Parameter<double, Space>> parameters_of(Weights& weights, Weights& bias, const Router& router) {
+  std::vector<Parameter<double, Space>> params;
+  for (const auto& list : {weights.parameters(), bias.parameters(), router.parameters()})
+    for (const auto& p : list) params.push_back(p);
+  return params;
+}
+
 void perturb(const std::vector<Parameter<double, Space>>& params, std::mt19937_64& gen, double size) {
   std::uniform_real_distribution<double> u(-size, size);
   for (const auto& p : params) {
@@ -68,12 +101,15 @@ BOOST_AUTO_TEST_CASE(forward_is_the_merged_matrix_applied_per_group) {
     const StepContext step{.seed = 4, .step = 2, .tensor = 6, .training = true};
     const auto [y, aux] = run(layer, step, t, ws);
 
-    // The router on its own, on the routing inputs, with the id the layer gives it, for the scores.
-    Matrix<double, Space> routed("routed", groups, in), scores("scores", groups, n);
+    // The router on its own, on every segment's own mean (per_segment gate rows), with the id the layer gives
+    // it; segment s merges with row s - 1, segment 0 with its own.
+    Matrix<double, Space> routed("routed", groups, in), gates("gates", groups, n);
     routing_inputs(Space{}, segments, to_device<double>(t.x), Mask(), routed);
     auto ws_router = make_workspace<Space>(router.workspace_bytes());
-    const double aux_expected = router.forward(Space{}, StepContext{4, 2, 8, true}, routed, scores, ws_router);
-    const HostMatrix s = to_host(scores);
+    const double aux_expected = router.forward(Space{}, StepContext{4, 2, 8, true}, routed, gates, ws_router);
+    const HostMatrix rows = to_host(gates);
+    HostMatrix s(groups, n);
+    for (std::size_t g = 0; g < groups; ++g) s.row(g) = rows.row(g % segments.segments() == 0 ? g : g - 1);
     HostMatrix expected(y.rows(), y.cols());
     for (std::size_t g = 0; g < groups; ++g) {
       HostMatrix w = t.base_w, b = t.base_b;
@@ -117,14 +153,17 @@ BOOST_AUTO_TEST_CASE(upcycled_layer_is_the_dense_layer) {
   }
 }
 
-// Per sequence every entry is compared. With causal segments the tokens of each sequence's segment 0 are left
-// out for x only: their finite difference also sees segment 0's own routing, whose gradient is stopped by design
-// (the routing tests check that adjoint on its own).
+// Per sequence every output is in the objective; with causal segments the outputs of segment 0, whose merge is
+// detached from its gates by design, are left out (the next test pins what they send), so every entry of every
+// gradient is compared.
 BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
   std::mt19937_64 gen(test_seed());
   const RoutingLayout per_sequence{.sequences = 3, .length = 4};
-  for (const RoutingLayout& layout : {per_sequence, segments})
-  BOOST_TEST_CONTEXT("groups " << layout.groups() << (layout.granularity == Granularity::sequence ? " (sequences)" : " (segments)"))
+  RoutingLayout per_group = segments;
+  per_group.gate_rows = GateRows::per_group;
+  for (const RoutingLayout& layout : {per_sequence, segments, per_group})
+  BOOST_TEST_CONTEXT("groups " << layout.groups() << (layout.granularity == Granularity::sequence ? " (sequences)" : " (segments)")
+                               << (layout.gate_rows == GateRows::per_group ? ", per_group gate rows" : ""))
   CAMEX_TEST_CONTEXT() {
     const std::size_t in = 4, out = 6, n = 3, groups = layout.groups();
     CurvatureAware<double, Space> weights({n, groups, {out, in}}, {.rank = 2}), bias({n, groups, {out, 1}}, {.rank = 2});
@@ -134,8 +173,9 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
     MergedLinear layer(weights, &bias, router, layout);
     const auto ws = make_workspace<Space>(layer.workspace_bytes());
     Tensors t = random_tensors(layout.tokens(), in, out, n, gen);
-    const HostMatrix d_y = random_matrix(layout.tokens(), out, gen);
-    const double d_aux = 0.9;
+    const HostMatrix d_y = outside_segment_0(layout, random_matrix(layout.tokens(), out, gen));
+    // per_group gate rows also detach segment 0's own routing mean, which the balancing loss reads.
+    const double d_aux = layout.gate_rows == GateRows::per_group ? 0.0 : 0.9;
     const StepContext step{.seed = 7, .step = 1, .tensor = 0, .training = true};
     const auto objective = [&] {
       const auto [y, aux] = run(layer, step, t, ws);
@@ -143,33 +183,49 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
     };
 
     objective();  // the forward the backward below differentiates
-    Matrix<double, Space> d_x("d_x", layout.tokens(), in), d_ew("d_ew", n, out * in), d_bw("d_bw", 1, out * in),
-        d_eb("d_eb", n, out), d_bb("d_bb", 1, out);
-    layer.backward(Space{}, to_device<double>(d_y), d_aux, d_x, {d_ew, d_bw}, ExpertGradients<double, Space>{d_eb, d_bb}, ws);
-    // Parameter gradients, copied before the finite differences run the forward again.
+    const Gradients g = backward(layer, d_y, d_aux, t, ws);
+    const auto params = parameters_of(weights, bias, router);
     std::vector<std::vector<double>> param_grads;
-    std::vector<Parameter<double, Space>> params;
-    for (const auto& list : {weights.parameters(), bias.parameters(), router.parameters()})
-      for (const auto& p : list) {
-        params.push_back(p);
-        param_grads.push_back(host_values(p.gradient));
-      }
+    for (const auto& p : params) param_grads.push_back(host_values(p.gradient));
 
     GradientCheck check(objective);
-    const auto detached = [&](Eigen::Index k) {  // an x entry of a segment 0 under causal segments
-      const auto token = static_cast<std::size_t>(k / static_cast<Eigen::Index>(in));
-      return layout.granularity == Granularity::causal_segment && token % layout.length < layout.segment;
-    };
-    check.matrix(t.x, to_host(d_x), detached);
-    check.matrix(t.experts_w, to_host(d_ew));
-    check.matrix(t.base_w, to_host(d_bw));
-    check.matrix(t.experts_b, to_host(d_eb));
-    check.matrix(t.base_b, to_host(d_bb));
+    check.matrix(t.x, g.x);
+    check.matrix(t.experts_w, g.experts_w);
+    check.matrix(t.base_w, g.base_w);
+    check.matrix(t.experts_b, g.experts_b);
+    check.matrix(t.base_b, g.base_b);
     for (std::size_t which = 0; which < params.size(); ++which) check.parameter(params[which].value, param_grads[which]);
     const double worst = check.worst(), scale = check.scale();
     BOOST_TEST(worst <= 1e-7 * std::max(1.0, scale), "worst " << worst << " of gradients up to " << scale);
     BOOST_TEST(scale > 1e-2);
   }
+}
+
+// Spec §2.3: segment 0 merges with gates whose gradient is stopped, so its outputs alone send exactly nothing to
+// the router's parameters, under both gate-row conventions and with one segment per sequence.
+BOOST_AUTO_TEST_CASE(segment_0_outputs_do_not_train_the_router) {
+  std::mt19937_64 gen(test_seed());
+  const RoutingLayout one_segment{.sequences = 2, .length = 3, .granularity = Granularity::causal_segment, .segment = 3};
+  for (RoutingLayout layout : {segments, one_segment})
+    for (const GateRows rows : {GateRows::per_segment, GateRows::per_group}) {
+      layout.gate_rows = rows;
+      BOOST_TEST_CONTEXT("segments " << layout.segments() << ", per_group " << (rows == GateRows::per_group))
+      CAMEX_TEST_CONTEXT() {
+        const std::size_t in = 4, out = 5, n = 3, groups = layout.groups();
+        CurvatureAware<double, Space> weights({n, groups, {out, in}}, {.rank = 2}), bias({n, groups, {out, 1}}, {.rank = 2});
+        NoisyTopKGate<double, Space> router(in, n, groups, {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 3);
+        MergedLinear layer(weights, &bias, router, layout);
+        const auto ws = make_workspace<Space>(layer.workspace_bytes());
+        const Tensors t = random_tensors(layout.tokens(), in, out, n, gen);
+        const HostMatrix d_y_all = random_matrix(layout.tokens(), out, gen);
+        const HostMatrix d_y = d_y_all - outside_segment_0(layout, d_y_all);
+        run(layer, StepContext{.seed = 3, .step = 2}, t, ws);
+        const Gradients g = backward(layer, d_y, 0.0, t, ws);
+        for (const auto& p : router.parameters())
+          for (const double v : host_values(p.gradient)) BOOST_TEST(v == 0.0, p.name);
+        BOOST_TEST(g.experts_w.cwiseAbs().maxCoeff() > 0.0);  // the experts do get segment 0's gradient
+      }
+    }
 }
 
 // Spec §10 at the layer: with causal segment routing, perturbing the input at any position changes no output at

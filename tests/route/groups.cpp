@@ -26,12 +26,19 @@ Mask to_device_mask(const std::vector<std::uint8_t>& real, std::size_t sequences
   return m;
 }
 
-/// The definition, in double: the mean of the counted tokens of group layout.source(g), zeros if none count.
+/// The group whose mean router row r sees: its own under per_segment gate rows, else the previous segment (segment 0
+/// its own).
+std::size_t reference_source(const RoutingLayout& layout, std::size_t r) {
+  if (layout.gate_rows == GateRows::per_segment) return r;
+  return r % layout.segments() == 0 ? r : r - 1;
+}
+
+/// The definition, in double: the mean of the counted tokens of row g's group, zeros if none count.
 HostMatrix reference_inputs(const RoutingLayout& layout, const HostMatrix& x, const std::vector<std::uint8_t>& real) {
   const std::size_t per = layout.group_length();
   HostMatrix out = HostMatrix::Zero(static_cast<Eigen::Index>(layout.groups()), x.cols());
   for (std::size_t g = 0; g < layout.groups(); ++g) {
-    const std::size_t source = g % layout.segments() == 0 ? g : g - 1;
+    const std::size_t source = reference_source(layout, g);
     double count = 0;
     for (std::size_t t = source * per; t < (source + 1) * per; ++t) {
       if (!real.empty() && layout.padding == Padding::exclude && !real[t]) continue;
@@ -52,10 +59,15 @@ HostMatrix run_forward(const RoutingLayout& layout, const HostMatrix& x, const M
 }
 
 std::vector<RoutingLayout> layouts() {
-  return {{.sequences = 3, .length = 10},
-          {.sequences = 2, .length = 12, .granularity = Granularity::causal_segment, .segment = 4},
-          {.sequences = 2, .length = 12, .granularity = Granularity::causal_segment, .segment = 4, .padding = Padding::include},
-          {.sequences = 1, .length = 5, .granularity = Granularity::causal_segment, .segment = 5}};
+  std::vector<RoutingLayout> out;
+  for (const GateRows rows : {GateRows::per_segment, GateRows::per_group}) {
+    out.push_back({.sequences = 3, .length = 10, .gate_rows = rows});
+    out.push_back({.sequences = 2, .length = 12, .granularity = Granularity::causal_segment, .segment = 4, .gate_rows = rows});
+    out.push_back({.sequences = 2, .length = 12, .granularity = Granularity::causal_segment, .segment = 4,
+                   .padding = Padding::include, .gate_rows = rows});
+    out.push_back({.sequences = 1, .length = 5, .granularity = Granularity::causal_segment, .segment = 5, .gate_rows = rows});
+  }
+  return out;
 }
 
 /// Right padding of random lengths (one sequence all padding, so a whole group counts no token).
@@ -79,7 +91,8 @@ BOOST_AUTO_TEST_CASE(means_match_the_definition) {
     for (const auto& layout : layouts())
       for (const bool padded : {false, true}) {
         BOOST_TEST_CONTEXT("groups " << layout.groups() << ", segment " << layout.segment << ", padded " << padded
-                                     << ", padding included " << (layout.padding == Padding::include)) {
+                                     << ", padding included " << (layout.padding == Padding::include)
+                                     << ", per_group rows " << (layout.gate_rows == GateRows::per_group)) {
           // I = 300 crosses a host tile (256) into a short second one.
           const HostMatrix x = rounded<float>(random_matrix(static_cast<Eigen::Index>(layout.tokens()), 300, gen));
           const auto real = padded ? random_padding(layout, gen) : std::vector<std::uint8_t>{};
@@ -94,30 +107,36 @@ BOOST_AUTO_TEST_CASE(means_match_the_definition) {
   }
 }
 
-// With causal segments, changing any token of segment s changes only the routing input of segment s + 1 (and of
-// segment 0 itself when s = 0), in every sequence.
+// With causal segments and per_group gate rows, changing any token of segment s changes only the routing input of
+// segment s + 1 (and of segment 0 itself when s = 0), in every sequence; with per_segment rows only row s.
 BOOST_AUTO_TEST_CASE(segment_routing_is_causal) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
-    const RoutingLayout layout{.sequences = 2, .length = 16, .granularity = Granularity::causal_segment, .segment = 4};
-    const HostMatrix x = random_matrix(static_cast<Eigen::Index>(layout.tokens()), 7, gen);
-    const HostMatrix before = run_forward<double>(layout, x, Mask());
-    for (std::size_t t = 0; t < layout.tokens(); ++t) {
-      HostMatrix moved = x;
-      moved.row(static_cast<Eigen::Index>(t)).array() += 1.0;
-      const HostMatrix after = run_forward<double>(layout, moved, Mask());
-      const std::size_t own = t / layout.segment, sequence_start = t / layout.length * layout.segments();
-      for (std::size_t g = 0; g < layout.groups(); ++g) {
-        const bool may_change = g == own + 1 && g % layout.segments() != 0 ? true : (g == own && g == sequence_start);
-        const bool changed = (after.row(g) - before.row(g)).cwiseAbs().maxCoeff() > 0;
-        BOOST_TEST(changed == may_change, "token " << t << ", group " << g);
+    for (const GateRows rows : {GateRows::per_segment, GateRows::per_group}) {
+      const RoutingLayout layout{.sequences = 2, .length = 16, .granularity = Granularity::causal_segment, .segment = 4,
+                                 .gate_rows = rows};
+      const HostMatrix x = random_matrix(static_cast<Eigen::Index>(layout.tokens()), 7, gen);
+      const HostMatrix before = run_forward<double>(layout, x, Mask());
+      for (std::size_t t = 0; t < layout.tokens(); ++t) {
+        HostMatrix moved = x;
+        moved.row(static_cast<Eigen::Index>(t)).array() += 1.0;
+        const HostMatrix after = run_forward<double>(layout, moved, Mask());
+        const std::size_t own = t / layout.segment, sequence_start = t / layout.length * layout.segments();
+        for (std::size_t g = 0; g < layout.groups(); ++g) {
+          const bool may_change = rows == GateRows::per_segment
+                                      ? g == own
+                                      : (g == own + 1 && g % layout.segments() != 0) || (g == own && g == sequence_start);
+          const bool changed = (after.row(g) - before.row(g)).cwiseAbs().maxCoeff() > 0;
+          BOOST_TEST(changed == may_change, "token " << t << ", group " << g << ", per_group " << (rows == GateRows::per_group));
+        }
       }
     }
   }
 }
 
 // <d_routed, routing_inputs(x)> differentiated by central differences in double equals routing_inputs_backward,
-// except where the gradient is stopped by design (segment 0's own routing), which the reference drops too.
+// except where the gradient is stopped by design (per_group gate rows: segment 0's own routing mean), which the
+// reference drops too.
 BOOST_AUTO_TEST_CASE(backward_is_the_adjoint) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
@@ -132,10 +151,10 @@ BOOST_AUTO_TEST_CASE(backward_is_the_adjoint) {
           Matrix<double, Space> d_x("d_x", layout.tokens(), width);
           routing_inputs_backward(Space{}, layout, to_device<double>(d_routed), mask, d_x);
           const HostMatrix got = to_host(d_x);
-          // The objective with segment 0's routing detached (also when it is the only segment): its group's term
-          // does not vary with x.
+          // Under per_group rows, the objective with segment 0's routing mean detached (also when it is the only
+          // segment): its row's term does not vary with x.
           HostMatrix live = d_routed;
-          if (layout.granularity == Granularity::causal_segment)
+          if (layout.granularity == Granularity::causal_segment && layout.gate_rows == GateRows::per_group)
             for (std::size_t g = 0; g < layout.groups(); g += layout.segments()) live.row(g).setZero();
           HostMatrix at = x;
           const auto objective = [&] { return (run_forward<double>(layout, at, mask).array() * live.array()).sum(); };

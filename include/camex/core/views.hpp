@@ -20,6 +20,10 @@ namespace camex {
 template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 using Matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
 
+/// A read-only row-major matrix in the memory of `ExecSpace` (the operands kernels read).
+template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
+using ConstMatrix = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+
 /// N expert tensors of P parameters each: `[N, P]`.
 template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 using ExpertStack = Matrix<Scalar, ExecSpace>;

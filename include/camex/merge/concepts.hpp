@@ -45,10 +45,6 @@ struct MergeProblem {
   TensorShape shape;
 };
 
-/// Read-only operands of a policy: row-major `[rows, P]` views in the space's memory.
-template <class Scalar, class ExecSpace>
-using ConstMatrix = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
-
 /// Where a policy's base expert comes from (spec §8.2).
 enum class BaseSource {
   none,       ///< no base: the deltas are the experts themselves (tau_i = E_i; SMEAR); the base operand is empty

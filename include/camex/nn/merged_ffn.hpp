@@ -25,6 +25,7 @@
 #include "camex/merge/concepts.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
+#include "camex/route/routing_stage.hpp"
 
 namespace camex {
 
@@ -80,7 +81,7 @@ class MergedFFN {
       : fc_(check(layout), "fc", "fc_bias", fc, fc_bias, router.experts(), layout.groups(), layout.group_length(), evaluation),
         proj_("camex::MergedFFN", "proj", "proj_bias", proj, proj_bias, router.experts(), layout.groups(),
               layout.group_length(), evaluation),
-        router_(router),
+        routing_(router, layout, fc_.inputs()),
         layout_(layout),
         activation_(activation) {
     if (proj_.inputs() != fc_.outputs())
@@ -115,10 +116,8 @@ class MergedFFN {
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     x_ = x;
-    padding_ = padding;
     forwarded_ = true;
-    routing_inputs(space, layout_, x, padding, b.routed);
-    const double aux = router_.forward(space, with_tensor(step, 4), b.routed, b.scores, b.router);
+    const double aux = routing_.forward(space, with_tensor(step, 4), x, padding, b.scores, b.routing);
     fc_.forward(space, step, b.scores, x, fc, fc_bias, b.hidden, b.fc);
     const auto hidden = b.hidden, activated = b.activated;
     const Activation act = activation_;
@@ -158,31 +157,27 @@ class MergedFFN {
     const auto d_scores = b.d_scores, d_scores_proj = b.d_scores_proj;
     Kokkos::parallel_for("camex::MergedFFN[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, d_scores.size()),
                          KOKKOS_LAMBDA(std::size_t w) { d_scores.data()[w] += d_scores_proj.data()[w]; });
-    router_.backward(space, b.d_scores, d_aux, b.d_routed, b.router);
-    routing_inputs_backward(space, layout_, b.d_routed, padding_, d_x, /*accumulate=*/true);
+    routing_.backward(space, b.d_scores, d_aux, d_x, b.routing);
   }
 
   // Public for nvcc (extended lambdas in the callers); not part of the API.
   struct Buffers {
-    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> routed, scores, d_scores, d_scores_proj,
-        d_routed, hidden, activated, d_hidden;
-    Workspace<ExecSpace> router;
+    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores, d_scores_proj, hidden,
+        activated, d_hidden;
+    typename RoutingStage<RouterType>::Buffers routing;
     typename detail::MergedAffine<Policy>::Buffers fc, proj;
   };
 
   Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = layout_.groups(), n = experts(), tokens = layout_.tokens();
     Buffers b;
-    b.routed = carver.template take_matrix<Scalar>(g, inputs());
     b.scores = carver.template take_matrix<Scalar>(g, n);
     b.d_scores = carver.template take_matrix<Scalar>(g, n);
     b.d_scores_proj = carver.template take_matrix<Scalar>(g, n);
-    b.d_routed = carver.template take_matrix<Scalar>(g, inputs());
     b.hidden = carver.template take_matrix<Scalar>(tokens, hidden());
     b.activated = carver.template take_matrix<Scalar>(tokens, hidden());
     b.d_hidden = carver.template take_matrix<Scalar>(tokens, hidden());
-    const auto raw = carver.template take<unsigned char>(router_.workspace_bytes());
-    b.router = Workspace<ExecSpace>(raw.data(), raw.extent(0));
+    b.routing = routing_.carve(carver);
     b.fc = fc_.carve(carver);
     b.proj = proj_.carve(carver);
     return b;
@@ -199,11 +194,10 @@ class MergedFFN {
   }
 
   detail::MergedAffine<Policy> fc_, proj_;
-  RouterType& router_;
+  RoutingStage<RouterType> routing_;
   RoutingLayout layout_;
   Activation activation_;
   In x_;
-  Mask padding_;
   bool forwarded_ = false;
 };
 

@@ -33,6 +33,7 @@
 #include "camex/merge/concepts.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
+#include "camex/route/routing_stage.hpp"
 
 namespace camex {
 
@@ -53,7 +54,7 @@ class MergedLinear {
                const EvaluationOptions& evaluation = {})
       : affine_(check(layout), "weight_policy", "bias_policy", weight_policy, bias_policy, router.experts(), layout.groups(),
                 layout.group_length(), evaluation),
-        router_(router),
+        routing_(router, layout, affine_.inputs()),
         layout_(layout) {}
 
   std::size_t outputs() const { return affine_.outputs(); }
@@ -81,12 +82,10 @@ class MergedLinear {
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     x_ = x;
-    padding_ = padding;
     forwarded_ = true;
-    routing_inputs(space, layout_, x, padding, b.routed);
     StepContext router_step = step;
     router_step.tensor = step.tensor + 2;
-    const double aux = router_.forward(space, router_step, b.routed, b.scores, b.router);
+    const double aux = routing_.forward(space, router_step, x, padding, b.scores, b.routing);
     affine_.forward(space, step, b.scores, x, weights, bias, y, b.affine);
     return aux;
   }
@@ -104,26 +103,22 @@ class MergedLinear {
     detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     affine_.backward(space, b.scores, x_, d_y, d_x, b.d_scores, d_weights, d_bias, b.affine);
-    router_.backward(space, b.d_scores, d_aux, b.d_routed, b.router);
-    routing_inputs_backward(space, layout_, b.d_routed, padding_, d_x, /*accumulate=*/true);
+    routing_.backward(space, b.d_scores, d_aux, d_x, b.routing);
   }
 
   // Public for nvcc (extended lambdas in the callers); not part of the API.
   struct Buffers {
-    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> routed, scores, d_scores, d_routed;
-    Workspace<ExecSpace> router;
+    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores;
+    typename RoutingStage<RouterType>::Buffers routing;
     typename detail::MergedAffine<Policy>::Buffers affine;
   };
 
   Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
-    const std::size_t g = layout_.groups(), n = experts(), in = inputs();
+    const std::size_t g = layout_.groups(), n = experts();
     Buffers b;
-    b.routed = carver.template take_matrix<Scalar>(g, in);
     b.scores = carver.template take_matrix<Scalar>(g, n);
     b.d_scores = carver.template take_matrix<Scalar>(g, n);
-    b.d_routed = carver.template take_matrix<Scalar>(g, in);
-    const auto raw = carver.template take<unsigned char>(router_.workspace_bytes());
-    b.router = Workspace<ExecSpace>(raw.data(), raw.extent(0));
+    b.routing = routing_.carve(carver);
     b.affine = affine_.carve(carver);
     return b;
   }
@@ -135,10 +130,9 @@ class MergedLinear {
   }
 
   detail::MergedAffine<Policy> affine_;
-  RouterType& router_;
+  RoutingStage<RouterType> routing_;
   RoutingLayout layout_;
   In x_;
-  Mask padding_;
   bool forwarded_ = false;
 };
 

@@ -4,13 +4,29 @@
 //
 //  * sequence: one routing group per sequence, routed on the mean of its tokens (the CAMEx T5 layer, SMEAR).
 //  * causal_segment: each sequence is cut into L / T segments of T tokens, one routing group per segment; group
-//    (q, s) is routed on the mean of segment s - 1 of the same sequence, so no token's merged weights depend on
-//    later tokens (Lory; the CAMEx GPT-2 layer). Segment 0 is routed on its own mean with the gradient stopped:
-//    its tokens see a decision that depends on later tokens of segment 0 (the spec's documented leak).
+//    (q, s) merges with the gates computed from segment s - 1 of the same sequence, so no token's merged weights
+//    depend on later tokens (Lory; the CAMEx GPT-2 layer). Segment 0 merges with the gates computed from itself,
+//    detached: its merge sends no gradient to the gates, so none to the router's parameters nor to x (spec §2.3;
+//    the CAMEx code detaches the gate values). Its tokens still see a decision that depends on later tokens of
+//    segment 0 (the spec's documented leak).
+//
+// Which gates the router computes, and so which its balancing loss sums, is `GateRows` (the two agree for
+// sequences): the CAMEx code's one row per segment on its own mean (default), or one row per group on the mean
+// that routes it.
 //
 // An optional padding mask [S, L] (1 = real token) takes padding out of the means (camex's default); the CAMEx
 // code averages over padding as well, which `Padding::include` reproduces. A group whose source holds no real
 // token (a sequence or segment of padding only) is routed on zeros.
+//
+// The router's G rows and the G groups: row r is computed from the mean of group router_source(r); group g merges
+// with row gate_row(g). Under causal segments:
+//
+//   GateRows::per_segment  row r = the gates of segment r on its own mean; group s merges with row s - 1 (segment
+//                          0 with row 0, detached). The balancing loss sums every segment's own gates, the last
+//                          segment's too, and its gradient reaches every segment's tokens, segment 0's included.
+//   GateRows::per_group    row g = the gates group g merges with, from the mean of segment g - 1 (segment 0's
+//                          own). The balancing loss sums those: segment 0's mean is counted twice and the last
+//                          segment's never; row 0's routing mean is detached, so no gradient of it reaches x.
 
 #include <Kokkos_Core.hpp>
 
@@ -27,6 +43,12 @@ enum class Granularity {
   causal_segment,  ///< one group per segment of T tokens, routed on the previous segment's mean
 };
 
+/// Which gates the router computes, and so which gates its balancing loss sums (causal segments; see above).
+enum class GateRows {
+  per_segment,  ///< one row per segment on its own mean, every segment's own gates balanced: the CAMEx code
+  per_group,    ///< one row per group on the mean that routes it, the merged gates balanced
+};
+
 /// Whether padded positions count in a routing mean.
 enum class Padding {
   exclude,  ///< mean over the real tokens only (camex's default)
@@ -39,6 +61,7 @@ struct RoutingLayout {
   Granularity granularity = Granularity::sequence;
   std::size_t segment = 256;  ///< T, tokens per segment (causal_segment only; the CAMEx code's value)
   Padding padding = Padding::exclude;
+  GateRows gate_rows = GateRows::per_segment;
 
   /// Segments per sequence: L / T, or 1 for sequence granularity.
   KOKKOS_INLINE_FUNCTION constexpr std::size_t segments() const { return granularity == Granularity::sequence ? 1 : length / segment; }
@@ -48,16 +71,28 @@ struct RoutingLayout {
   KOKKOS_INLINE_FUNCTION constexpr std::size_t groups() const { return sequences * segments(); }
   constexpr std::size_t tokens() const { return sequences * length; }
 
-  /// The group whose mean routes group g: itself for sequences and segment 0, the previous segment otherwise.
+  /// The group whose mean decides group g: itself for sequences and segment 0, the previous segment otherwise.
   KOKKOS_INLINE_FUNCTION std::size_t source(std::size_t g) const {
     const std::size_t per = segments();
     return g % per == 0 ? g : g - 1;
   }
-  /// The group that receives the gradient of source group g's mean: the next segment (none after the last), or
-  /// g itself for sequences. Segment 0's own routing is detached, also where it is the only segment (T = L).
-  /// Returns groups() for none.
+  /// The group whose mean is router row r's input.
+  KOKKOS_INLINE_FUNCTION std::size_t router_source(std::size_t r) const {
+    return gate_rows == GateRows::per_segment ? r : source(r);
+  }
+  /// The router row whose gates merge group g.
+  KOKKOS_INLINE_FUNCTION std::size_t gate_row(std::size_t g) const {
+    return gate_rows == GateRows::per_segment ? source(g) : g;
+  }
+  /// Whether group g's merge sends no gradient to its gates: segment 0 under causal segments, also where it is
+  /// the only segment (T = L).
+  KOKKOS_INLINE_FUNCTION bool merge_detached(std::size_t g) const {
+    return granularity == Granularity::causal_segment && g % segments() == 0;
+  }
+  /// The router row whose input gradient the tokens of group g receive: the row computed from g's mean, none
+  /// (groups()) where that mean is detached (per_group: segment 0's own) or routes nothing (per_group: the last).
   KOKKOS_INLINE_FUNCTION std::size_t gradient_receiver(std::size_t g) const {
-    if (granularity == Granularity::sequence) return g;
+    if (granularity == Granularity::sequence || gate_rows == GateRows::per_segment) return g;
     const std::size_t per = segments();
     return g % per + 1 < per ? g + 1 : groups();
   }
@@ -92,8 +127,8 @@ constexpr std::size_t routing_tile() {
 
 }  // namespace detail
 
-/// routed[g, :] = the mean of x over the tokens of group layout.source(g) (its real tokens, or all of them with
-/// Padding::include): the router input of every routing group. x [S * L, I]; padding [S, L] of 0/1 or empty;
+/// routed[r, :] = the mean of x over the tokens of group layout.router_source(r) (its real tokens, or all of them
+/// with Padding::include): the input of every router row. x [S * L, I]; padding [S, L] of 0/1 or empty;
 /// routed [G, I] with G = layout.groups().
 template <class ExecSpace, MatrixOn<ExecSpace> X, MatrixOn<ExecSpace> Mask, MatrixOn<ExecSpace> Routed>
   requires MutableMatrix<Routed> && std::same_as<typename Mask::non_const_value_type, std::uint8_t>
@@ -120,7 +155,7 @@ void routing_inputs(const ExecSpace& space, const RoutingLayout& layout, const X
                        KOKKOS_LAMBDA(std::size_t w) {
                          const std::size_t g = w / tiles, i0 = w % tiles * tile;
                          const std::size_t len = width - i0 < tile ? width - i0 : tile;
-                         const std::size_t first = layout.source(g) * per;  // token row; sequences are consecutive
+                         const std::size_t first = layout.router_source(g) * per;  // token row; sequences are consecutive
                          double sum[tile] = {};
                          std::size_t count = 0;
                          for (std::size_t t = first; t < first + per; ++t) {
@@ -136,8 +171,8 @@ void routing_inputs(const ExecSpace& space, const RoutingLayout& layout, const X
 }
 
 /// The adjoint of routing_inputs: d_x[t, :] = d_routed[r, :] / count for every counted token t of a group whose
-/// mean routes group r (r = layout.gradient_receiver(group of t)), 0 for other tokens (padding, the last segment,
-/// and segment 0's own detached routing). Overwrites d_x [S * L, I], or adds to it with `accumulate` (a layer's
+/// mean is router row r's input (r = layout.gradient_receiver(group of t)), 0 for other tokens (padding, and under
+/// GateRows::per_group the last segment and segment 0's own detached routing). Overwrites d_x [S * L, I], or adds to it with `accumulate` (a layer's
 /// routing path joins the gradient its main path already wrote).
 template <class ExecSpace, MatrixOn<ExecSpace> DRouted, MatrixOn<ExecSpace> Mask, MatrixOn<ExecSpace> DX>
   requires MutableMatrix<DX> && std::same_as<typename Mask::non_const_value_type, std::uint8_t>
@@ -176,6 +211,50 @@ void routing_inputs_backward(const ExecSpace& space, const RoutingLayout& layout
                            T* row = out + t * out_stride + i0;
                            for (std::size_t q = 0; q < len; ++q) row[q] = (accumulate ? row[q] : T(0)) + weight * d[q];
                          }
+                       });
+}
+
+/// scores[g, :] = gates[layout.gate_row(g), :]: the scores each routing group merges with, from the router's rows.
+/// gates and scores [G, n].
+template <class ExecSpace, MatrixOn<ExecSpace> Gates, MatrixOn<ExecSpace> Scores>
+  requires MutableMatrix<Scores>
+void merge_scores(const ExecSpace& space, const RoutingLayout& layout, const Gates& gates, const Scores& scores) {
+  constexpr const char* fn = "camex::merge_scores";
+  detail::check_layout(fn, layout);
+  detail::require_nonempty(fn, "gates", gates, "[G, n] matrix of router rows");
+  detail::require_shape(fn, "gates", gates, layout.groups(), gates.extent(1), "[G, n] (layout.groups())");
+  detail::require_shape(fn, "scores", scores, layout.groups(), gates.extent(1), "[G, n], the shape of gates");
+  detail::require_disjoint(fn, "scores", scores, "gates", gates);
+  const std::size_t n = gates.extent(1);
+  Kokkos::parallel_for("camex::merge_scores", Kokkos::RangePolicy<ExecSpace>(space, 0, layout.groups() * n),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t g = w / n, j = w % n;
+                         scores(g, j) = gates(layout.gate_row(g), j);
+                       });
+}
+
+/// The adjoint of merge_scores with the detached merges left out: d_gates[r, :] = the sum of d_scores[g, :] over
+/// the groups g that merge with row r (gate_row(g) = r) and are not merge_detached(g). Overwrites d_gates [G, n].
+template <class ExecSpace, MatrixOn<ExecSpace> DScores, MatrixOn<ExecSpace> DGates>
+  requires MutableMatrix<DGates>
+void merge_scores_backward(const ExecSpace& space, const RoutingLayout& layout, const DScores& d_scores,
+                           const DGates& d_gates) {
+  using T = typename DGates::value_type;
+  constexpr const char* fn = "camex::merge_scores_backward";
+  detail::check_layout(fn, layout);
+  detail::require_nonempty(fn, "d_scores", d_scores, "[G, n] matrix");
+  detail::require_shape(fn, "d_scores", d_scores, layout.groups(), d_scores.extent(1), "[G, n] (layout.groups())");
+  detail::require_shape(fn, "d_gates", d_gates, layout.groups(), d_scores.extent(1), "[G, n], the shape of d_scores");
+  detail::require_disjoint(fn, "d_gates", d_gates, "d_scores", d_scores);
+  const std::size_t n = d_scores.extent(1), groups = layout.groups();
+  Kokkos::parallel_for("camex::merge_scores_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * n),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t r = w / n, j = w % n;
+                         // Only group r itself and the next segment can merge with row r.
+                         T sum = 0;
+                         for (std::size_t g = r; g < groups && g <= r + 1; ++g)
+                           if (layout.gate_row(g) == r && !layout.merge_detached(g)) sum += d_scores(g, j);
+                         d_gates(r, j) = sum;
                        });
 }
 

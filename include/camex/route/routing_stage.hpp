@@ -1,0 +1,110 @@
+#pragma once
+// The routing stage of a merged layer: from the layer's tokens to the scores each routing group merges with, and
+// back. It runs the three steps route/groups.hpp defines around any Router:
+//
+//   forward:   routed = routing_inputs(x)      the router rows' inputs, [G, I]
+//              gates  = router(routed)         [G, n], and the balancing loss
+//              scores = merge_scores(gates)    [G, n], group g's row gate_row(g)
+//   backward:  d_gates  = merge_scores_backward(d_scores)   detached merges (causal segment 0) dropped
+//              d_routed = router'(d_gates, d_loss)          and the router's parameter gradients
+//              d_x     += routing_inputs_backward(d_routed)
+//
+// so every merged layer (nn/merged_linear.hpp, nn/merged_ffn.hpp, a user's own) routes by the same conventions.
+// The stage keeps a reference to the router; its arrays live in the caller's workspace.
+
+#include <Kokkos_Core.hpp>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "camex/core/step.hpp"
+#include "camex/core/views.hpp"
+#include "camex/core/workspace.hpp"
+#include "camex/route/concepts.hpp"
+#include "camex/route/groups.hpp"
+
+namespace camex {
+
+template <Router RouterType>
+class RoutingStage {
+ public:
+  using Scalar = typename RouterType::scalar_type;
+  using ExecSpace = typename RouterType::execution_space;
+  using In = ConstMatrix<Scalar, ExecSpace>;
+  using Out = Matrix<Scalar, ExecSpace>;
+  using Mask = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  template <class U>
+  using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<U>;
+
+  /// Routes tokens of `inputs` features laid out as `layout` (checked by the caller) through `router`.
+  RoutingStage(RouterType& router, const RoutingLayout& layout, std::size_t inputs)
+      : router_(router), layout_(layout), inputs_(inputs) {}
+
+  std::size_t experts() const { return router_.experts(); }
+  const RoutingLayout& layout() const { return layout_; }
+
+  /// What lives from forward to backward: the router rows' inputs (which the router reads again in backward), its
+  /// gates, and the router's own workspace; then the backward's scratch.
+  struct Buffers {
+    Buffer<Scalar> routed, gates, d_gates, d_routed;
+    Workspace<ExecSpace> router;
+  };
+
+  Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
+    const std::size_t g = layout_.groups(), n = experts();
+    Buffers b;
+    b.routed = carver.template take_matrix<Scalar>(g, inputs_);
+    b.gates = carver.template take_matrix<Scalar>(g, n);
+    b.d_gates = carver.template take_matrix<Scalar>(g, n);
+    b.d_routed = carver.template take_matrix<Scalar>(g, inputs_);
+    const auto raw = carver.template take<unsigned char>(router_.workspace_bytes());
+    b.router = Workspace<ExecSpace>(raw.data(), raw.extent(0));
+    return b;
+  }
+
+  /// Bytes of the workspace the Workspace overloads of forward and backward take.
+  std::size_t workspace_bytes() const {
+    detail::WorkspaceCarver<ExecSpace> carver;
+    carve(carver);
+    return carver.bytes();
+  }
+
+  /// forward and backward in a workspace of their own (workspace_bytes()), the same one for both calls of a step.
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Out& scores,
+                 const Workspace<ExecSpace>& workspace) {
+    detail::WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::forward", workspace);
+    return forward(space, step, x, padding, scores, carve(carver));
+  }
+  void backward(const ExecSpace& space, const In& d_scores, double d_loss, const Out& d_x,
+                const Workspace<ExecSpace>& workspace) {
+    detail::WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::backward", workspace);
+    backward(space, d_scores, d_loss, d_x, carve(carver));
+  }
+
+  /// scores [G, n] of every routing group for tokens x [S·L, I] (padding [S, L] or empty); returns the router's
+  /// balancing loss. `padding` must keep its values until backward has run.
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Out& scores,
+                 const Buffers& b) {
+    padding_ = padding;
+    routing_inputs(space, layout_, x, padding, b.routed);
+    const double loss = router_.forward(space, step, b.routed, b.gates, b.router);
+    merge_scores(space, layout_, b.gates, scores);
+    return loss;
+  }
+
+  /// Adds the routing path's gradient to d_x [S·L, I] and overwrites the router's parameter gradients, from the
+  /// merge path's d_scores [G, n] and the balancing loss's cotangent d_loss.
+  void backward(const ExecSpace& space, const In& d_scores, double d_loss, const Out& d_x, const Buffers& b) {
+    merge_scores_backward(space, layout_, d_scores, b.d_gates);
+    router_.backward(space, b.d_gates, d_loss, b.d_routed, b.router);
+    routing_inputs_backward(space, layout_, b.d_routed, padding_, d_x, /*accumulate=*/true);
+  }
+
+ private:
+  RouterType& router_;
+  RoutingLayout layout_;
+  std::size_t inputs_;
+  Mask padding_;
+};
+
+}  // namespace camex
