@@ -24,6 +24,7 @@
 #include "camex/merge/soft_merge.hpp"
 #include "camex/merge/ties.hpp"
 #include "camex/merge/ties_mask.hpp"
+#include "camex/nn/camex_code_linear.hpp"
 #include "camex/nn/evaluation_order.hpp"
 #include "camex/nn/merged_ffn.hpp"
 #include "camex/nn/merged_linear.hpp"
@@ -31,4 +32,5 @@
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
 #include "camex/route/noisy_top_k.hpp"
+#include "camex/route/routing_stage.hpp"
 #include "camex/route/smear_router.hpp"
