@@ -25,10 +25,12 @@ LmData prepare_data(const TrainConfig& c) {
                                                 : load_wikitext(c.data);
   bool trained = false;
   const Tokenizer tokenizer = Tokenizer::trained_on(splits.train, c.vocab, c.cache_dir.empty() ? deps / "tokenizers" : std::filesystem::path(c.cache_dir), &trained);
-  std::printf("tokenizer: %s %s (%zu tokens)\n", trained ? "trained" : "loaded", tokenizer.path().c_str(), tokenizer.vocab());
+  std::printf("tokenizer: %s %s (%zu tokens, hash %s)\n", trained ? "trained" : "loaded", tokenizer.path().c_str(),
+              tokenizer.vocab(), tokenizer.hash().c_str());
   LmData data;
   data.corpus = splits.name;
   data.tokenizer = tokenizer.path();
+  data.tokenizer_hash = tokenizer.hash();
   data.vocab = tokenizer.vocab();
   data.train.emplace(tokenizer.encode(splits.train), c.batch, c.context, "the " + splits.name + " training split");
   data.valid.emplace(tokenizer.encode(splits.valid), c.batch, c.context, "the " + splits.name + " validation split");
@@ -57,6 +59,9 @@ int main(int argc, char** argv) {
   Kokkos::ScopeGuard kokkos(argc, argv);
   try {
     return camex::examples::run(config);
+  } catch (const camex::examples::training_diverged& e) {
+    std::fprintf(stderr, "smoe_lm: %s\n", e.what());
+    return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "smoe_lm: error: %s\n", e.what());
     return 1;

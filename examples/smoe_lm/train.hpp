@@ -31,6 +31,7 @@ namespace camex::examples {
 struct LmData {
   std::string corpus;
   std::filesystem::path tokenizer;
+  std::string tokenizer_hash;  ///< Tokenizer::hash(): a checkpoint's embeddings belong to this tokenizer
   std::size_t vocab = 0;
   std::optional<TokenBatches> train, valid;
 };
@@ -72,7 +73,17 @@ inline GptShape gpt_shape(const TrainConfig& c, std::size_t vocab) {
           .hidden = c.hidden_width(), .sequences = c.batch};
 }
 
-inline constexpr const char* checkpoint_format = "camex.smoe_lm.v1";
+inline constexpr const char* checkpoint_format = "camex.smoe_lm.v2";  // v2: records the tokenizer's hash
+
+/// Throws unless the checkpoint `file` (at `path`) was written with the tokenizer whose hash is `hash`: token ids,
+/// and so the embedding rows, mean nothing under another one.
+inline void require_tokenizer(const SafetensorsFile& file, const std::filesystem::path& path, const std::string& hash) {
+  if (!file.has_metadata("tokenizer"))
+    throw checkpoint_error("'" + path.string() + "' records no tokenizer (written by an older smoe_lm); this run's is " + hash);
+  if (file.metadata("tokenizer") != hash)
+    throw checkpoint_error("'" + path.string() + "' was trained with the tokenizer " + file.metadata("tokenizer") +
+                           "; this run's is " + hash + " (another corpus, vocabulary size or tokenizer build)");
+}
 
 /// The options that define the model's tensors: a checkpoint must agree on them to be resumed.
 inline nlohmann::json model_defining(const TrainConfig& c) {
@@ -97,7 +108,8 @@ void load_tensor(const SafetensorsFile& file, const std::string& name, const std
 }
 
 template <class T, class Space>
-void save_checkpoint(const std::filesystem::path& path, const TrainConfig& c, const AdamW<T, Space>& adam) {
+void save_checkpoint(const std::filesystem::path& path, const TrainConfig& c, const LmData& data,
+                     const AdamW<T, Space>& adam) {
   std::vector<HostTensor> tensors;
   const auto& list = adam.tensors();
   for (std::size_t i = 0; i < list.size(); ++i) {
@@ -109,15 +121,17 @@ void save_checkpoint(const std::filesystem::path& path, const TrainConfig& c, co
   nlohmann::json config = c;
   write_safetensors(path, tensors,
                     {{"format", checkpoint_format}, {"step", std::to_string(adam.steps_taken())}, {"config", config.dump()},
-                     {"model", model_defining(c).dump()}});
+                     {"model", model_defining(c).dump()}, {"tokenizer", data.tokenizer_hash}});
 }
 
 /// Restores the parameters, the moments and the step count; returns the step.
 template <class T, class Space>
-std::uint64_t load_checkpoint(const std::filesystem::path& path, const TrainConfig& c, AdamW<T, Space>& adam) {
+std::uint64_t load_checkpoint(const std::filesystem::path& path, const TrainConfig& c, const LmData& data,
+                              AdamW<T, Space>& adam) {
   const SafetensorsFile file(path);
   if (file.metadata("format") != checkpoint_format)
     throw checkpoint_error("'" + path.string() + "' is a '" + file.metadata("format") + "' file, expected " + checkpoint_format);
+  require_tokenizer(file, path, data.tokenizer_hash);
   const auto saved = nlohmann::json::parse(file.metadata("model"));
   if (saved != model_defining(c))
     throw checkpoint_error("'" + path.string() + "' holds a model configured " + saved.dump() + "; this run is " +
@@ -138,8 +152,9 @@ std::uint64_t load_checkpoint(const std::filesystem::path& path, const TrainConf
 /// weights and biases into every expert and base of the merged MLP (the CAMEx code's upcycling). Returns how many
 /// model tensors were set.
 template <class T, class Space>
-std::size_t upcycle(const std::filesystem::path& path, const std::vector<NamedTensor<T, Space>>& tensors) {
+std::size_t upcycle(const std::filesystem::path& path, const LmData& data, const std::vector<NamedTensor<T, Space>>& tensors) {
   const SafetensorsFile file(path);
+  require_tokenizer(file, path, data.tokenizer_hash);
   const std::regex expert(R"((h\d+\.mlp\.(fc|proj)\.(weight|bias))\.(experts|base))");
   std::size_t set = 0;
   for (const auto& t : tensors) {
@@ -209,6 +224,28 @@ int dump_step(const TrainConfig& c, const LmData& data, Model& model, const Adam
   return 0;
 }
 
+/// A run whose loss, gradients, activations or optimiser state stopped being finite. Thrown before the step's
+/// checkpoint is written, so every checkpoint written so far stays as it was.
+class training_diverged : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The report of a diverged run: the step, what became non-finite, the likely cause, and the last good checkpoint.
+[[noreturn]] inline void diverged(const TrainConfig& c, std::uint64_t step, const std::string& what,
+                                  const std::filesystem::path& checkpoint, std::uint64_t checkpoint_step) {
+  char lr[32];
+  std::snprintf(lr, sizeof lr, "%g", c.lr);
+  std::string message = "training diverged at step " + std::to_string(step) + ": " + what +
+                        ". The likely cause is a learning rate too high for this model (--lr " + lr + "): lower it, lengthen the warm-up (--warmup) or tighten the clipping (--clip). ";
+  if (!checkpoint.empty())
+    message += "The last good checkpoint, " + checkpoint.string() + " (after step " + std::to_string(checkpoint_step) +
+               "), is intact: --resume it with other options.";
+  else
+    message += "No checkpoint was written before it.";
+  throw training_diverged(message);
+}
+
 template <class Mlp>
 int train(const TrainConfig& c, const LmData& data, const std::function<std::unique_ptr<Mlp>(std::size_t)>& make_mlp) {
   using T = float;
@@ -225,11 +262,16 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
   const std::filesystem::path out(c.out);
   std::filesystem::create_directories(out);
   std::uint64_t start = 0;
+  const std::filesystem::path checkpoint = out / "checkpoint.safetensors";
+  std::filesystem::path last_checkpoint;  // the last checkpoint this run wrote or resumed from, and its step
+  std::uint64_t checkpointed = 0;
   if (!c.resume.empty()) {
-    start = load_checkpoint(c.resume, c, adam);
+    start = load_checkpoint(c.resume, c, data, adam);
+    last_checkpoint = c.resume;
+    checkpointed = start;
     std::printf("resumed from %s at step %llu\n", c.resume.c_str(), static_cast<unsigned long long>(start));
   } else if (!c.upcycle_from.empty()) {
-    std::printf("upcycled %zu tensors from %s\n", upcycle<T, Space>(c.upcycle_from, tensors), c.upcycle_from.c_str());
+    std::printf("upcycled %zu tensors from %s\n", upcycle<T, Space>(c.upcycle_from, data, tensors), c.upcycle_from.c_str());
   }
   if (!c.dump_step.empty()) return dump_step(c, data, model, adam, start);
   {
@@ -266,14 +308,31 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
   double train_seconds = 0, train_tokens = 0;  // steps only, evaluation excluded
   for (std::uint64_t step = start; step < c.steps; ++step) {
     batch.training(data, c.seed, step);
-    const auto loss =
-        model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, batch.inputs(), batch.targets());
+    LossParts loss;
+    try {
+      loss = model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, batch.inputs(),
+                           batch.targets());
+    } catch (const argument_error& e) {
+      // The merged layers reject non-finite routing scores: the model's own activations, computed from finite
+      // parameters, overflowed.
+      if (e.argument() != "scores") throw;
+      diverged(c, step, std::string("the activations became non-finite (") + e.what() + ")", last_checkpoint, checkpointed);
+    }
+    if (!std::isfinite(loss.cross_entropy) || !std::isfinite(loss.aux))
+      diverged(c, step, "the loss became " + exact(loss.cross_entropy) + " (auxiliary " + exact(loss.aux) + ")",
+               last_checkpoint, checkpointed);
     model.backward(space);
     const double rate = adam.next_rate();
-    const double norm = adam.step(space);
-    if (!std::isfinite(loss.cross_entropy))
-      throw std::runtime_error("the training loss became " + std::to_string(loss.cross_entropy) + " at step " +
-                               std::to_string(step) + "; lower --lr");
+    const double gradient_norm = adam.gradient_norm(space);
+    if (!std::isfinite(gradient_norm))
+      diverged(c, step, "the gradient norm became " + exact(gradient_norm), last_checkpoint, checkpointed);
+    const double norm = adam.step(space, gradient_norm);
+    if (const unsigned overflows = adam.last_step_overflows())
+      diverged(c, step,
+               "the AdamW update left " + std::to_string(overflows) +
+                   " parameters or moments non-finite (a gradient norm of " + exact(gradient_norm) +
+                   ", whose squares exceed the float range)",
+               last_checkpoint, checkpointed);
     window_loss += loss.cross_entropy;
     window_aux += loss.aux;
     ++window_steps;
@@ -308,8 +367,11 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
       window_loss = window_aux = 0;
       window_steps = 0;
     }
-    if (last || done == c.stop_after || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0))
-      save_checkpoint(out / "checkpoint.safetensors", c, adam);
+    if (last || done == c.stop_after || (c.checkpoint_every > 0 && done % c.checkpoint_every == 0)) {
+      save_checkpoint(checkpoint, c, data, adam);
+      last_checkpoint = checkpoint;
+      checkpointed = done;
+    }
     if (done == c.stop_after) {
       std::printf("stopped after step %llu (--stop-after); continue with --resume %s\n",
                   static_cast<unsigned long long>(done), (out / "checkpoint.safetensors").c_str());

@@ -2,8 +2,12 @@
 // A sentencepiece BPE tokenizer (Debian's libsentencepiece) trained on a corpus' training split and cached: the
 // model file is named by the vocabulary size and a hash of the training text, so a changed corpus or size trains
 // a new one and an unchanged one loads in milliseconds. Ids: 0 is <unk>, 1 is </s>, which ends every line.
-// Training writes to a temporary prefix and renames the model into place, so an interrupted run leaves no
-// half-written cache.
+//
+// Training is deterministic: the same text and size give the same model file, byte for byte, on every machine and
+// in every directory. sentencepiece reads the lines from memory (no input path) and returns the model as bytes (no
+// output prefix), so the trainer spec it stores holds no path, and it trains on one thread. The bytes are written
+// to a temporary file and renamed into place, so an interrupted run leaves no half-written cache. hash() names the
+// model's bytes, for a checkpoint to record which tokenizer its embeddings belong to.
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
@@ -11,6 +15,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -29,6 +34,21 @@ inline std::uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
+/// The lines of a text, one at a time, for sentencepiece's trainer.
+class LineIterator : public sentencepiece::SentenceIterator {
+ public:
+  explicit LineIterator(const std::string& text) : lines_(text) { Next(); }
+  bool done() const override { return done_; }
+  void Next() override { done_ = !std::getline(lines_, line_); }
+  const std::string& value() const override { return line_; }
+  sentencepiece::util::Status status() const override { return {}; }
+
+ private:
+  std::istringstream lines_;
+  std::string line_;
+  bool done_ = false;
+};
+
 class Tokenizer {
  public:
   static constexpr std::int32_t end_of_line = 1;
@@ -42,27 +62,25 @@ class Tokenizer {
     std::filesystem::create_directories(cache_dir, ec);
     if (ec) throw data_error("cannot create the tokenizer cache '" + cache_dir.string() + "': " + ec.message());
     std::ostringstream key;
-    key << "bpe-" << vocab << '-' << std::hex << fnv1a(training_text);
+    key << "bpe-" << vocab << '-' << std::hex << fnv1a(training_text) << "-v2";  // v2: trained from memory
     const std::filesystem::path model = cache_dir / (key.str() + ".model");
     if (trained) *trained = false;
     if (!std::filesystem::exists(model)) {
-      const std::filesystem::path input = cache_dir / (key.str() + ".train.txt.tmp");
-      {
-        std::ofstream out(input, std::ios::binary);
-        out << training_text;
-        if (!out.flush()) throw data_error("cannot write '" + input.string() + "'");
-      }
-      const std::filesystem::path prefix = cache_dir / (key.str() + ".tmp");
-      const std::string args = "--input=" + input.string() + " --model_prefix=" + prefix.string() +
-                               " --vocab_size=" + std::to_string(vocab) +
+      const std::string args = "--vocab_size=" + std::to_string(vocab) +
                                " --model_type=bpe --character_coverage=1.0 --unk_id=0 --eos_id=1 --bos_id=-1"
-                               " --pad_id=-1 --num_threads=2 --minloglevel=2 --max_sentence_length=16384"
+                               " --pad_id=-1 --num_threads=1 --minloglevel=2 --max_sentence_length=16384"
                                " --input_sentence_size=0 --shuffle_input_sentence=false";
-      const auto status = sentencepiece::SentencePieceTrainer::Train(args);
-      std::filesystem::remove(input, ec);
+      LineIterator lines(training_text);
+      std::string bytes;
+      const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &bytes);
       if (!status.ok()) throw data_error("sentencepiece could not train a " + std::to_string(vocab) + "-token BPE model: " + status.ToString());
-      std::filesystem::rename(prefix.string() + ".model", model);
-      std::filesystem::remove(prefix.string() + ".vocab", ec);
+      const std::filesystem::path partial = cache_dir / (key.str() + ".model.tmp");
+      {
+        std::ofstream out(partial, std::ios::binary);
+        out << bytes;
+        if (!out.flush()) throw data_error("cannot write '" + partial.string() + "'");
+      }
+      std::filesystem::rename(partial, model);
       if (trained) *trained = true;
     }
     return Tokenizer(model);
@@ -71,8 +89,15 @@ class Tokenizer {
   explicit Tokenizer(const std::filesystem::path& model) : path_(model) {
     const auto status = processor_.Load(model.string());
     if (!status.ok()) throw data_error("cannot load the tokenizer '" + model.string() + "': " + status.ToString());
+    std::ifstream in(model, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ostringstream hex;
+    hex << std::hex << fnv1a(bytes);
+    hash_ = hex.str();
   }
 
+  /// FNV-1a of the model file's bytes, in hex: equal for equal tokenizers.
+  const std::string& hash() const { return hash_; }
   std::size_t vocab() const { return static_cast<std::size_t>(processor_.GetPieceSize()); }
   const std::filesystem::path& path() const { return path_; }
 
@@ -101,6 +126,7 @@ class Tokenizer {
 
  private:
   std::filesystem::path path_;
+  std::string hash_;
   sentencepiece::SentencePieceProcessor processor_;
 };
 

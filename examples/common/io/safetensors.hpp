@@ -141,6 +141,7 @@ class SafetensorsFile {
     if (it == metadata_.end()) fail("has no metadata '" + key + "'");
     return it->second;
   }
+  bool has_metadata(const std::string& key) const { return metadata_.count(key) != 0; }
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
   std::vector<std::string> names() const {
     std::vector<std::string> out;

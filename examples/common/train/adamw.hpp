@@ -57,6 +57,7 @@ class AdamW {
     }
     m_ = Vec<T, Space>("adamw.m", total);
     v_ = Vec<T, Space>("adamw.v", total);
+    overflowed_ = Kokkos::View<unsigned, typename Space::memory_space>("adamw.overflowed");
   }
 
   const std::vector<NamedTensor<T, Space>>& tensors() const { return tensors_; }
@@ -82,8 +83,10 @@ class AdamW {
   }
 
   /// One update from the gradients the tensors hold; returns the norm before clipping.
-  double step(const Space& space) {
-    const double norm = gradient_norm(space);
+  double step(const Space& space) { return step(space, gradient_norm(space)); }
+
+  /// The update, for a caller that has taken gradient_norm() itself (to check it first).
+  double step(const Space& space, double norm) {
     if (!std::isfinite(norm))
       throw std::runtime_error("AdamW::step: the gradient norm is " + std::to_string(norm) +
                                " (a non-finite loss or gradient); lower the learning rate or check the data");
@@ -92,10 +95,17 @@ class AdamW {
     ++steps_;
     const double c1 = 1 - std::pow(options_.beta1, static_cast<double>(steps_));
     const double c2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
+    Kokkos::deep_copy(space, overflowed_, 0u);
     for (std::size_t i = 0; i < tensors_.size(); ++i)
       update(space, tensors_[i], offsets_[i], clip_scale, lr, c1, c2);
+    Kokkos::deep_copy(space, last_overflowed_, overflowed_);
+    space.fence();
     return norm;
   }
+
+  /// How many entries the last step left non-finite in the parameters or the moments (a finite gradient whose
+  /// square, or whose update, is beyond the range of T): 0 unless the run diverged. One number read back per step.
+  unsigned last_step_overflows() const { return last_overflowed_(); }
 
   typename Parameter<T, Space>::Flat slice(const Vec<T, Space>& arena, std::size_t i) const {
     return typename Parameter<T, Space>::Flat(arena.data() + offsets_.at(i), tensors_.at(i).flat.value.extent(0));
@@ -107,16 +117,21 @@ class AdamW {
     const auto w = t.flat.value;
     const auto g = t.flat.gradient;
     const auto m = m_, v = v_;
+    const auto overflowed = overflowed_;
     const double b1 = options_.beta1, b2 = options_.beta2, eps = options_.eps;
     const double decay = t.decay ? options_.weight_decay : 0.0;
     Kokkos::parallel_for("AdamW[update]", Kokkos::RangePolicy<Space>(space, 0, w.extent(0)), KOKKOS_LAMBDA(std::size_t k) {
       const double grad = static_cast<double>(g(k)) * clip_scale;
       const double mk = b1 * m(offset + k) + (1 - b1) * grad;
       const double vk = b2 * v(offset + k) + (1 - b2) * grad * grad;
-      m(offset + k) = static_cast<T>(mk);
-      v(offset + k) = static_cast<T>(vk);
+      const T m_new = static_cast<T>(mk), v_new = static_cast<T>(vk);
+      m(offset + k) = m_new;
+      v(offset + k) = v_new;
       const double wk = w(k);
-      w(k) = static_cast<T>(wk - lr * ((mk / c1) / (detail::math::sqrt(vk / c2) + eps) + decay * wk));
+      const T w_new = static_cast<T>(wk - lr * ((mk / c1) / (detail::math::sqrt(vk / c2) + eps) + decay * wk));
+      w(k) = w_new;
+      // x - x is 0 exactly for finite x and NaN otherwise; rare, so the atomic costs nothing.
+      if (!(m_new - m_new == T(0) && v_new - v_new == T(0) && w_new - w_new == T(0))) Kokkos::atomic_add(&overflowed(), 1u);
     });
   }
 
@@ -125,6 +140,8 @@ class AdamW {
   AdamWOptions options_;
   std::vector<std::size_t> offsets_;
   Vec<T, Space> m_, v_;
+  Kokkos::View<unsigned, typename Space::memory_space> overflowed_;
+  Kokkos::View<unsigned, Kokkos::HostSpace> last_overflowed_{"adamw.last_overflowed"};
   std::uint64_t steps_ = 0;
 };
 

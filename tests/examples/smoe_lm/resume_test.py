@@ -3,10 +3,11 @@
 optimiser moments and curves, bit for bit, as the run that was never stopped; for a policy with random masks
 (dare-ca), dynamic merging, SMEAR's router and the dense model. Runs on a small WikiText-style directory this test
 writes (so it also exercises that loader), with its own tokenizer cache. Also checks that resuming a checkpoint of
-another configuration is refused with a message saying why.
+another configuration, or one trained with another tokenizer, is refused with a message saying why.
 
 usage: resume_test.py SMOE_LM_BINARY"""
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,22 @@ def main():
         if other.returncode == 0 or "holds a model configured" not in other.stderr:
             print(f"FAIL: resuming another model's checkpoint: exit {other.returncode}, stderr: {other.stderr}")
             failures += 1
+        # A checkpoint trained with another tokenizer (a corpus one line longer trains another one) is refused.
+        data = common[common.index("--data") + 1]
+        changed = os.path.join(tmp, "wikitext-changed")
+        shutil.copytree(data, changed)
+        with open(os.path.join(changed, "wiki.train.tokens"), "a") as f:
+            f.write(" the router reads a new line . \n")
+        retokenized = list(common)
+        retokenized[retokenized.index("--data") + 1] = changed
+        other = subprocess.run([binary] + retokenized + ["--policy", "dense", "--out", os.path.join(tmp, "y"), "--resume",
+                                                         os.path.join(tmp, "dense-b", "checkpoint.safetensors")],
+                               capture_output=True, text=True)
+        if other.returncode == 0 or "was trained with the tokenizer" not in other.stderr:
+            print(f"FAIL: resuming with another tokenizer: exit {other.returncode}, stderr: {other.stderr}")
+            failures += 1
+        else:
+            print("ok: checkpoints of another model or another tokenizer are refused")
     sys.exit(1 if failures else 0)
 
 

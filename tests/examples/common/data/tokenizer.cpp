@@ -49,6 +49,39 @@ BOOST_AUTO_TEST_CASE(tokenizer_trains_once_and_round_trips) {
   fs::remove_all(cache);
 }
 
+namespace {
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+}  // namespace
+
+// Two trainings from scratch, in caches at different paths, write the same bytes (and so the same hash), several
+// times over; another text gives another hash.
+BOOST_AUTO_TEST_CASE(tokenizer_training_is_deterministic) {
+  const fs::path root = fs::temp_directory_path() / ("camex-tokenizer-twice-" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  const std::string text = sample_text(400, 3);
+  std::string first_bytes, first_hash;
+  for (int run = 0; run < 3; ++run) {
+    bool trained = false;
+    const Tokenizer t = Tokenizer::trained_on(text, 64, root / ("cache-number-" + std::to_string(run)), &trained);
+    BOOST_TEST(trained);
+    const std::string bytes = file_bytes(t.path());
+    BOOST_TEST(!bytes.empty());
+    BOOST_TEST(bytes.find(root.string()) == std::string::npos);  // no path is recorded in the model
+    if (run == 0) {
+      first_bytes = bytes;
+      first_hash = t.hash();
+    } else {
+      BOOST_TEST((bytes == first_bytes), "training " << run << " wrote other bytes");
+      BOOST_TEST(t.hash() == first_hash);
+    }
+  }
+  BOOST_TEST(Tokenizer::trained_on(text + "quokka zebra narwhal .\n", 64, root / "other").hash() != first_hash);
+  fs::remove_all(root);
+}
+
 BOOST_AUTO_TEST_CASE(tokenizer_errors) {
   BOOST_CHECK_EXCEPTION(Tokenizer::trained_on("a b c\n", 8, fs::temp_directory_path()), data_error, [](const data_error& e) {
     return std::string(e.what()).find("expected 16 to 65536") != std::string::npos;

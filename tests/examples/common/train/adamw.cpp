@@ -70,6 +70,26 @@ BOOST_AUTO_TEST_CASE(adamw_matches_the_update_in_double) {
   }
 }
 
+// A finite gradient whose square is beyond float's range (clipping off) leaves the second moment infinite: the
+// step reports how many entries it left non-finite, and an ordinary step reports none.
+BOOST_AUTO_TEST_CASE(adamw_reports_an_update_that_overflows) {
+  CAMEX_TEST_CONTEXT() {
+    Vec<float, Space> w("w", 4), g("g", 4);
+    AdamW<float, Space> adam({{"w", {4}, Parameter<float, Space>::of("w", w, g), false}}, {.clip = 0});
+    Kokkos::deep_copy(g, 0.5f);
+    adam.step(Space{});
+    BOOST_TEST(adam.last_step_overflows() == 0u);
+    auto host = Kokkos::create_mirror_view(g);
+    host(0) = 0.25f;
+    host(1) = 3e20f;  // finite; its square is not
+    host(2) = -0.5f;
+    host(3) = 1e-3f;
+    Kokkos::deep_copy(g, host);
+    adam.step(Space{});
+    BOOST_TEST(adam.last_step_overflows() == 1u);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(adamw_errors) {
   CAMEX_TEST_CONTEXT() {
     require_argument_error([] { AdamW<float, Space>({}, {.learning_rate = 0}); }, "learning_rate", {"a positive rate", "given 0"});
