@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """ctest smoe_lm.divergence: a run driven to divergence by a huge learning rate stops with a message naming the step
-and the likely cause (exit 3), not with a library error, and leaves the last good checkpoint intact: its every
-tensor finite, its step the one before the divergence, and a run resumed from it with a sane learning rate goes on.
-For a merged policy (whose routing sees the blown-up activations first) and the dense model.
+and the likely cause (exit 3), not with a library error, and leaves the last checkpoint it wrote intact: every
+tensor finite, its step the one before the divergence. For a merged policy (whose routing sees the blown-up
+activations first) and the dense model (whose AdamW update overflows first). And a good checkpoint resumed with the
+huge rate is named in the report, left byte for byte as it was, and resumes with a sane rate.
 
 usage: divergence_test.py SMOE_LM_BINARY"""
 import array
@@ -61,16 +62,39 @@ def main():
                       f"non-finite tensors {bad[:5]}")
                 failures += 1
                 continue
-            sane = list(common)
-            sane[sane.index("--steps") + 1] = str(step + 2)
-            resumed = run([binary] + sane + ["--policy", policy, "--lr", "1e-3", "--out",
-                                             os.path.join(tmp, policy + "-resumed"), "--resume", checkpoint],
-                          policy + ", resumed with a sane learning rate")
-            if resumed is None:
+            print(f"ok {policy}: diverged at step {step} ({match.group(2)[:80]}...), the checkpoint of step {step} "
+                  f"finite in all {len(tensors)} tensors")
+        # A good checkpoint from a sane run, resumed into the same directory with the huge rate: the run diverges,
+        # names that checkpoint, leaves its bytes as they were, and a sane resume from it goes on.
+        out = os.path.join(tmp, "sane")
+        sane = list(common)
+        sane[sane.index("--steps") + 1] = "4"
+        sane[sane.index("--checkpoint-every") + 1] = "0"
+        if run([binary] + sane + ["--policy", "ties-ca", "--lr", "1e-3", "--out", out], "a sane run") is None:
+            failures += 1
+        else:
+            checkpoint = os.path.join(out, "checkpoint.safetensors")
+            with open(checkpoint, "rb") as f:
+                before = f.read()
+            longer = list(sane)
+            longer[longer.index("--steps") + 1] = "60"
+            result = subprocess.run([binary] + longer + ["--policy", "ties-ca", "--lr", "1e6", "--clip", "0", "--out", out,
+                                                         "--resume", checkpoint], capture_output=True, text=True)
+            with open(checkpoint, "rb") as f:
+                after = f.read()
+            named = f"last good checkpoint, {checkpoint} (after step 4), is intact"
+            if result.returncode != 3 or named not in result.stderr or after != before:
+                print(f"FAIL: resuming a good checkpoint with --lr 1e6: exit {result.returncode}, checkpoint "
+                      f"{'unchanged' if after == before else 'CHANGED'}\n{result.stderr}")
                 failures += 1
-                continue
-            print(f"ok {policy}: diverged at step {step} ({match.group(1 + 1)[:80]}...), checkpoint of step {step} "
-                  f"finite in all {len(tensors)} tensors and resumable")
+            else:
+                again = list(sane)
+                again[again.index("--steps") + 1] = "6"
+                if run([binary] + again + ["--policy", "ties-ca", "--lr", "1e-3", "--out", os.path.join(tmp, "again"),
+                                           "--resume", checkpoint], "the good checkpoint, resumed sanely") is None:
+                    failures += 1
+                else:
+                    print("ok: the good checkpoint is named, left byte for byte as it was, and resumes")
     sys.exit(1 if failures else 0)
 
 
