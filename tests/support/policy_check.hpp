@@ -15,6 +15,7 @@
 #include "camex/core/workspace.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/merge/driver.hpp"
+#include "finite_difference.hpp"
 #include "testing.hpp"
 
 namespace camex::testing {
@@ -77,28 +78,31 @@ inline void compare(const std::string& what, double analytic, double numeric, do
 
 }  // namespace detail_check
 
-/// Central differences of L = <d_merged, merged> in each input and parameter entry, against run_backward. The
-/// policy must be over double. With step h the truncation error is O(h^2 L''') and the rounding error about
-/// eps |L| / h; h = 1e-5 keeps both near 1e-10 for the O(1) inputs the tests use, so `tolerance` (relative to
-/// 1 + |gradient|) can be 1e-7 while a wrong term (an O(1) error) cannot hide.
+/// Differences of L = <d_merged, merged> in each input and parameter entry (`derivative`: central, or one-sided
+/// where a mask's threshold lies within the step), against run_backward. The policy must be over double. With
+/// step h the truncation error is O(h^2 L''') and the rounding error about eps |L| / h; h = 1e-5 keeps both near
+/// 1e-10 for the O(1) inputs the tests use, so `tolerance` (relative to 1 + |gradient|) can be 1e-7 while a wrong
+/// term (an O(1) error) cannot hide.
 template <MergePolicy P>
 void check_gradients(P& policy, const PolicyInputs& in, const HostMatrix& d_merged, double tolerance = 1e-7) {
   static_assert(std::is_same_v<typename P::scalar_type, double>, "finite differences run in double");
   const double h = 1e-5;
   const auto analytic = run_backward(policy, in, d_merged);
   const auto loss = [&](const PolicyInputs& x) { return (run_merge(policy, x).array() * d_merged.array()).sum(); };
+  const double centre = loss(in);
   const auto probe = [&](HostMatrix PolicyInputs::*member, const HostMatrix& grad, const char* name) {
     PolicyInputs x = in;
     HostMatrix& m = x.*member;
     for (Eigen::Index k = 0; k < m.size(); ++k) {
       const double keep = m.data()[k];
-      m.data()[k] = keep + h;
-      const double up = loss(x);
-      m.data()[k] = keep - h;
-      const double down = loss(x);
+      const double numeric = derivative(
+          [&](double v) {
+            m.data()[k] = v;
+            return loss(x);
+          },
+          keep, centre, h);
       m.data()[k] = keep;
-      detail_check::compare(std::string(name) + "[" + std::to_string(k) + "]", grad.data()[k], (up - down) / (2 * h),
-                            tolerance);
+      detail_check::compare(std::string(name) + "[" + std::to_string(k) + "]", grad.data()[k], numeric, tolerance);
     }
   };
   probe(&PolicyInputs::experts, analytic.d_experts, "d_experts");
@@ -115,10 +119,10 @@ void check_gradients(P& policy, const PolicyInputs& in, const HostMatrix& d_merg
         Kokkos::deep_copy(parameters[q].value, host);
         return loss(in);
       };
-      const double up = at(keep + h), down = at(keep - h);
+      const double numeric = derivative(at, keep, centre, h);
       at(keep);
-      detail_check::compare(parameters[q].name + "[" + std::to_string(k) + "]", analytic.parameters[q](0, k),
-                            (up - down) / (2 * h), tolerance);
+      detail_check::compare(parameters[q].name + "[" + std::to_string(k) + "]", analytic.parameters[q](0, k), numeric,
+                            tolerance);
     }
   }
 }
