@@ -5,6 +5,7 @@
 #include "cases.hpp"
 
 #include <camex/camex.hpp>
+#include <camex/detail/non_finite.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -56,6 +57,21 @@ void backward(benchmark::State& state, int groups) {
   state.counters["flops"] = 4.0 * groups * experts * params;
 }
 
+/// The scan for non-finite operands a policy's prepare runs where no pass of its own reads the experts: one read.
+void non_finite_scan(benchmark::State& state) {
+  camex::Matrix<float, Space> w("experts", experts, params);
+  fill(w, 1, -1, 1);
+  const auto workspace = camex::make_workspace<Space>(sizeof(std::size_t));
+  auto* cell = reinterpret_cast<std::size_t*>(workspace.data());
+  for (auto _ : state) {
+    const auto scan = camex::detail::arm_scan(Space{}, cell);
+    camex::detail::scan_rows(Space{}, scan, w.data(), camex::detail::row_stride(w), experts, params);
+    benchmark::DoNotOptimize(camex::detail::first_non_finite(Space{}, scan));
+  }
+  state.counters["bytes"] = 4.0 * experts * params;
+  state.counters["flops"] = 0;
+}
+
 /// The trim step of TIES: per-expert exact top-k by magnitude at density 0.2 (k = floor(0.2 P)).
 void ties_top_k(benchmark::State& state) {
   camex::Matrix<float, Space> deltas("deltas", experts, params);
@@ -98,6 +114,7 @@ int main(int argc, char** argv) {
     camex::bench::timed(benchmark::RegisterBenchmark(("soft_merge_forward" + shape).c_str(), forward, groups));
     camex::bench::timed(benchmark::RegisterBenchmark(("soft_merge_backward" + shape).c_str(), backward, groups));
   }
+  camex::bench::timed(benchmark::RegisterBenchmark("non_finite_scan/N=8/P=4194304", non_finite_scan));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask));
   camex::bench::register_policy_benchmarks();

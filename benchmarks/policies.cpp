@@ -1,7 +1,8 @@
 // One training step of each merge policy: prepare (masks, transform) then the merge of B routing groups, at
 // N = 8 experts + base of P = 2^22 parameters (B = 1, a one-shot merge) and at GPT-2's MLP shapes (768 x 3072 and
 // 3072 x 768, n = 7 experts + base, B in {1, 8, 32}). Case names start with the policy; benchmarks/torch/ops.py
-// runs the same math in PyTorch under the same names.
+// runs the same math in PyTorch under the same names. Cases ending in /backward add the step's backward, which
+// is what a training step costs where prepare does work for the backward (materialising the rows).
 // Counters: "bytes" is the minimum traffic of a step (experts and base read once, merged written once, fp32);
 // "flops" counts the merge (2 B (n + 1) P) and, for curvature, the transform (2 r n P (o1 + o2 + i1 + i2)).
 #include "cases.hpp"
@@ -41,31 +42,44 @@ double transform_flops(const Shape& s, std::size_t rank) {
 /// Times prepare + merge of one step for any MergePolicy; `with_base` says whether the policy reads a base row.
 template <class Policy>
 void step(benchmark::State& state, Policy& policy, const Shape& s, std::size_t groups, bool with_base,
-          double extra_flops) {
+          double extra_flops, bool with_backward = false) {
   const std::size_t params = s.tensor.params(), n = s.experts;
   Kokkos::View<T**, Kokkos::LayoutRight, Space::memory_space> experts("experts", n, params),
       base("base", with_base ? 1 : 0, params), scores("scores", groups, n), merged("merged", groups, params);
+  Kokkos::View<T**, Kokkos::LayoutRight, Space::memory_space> d_merged("d_merged", with_backward ? groups : 0, params),
+      d_scores("d_scores", groups, n), d_experts("d_experts", with_backward ? n : 0, params),
+      d_base("d_base", with_base && with_backward ? 1 : 0, params);
   fill(experts, 1, -1, 1);
   if (with_base) fill(base, 2, -1, 1);
   fill(scores, 3, 0, 1);
   fill(merged, 4, 0, 0);
+  if (with_backward) {
+    fill(d_merged, 5, -1, 1);
+    fill(d_experts, 6, 0, 0);
+    if (with_base) fill(d_base, 7, 0, 0);
+  }
   Space().fence();
   MergeDriver<Policy> driver(policy);
   std::uint64_t iteration = 0;
   for (auto _ : state) {
     driver.prepare(Space{}, StepContext{.seed = 2025, .step = iteration++, .tensor = 0, .training = true}, experts, base);
     driver.merge(Space{}, scores, merged);
+    if (with_backward) driver.backward(Space{}, scores, d_merged, d_scores, d_experts, d_base);
     Space().fence();
   }
-  state.counters["bytes"] = 4.0 * ((n + (with_base ? 1 : 0)) + groups) * params;
-  state.counters["flops"] = 2.0 * groups * (n + (with_base ? 1 : 0)) * params + extra_flops;
+  const double rows = n + (with_base ? 1 : 0);
+  // The backward adds d_merged read and d_experts, d_base written; its flops are d_R = C^T d_merged and
+  // d_C = d_merged R^T.
+  state.counters["bytes"] = 4.0 * (rows + groups) * params * (with_backward ? 2 : 1);
+  state.counters["flops"] = 2.0 * groups * rows * params * (with_backward ? 3 : 1) + extra_flops;
 }
 
 template <class Make>
-void add(const std::string& name, const Shape& s, std::size_t groups, bool with_base, double extra_flops, Make make) {
+void add(const std::string& name, const Shape& s, std::size_t groups, bool with_base, double extra_flops, Make make,
+         bool with_backward = false) {
   timed(benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& state) {
     auto policy = make(MergeProblem{.experts = s.experts, .groups = groups, .shape = s.tensor});
-    step(state, *policy, s, groups, with_base, extra_flops);
+    step(state, *policy, s, groups, with_base, extra_flops, with_backward);
   }));
 }
 
@@ -118,8 +132,18 @@ void register_policy_benchmarks() {
     add("euclidean" + at, Shape{s.label, s.tensor, s.experts + 1}, b, false, 0,
         [](const MergeProblem& p) { return make_unique<Euclidean<T, Space>>(p); });
     add("domain" + at, s, b, true, 0, [=](const MergeProblem& p) { return make_unique<Domain<T, Space>>(p, half); });
-    add("ties" + at + "/density=0.2", s, b, true, 0, [](const MergeProblem& p) { return make_unique<Ties<T, Space>>(p); });
-    add("dare" + at + "/p=0.1", s, b, true, 0, [](const MergeProblem& p) { return make_unique<Dare<T, Space>>(p); });
+    const auto ties = [](const MergeProblem& p) { return make_unique<Ties<T, Space>>(p, TiesMask{.options = {.density = 0.2}}); };
+    const auto dare = [](const MergeProblem& p) { return make_unique<Dare<T, Space>>(p, DareMask{.drop = 0.1}); };
+    add("ties" + at + "/density=0.2", s, b, true, 0, ties);
+    add("dare" + at + "/p=0.1", s, b, true, 0, dare);
+    if (b <= 8) {
+      add("euclidean" + at + "/backward", Shape{s.label, s.tensor, s.experts + 1}, b, false, 0,
+          [](const MergeProblem& p) { return make_unique<Euclidean<T, Space>>(p); }, true);
+      add("domain" + at + "/backward", s, b, true, 0,
+          [=](const MergeProblem& p) { return make_unique<Domain<T, Space>>(p, half); }, true);
+      add("ties" + at + "/density=0.2/backward", s, b, true, 0, ties, true);
+      add("dare" + at + "/p=0.1/backward", s, b, true, 0, dare, true);
+    }
     if (s.label == wide.label) continue;  // curvature at GPT-2 shapes only (spec: 4-factor Kronecker per layer)
     const double transform = transform_flops(s, 8);
     add("curvature_aware" + at + "/r=8", s, b, true, transform, [](const MergeProblem& p) {
@@ -128,7 +152,7 @@ void register_policy_benchmarks() {
       return policy;
     });
     add("ties_ca" + at + "/density=0.2/r=8", s, b, true, transform, [](const MergeProblem& p) {
-      auto policy = make_unique<TiesCA<T, Space>>(p);
+      auto policy = make_unique<TiesCA<T, Space>>(p, TiesMask{.options = {.density = 0.2}});
       perturb_factors(*policy);
       return policy;
     });

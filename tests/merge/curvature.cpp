@@ -112,6 +112,26 @@ BOOST_AUTO_TEST_CASE(gradients_by_finite_differences) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {
+  std::mt19937_64 gen(test_seed());
+  const MergeProblem problem{.experts = 3, .groups = 2, .shape = {4, 6}};
+  const auto in = random_inputs(problem, gen);
+  CurvatureAware<float, Space> ca(problem, {.rank = 2}, {.alpha = 0.9});
+  require_rejects_non_finite(ca, in);
+  PolicyInputs no_base = in;
+  no_base.base = HostMatrix();
+  CurvatureAware<float, Space> without_base(problem, {.rank = 2}, {.base = BaseSource::none});
+  require_rejects_non_finite(without_base, no_base);
+  TiesCA<float, Space> ties(problem, {.options = {.density = 0.5}}, {.rank = 2});
+  require_rejects_non_finite(ties, in);
+  TiesCA<float, Space> code(problem, {.variant = TiesVariant::sign_agreement}, {.rank = 2});
+  require_rejects_non_finite(code, in);
+  DareCA<float, Space> dare(problem, {.drop = 0.3, .rescale = DareRescale::l1_norm}, {.rank = 2});
+  require_rejects_non_finite(dare, in);
+  DareCA<float, Space> drop2d(problem, {.drop = 0.5, .granularity = DareGranularity::expert}, {.rank = 1});
+  require_rejects_non_finite(drop2d, in);
+}
+
 // Spec §10: with identity factors, r = 1 is domain merging and rank r scales the step by r; the default (unit)
 // init is M = I whatever the rank.
 BOOST_AUTO_TEST_CASE(identity_factors_reproduce_domain_merging) {

@@ -4,6 +4,7 @@
 #include "camex/merge/dynamic.hpp"
 
 #include "curvature_reference.hpp"
+#include "policy_check.hpp"
 #include "testing.hpp"
 
 #include <vector>
@@ -195,6 +196,14 @@ BOOST_AUTO_TEST_CASE(call_order_is_enforced) {
                                 Matrix<double, Space>(), workspaces[2]);
       },
       "this", {"layer 2 prepared in this step", "earlier step"});
+}
+
+BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {
+  std::mt19937_64 gen(test_seed());
+  DynamicChain<double, Space> chain(layers, problem, options);
+  const auto in = random_chain(gen);
+  require_rejects_non_finite(chain.layer(0), PolicyInputs{in.experts[0], in.base, in.scores[0]});
+  require_rejects_non_finite(chain.layer(1), PolicyInputs{in.experts[1], HostMatrix(), in.scores[1]});
 }
 
 BOOST_AUTO_TEST_SUITE_END()

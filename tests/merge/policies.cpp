@@ -309,4 +309,37 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
       {"merges without a base"});
 }
 
+BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {
+  std::mt19937_64 gen(test_seed());
+  const auto in = random_inputs(gen), no_base = random_inputs(gen, false);
+  Euclidean<float, Space> euclidean(problem);
+  require_rejects_non_finite(euclidean, no_base);
+  Domain<float, Space> domain(problem, {.alpha = 0.5});
+  require_rejects_non_finite(domain, in);
+  Domain<double, Space> domain_from_expert(problem, {.alpha = 0.5, .base = BaseSource::expert, .base_expert = 0});
+  require_rejects_non_finite(domain_from_expert, no_base);
+  for (const double density : {1.0, 0.5}) {
+    Ties<float, Space> ties(problem, {.options = {.density = density}});
+    require_rejects_non_finite(ties, in);
+    Ties<float, Space> ties_without_base(problem, {.options = {.density = density}}, {.base = BaseSource::none});
+    require_rejects_non_finite(ties_without_base, no_base);
+  }
+  Ties<float, Space> agreement(problem, {.variant = TiesVariant::sign_agreement});
+  require_rejects_non_finite(agreement, in);
+  for (const auto rescale : {DareRescale::inverse_keep, DareRescale::l1_norm}) {
+    Dare<float, Space> dare(problem, {.drop = 0.3, .rescale = rescale});
+    require_rejects_non_finite(dare, in);
+  }
+  Dare<float, Space> drop2d(problem, {.drop = 0.3, .granularity = DareGranularity::expert});
+  require_rejects_non_finite(drop2d, in);
+
+  // A difference that overflows is caught where prepare forms the deltas (the TIES trim reads them).
+  Ties<float, Space> ties(problem, {.options = {.density = 0.5}});
+  PolicyInputs far = in;
+  far.experts(2, 4) = 3e38;
+  far.base(0, 4) = -3e38;
+  require_argument_error([&] { run_merge(ties, far); }, "experts",
+                         {"differences from the base are finite", "experts(2, 4) = 3e+38 and base -3e+38"});
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -6,6 +6,7 @@
 #include "reference.hpp"
 #include "testing.hpp"
 
+#include <limits>
 #include <vector>
 
 using namespace camex;
@@ -135,6 +136,17 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
   require_argument_error(
       [&] { ties_mask(Space{}, deltas, std::span<const double>(ones), {}, factor, make_workspace<Space>(16)); }, "workspace",
       {"bytes (ask the *_workspace_bytes query)"});
+  for (const double density : {1.0, 0.5}) {
+    Kokkos::deep_copy(Kokkos::subview(deltas, 2, 4), std::numeric_limits<float>::infinity());
+    require_argument_error(
+        [&] { ties_mask(Space{}, deltas, std::span<const double>(ones), {.density = density}, factor, workspace); },
+        "deltas", {fn, "finite values", "deltas(2, 4) = inf"});
+    Kokkos::deep_copy(Kokkos::subview(deltas, 1, 5), std::nanf(""));
+    require_argument_error(
+        [&] { ties_mask(Space{}, deltas, std::span<const double>(ones), {.density = density}, factor, workspace); },
+        "deltas", {"deltas(1, 5) = nan"});
+    Kokkos::deep_copy(deltas, 1.0f);
+  }
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -11,10 +11,11 @@
 // d_base = d_R[base row] - sum_i d_tau_i.
 //
 // Where the rows come from is the cost question (docs/performance.md). With the identity transform on a host
-// space, R is never stored: the merge generates each tile of R (experts minus base, times the mask's factor) in
-// L1 and combines it there, so a step reads the experts once. A transform (compute-bound, and read by every
-// merge) or a device space materialises R in `prepare`. Either way `prepare` gathers the mask's whole-tensor
-// statistics (the TIES trim, the L1 norms) once per step.
+// space, an evaluation step never stores R: the merge generates each tile of R (experts minus base, times the
+// mask's factor) in L1 and combines it there, so the step reads the experts once. A training step's backward
+// needs R, so `prepare` materialises it then, as it does for a transform (compute-bound, and read by every merge)
+// or on a device space. Either way `prepare` gathers the mask's whole-tensor statistics (the TIES trim, the L1
+// norms) once per step, and the first pass over the experts and the base also checks that they are finite.
 
 #include <Kokkos_Core.hpp>
 
@@ -30,6 +31,7 @@
 #include "camex/core/error.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
+#include "camex/detail/non_finite.hpp"
 #include "camex/merge/axis/mask.hpp"
 #include "camex/merge/axis/transform.hpp"
 #include "camex/merge/concepts.hpp"
@@ -82,7 +84,7 @@ class ComposedPolicy {
                            detail::concat(problem.shape.rows, " x ", problem.shape.cols));
     if (!std::isfinite(composition.alpha))
       throw argument_error(name_, "composition.alpha", "a finite step", detail::concat(composition.alpha));
-    if constexpr (requires { mask_.check(name); }) mask_.check(name);
+    if constexpr (requires { mask_.check(name, problem); }) mask_.check(name, problem);
     if (composition.base == BaseSource::propagated)
       throw argument_error(name_, "composition.base", "none, parameter or expert (a propagated base comes from a DynamicChain)",
                            "BaseSource::propagated");
@@ -131,32 +133,20 @@ class ComposedPolicy {
     experts_ = experts;
     base_ = base;
     factor_active_ = mask_.factor_active(step);
-    tau_ready_ = factor_ready_ = rows_ready_ = false;
-    prepared_ = true;
-    if (bare()) return;
-    if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
-    if (factor_active_) mask_.prepare(space, step, deltas(buffers), buffers.mask);
-    if constexpr (Transform::is_identity) {
-      if (!generates_rows()) ensure_rows(space, buffers);
-    } else {
-      const auto d = delta_rows(buffers);
-      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta)
-        detail::materialise_rows(space, delta_source(buffers, true, false), buffers.pre.data(),
-                                 detail::row_stride(buffers.pre), problem_.shape.params());
-      transform_.apply(space, transform_input(buffers), d, carver);
-      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed) {
-        ensure_factor(space, buffers);
-        detail::multiply_elementwise(space, buffers.factor, d, d);
+    tau_ready_ = factor_ready_ = rows_ready_ = prepared_ = false;
+    // Non-finite experts or base are caught by the first pass over them (materialising the deltas or the rows),
+    // before anything reads that pass's output; where prepare has no such pass, by a scan of their own.
+    pending_scan_ = detail::arm_scan(space, buffers.non_finite.data());
+    if (!bare()) {
+      if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
+      if (factor_active_) {
+        if (mask_.needs_deltas(step)) finish_scan(space);
+        mask_.prepare(space, step, deltas(buffers), buffers.mask);
       }
-      if (composition_.base != BaseSource::none) {
-        const auto base_out = Kokkos::subview(buffers.rows, problem_.experts, Kokkos::ALL);
-        const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base : experts,
-                                             composition_.base == BaseSource::parameter ? 0 : composition_.base_expert,
-                                             Kokkos::ALL);
-        Kokkos::deep_copy(space, base_out, base_in);
-      }
-      rows_ready_ = true;
+      prepare_rows(space, buffers, carver);
     }
+    finish_scan(space);
+    prepared_ = true;
   }
 
   /// merged[b] = base + alpha sum_i kappa[b, i] scores[b, i] D_i for the B <= problem().groups rows of `scores`.
@@ -264,6 +254,39 @@ class ComposedPolicy {
     rows_backward(fn, space, d_coef, d_rows, d_scores, d_experts, d_base, upstream, buffers, carver);
   }
 
+  /// This step's elementwise mask factor f [n, P], materialised in the workspace: the masked delta is f .* tau
+  /// (f .* T(tau) for a mask placed after the transform), so f is 0 where an entry was dropped, trimmed or
+  /// outvoted. Valid after prepare, for a step whose mask has an elementwise factor.
+  ConstMatrix<Scalar, ExecSpace> mask_factor(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
+    const std::string fn = name_ + "::mask_factor";
+    if (!prepared_) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
+    if (!factor_active_)
+      throw argument_error(fn.c_str(), "this", "a step whose mask has an elementwise factor",
+                           "a step without one (no mask, DARE at evaluation or at expert granularity)");
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    const auto buffers = layout(carver);
+    ensure_factor(space, buffers);
+    return buffers.factor;
+  }
+
+  /// This step's deltas tau_i = E_i - base [n, P] (the experts, for a policy without a base), materialised in the
+  /// workspace. Valid after prepare.
+  ConstMatrix<Scalar, ExecSpace> prepared_deltas(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
+    const std::string fn = name_ + "::prepared_deltas";
+    if (!prepared_) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    const auto buffers = layout(carver);
+    ensure_deltas(space, buffers);
+    return deltas(buffers);
+  }
+
+  /// The mask's state of this step as it lies in the workspace (a TIES trim, DARE's L1 norms): what the mask's
+  /// own accessors read. Valid after prepare.
+  auto mask_state(const Workspace<ExecSpace>& workspace) const {
+    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    return layout(carver).mask;
+  }
+
   /// This step's rows [D_1 .. D_n, base] (or the experts, for a bare soft merge), materialised if the merge
   /// generates them, for callers that apply them without materialising merged tensors (layers, dynamic merging).
   /// Valid after prepare.
@@ -284,6 +307,7 @@ class ComposedPolicy {
   struct Buffers {
     Buffer<Scalar> tau, factor, pre, pre_adjoint, rows, d_rows, coef, d_coef;
     MaskState mask;
+    typename detail::WorkspaceCarver<ExecSpace>::template Array<std::size_t> non_finite;  // the scan's cell
   };
 
   /// What every backward shares once dL/dC and dL/dR are known: the scores' gradient, then d_R back through the
@@ -309,7 +333,7 @@ class ComposedPolicy {
     if (factor_active_) ensure_factor(space, buffers);
     if constexpr (Transform::is_identity) {
       if (factor_active_)
-        mask_.adjoint(space, tau, buffers.factor, d_delta, d_experts, buffers.mask);
+        mask_.adjoint(space, step_, tau, buffers.factor, d_delta, d_experts, buffers.mask);
       else
         Kokkos::deep_copy(space, d_experts, d_delta);
     } else {
@@ -317,7 +341,7 @@ class ComposedPolicy {
         detail::multiply_elementwise(space, buffers.factor, d_delta, d_delta);
       if (factor_active_ && mask_.placement() == MaskPlacement::on_delta) {
         transform_.backward(space, transform_input(buffers), d_delta, buffers.pre_adjoint, carver);
-        mask_.adjoint(space, tau, buffers.factor, buffers.pre_adjoint, d_experts, buffers.mask);
+        mask_.adjoint(space, step_, tau, buffers.factor, buffers.pre_adjoint, d_experts, buffers.mask);
       } else {
         transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
       }
@@ -354,21 +378,79 @@ class ComposedPolicy {
     b.coef = carver.template take_matrix<Scalar>(groups, nrows);
     b.d_coef = carver.template take_matrix<Scalar>(groups, nrows);
     b.mask = mask_.template layout<Scalar>(carver, problem_);
+    b.non_finite = carver.template take<std::size_t>(1);
     return b;
   }
 
   /// The rows [f .* tau_1 .. f .* tau_n (, base)] computed from the experts and the base wherever they are needed.
-  auto delta_source(const Buffers& b, bool masked, bool with_base_row) const {
+  /// `scan`, if armed, checks the deltas as they are formed.
+  auto delta_source(const Buffers& b, bool masked, bool with_base_row, detail::NonFiniteScan scan = {}) const {
     return DeltaRows<decltype(mask_.element_factor(step_, b.mask))>{
         experts_.data(), detail::row_stride(experts_), static_cast<int>(problem_.experts), base_row(),
-        with_base_row && composition_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask)};
+        with_base_row && composition_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask),
+        scan, problem_.shape.params()};
+  }
+
+  /// What prepare leaves for the merge beyond the mask's statistics: the rows, where they are materialised.
+  void prepare_rows(const ExecSpace& space, const Buffers& buffers, detail::WorkspaceCarver<ExecSpace>& carver) {
+    if constexpr (Transform::is_identity) {
+      if (!generates_rows() || step_.training) ensure_rows(space, buffers);
+    } else {
+      finish_scan(space);
+      const auto d = delta_rows(buffers);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_delta)
+        detail::materialise_rows(space, delta_source(buffers, true, false), buffers.pre.data(),
+                                 detail::row_stride(buffers.pre), problem_.shape.params());
+      transform_.apply(space, transform_input(buffers), d, carver);
+      if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed) {
+        ensure_factor(space, buffers);
+        detail::multiply_elementwise(space, buffers.factor, d, d);
+      }
+      if (composition_.base != BaseSource::none) {
+        const auto base_out = Kokkos::subview(buffers.rows, problem_.experts, Kokkos::ALL);
+        const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base_ : experts_,
+                                             composition_.base == BaseSource::parameter ? 0 : composition_.base_expert,
+                                             Kokkos::ALL);
+        Kokkos::deep_copy(space, base_out, base_in);
+      }
+      rows_ready_ = true;
+    }
+  }
+
+  /// Reads back what the scan of the operands found, scanning them first unless `scanned` (a pass that read them
+  /// has just run): throws argument_error naming the operand and its first bad position.
+  void finish_scan(const ExecSpace& space, bool scanned = false) {
+    const auto scan = std::exchange(pending_scan_, detail::NonFiniteScan{});
+    if (!scan) return;
+    const std::size_t n = problem_.experts, params = problem_.shape.params();
+    if (!scanned) {
+      detail::scan_rows(space, scan, experts_.data(), detail::row_stride(experts_), static_cast<int>(n), params);
+      if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
+    }
+    const std::size_t first = detail::first_non_finite(space, scan);
+    if (first == detail::no_position) return;
+    // Position `first` of [experts; base], or of the deltas experts - base: the same places.
+    const std::string fn = name_ + "::prepare";
+    const std::size_t row = first / params, p = first % params;
+    const double e = row < n ? detail::read_entry(space, experts_, row, p) : 0.0;
+    if (!std::isfinite(e))
+      throw argument_error(fn.c_str(), "experts", "finite values", detail::concat("experts(", row, ", ", p, ") = ", e));
+    const bool from_expert = composition_.base == BaseSource::expert;
+    const std::size_t j = composition_.base_expert;
+    const double b = from_expert ? detail::read_entry(space, experts_, j, p) : detail::read_entry(space, base_, 0, p);
+    if (!std::isfinite(b))
+      throw argument_error(fn.c_str(), from_expert ? "experts" : "base", "finite values",
+                           detail::concat(from_expert ? "experts(" : "base(", from_expert ? j : 0, ", ", p, ") = ", b));
+    throw argument_error(fn.c_str(), "experts", "experts whose differences from the base are finite",
+                         detail::concat("experts(", row, ", ", p, ") = ", e, " and base ", b, ", whose difference overflows"));
   }
 
   void ensure_deltas(const ExecSpace& space, const Buffers& b) {
     if (tau_ready_ || composition_.base == BaseSource::none) return;
-    detail::materialise_rows(space, delta_source(b, false, false), b.tau.data(), detail::row_stride(b.tau),
-                             problem_.shape.params());
+    detail::materialise_rows(space, delta_source(b, false, false, pending_scan_), b.tau.data(),
+                             detail::row_stride(b.tau), problem_.shape.params());
     tau_ready_ = true;
+    finish_scan(space, true);
   }
 
   void ensure_factor(const ExecSpace& space, const Buffers& b) {
@@ -380,9 +462,10 @@ class ComposedPolicy {
 
   void ensure_rows(const ExecSpace& space, const Buffers& b) {
     if (rows_ready_) return;
-    detail::materialise_rows(space, delta_source(b, factor_active_, true), b.rows.data(), detail::row_stride(b.rows),
-                             problem_.shape.params());
+    detail::materialise_rows(space, delta_source(b, factor_active_, true, pending_scan_), b.rows.data(),
+                             detail::row_stride(b.rows), problem_.shape.params());
     rows_ready_ = true;
+    finish_scan(space, true);
   }
 
   /// A merge that generates rows reads the experts and base given to prepare; it cannot write over them.
@@ -534,6 +617,8 @@ class ComposedPolicy {
     bool base_row;
     bool masked;
     Factor factor;
+    detail::NonFiniteScan scan;  // armed: check each delta as it is formed, at position i * length + p
+    std::size_t length;
 
     KOKKOS_INLINE_FUNCTION int count() const { return n + (base_row ? 1 : 0); }
 
@@ -556,6 +641,7 @@ class ComposedPolicy {
             CAMEX_IVDEP
             for (int q = q0; q < q1; ++q) o[q] = e[q];
           }
+          if (scan) scan.check(o + q0, q1 - q0, static_cast<std::size_t>(i) * length + p0 + q0);
         }
       }
       if (masked) factor.template apply<true>(p0, len, out, stride, out, stride);
@@ -592,6 +678,7 @@ class ComposedPolicy {
   StepContext step_{};
   bool factor_active_ = false;
   bool prepared_ = false;
+  detail::NonFiniteScan pending_scan_{};  // armed from the start of prepare until the operands have been checked
   // What this step has materialised so far: the deltas, the mask's factor, the rows.
   bool tau_ready_ = false, factor_ready_ = false, rows_ready_ = false;
   ConstMatrix<Scalar, ExecSpace> experts_, base_;

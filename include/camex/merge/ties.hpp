@@ -6,6 +6,7 @@
 #include <Kokkos_Core.hpp>
 
 #include <concepts>
+#include <cstdint>
 
 #include "camex/merge/axis/curvature.hpp"
 #include "camex/merge/axis/ties.hpp"
@@ -15,10 +16,45 @@ namespace camex {
 
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 class Ties : public ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransform> {
+  using Base = ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransform>;
+
  public:
   explicit Ties(const MergeProblem& problem, TiesMask mask = {}, const Composition& composition = {})
-      : ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransform>("camex::Ties", problem, composition,
-                                                                        std::move(mask), {}) {}
+      : Base("camex::Ties", problem, composition, std::move(mask), {}) {}
+
+  /// This step's trim [n, P] (1: among the expert's kept magnitudes), in the workspace. Valid after prepare, for
+  /// the standard variant.
+  auto kept(const Workspace<ExecSpace>& workspace) const {
+    require_standard("camex::Ties::kept");
+    return this->mask_state(workspace).kept();
+  }
+
+  /// This step's elected signs [P] (+1 or -1), in a new array. Valid after prepare, for the standard variant.
+  Kokkos::View<std::int8_t*, typename ExecSpace::memory_space> elected_signs(const ExecSpace& space,
+                                                                             const Workspace<ExecSpace>& workspace) {
+    require_standard("camex::Ties::elected_signs");
+    const auto tau = this->prepared_deltas(space, workspace);
+    const auto st = this->mask_state(workspace);
+    const std::size_t params = tau.extent(1);
+    const auto election = detail::ties_election(st.trim, st.experts, params, this->mask().options);
+    Kokkos::View<std::int8_t*, typename ExecSpace::memory_space> signs("camex::Ties::elected_signs", params);
+    const Scalar* x = tau.data();
+    const auto stride = detail::row_stride(tau);
+    detail::for_each_tile(space, "camex::Ties::elected_signs", params, detail::TiesElection::chunk,
+                          KOKKOS_LAMBDA(std::size_t p0, int len) {
+                            double sign[detail::TiesElection::chunk];
+                            election.elect(p0, len, x + p0, stride, sign);
+                            for (int q = 0; q < len; ++q) signs(p0 + q) = static_cast<std::int8_t>(sign[q]);
+                          });
+    return signs;
+  }
+
+ private:
+  void require_standard(const char* fn) const {
+    if (this->mask().variant != TiesVariant::standard)
+      throw argument_error(fn, "this", "the standard variant (sign agreement has no trim or election)",
+                           "TiesVariant::sign_agreement");
+  }
 };
 
 /// TIES-CA: merged_b = base + alpha sum_i s[b, i] M_i(f_i .* tau_i) with the standard mask, or

@@ -21,6 +21,7 @@
 #include "camex/core/top_k.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
+#include "camex/detail/non_finite.hpp"
 #include "camex/detail/row_combination.hpp"
 #include "camex/detail/vectorize.hpp"
 
@@ -74,10 +75,11 @@ inline std::size_t check_ties_options(const char* fn, std::span<const double> we
   return top_k_count(fn, options.density, params);
 }
 
-/// The trim (keep = top k by magnitude per expert, or all) and the weights, on the device.
+/// The trim (keep = the top k[i] entries of expert i by magnitude, or all; one k for every expert when `k` has one
+/// entry) and the weights, on the device.
 template <class ExecSpace, class Deltas>
-void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const double> weights, std::size_t k,
-               const TiesMaskState<ExecSpace>& st) {
+void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const double> weights,
+               std::span<const std::size_t> k, const TiesMaskState<ExecSpace>& st) {
   const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
   Kokkos::deep_copy(space, st.weights,
                     Kokkos::View<const double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
@@ -85,10 +87,23 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   const Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
                      Kokkos::MemoryTraits<Kokkos::Unmanaged>>
       keep(st.keep.data(), experts, params);
-  if (k < params)
-    top_k_by_magnitude(space, deltas, k, keep, st.select);
-  else
-    Kokkos::deep_copy(space, keep, std::uint8_t{1});
+  bool one_k = true;
+  for (const std::size_t ki : k) one_k = one_k && ki == k[0];
+  if (one_k) {
+    if (k[0] < params)
+      top_k_by_magnitude(space, deltas, k[0], keep, st.select);
+    else
+      Kokkos::deep_copy(space, keep, std::uint8_t{1});
+    return;
+  }
+  for (std::size_t i = 0; i < experts; ++i) {
+    const std::pair<std::size_t, std::size_t> row(i, i + 1);
+    const auto keep_row = Kokkos::subview(keep, row, Kokkos::ALL);
+    if (k[i] < params)
+      top_k_by_magnitude(space, Kokkos::subview(deltas, row, Kokkos::ALL), k[i], keep_row, st.select);
+    else
+      Kokkos::deep_copy(space, keep_row, std::uint8_t{1});
+  }
 }
 
 /// The TIES factor at any run of parameters, from the trim and the deltas there: the element factor of TiesMask.
@@ -111,26 +126,34 @@ struct TiesElection {
     // exactly when d e > 0.
     for (int c0 = 0; c0 < len; c0 += chunk) {
       const int n = len - c0 < chunk ? len - c0 : chunk;
-      double sum[chunk], votes[chunk], agreeing[chunk];
-      for (int q = 0; q < n; ++q) sum[q] = votes[q] = agreeing[q] = 0;
-      each_weighted_delta(p0 + c0, n, tau + c0, tau_stride, [&](int, int q, double, double d) {
-        sum[q] += d;
-        votes[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
-      });
-      // votes[] holds the elected sign from here on: a sum (or vote) of exactly 0 elects +.
-      CAMEX_IVDEP
-      for (int q = 0; q < n; ++q) votes[q] = (by_sum ? sum[q] : votes[q]) >= 0 ? 1.0 : -1.0;
+      double sign[chunk], scale[chunk];
+      elect(p0 + c0, n, tau + c0, tau_stride, sign);
+      for (int q = 0; q < n; ++q) scale[q] = 0;
       each_weighted_delta(p0 + c0, n, tau + c0, tau_stride,
-                          [&](int, int q, double w, double d) { agreeing[q] += d * votes[q] > 0 ? w : 0.0; });
-      // sum[] holds the scale from here on.
+                          [&](int, int q, double w, double d) { scale[q] += d * sign[q] > 0 ? w : 0.0; });
+      // scale[] held the agreeing weight; from here on, the factor of an agreeing entry.
       CAMEX_IVDEP
-      for (int q = 0; q < n; ++q) sum[q] = lambda / (normalize && agreeing[q] != 0 ? agreeing[q] : 1.0);
+      for (int q = 0; q < n; ++q) scale[q] = lambda / (normalize && scale[q] != 0 ? scale[q] : 1.0);
       each_weighted_delta(p0 + c0, n, tau + c0, tau_stride, [&](int i, int q, double, double d) {
-        const T f = static_cast<T>(value_or_zero(d * votes[q] > 0, sum[q]));
+        const T f = static_cast<T>(value_or_zero(d * sign[q] > 0, scale[q]));
         T* y = out + i * out_stride + c0;
         y[q] = Multiply ? f * tau[i * tau_stride + c0 + q] : f;
       });
     }
+  }
+
+  /// The elected sign (+1 or -1) of entries q < n <= chunk of a run starting at parameter p and at tau: a sum
+  /// (or vote) of exactly 0 elects +.
+  template <class T>
+  KOKKOS_INLINE_FUNCTION void elect(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride, double* sign) const {
+    double sum[chunk];
+    for (int q = 0; q < n; ++q) sum[q] = sign[q] = 0;
+    each_weighted_delta(p, n, tau, tau_stride, [&](int, int q, double, double d) {
+      sum[q] += d;
+      sign[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
+    });
+    CAMEX_IVDEP
+    for (int q = 0; q < n; ++q) sign[q] = (by_sum ? sum[q] : sign[q]) >= 0 ? 1.0 : -1.0;
   }
 
   /// visit(i, q, w_i, d) for every expert i and entry q < n of a run starting at parameter p and at tau: d is the
@@ -157,11 +180,26 @@ TiesElection ties_election(const TiesMaskState<ExecSpace>& st, std::size_t exper
 
 }  // namespace detail
 
+namespace detail {
+
+/// ties_mask's workspace: the mask's state, then the cell of the scan for non-finite deltas.
+template <class T, class ExecSpace>
+auto carve_ties_mask(WorkspaceCarver<ExecSpace>& carver, std::size_t experts, std::size_t params) {
+  struct Pieces {
+    TiesMaskState<ExecSpace> state;
+    typename WorkspaceCarver<ExecSpace>::template Array<std::size_t> scan_cell;
+  };
+  auto state = TiesMaskState<ExecSpace>::template carve<T>(carver, experts, params);
+  return Pieces{state, carver.template take<std::size_t>(1)};
+}
+
+}  // namespace detail
+
 /// Bytes of workspace ties_mask needs for `experts` deltas of `params` entries of type Scalar.
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t ties_mask_workspace_bytes(std::size_t experts, std::size_t params) {
   detail::WorkspaceCarver<ExecSpace> carver;
-  detail::TiesMaskState<ExecSpace>::template carve<Scalar>(carver, experts, params);
+  detail::carve_ties_mask<Scalar>(carver, experts, params);
   return carver.bytes();
 }
 
@@ -182,8 +220,14 @@ void ties_mask(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   const std::size_t k = detail::check_ties_options(fn, weights, options, experts, params);
 
   detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
-  const auto st = detail::TiesMaskState<ExecSpace>::template carve<T>(carver, experts, params);
-  detail::ties_trim(space, deltas, weights, k, st);
+  const auto [st, scan_cell] = detail::carve_ties_mask<T>(carver, experts, params);
+  const auto scan = detail::arm_scan(space, scan_cell.data());
+  detail::scan_rows(space, scan, deltas.data(), detail::row_stride(deltas), static_cast<int>(experts), params);
+  if (const std::size_t first = detail::first_non_finite(space, scan); first != detail::no_position)
+    throw argument_error(fn, "deltas", "finite values",
+                         detail::concat("deltas(", first / params, ", ", first % params, ") = ",
+                                        static_cast<double>(detail::read_entry(space, deltas, first / params, first % params))));
+  detail::ties_trim(space, deltas, weights, std::span<const std::size_t>(&k, 1), st);
   const auto election = detail::ties_election(st, experts, params, options);
   const T* tau = deltas.data();
   T* f = factor.data();

@@ -88,7 +88,7 @@ BOOST_AUTO_TEST_CASE(ties_ca_gpt_gradients) {
     using Policy = TiesCA<double, Space>;
     using Router = NoisyTopKGate<double, Space>;
     IndependentPolicies<Policy> policies(shape, experts, layout.groups(), [](MlpTensor, const MergeProblem& problem) {
-      return std::make_unique<Policy>(problem, TiesMask{}, CurvatureOptions{.rank = 2});
+      return std::make_unique<Policy>(problem, TiesMask{.options = {.density = 0.2}}, CurvatureOptions{.rank = 2});
     });
     MergedExperts<double, Space, IndependentPolicies<Policy>, Policy, Router> parts(
         shape, layout, policies, [](std::size_t inputs, std::size_t index) {

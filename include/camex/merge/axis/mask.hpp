@@ -38,8 +38,8 @@ struct UnitScoreFactor {
 ///     out_stride) writes f[i, p0 + q] (or f[i, p0 + q] tau[i, p0 + q] when `multiply`) to out[i * out_stride + q]
 ///     for q < len and every expert i, reading tau[i * tau_stride + q] (both pointers start at entry p0); out may
 ///     be tau itself, and it is callable in device code;
-///   adjoint(space, tau, factor, d_masked, d_tau, state): d_tau from d_masked (f .* d_masked for factors that
-///     are piecewise constant in tau), with `factor` materialised;
+///   adjoint(space, step, tau, factor, d_masked, d_tau, state): d_tau from d_masked (f .* d_masked for factors
+///     that are piecewise constant in tau), with `factor` materialised;
 ///   score_factor(step): a device-callable kappa(b, i).
 template <class M, class ExecSpace, class T>
 concept MaskAxis = requires(const M& mask, const StepContext& step, const MergeProblem& problem, const ExecSpace& space,
@@ -52,7 +52,7 @@ concept MaskAxis = requires(const M& mask, const StepContext& step, const MergeP
   { mask.placement() } -> std::same_as<MaskPlacement>;
   mask.prepare(space, step, in, mask.template layout<T>(carver, problem));
   mask.element_factor(step, mask.template layout<T>(carver, problem)).template apply<true>(p0, len, tau, stride, masked, stride);
-  mask.adjoint(space, in, in, in, out, mask.template layout<T>(carver, problem));
+  mask.adjoint(space, step, in, in, in, out, mask.template layout<T>(carver, problem));
   { mask.score_factor(step)(std::size_t{}, std::size_t{}) } -> std::convertible_to<double>;
 };
 
@@ -100,8 +100,8 @@ struct NoMask {
   void prepare(const ExecSpace&, const StepContext&, const Tau&, const State&) const {}
   UnitFactor element_factor(const StepContext&, const State& state) const { return {state.experts}; }
   template <class ExecSpace, class Tau, class Factor, class In, class Out>
-  void adjoint(const ExecSpace& space, const Tau&, const Factor& factor, const In& d_masked, const Out& d_tau,
-               const State&) const {
+  void adjoint(const ExecSpace& space, const StepContext&, const Tau&, const Factor& factor, const In& d_masked,
+               const Out& d_tau, const State&) const {
     detail::multiply_elementwise(space, factor, d_masked, d_tau);
   }
   UnitScoreFactor score_factor(const StepContext&) const { return {}; }

@@ -8,7 +8,9 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <span>
 #include <vector>
 
@@ -71,18 +73,60 @@ struct TiesFactor {
   }
 };
 
-/// The TIES mask. `weights` are mergekit's per-model weights for the election and the disjoint mean (empty: all
-/// 1); the routing scores still weight the merge itself. `options` and `weights` apply to the standard variant.
+/// The TIES mask. The routing scores weight the merged sum; `election_weights` weight the sign election and the
+/// disjoint mean's divisor (mergekit uses one weight per model for both: camex::mergekit::ties sets both from one
+/// list). `options`, `election_weights` and `densities` belong to the standard variant; sign agreement rejects
+/// them.
 struct TiesMask {
   TiesVariant variant = TiesVariant::standard;
-  TiesOptions options{.density = 0.2};
-  std::vector<double> weights{};
+  TiesOptions options{};                 ///< density 1 (no trim), sum election, normalize, lambda 1: mergekit's defaults
+  std::vector<double> election_weights{};  ///< one per expert; empty: all 1
+  std::vector<double> densities{};         ///< one per expert (mergekit's per-model density); empty: options.density
 
   template <class ExecSpace>
   struct State {
     detail::TiesMaskState<ExecSpace> trim;  // empty for sign agreement
     std::size_t experts, params;
+
+    /// The trim of this step, [n, P]: 1 where the entry is among its expert's kept magnitudes.
+    auto kept() const {
+      return Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
+                          Kokkos::MemoryTraits<Kokkos::Unmanaged>>(trim.keep.data(), experts, params);
+    }
   };
+
+  /// Throws argument_error for settings that cannot be met or contradict each other, naming the field.
+  void check(const char* function, const MergeProblem& problem) const {
+    const std::size_t n = problem.experts, params = problem.shape.params();
+    if (variant == TiesVariant::sign_agreement) {
+      const TiesOptions defaults{};
+      if (options.density != defaults.density || options.election != defaults.election ||
+          options.normalize != defaults.normalize || options.lambda != defaults.lambda)
+        throw argument_error(function, "mask.options", "the defaults with TiesVariant::sign_agreement (it has no trim, "
+                             "election rule, disjoint mean or lambda)", "options of the standard variant");
+      if (!election_weights.empty() || !densities.empty())
+        throw argument_error(function, election_weights.empty() ? "mask.densities" : "mask.election_weights",
+                             "none with TiesVariant::sign_agreement (it has no weights or trim)",
+                             detail::concat(election_weights.empty() ? densities.size() : election_weights.size(), " values"));
+      return;
+    }
+    if (!election_weights.empty())
+      detail::check_ties_options(function, election_weights, options, n, params);
+    else if (!std::isfinite(options.lambda))
+      throw argument_error(function, "options.lambda", "a finite scale", detail::concat(options.lambda));
+    if (densities.empty()) {
+      top_k_count(function, options.density, params);
+      return;
+    }
+    if (options.density != 1)
+      throw argument_error(function, "mask.densities",
+                           "either per-expert densities or options.density, not both",
+                           detail::concat(densities.size(), " densities and options.density = ", options.density));
+    if (densities.size() != n)
+      throw argument_error(function, "mask.densities", detail::concat("one density per expert (", n, ')'),
+                           detail::concat(densities.size(), " densities"));
+    for (const double d : densities) top_k_count(function, d, params);
+  }
 
   bool factor_active(const StepContext&) const { return true; }
   bool score_factor_active(const StepContext&) const { return false; }
@@ -100,12 +144,15 @@ struct TiesMask {
             n, params};
   }
 
+  /// The trim and the weights of the step (the options were checked when the policy was built).
   template <class ExecSpace, class Tau>
   void prepare(const ExecSpace& space, const StepContext&, const Tau& tau, const State<ExecSpace>& state) const {
     if (variant != TiesVariant::standard) return;
-    const std::vector<double> w = weights.empty() ? std::vector<double>(state.experts, 1.0) : weights;
-    const std::size_t k = detail::check_ties_options("camex::TiesMask::prepare", w, options, state.experts, state.params);
-    detail::ties_trim(space, tau, std::span<const double>(w), k, state.trim);
+    const std::vector<double> w = election_weights.empty() ? std::vector<double>(state.experts, 1.0) : election_weights;
+    std::vector<std::size_t> k(state.experts);
+    for (std::size_t i = 0; i < state.experts; ++i)
+      k[i] = top_k_count("camex::TiesMask::prepare", densities.empty() ? options.density : densities[i], state.params);
+    detail::ties_trim(space, tau, std::span<const double>(w), std::span<const std::size_t>(k), state.trim);
   }
 
   template <class ExecSpace>
@@ -118,8 +165,8 @@ struct TiesMask {
   }
 
   template <class ExecSpace, class Tau, class Factor, class In, class Out>
-  void adjoint(const ExecSpace& space, const Tau&, const Factor& factor, const In& d_masked, const Out& d_tau,
-               const State<ExecSpace>&) const {
+  void adjoint(const ExecSpace& space, const StepContext&, const Tau&, const Factor& factor, const In& d_masked,
+               const Out& d_tau, const State<ExecSpace>&) const {
     detail::multiply_elementwise(space, factor, d_masked, d_tau);
   }
   UnitScoreFactor score_factor(const StepContext&) const { return {}; }
