@@ -11,11 +11,10 @@
 // d_base = d_R[base row] - sum_i d_tau_i.
 //
 // Where the rows come from is the cost question (docs/performance.md). With the identity transform on a host
-// space, an evaluation step never stores R: the merge generates each tile of R (experts minus base, times the
-// mask's factor) in L1 and combines it there, so the step reads the experts once. A training step's backward
-// needs R, so `prepare` materialises it then, as it does for a transform (compute-bound, and read by every merge)
-// or on a device space. Either way `prepare` gathers the mask's whole-tensor statistics (the TIES trim, the L1
-// norms) once per step, and the first pass over the experts and the base also checks that they are finite.
+// space, R is never stored: the merge generates each tile of R (experts minus base, times the mask's factor) in
+// L1 and combines it there, so a step reads the experts once. A transform (compute-bound, and read by every
+// merge) or a device space materialises R in `prepare`. Either way `prepare` gathers the mask's whole-tensor
+// statistics (the TIES trim, the L1 norms) once per step, and checks that the experts and the base are finite.
 
 #include <Kokkos_Core.hpp>
 
@@ -394,7 +393,7 @@ class ComposedPolicy {
   /// What prepare leaves for the merge beyond the mask's statistics: the rows, where they are materialised.
   void prepare_rows(const ExecSpace& space, const Buffers& buffers, detail::WorkspaceCarver<ExecSpace>& carver) {
     if constexpr (Transform::is_identity) {
-      if (!generates_rows() || step_.training) ensure_rows(space, buffers);
+      if (!generates_rows()) ensure_rows(space, buffers);
     } else {
       finish_scan(space);
       const auto d = delta_rows(buffers);

@@ -53,10 +53,11 @@ struct SequenceFactor {
         for (int q = 0; q < len; ++q) out[i * out_stride + q] = Multiply ? masked[i * stride + p0 + q] : U(1);
       }
     }
-    if (Multiply) return;
-    for (int i = 0; i < experts; ++i) {
-      CAMEX_IVDEP
-      for (int q = 0; q < len; ++q) out[i * out_stride + q] *= first[i * stride + p0 + q];
+    if constexpr (!Multiply) {
+      for (int i = 0; i < experts; ++i) {
+        CAMEX_IVDEP
+        for (int q = 0; q < len; ++q) out[i * out_stride + q] *= first[i * stride + p0 + q];
+      }
     }
   }
 };
