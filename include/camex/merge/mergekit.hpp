@@ -10,8 +10,8 @@
 //
 // with D = sum_i w_i (1 where |D| < 1e-8) when `normalize`, else 1; TIES's disjoint mean divides inside f. The
 // defaults are mergekit's: normalize on for ties only, rescale on for the DARE methods (the L1 rescale), lambda 1,
-// density 1. docs/policies/mergekit.md says where the results agree with mergekit's bit for bit, where they agree
-// to rounding, and where camex is the more exact of the two.
+// density 1. docs/policies/mergekit.md says when the results agree with mergekit's (to the dtype's rounding, never
+// bit for bit), and where camex is the more exact of the two.
 
 #include <Kokkos_Core.hpp>
 
