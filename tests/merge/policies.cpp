@@ -243,6 +243,36 @@ BOOST_AUTO_TEST_CASE(dare_masks_are_a_function_of_seed_and_step) {
 }
 
 // The base may be one of the experts: tau_j = 0, and the base's gradient lands on expert j.
+// A training step's merge reads the rows prepare materialised for the backward; an evaluation step's merge on a
+// host space generates them tile by tile (or, unmasked at one group, merges straight from the experts). Both must
+// give the same bits, so switching a run between the two changes nothing. Several tiles and a ragged last one.
+BOOST_AUTO_TEST_CASE(training_and_evaluation_merges_agree_bit_for_bit) {
+  std::mt19937_64 gen(test_seed());
+  for (const std::size_t b : {std::size_t{1}, std::size_t{3}}) {
+    const MergeProblem wide{.experts = 5, .groups = b, .shape = {37, 29}};
+    PolicyInputs training;
+    training.experts = random_matrix(5, wide.shape.params(), gen);
+    training.base = random_matrix(1, wide.shape.params(), gen);
+    training.scores = random_matrix(b, 5, gen, 0.05, 1.0);
+    training.step = {.seed = 99, .step = 4, .tensor = 1, .training = true};
+    PolicyInputs evaluation = training;
+    evaluation.step.training = false;
+    const auto same = [&](auto& policy, const char* name) {
+      BOOST_TEST_CONTEXT(name << ", B = " << b) {
+        BOOST_TEST((run_merge(policy, training) - run_merge(policy, evaluation)).cwiseAbs().maxCoeff() == 0.0);
+      }
+    };
+    Domain<float, Space> domain(wide, {.alpha = 0.5});
+    same(domain, "domain");
+    Ties<float, Space> ties(wide, {.options = {.density = 0.3}});
+    same(ties, "ties");
+    Ties<float, Space> agreement(wide, {.variant = TiesVariant::sign_agreement});
+    same(agreement, "sign agreement");
+    Dare<float, Space> undropped(wide, {.drop = 0.0});  // the mask drawn only in training keeps everything
+    same(undropped, "dare, drop 0");
+  }
+}
+
 BOOST_AUTO_TEST_CASE(base_from_an_expert) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {

@@ -80,30 +80,36 @@ inline void compare(const std::string& what, double analytic, double numeric, do
 }  // namespace detail_check
 
 /// prepare rejects a NaN or an infinity in the experts or the base, naming the operand and the first bad entry, and
-/// a later prepare with good operands succeeds. `in` must hold finite operands with at least 2 experts and 8
-/// entries per expert.
+/// a later prepare with good operands succeeds; in an evaluation step and in a training step, whose prepare checks
+/// in different passes. `in` must hold finite operands with at least 2 experts and 8 entries per expert.
 template <MergePolicy P>
 void require_rejects_non_finite(P& policy, const PolicyInputs& in) {
   const std::string fn = "::prepare";
-  const auto prepare = [&](const HostMatrix& experts, const HostMatrix& base) {
-    MergeDriver<P> driver(policy);
-    driver.prepare(Space{}, in.step, to_device<typename P::scalar_type>(experts), device_or_empty<P>(base));
-  };
-  const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
-  HostMatrix experts = in.experts;
-  experts(1, 5) = nan;
-  experts(1, 7) = inf;
-  require_argument_error([&] { prepare(experts, in.base); }, "experts", {fn, "finite values", "experts(1, 5) = nan"});
-  experts = in.experts;
-  experts(0, 6) = -inf;
-  require_argument_error([&] { prepare(experts, in.base); }, "experts", {"experts(0, 6) = -inf"});
-  if (in.base.size() != 0) {
-    HostMatrix base = in.base;
-    base(0, 7) = inf;
-    base(0, 3) = nan;
-    require_argument_error([&] { prepare(in.experts, base); }, "base", {fn, "finite values", "base(0, 3) = nan"});
+  for (const bool training : {false, true}) {
+    BOOST_TEST_CONTEXT("training " << training) {
+      StepContext step = in.step;
+      step.training = training;
+      const auto prepare = [&](const HostMatrix& experts, const HostMatrix& base) {
+        MergeDriver<P> driver(policy);
+        driver.prepare(Space{}, step, to_device<typename P::scalar_type>(experts), device_or_empty<P>(base));
+      };
+      const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
+      HostMatrix experts = in.experts;
+      experts(1, 5) = nan;
+      experts(1, 7) = inf;
+      require_argument_error([&] { prepare(experts, in.base); }, "experts", {fn, "finite values", "experts(1, 5) = nan"});
+      experts = in.experts;
+      experts(0, 6) = -inf;
+      require_argument_error([&] { prepare(experts, in.base); }, "experts", {"experts(0, 6) = -inf"});
+      if (in.base.size() != 0) {
+        HostMatrix base = in.base;
+        base(0, 7) = inf;
+        base(0, 3) = nan;
+        require_argument_error([&] { prepare(in.experts, base); }, "base", {fn, "finite values", "base(0, 3) = nan"});
+      }
+      prepare(in.experts, in.base);
+    }
   }
-  prepare(in.experts, in.base);
 }
 
 /// Differences of L = <d_merged, merged> in each input and parameter entry (`derivative`: central, or one-sided

@@ -12,9 +12,10 @@
 //
 // Where the rows come from is the cost question (docs/performance.md). With the identity transform on a host
 // space, R is never stored: the merge generates each tile of R (experts minus base, times the mask's factor) in
-// L1 and combines it there, so a step reads the experts once. A transform (compute-bound, and read by every
-// merge) or a device space materialises R in `prepare`. Either way `prepare` gathers the mask's whole-tensor
-// statistics (the TIES trim, the L1 norms) once per step, and checks that the experts and the base are finite.
+// L1 and combines it there, so an evaluation step reads the experts once. A training step (whose backward needs
+// R), a transform (compute-bound, and read by every merge) or a device space materialises R in `prepare`. Either
+// way `prepare` gathers the mask's whole-tensor statistics (the TIES trim, the L1 norms) once per step, and checks
+// that the experts and the base are finite.
 
 #include <Kokkos_Core.hpp>
 
@@ -393,7 +394,9 @@ class ComposedPolicy {
   /// What prepare leaves for the merge beyond the mask's statistics: the rows, where they are materialised.
   void prepare_rows(const ExecSpace& space, const Buffers& buffers, detail::WorkspaceCarver<ExecSpace>& carver) {
     if constexpr (Transform::is_identity) {
-      if (!generates_rows()) ensure_rows(space, buffers);
+      // A training step's backward materialises the rows anyway; doing it here costs nothing more, lets the
+      // merge read them instead of generating them, and checks the operands inside that pass.
+      if (!generates_rows() || step_.training) ensure_rows(space, buffers);
     } else {
       finish_scan(space);
       const auto d = delta_rows(buffers);
