@@ -273,6 +273,56 @@ BOOST_AUTO_TEST_CASE(training_and_evaluation_merges_agree_bit_for_bit) {
   }
 }
 
+// The backward's host kernels work on runs of thousands of entries (the mask adjoint f .* d_R, the base's
+// d_R[n] - sum_i d_tau_i); the finite-difference tests use 24 entries, so here the backward of a tensor several
+// runs long with a ragged end, against its formulas in double: d_R = C^T d_merged, d_E_i = f_i .* d_R_i,
+// d_base = d_R[n] - sum_i d_E_i (into d_E_j when the base is expert j), d_s[b, i] = alpha <d_merged_b, R_i>.
+BOOST_AUTO_TEST_CASE(backward_of_long_tensors_against_its_formulas) {
+  std::mt19937_64 gen(test_seed());
+  const MergeProblem wide{.experts = n, .groups = groups, .shape = {71, 97}};
+  const std::size_t params = wide.shape.params();
+  PolicyInputs in;
+  in.experts = random_matrix(n, params, gen);
+  in.base = random_matrix(1, params, gen);
+  in.scores = random_matrix(groups, n, gen, 0.05, 1.0);
+  in.step = {.seed = 5, .step = 2, .tensor = 0, .training = true};
+  const HostMatrix d_merged = random_matrix(groups, params, gen);
+
+  const auto check = [&](auto& policy, const PolicyInputs& x, double alpha, bool masked, const char* name) {
+    BOOST_TEST_CONTEXT(name) {
+      using P = std::remove_reference_t<decltype(policy)>;
+      MergeDriver<P> driver(policy);
+      driver.prepare(Space{}, x.step, to_device<double>(x.experts), device_or_empty<P>(x.base));
+      HostMatrix f = ones(n, params);
+      if (masked) f = to_host(policy.mask_factor(Space{}, driver.workspace()));
+      const auto g = run_backward(policy, x, d_merged);
+      const bool from_expert = x.base.size() == 0;
+      const HostMatrix base = from_expert ? HostMatrix(x.experts.row(0)) : x.base;
+      const HostMatrix rows = f.cwiseProduct(x.experts - base.replicate(n, 1));
+      const HostMatrix d_r = alpha * x.scores.transpose() * d_merged;
+      HostMatrix d_e = f.cwiseProduct(d_r);
+      const HostMatrix d_b = d_merged.colwise().sum() - d_e.colwise().sum();
+      if (from_expert) d_e.row(0) += d_b;
+      const auto close = [](const HostMatrix& got, const HostMatrix& want, const char* what) {
+        BOOST_TEST((got - want).cwiseAbs().maxCoeff() <= 1e-12 * (1 + want.cwiseAbs().maxCoeff()), what);
+      };
+      close(g.d_experts, d_e, "d_experts");
+      if (!from_expert) close(g.d_base, d_b, "d_base");
+      close(g.d_scores, alpha * d_merged * rows.transpose(), "d_scores");
+    }
+  };
+  Domain<double, Space> domain(wide, {.alpha = 0.5});
+  check(domain, in, 0.5, false, "domain");
+  Domain<double, Space> from_expert(wide, {.alpha = 0.5, .base = BaseSource::expert, .base_expert = 0});
+  PolicyInputs no_base = in;
+  no_base.base = HostMatrix();
+  check(from_expert, no_base, 0.5, false, "domain, base = expert 0");
+  Ties<double, Space> ties(wide, {.options = {.density = 0.3}});
+  check(ties, in, 1.0, true, "ties");
+  Dare<double, Space> dare(wide, {.drop = 0.3});
+  check(dare, in, 1.0, true, "dare");
+}
+
 BOOST_AUTO_TEST_CASE(base_from_an_expert) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
