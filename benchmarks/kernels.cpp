@@ -5,7 +5,7 @@
 #include "cases.hpp"
 
 #include <camex/camex.hpp>
-#include <camex/detail/non_finite.hpp>
+#include <camex/kernels/non_finite.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -65,7 +65,7 @@ void non_finite_scan(benchmark::State& state) {
   auto* cell = reinterpret_cast<std::size_t*>(workspace.data());
   for (auto _ : state) {
     const auto scan = camex::detail::arm_scan(Space{}, cell);
-    camex::detail::scan_rows(Space{}, scan, w.data(), camex::detail::row_stride(w), experts, params);
+    camex::detail::scan_rows(Space{}, scan, w.data(), camex::row_stride(w), experts, params);
     benchmark::DoNotOptimize(camex::detail::first_non_finite(Space{}, scan));
   }
   state.counters["bytes"] = 4.0 * experts * params;

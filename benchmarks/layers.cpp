@@ -183,7 +183,7 @@ void merged_linear_step(benchmark::State& state, const LayerShape& s) {
                                ? 2.0 * s.rank * n * params * static_cast<double>(o1 + o2 + i1 + i2) +
                                      2.0 * s.rank * n * s.outputs * static_cast<double>(o1 + o2)
                                : 0.0;
-  // The merge-then-apply count (spec §9: the cheaper order's work whichever order runs).
+  // The merge-then-apply count (docs/algorithms.md §9: the cheaper order's work whichever order runs).
   state.counters["flops"] = 6.0 * tokens * params + 3 * transform + 3 * 2.0 * groups * (n + 1) * (params + s.outputs);
   // Minimum traffic: experts and bases read and their gradients written, x and d_y read, y and d_x written.
   state.counters["bytes"] = 4.0 * (2 * (n + 1) * (params + s.outputs) + 2 * tokens * (s.inputs + s.outputs));

@@ -10,8 +10,10 @@
 //
 // The program runs the policy through camex::MergeDriver, the same driver the built-ins go through, checks that
 // every merged tensor has the promised norm and that every gradient matches central finite differences, and
-// exits non-zero otherwise (ctest runs it as example.custom_policy).
+// exits non-zero otherwise (ctest runs it as examples.custom_policy).
 #include <camex/camex.hpp>
+
+#include "common/io/host_values.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -130,9 +132,9 @@ class NormPreservingMerge {
   Kokkos::View<double*, typename Space::memory_space> row_scales(const Space& space, const In& scores, const M& m) const {
     const auto norms = row_norms(space, m);
     const auto rho = weighted_norms(scores);
-    Kokkos::View<double*, Kokkos::HostSpace> host("scale", rho.size());
-    for (std::size_t b = 0; b < rho.size(); ++b) host(b) = norms[b] > 0 ? rho[b] / norms[b] : 0.0;
-    return Kokkos::create_mirror_view_and_copy(typename Space::memory_space{}, host);
+    Kokkos::View<double*, Kokkos::HostSpace> scale("scale", rho.size());
+    for (std::size_t b = 0; b < rho.size(); ++b) scale(b) = norms[b] > 0 ? rho[b] / norms[b] : 0.0;
+    return Kokkos::create_mirror_view_and_copy(typename Space::memory_space{}, scale);
   }
 
   camex::MergeProblem problem_;
@@ -147,22 +149,8 @@ namespace {
 
 using Space = Kokkos::DefaultExecutionSpace;
 
-template <class T>
-camex::Matrix<T, Space> device(const std::vector<double>& values, std::size_t rows, std::size_t cols) {
-  camex::Matrix<T, Space> v("v", rows, cols);
-  auto h = Kokkos::create_mirror_view(v);
-  for (std::size_t k = 0; k < rows * cols; ++k) h(k / cols, k % cols) = static_cast<T>(values[k]);
-  Kokkos::deep_copy(v, h);
-  return v;
-}
-
-template <class V>
-std::vector<double> host(const V& v) {
-  const auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, v);
-  std::vector<double> out(v.size());
-  for (std::size_t k = 0; k < out.size(); ++k) out[k] = h(k / v.extent(1), k % v.extent(1));
-  return out;
-}
+using camex::examples::device_matrix;
+using camex::examples::host_values;
 
 int run() {
   const camex::MergeProblem problem{.experts = 4, .groups = 3, .shape = {8, 16}};
@@ -177,10 +165,10 @@ int run() {
   NormPreservingMerge<double> policy(problem);
   camex::MergeDriver<NormPreservingMerge<double>> driver(policy);
   const auto merged_of = [&](const std::vector<double>& e, const std::vector<double>& s) {
-    driver.prepare(Space{}, {}, device<double>(e, n, P), {});
+    driver.prepare(Space{}, {}, device_matrix<double>(e, n, P), {});
     camex::Matrix<double, Space> merged("merged", B, P);
-    driver.merge(Space{}, device<double>(s, B, n), merged);
-    return host(merged);
+    driver.merge(Space{}, device_matrix<double>(s, B, n), merged);
+    return host_values(merged);
   };
   const auto loss = [&](const std::vector<double>& e, const std::vector<double>& s) {
     const auto m = merged_of(e, s);
@@ -204,9 +192,9 @@ int run() {
   }
 
   camex::Matrix<double, Space> d_scores("d_scores", B, n), d_experts("d_experts", n, P);
-  driver.prepare(Space{}, {}, device<double>(experts, n, P), {});
-  driver.backward(Space{}, device<double>(scores, B, n), device<double>(weights, B, P), d_scores, d_experts, {});
-  const auto ds = host(d_scores), de = host(d_experts);
+  driver.prepare(Space{}, {}, device_matrix<double>(experts, n, P), {});
+  driver.backward(Space{}, device_matrix<double>(scores, B, n), device_matrix<double>(weights, B, P), d_scores, d_experts, {});
+  const auto ds = host_values(d_scores), de = host_values(d_experts);
   // Central differences in double: truncation O(h^2) and rounding eps |L| / h are both near 1e-10 at h = 1e-5.
   const double h = 1e-5;
   double worst_gradient = 0;

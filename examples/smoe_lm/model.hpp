@@ -62,11 +62,11 @@ class Gpt {
   /// `make_mlp(l)` builds layer l's MLP (its policies and routers, if any, outlive the model).
   Gpt(const GptShape& shape, const std::function<std::unique_ptr<Mlp>(std::size_t)>& make_mlp) : shape_(shape) {
     constexpr const char* fn = "Gpt";
-    if (shape.vocab < 2) throw argument_error(fn, "shape.vocab", "at least 2 tokens", detail::concat(shape.vocab));
+    if (shape.vocab < 2) throw argument_error(fn, "shape.vocab", "at least 2 tokens", concat(shape.vocab));
     if (shape.layers == 0) throw argument_error(fn, "shape.layers", "at least one layer", "0");
     if (shape.context == 0 || shape.sequences == 0)
       throw argument_error(fn, "shape", "at least one sequence of at least one token",
-                           detail::concat(shape.sequences, " x ", shape.context));
+                           concat(shape.sequences, " x ", shape.context));
     const std::size_t n = shape.tokens(), c = shape.channels;
     const double proj_std = 0.02 / std::sqrt(2.0 * shape.layers);
     wte_ = arena_.add("wte", {shape.vocab, c}, true, Init::normal(0.02));

@@ -316,7 +316,7 @@ class TorchDraws:
 # The model.
 
 def gelu_tanh(h):
-    """GPT-2's GELU, camex::detail::activate."""
+    """GPT-2's GELU, camex::activate."""
     return 0.5 * h * (1.0 + torch.tanh(0.79788456080286535588 * (h + 0.044715 * h * h * h)))
 
 

@@ -30,15 +30,15 @@ BOOST_AUTO_TEST_CASE(argument_error_names_its_parts) {
 
 BOOST_AUTO_TEST_CASE(shape_checks) {
   Matrix<float, Space> m("m", 2, 3);
-  detail::require_shape("f", "m", m, 2, 3, "[B, N]");
-  require_argument_error([&] { detail::require_shape("f", "m", m, 3, 2, "[B, N]"); }, "m",
+  require_shape("f", "m", m, 2, 3, "[B, N]");
+  require_argument_error([&] { require_shape("f", "m", m, 3, 2, "[B, N]"); }, "m",
                          {"f: argument 'm'", "expected shape [B, N] = [3, 2]", "given [2, 3]"});
-  require_argument_error([&] { detail::require_nonempty("f", "e", Matrix<float, Space>("e", 0, 3), "stack"); }, "e",
+  require_argument_error([&] { require_nonempty("f", "e", Matrix<float, Space>("e", 0, 3), "stack"); }, "e",
                          {"a non-empty stack", "given shape [0, 3]"});
   Matrix<float, Space> big("big", 4, 3);
-  detail::require_disjoint("f", "m", m, "big", big);
+  require_disjoint("f", "m", m, "big", big);
   require_argument_error(
-      [&] { detail::require_disjoint("f", "out", Kokkos::subview(big, Kokkos::make_pair(3, 4), Kokkos::ALL), "big", big); },
+      [&] { require_disjoint("f", "out", Kokkos::subview(big, Kokkos::make_pair(3, 4), Kokkos::ALL), "big", big); },
       "out", {"memory disjoint from 'big'"});
 }
 

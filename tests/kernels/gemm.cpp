@@ -1,7 +1,7 @@
 // Batched GEMM against a double reference, on both schedules (Eigen blocks, one lane per entry): every transpose combination, beta zero (over NaN garbage) and not,
 // padded leading dimensions (the padding left untouched), row and column counts across the host blocks, float and
 // double.
-#include "camex/detail/gemm.hpp"
+#include "camex/kernels/gemm.hpp"
 
 #include "testing.hpp"
 
@@ -16,13 +16,13 @@ using namespace camex::testing;
 namespace {
 
 template <class T>
-void check(Schedule schedule, detail::Transpose ta, detail::Transpose tb, int m, int n, int k, double beta,
+void check(Schedule schedule, Transpose ta, Transpose tb, int m, int n, int k, double beta,
            std::mt19937_64& gen) {
-  BOOST_TEST_CONTEXT((schedule == Schedule::tiled ? "tiled" : "lanes") << ", T = " << (sizeof(T) == 4 ? "float" : "double") << ", transpose a " << (ta == detail::Transpose::yes)
-                            << ", transpose b " << (tb == detail::Transpose::yes) << ", m " << m << ", n " << n
+  BOOST_TEST_CONTEXT((schedule == Schedule::tiled ? "tiled" : "lanes") << ", T = " << (sizeof(T) == 4 ? "float" : "double") << ", transpose a " << (ta == Transpose::yes)
+                            << ", transpose b " << (tb == Transpose::yes) << ", m " << m << ", n " << n
                             << ", k " << k << ", beta " << beta) {
     const int batch = 3;
-    const bool at = ta == detail::Transpose::yes, bt = tb == detail::Transpose::yes;
+    const bool at = ta == Transpose::yes, bt = tb == Transpose::yes;
     // Stored shapes with two columns of padding each.
     const int a_rows = at ? k : m, a_cols = (at ? m : k) + 2, b_rows = bt ? n : k, b_cols = (bt ? k : n) + 2;
     const int c_cols = n + 2;
@@ -41,7 +41,7 @@ void check(Schedule schedule, detail::Transpose ta, detail::Transpose tb, int m,
     auto c_dev = to_device<T>(stack(c));
     if (beta == 0) Kokkos::deep_copy(c_dev, std::numeric_limits<T>::quiet_NaN());
     const double alpha = 0.75;
-    detail::gemm(Space{}, detail::GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = m, .n = n, .k = k,
+    gemm(Space{}, GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = m, .n = n, .k = k,
                                                .alpha = static_cast<T>(alpha), .a = a_dev.data(), .lda = a_cols,
                                                .stride_a = static_cast<std::ptrdiff_t>(a_rows) * a_cols,
                                                .b = b_dev.data(), .ldb = b_cols,
@@ -74,7 +74,6 @@ void check(Schedule schedule, detail::Transpose ta, detail::Transpose tb, int m,
 BOOST_AUTO_TEST_CASE(batched_gemm_matches_double) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
-    using detail::Transpose;
     for (const Schedule schedule : {Schedule::tiled, Schedule::lane_per_parameter})
       for (const Transpose ta : {Transpose::no, Transpose::yes})
         for (const Transpose tb : {Transpose::no, Transpose::yes})

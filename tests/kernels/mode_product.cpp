@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "camex/detail/mode_product.hpp"
+#include "camex/kernels/mode_product.hpp"
 #include "testing.hpp"
 
 using namespace camex;
@@ -51,7 +51,7 @@ void check_geometry(const Geometry& g, std::mt19937_64& gen) {
                                        {in.data(), static_cast<std::ptrdiff_t>(stride), out.data(),
                                         static_cast<std::ptrdiff_t>(stride), factors.data(), tensors},
                                        mode, transpose, accumulate,
-                                       typename detail::WorkspaceCarver<Space>::template Array<T>(scratch.data(), scratch.size()));
+                                       typename WorkspaceCarver<Space>::template Array<T>(scratch.data(), scratch.size()));
         const HostMatrix got = to_host(out);
         double worst_ratio = 0;
         for (std::size_t i = 0; i < tensors; ++i)
@@ -97,7 +97,7 @@ void check_contraction(const Geometry& g, std::mt19937_64& gen) {
   Kokkos::View<double*, typename Space::memory_space> partial("partial", detail::mode_contraction_scratch(tensors, mode));
   detail::mode_contraction<Space, T>(Space{}, dv.data(), static_cast<std::ptrdiff_t>(stride), dy.data(),
                                      static_cast<std::ptrdiff_t>(stride), tensors, mode, grad.data(),
-                                     typename detail::WorkspaceCarver<Space>::template Array<double>(partial.data(), partial.size()));
+                                     typename WorkspaceCarver<Space>::template Array<double>(partial.data(), partial.size()));
   const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, grad);
   double worst_ratio = 0;
   for (std::size_t i = 0; i < tensors; ++i)

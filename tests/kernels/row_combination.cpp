@@ -8,7 +8,7 @@
 #include <iomanip>
 #include <random>
 
-#include "camex/detail/row_combination.hpp"
+#include "camex/kernels/row_combination.hpp"
 #include "testing.hpp"
 
 using namespace camex;
@@ -21,12 +21,12 @@ HostMatrix combine(Schedule schedule, const Matrix<T, Space>& coef, const Matrix
                    const T* centre, std::size_t groups, std::size_t params) {
   Matrix<T, Space> out("out", groups, params);
   detail::row_combination(Space{}, schedule,
-                          detail::RowCombination<T>{.coef = {coef.data(), detail::row_stride(coef), 1},
+                          detail::RowCombination<T>{.coef = {coef.data(), row_stride(coef), 1},
                                                     .rows = rows.data(),
-                                                    .row_stride = detail::row_stride(rows),
+                                                    .row_stride = row_stride(rows),
                                                     .in_rows = in_rows,
                                                     .out = out.data(),
-                                                    .out_stride = detail::row_stride(out),
+                                                    .out_stride = row_stride(out),
                                                     .out_rows = static_cast<int>(groups),
                                                     .length = params,
                                                     .centre = centre});

@@ -1,6 +1,6 @@
 // Exact top-k by magnitude against a stable sort on the host (magnitude descending, index ascending), with ties
 // at the threshold, signed zeros, infinities, subnormals, both float and double; and its error paths.
-#include "camex/core/top_k.hpp"
+#include "camex/kernels/top_k.hpp"
 
 #include "reference.hpp"
 #include "testing.hpp"

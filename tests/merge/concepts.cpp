@@ -1,5 +1,5 @@
-// The MergePolicy contract at compile time: every built-in satisfies it, and types that miss one requirement each
-// are rejected (so a user's policy that forgets, say, the backward fails at the MergeDriver with the name of the
+// The extension contracts at compile time (MergePolicy, RowCombinationPolicy, MaskAxis, TransformAxis; Router is
+// in route/concepts.cpp): every built-in satisfies them, and types that miss one requirement each are rejected (so a user's policy that forgets, say, the backward fails at the MergeDriver with the name of the
 // missing expression rather than deep inside a kernel).
 #include "camex/camex.hpp"
 
@@ -115,7 +115,105 @@ static_assert(RowCombinationPolicy<Dare<float, Space>> && RowCombinationPolicy<D
 static_assert(RowCombinationPolicy<CurvatureAware<float, Space>>);
 static_assert(RowCombinationPolicy<DynamicChain<float, Space>::Layer>);
 
+/// Everything a mask needs (merge/axis/mask.hpp); each one below removes or breaks one piece of it.
+struct CompleteMask {
+  struct State {};
+  struct Factor {
+    template <bool Multiply, class T>
+    KOKKOS_INLINE_FUNCTION void apply(std::size_t, int, const T*, std::ptrdiff_t, T*, std::ptrdiff_t) const {}
+  };
+  bool factor_active(const StepContext&) const { return true; }
+  bool score_factor_active(const StepContext&) const { return false; }
+  bool needs_deltas(const StepContext&) const { return false; }
+  MaskPlacement placement() const { return MaskPlacement::on_delta; }
+  template <class T, class Carver>
+  State layout(Carver&, const MergeProblem&) const { return {}; }
+  template <class ExecSpace, class Tau>
+  void prepare(const ExecSpace&, const StepContext&, const Tau&, const State&) const {}
+  Factor element_factor(const StepContext&, const State&) const { return {}; }
+  template <class ExecSpace, class Tau, class F, class In, class Out>
+  void adjoint(const ExecSpace&, const StepContext&, const Tau&, const F&, const In&, const Out&, const State&) const {}
+  UnitScoreFactor score_factor(const StepContext&) const { return {}; }
+};
+
+struct MaskWithoutPlacement : CompleteMask {
+  MaskPlacement placement() const = delete;
+};
+struct ActivityAsInt : CompleteMask {
+  int factor_active(const StepContext&) const { return 1; }
+};
+struct FactorWithoutApply : CompleteMask {
+  struct Factor {};
+  Factor element_factor(const StepContext&, const State&) const { return {}; }
+};
+struct FactorOnlyMultiplying : CompleteMask {  // apply<false>, the factor alone, is what a backward materialises
+  struct Factor {
+    template <bool Multiply, class T>
+      requires Multiply
+    KOKKOS_INLINE_FUNCTION void apply(std::size_t, int, const T*, std::ptrdiff_t, T*, std::ptrdiff_t) const {}
+  };
+  Factor element_factor(const StepContext&, const State&) const { return {}; }
+};
+struct MutatingPrepare : CompleteMask {  // the policy holds its mask const
+  template <class ExecSpace, class Tau>
+  void prepare(const ExecSpace&, const StepContext&, const Tau&, const State&) = delete;
+  template <class ExecSpace, class Tau>
+  void prepare(const ExecSpace&, const StepContext&, const Tau&, const State&) const = delete;
+};
+struct NoAdjoint : CompleteMask {
+  template <class ExecSpace, class Tau, class F, class In, class Out>
+  void adjoint(const ExecSpace&, const StepContext&, const Tau&, const F&, const In&, const Out&, const State&) const = delete;
+};
+struct ScoreFactorNotCallable : CompleteMask {
+  int score_factor(const StepContext&) const { return 1; }
+};
+
+static_assert(MaskAxis<CompleteMask, Space, float>);
+static_assert(!MaskAxis<MaskWithoutPlacement, Space, float>);
+static_assert(!MaskAxis<ActivityAsInt, Space, float>);
+static_assert(!MaskAxis<FactorWithoutApply, Space, float>);
+static_assert(!MaskAxis<FactorOnlyMultiplying, Space, float>);
+static_assert(!MaskAxis<MutatingPrepare, Space, float>);
+static_assert(!MaskAxis<NoAdjoint, Space, float>);
+static_assert(!MaskAxis<ScoreFactorNotCallable, Space, float>);
 static_assert(MaskAxis<NoMask, Space, float> && MaskAxis<TiesMask, Space, float> && MaskAxis<DareMask, Space, float>);
+static_assert(MaskAxis<DareTiesMask, Space, double>);
+
+/// Everything a transform with parameters needs (merge/axis/transform.hpp).
+struct CompleteTransform {
+  static constexpr bool is_identity = false;
+  template <class T>
+  int layout(WorkspaceCarver<Space>&) const { return 0; }
+  void apply(const Space&, const In&, const WorkspaceCarver<Space>::Matrix<float>&, WorkspaceCarver<Space>&) const {}
+  void backward(const Space&, const In&, const In&, const WorkspaceCarver<Space>::Matrix<float>&, WorkspaceCarver<Space>&) {}
+  std::vector<Parameter<float, Space>> parameters() { return {}; }
+};
+
+struct NoIdentityFlag {
+  template <class T>
+  int layout(WorkspaceCarver<Space>&) const { return 0; }
+};
+struct ApplyNeedsMutableTransform : CompleteTransform {  // the forward runs on a const transform
+  void apply(const Space&, const In&, const WorkspaceCarver<Space>::Matrix<float>&, WorkspaceCarver<Space>&) = delete;
+  void apply(const Space&, const In&, const WorkspaceCarver<Space>::Matrix<float>&, WorkspaceCarver<Space>&) const = delete;
+};
+struct TransformWithoutBackward : CompleteTransform {
+  void backward(const Space&, const In&, const In&, const WorkspaceCarver<Space>::Matrix<float>&, WorkspaceCarver<Space>&) = delete;
+};
+struct TransformParametersOfWrongType : CompleteTransform {
+  std::vector<float> parameters() { return {}; }
+};
+struct IdentityClaimingParameters {  // an identity needs nothing else: the policy skips every buffer and call
+  static constexpr bool is_identity = true;
+};
+
+static_assert(TransformAxis<CompleteTransform, float, Space>);
+static_assert(!TransformAxis<NoIdentityFlag, float, Space>);
+static_assert(!TransformAxis<ApplyNeedsMutableTransform, float, Space>);
+static_assert(!TransformAxis<TransformWithoutBackward, float, Space>);
+static_assert(!TransformAxis<TransformParametersOfWrongType, float, Space>);
+static_assert(!TransformAxis<CompleteTransform, double, Space>);  // a transform is for one scalar type
+static_assert(TransformAxis<IdentityClaimingParameters, float, Space>);
 static_assert(TransformAxis<IdentityTransform, float, Space> && TransformAxis<CurvatureTransform<float, Space>, float, Space>);
 
 }  // namespace contract

@@ -1,6 +1,6 @@
 // The curvature transform and the policies built on it (CurvatureAware, TIES-CA in both variants, DARE-CA):
 // the factorisation rule, the mode products against an explicit Kronecker product (A (x) B) tau (C (x) D)^T built
-// in double, the bias path, every gradient including all four factors by central differences, the spec §10
+// in double, the bias path, every gradient including all four factors by central differences, the docs/algorithms.md §10
 // invariants (r = 1 and identity factors is domain merging, identity factors scale by r, the unit init is M = I,
 // factor gradients vanish at an upcycled step 0), and the error paths.
 #include "camex/merge/curvature_aware.hpp"
@@ -49,7 +49,7 @@ BOOST_AUTO_TEST_CASE(factorisation_follows_the_camex_rule) {
 }
 
 // Shapes chosen so every kernel path runs (modes with inner runs, the last mode's run of 1, unfactored modes),
-// and a bias (rows x 1: output modes only); tests/detail/mode_product.cpp covers the kernels' blockings.
+// and a bias (rows x 1: output modes only); tests/kernels/mode_product.cpp covers the kernels' blockings.
 BOOST_AUTO_TEST_CASE(matches_explicit_kronecker_product) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
@@ -132,7 +132,7 @@ BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {
   require_rejects_non_finite(drop2d, in);
 }
 
-// Spec §10: with identity factors, r = 1 is domain merging and rank r scales the step by r; the default (unit)
+// algorithms.md §10: with identity factors, r = 1 is domain merging and rank r scales the step by r; the default (unit)
 // init is M = I whatever the rank.
 BOOST_AUTO_TEST_CASE(identity_factors_reproduce_domain_merging) {
   std::mt19937_64 gen(test_seed());
@@ -150,7 +150,7 @@ BOOST_AUTO_TEST_CASE(identity_factors_reproduce_domain_merging) {
   }
 }
 
-// Spec §10: at an upcycled step 0 (every expert equal to the base) the output is the dense layer and the factors
+// algorithms.md §10: at an upcycled step 0 (every expert equal to the base) the output is the dense layer and the factors
 // get no gradient.
 BOOST_AUTO_TEST_CASE(upcycled_step_zero) {
   std::mt19937_64 gen(test_seed());

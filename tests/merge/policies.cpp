@@ -1,6 +1,6 @@
 // The named policies with the identity transform (Euclidean, Domain, TIES in both variants, DARE at element and
 // expert granularity with both rescales) against plain double references of their formulas on random inputs,
-// every gradient against central finite differences, the base taken from an expert, train vs eval, the spec §10
+// every gradient against central finite differences, the base taken from an expert, train vs eval, the docs/algorithms.md §10
 // invariants that need no curvature, and the error paths.
 #include "camex/merge/dare.hpp"
 #include "camex/merge/domain.hpp"
@@ -115,7 +115,7 @@ BOOST_AUTO_TEST_CASE(domain_with_alpha) {
   }
 }
 
-// Spec §4.2 / §10: alpha = 1, no mask, identity transform and scores summing to 1 make the base cancel. camex
+// algorithms.md §4.2 / §10: alpha = 1, no mask, identity transform and scores summing to 1 make the base cancel. camex
 // rejects that by default; accepted, the output is SMEAR over the experts and the base gradient is zero.
 BOOST_AUTO_TEST_CASE(domain_degenerate_base_is_reported) {
   std::mt19937_64 gen(test_seed());
@@ -163,7 +163,7 @@ BOOST_AUTO_TEST_CASE(ties_standard_and_sign_agreement) {
   }
 }
 
-// Spec §10: at an upcycled step 0 every delta is 0, so every TIES mask entry is 1 (sign-agreement variant), the
+// algorithms.md §10: at an upcycled step 0 every delta is 0, so every TIES mask entry is 1 (sign-agreement variant), the
 // merged tensor is the base (the dense layer) for any policy, and the expert gradients are the base's share.
 BOOST_AUTO_TEST_CASE(upcycled_step_zero) {
   std::mt19937_64 gen(test_seed());

@@ -1,4 +1,4 @@
-// The CAMEx-code preset against that layer's math written out here in double from the spec (§2.1, §2.3, §4.3,
+// The CAMEx-code preset against that layer's math written out here in double from docs/algorithms.md (§2.1, §2.3, §4.3,
 // §4.5), at small sizes: every segment's own gates by the noisy softmax (k = n) on the mean of all its positions
 // (padding included), segment s merging with segment s - 1's gates and segment 0 with its own, detached; the sign
 // agreement of the raw deltas masking the curvature transform built as explicit Kronecker products; the balancing

@@ -1,4 +1,4 @@
-// The merged linear's two evaluation orders (spec §9): the cost model picks applying every row and mixing only
+// The merged linear's two evaluation orders (docs/algorithms.md §9): the cost model picks applying every row and mixing only
 // where groups hold a token or two; both orders give the same output and every gradient, for each kind of
 // policy (no base, a base, a mask, a random score factor, the curvature transform); the apply-then-mix backward
 // against central finite differences in double through per-token causal routing; error paths.
@@ -140,7 +140,7 @@ BOOST_AUTO_TEST_CASE(cost_model_picks_by_group_length) {
   BOOST_TEST((choose_order({.flops_per_byte = 64}, shape(4)) == EvaluationOrder::apply_then_mix));
   BOOST_TEST((choose_order({.order = EvaluationOrder::apply_then_mix}, shape(256)) == EvaluationOrder::apply_then_mix));
   BOOST_TEST((choose_order({.order = EvaluationOrder::merge_then_apply}, shape(1)) == EvaluationOrder::merge_then_apply));
-  // At one token per group the GEMM flops are equal-order (spec §9: 2 (n + L) O I vs 2 L (n + 1) O I per group)
+  // At one token per group the GEMM flops are equal-order (docs/algorithms.md §9: 2 (n + L) O I vs 2 L (n + 1) O I per group)
   // and merging adds a merged matrix of traffic per token.
   const auto merge = estimated_cost(EvaluationOrder::merge_then_apply, shape(1));
   const auto apply = estimated_cost(EvaluationOrder::apply_then_mix, shape(1));

@@ -144,7 +144,7 @@ BOOST_AUTO_TEST_CASE(forward_is_the_merged_module_applied_per_group) {
   }
 }
 
-// Spec §10: upcycled experts (all equal to the base) give the dense FFN, whatever the router says.
+// algorithms.md §10: upcycled experts (all equal to the base) give the dense FFN, whatever the router says.
 BOOST_AUTO_TEST_CASE(upcycled_block_is_the_dense_ffn) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
@@ -201,7 +201,7 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
   }
 }
 
-// Spec §2.3: segment 0 merges with gates whose gradient is stopped, so its outputs alone send exactly nothing to
+// algorithms.md §2.3: segment 0 merges with gates whose gradient is stopped, so its outputs alone send exactly nothing to
 // the router's parameters.
 BOOST_AUTO_TEST_CASE(segment_0_outputs_do_not_train_the_router) {
   std::mt19937_64 gen(test_seed());
@@ -217,7 +217,7 @@ BOOST_AUTO_TEST_CASE(segment_0_outputs_do_not_train_the_router) {
   }
 }
 
-// Spec §9 for each of the block's two linears: applying every prepared row and mixing gives what merging per
+// algorithms.md §9 for each of the block's two linears: applying every prepared row and mixing gives what merging per
 // group then applying gives, forward and backward.
 BOOST_AUTO_TEST_CASE(evaluation_orders_agree) {
   std::mt19937_64 gen(test_seed());
@@ -255,6 +255,10 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
                            {"5 columns", "6 columns"});
     require_argument_error([&] { Layer(fc, &proj, proj, nullptr, router, sequences); }, "fc_bias", {"shape [5, 1]", "shape [3, 5]"});
     Layer layer(fc, &fc_bias, proj, nullptr, router, sequences);
+    // Deduced without casts, whichever biases are null.
+    static_assert(std::same_as<decltype(MergedFFN(fc, nullptr, proj, nullptr, router, sequences)), Layer>);
+    static_assert(std::same_as<decltype(MergedFFN(fc, &fc_bias, proj, nullptr, router, sequences)), Layer>);
+    static_assert(std::same_as<decltype(MergedFFN(fc, nullptr, proj, &fc_bias, router, sequences, Activation::relu)), Layer>);
     const auto ws = make_workspace<Space>(layer.workspace_bytes());
     Matrix<double, Space> x("x", sequences.tokens(), in), y("y", sequences.tokens(), out), e1("e1", n, hid * in),
         b1("b1", 1, hid * in), e2("e2", n, out * hid), b2("b2", 1, out * hid), eb("eb", n, hid), bb("bb", 1, hid);

@@ -129,7 +129,7 @@ BOOST_AUTO_TEST_CASE(forward_is_the_merged_matrix_applied_per_group) {
   }
 }
 
-// Spec §10: experts upcycled from a dense layer (all equal to the base) give the dense layer's output, whatever
+// algorithms.md §10: experts upcycled from a dense layer (all equal to the base) give the dense layer's output, whatever
 // the router says.
 BOOST_AUTO_TEST_CASE(upcycled_layer_is_the_dense_layer) {
   std::mt19937_64 gen(test_seed());
@@ -201,7 +201,7 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
   }
 }
 
-// Spec §2.3: segment 0 merges with gates whose gradient is stopped, so its outputs alone send exactly nothing to
+// algorithms.md §2.3: segment 0 merges with gates whose gradient is stopped, so its outputs alone send exactly nothing to
 // the router's parameters, under both gate-row conventions and with one segment per sequence.
 BOOST_AUTO_TEST_CASE(segment_0_outputs_do_not_train_the_router) {
   std::mt19937_64 gen(test_seed());
@@ -228,7 +228,7 @@ BOOST_AUTO_TEST_CASE(segment_0_outputs_do_not_train_the_router) {
     }
 }
 
-// Spec §10 at the layer: with causal segment routing, perturbing the input at any position changes no output at
+// algorithms.md §10 at the layer: with causal segment routing, perturbing the input at any position changes no output at
 // an earlier position, except inside segment 0, whose routing depends on its own tokens (the documented leak).
 BOOST_AUTO_TEST_CASE(segment_routing_keeps_outputs_causal) {
   std::mt19937_64 gen(test_seed());
@@ -282,7 +282,9 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
     bad_layout.segment = 4;
     require_argument_error([&] { Layer(weights, &bias, router, bad_layout); }, "layout.segment", {"4"});
 
-    Layer layer(weights, &bias, router, segments), no_bias(weights, nullptr, router, segments);
+    Layer layer(weights, &bias, router, segments);
+    MergedLinear no_bias(weights, nullptr, router, segments);  // deduced: no cast of the null bias
+    static_assert(std::same_as<decltype(no_bias), Layer>);
     const auto ws = make_workspace<Space>(layer.workspace_bytes());
     Matrix<float, Space> x("x", segments.tokens(), in), y("y", segments.tokens(), out), ew("ew", n, out * in),
         bw("bw", 1, out * in), eb("eb", n, out), bb("bb", 1, out);

@@ -29,7 +29,7 @@ double cv_squared(const Eigen::VectorXd& v) {
   return var / (mean * mean + 1e-10);
 }
 
-/// Spec §2.1 written out plainly in double, with the gate's noise sites.
+/// algorithms.md §2.1 written out plainly in double, with the gate's noise sites.
 Reference reference(const HostMatrix& x, const HostMatrix& w_gate, const HostMatrix& w_noise, const NoisyTopKOptions& o,
                     const StepContext& step) {
   const Eigen::Index groups = x.rows(), n = w_gate.rows();

@@ -34,7 +34,7 @@ std::vector<RoutingLayout> layouts() {
 }
 
 std::string describe(const RoutingLayout& layout) {
-  return detail::concat(layout.granularity == Granularity::sequence ? "sequences" : "causal segments", ", ",
+  return concat(layout.granularity == Granularity::sequence ? "sequences" : "causal segments", ", ",
                         layout.groups(), " groups, ",
                         layout.gate_rows == GateRows::per_segment ? "per_segment" : "per_group", " gate rows");
 }
@@ -178,7 +178,7 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
   }
 }
 
-// The spec's stopped gradient (§2.3), exactly: cotangents on segment 0's scores alone give zero router gradients
+// The stopped gradient of docs/algorithms.md §2.3, exactly: cotangents on segment 0's scores alone give zero router gradients
 // and zero d_x, entry by entry, for every router and both conventions.
 BOOST_AUTO_TEST_CASE(detached_merges_send_no_gradient) {
   std::mt19937_64 gen(test_seed());

@@ -42,7 +42,7 @@ void write_parameter(const Router& router, std::size_t which, const HostMatrix& 
   Kokkos::deep_copy(p.value, host);
 }
 
-/// Spec §2.2 in double with the router's own parameters and dropout sites.
+/// algorithms.md §2.2 in double with the router's own parameters and dropout sites.
 HostMatrix reference(const Router& router, const HostMatrix& z, const StepContext& step) {
   const auto params = read_parameters(router);
   const auto& o = router.options();

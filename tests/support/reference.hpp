@@ -7,7 +7,7 @@
 #include <numeric>
 #include <vector>
 
-#include "camex/core/top_k.hpp"
+#include "camex/kernels/top_k.hpp"
 #include "camex/merge/ties_mask.hpp"
 
 namespace camex::testing {

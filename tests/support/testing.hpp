@@ -21,7 +21,7 @@
 #include "camex/core/views.hpp"
 
 #ifndef CAMEX_TEST_SPACE
-#error "tests/CMakeLists.txt compiles each test body with CAMEX_TEST_SPACE set to a Kokkos execution space"
+#error "camex_test (cmake/camexTesting.cmake) compiles each test body with CAMEX_TEST_SPACE set to a Kokkos execution space"
 #endif
 
 namespace camex::testing {

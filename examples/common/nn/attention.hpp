@@ -24,8 +24,8 @@ class CausalSelfAttention {
   CausalSelfAttention(std::size_t sequences, std::size_t context, std::size_t channels, std::size_t heads)
       : sequences_(sequences), context_(context), channels_(channels), heads_(heads) {
     if (heads == 0 || channels % heads != 0)
-      throw argument_error("CausalSelfAttention", "heads", detail::concat("a divisor of the width ", channels),
-                           detail::concat(heads));
+      throw argument_error("CausalSelfAttention", "heads", concat("a divisor of the width ", channels),
+                           concat(heads));
     const std::size_t rows = sequences * heads * context, d = channels / heads;
     for (Mat<T, Space>* m : {&q_, &k_, &v_, &o_, &d_q_, &d_k_, &d_v_, &d_o_}) *m = Mat<T, Space>("attention", rows, d);
     att_ = Mat<T, Space>("attention.probabilities", rows, context);
@@ -37,28 +37,28 @@ class CausalSelfAttention {
 
   void forward(const Space& space, const ConstMat<T, Space>& qkv, const Mat<T, Space>& y) {
     constexpr const char* fn = "CausalSelfAttention::forward";
-    detail::require_shape(fn, "qkv", qkv, tokens(), 3 * channels_, "[N, 3C]");
-    detail::require_shape(fn, "y", y, tokens(), channels_, "[N, C]");
+    require_shape(fn, "qkv", qkv, tokens(), 3 * channels_, "[N, 3C]");
+    require_shape(fn, "y", y, tokens(), channels_, "[N, C]");
     split_heads(space, qkv, 0, q_);
     split_heads(space, qkv, 1, k_);
     split_heads(space, qkv, 2, v_);
     const T scale = static_cast<T>(1 / std::sqrt(static_cast<double>(head_width())));
-    batched(space, q_, detail::Transpose::no, k_, detail::Transpose::yes, att_, scale, T(0));
+    batched(space, q_, Transpose::no, k_, Transpose::yes, att_, scale, T(0));
     causal_softmax(space);
-    batched(space, att_, detail::Transpose::no, v_, detail::Transpose::no, o_, T(1), T(0));
+    batched(space, att_, Transpose::no, v_, Transpose::no, o_, T(1), T(0));
     merge_heads(space, o_, y, 0);
   }
 
   void backward(const Space& space, const ConstMat<T, Space>& d_y, const Mat<T, Space>& d_qkv) {
     constexpr const char* fn = "CausalSelfAttention::backward";
-    detail::require_shape(fn, "d_y", d_y, tokens(), channels_, "[N, C]");
-    detail::require_shape(fn, "d_qkv", d_qkv, tokens(), 3 * channels_, "[N, 3C]");
+    require_shape(fn, "d_y", d_y, tokens(), channels_, "[N, C]");
+    require_shape(fn, "d_qkv", d_qkv, tokens(), 3 * channels_, "[N, 3C]");
     split_heads(space, d_y, 0, d_o_);
-    batched(space, d_o_, detail::Transpose::no, v_, detail::Transpose::yes, d_att_, T(1), T(0));
-    batched(space, att_, detail::Transpose::yes, d_o_, detail::Transpose::no, d_v_, T(1), T(0));
+    batched(space, d_o_, Transpose::no, v_, Transpose::yes, d_att_, T(1), T(0));
+    batched(space, att_, Transpose::yes, d_o_, Transpose::no, d_v_, T(1), T(0));
     causal_softmax_backward(space, static_cast<T>(1 / std::sqrt(static_cast<double>(head_width()))));
-    batched(space, d_att_, detail::Transpose::no, k_, detail::Transpose::no, d_q_, T(1), T(0));
-    batched(space, d_att_, detail::Transpose::yes, q_, detail::Transpose::no, d_k_, T(1), T(0));
+    batched(space, d_att_, Transpose::no, k_, Transpose::no, d_q_, T(1), T(0));
+    batched(space, d_att_, Transpose::yes, q_, Transpose::no, d_k_, T(1), T(0));
     merge_heads(space, d_q_, d_qkv, 0);
     merge_heads(space, d_k_, d_qkv, 1);
     merge_heads(space, d_v_, d_qkv, 2);
@@ -86,12 +86,12 @@ class CausalSelfAttention {
   }
 
   /// One product per (sequence, head) block: c_i = alpha op(a_i) op(b_i) + beta c_i.
-  void batched(const Space& space, const Mat<T, Space>& a, detail::Transpose ta, const Mat<T, Space>& b,
-               detail::Transpose tb, const Mat<T, Space>& c, T alpha, T beta) const {
+  void batched(const Space& space, const Mat<T, Space>& a, Transpose ta, const Mat<T, Space>& b,
+               Transpose tb, const Mat<T, Space>& c, T alpha, T beta) const {
     const std::size_t blocks = sequences_ * heads_, l = context_;
     const std::size_t c_cols = c.extent(1), a_cols = a.extent(1), b_cols = b.extent(1);
-    const bool at = ta == detail::Transpose::yes;
-    detail::gemm(space, detail::GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = static_cast<int>(l),
+    const bool at = ta == Transpose::yes;
+    gemm(space, GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = static_cast<int>(l),
                                              .n = static_cast<int>(c_cols),
                                              .k = static_cast<int>(at ? l : a_cols), .alpha = alpha, .a = a.data(),
                                              .lda = static_cast<std::ptrdiff_t>(a_cols),
@@ -113,7 +113,7 @@ class CausalSelfAttention {
                            for (std::size_t s = 1; s <= t; ++s) top = att(r, s) > top ? att(r, s) : top;
                            double sum = 0;
                            for (std::size_t s = 0; s <= t; ++s) {
-                             const T e = detail::math::exp(att(r, s) - top);
+                             const T e = math::exp(att(r, s) - top);
                              att(r, s) = e;
                              sum += e;
                            }

@@ -16,10 +16,10 @@ double tied_head_forward(const Space& space, const InMat<T, Space>& x, const InM
                          const TokenIds<Space>& targets, const Mat<T, Space>& probabilities) {
   constexpr const char* fn = "tied_head_forward";
   const std::size_t n = x.extent(0), vocab = wte.extent(0);
-  detail::require_shape(fn, "wte", wte, vocab, x.extent(1), "[V, C] with C = x's columns");
+  require_shape(fn, "wte", wte, vocab, x.extent(1), "[V, C] with C = x's columns");
   require_length(fn, "targets", targets, n, "x's rows");
-  detail::require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V]");
-  matmul(space, x, detail::Transpose::no, wte, detail::Transpose::yes, probabilities, T(1), T(0));
+  require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V]");
+  matmul(space, x, Transpose::no, wte, Transpose::yes, probabilities, T(1), T(0));
   double total = 0;
   // One exp per logit, kept in place and normalised after: the head's V x N exps are a large part of a small
   // model's step.
@@ -30,11 +30,11 @@ double tied_head_forward(const Space& space, const InMat<T, Space>& x, const InM
                             const double target = static_cast<double>(probabilities(t, targets(t)) - top);
                             double z = 0;
                             for (std::size_t v = 0; v < vocab; ++v) {
-                              const T e = detail::math::exp(probabilities(t, v) - top);
+                              const T e = math::exp(probabilities(t, v) - top);
                               probabilities(t, v) = e;
                               z += e;
                             }
-                            sum += detail::math::log(z) - target;
+                            sum += math::log(z) - target;
                             const T inverse = static_cast<T>(1 / z);
                             for (std::size_t v = 0; v < vocab; ++v) probabilities(t, v) *= inverse;
                           },
@@ -49,17 +49,17 @@ void tied_head_backward(const Space& space, const InMat<T, Space>& x, const InMa
                         const Mat<T, Space>& d_x, const Mat<T, Space>& d_wte) {
   constexpr const char* fn = "tied_head_backward";
   const std::size_t n = x.extent(0), vocab = wte.extent(0);
-  detail::require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V], as the forward left it");
-  detail::require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x");
-  detail::require_shape(fn, "d_wte", d_wte, vocab, x.extent(1), "the shape of wte");
+  require_shape(fn, "probabilities", probabilities, n, vocab, "[N, V], as the forward left it");
+  require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x");
+  require_shape(fn, "d_wte", d_wte, vocab, x.extent(1), "the shape of wte");
   const T scale = static_cast<T>(d_loss / static_cast<double>(n));
   Kokkos::parallel_for("tied_head_backward[d_logits]", Kokkos::RangePolicy<Space>(space, 0, n * vocab),
                        KOKKOS_LAMBDA(std::size_t w) {
                          const std::size_t t = w / vocab, v = w % vocab;
                          probabilities(t, v) = scale * (probabilities(t, v) - (static_cast<std::int32_t>(v) == targets(t) ? T(1) : T(0)));
                        });
-  matmul(space, probabilities, detail::Transpose::no, wte, detail::Transpose::no, d_x, T(1), T(1));
-  matmul(space, probabilities, detail::Transpose::yes, x, detail::Transpose::no, d_wte, T(1), T(1));
+  matmul(space, probabilities, Transpose::no, wte, Transpose::no, d_x, T(1), T(1));
+  matmul(space, probabilities, Transpose::yes, x, Transpose::no, d_wte, T(1), T(1));
 }
 
 }  // namespace camex::examples

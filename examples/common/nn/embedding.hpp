@@ -12,11 +12,11 @@ void embedding_forward(const Space& space, const TokenIds<Space>& tokens, const 
                        const InMat<T, Space>& wpe, const Mat<T, Space>& out) {
   constexpr const char* fn = "embedding_forward";
   const std::size_t n = tokens.extent(0), channels = wte.extent(1), context = wpe.extent(0);
-  detail::require_shape(fn, "wpe", wpe, context, channels, "[context, C] with C = wte's columns");
-  detail::require_shape(fn, "out", out, n, channels, "[N, C] with N = tokens");
+  require_shape(fn, "wpe", wpe, context, channels, "[context, C] with C = wte's columns");
+  require_shape(fn, "out", out, n, channels, "[N, C] with N = tokens");
   if (context == 0 || n % context != 0)
-    throw argument_error(fn, "tokens", detail::concat("a whole number of sequences of ", context, " tokens"),
-                         detail::concat(n, " tokens"));
+    throw argument_error(fn, "tokens", concat("a whole number of sequences of ", context, " tokens"),
+                         concat(n, " tokens"));
   Kokkos::parallel_for("embedding_forward", Kokkos::RangePolicy<Space>(space, 0, n * channels),
                        KOKKOS_LAMBDA(std::size_t w) {
                          const std::size_t t = w / channels, c = w % channels;
@@ -29,8 +29,8 @@ void embedding_backward(const Space& space, const TokenIds<Space>& tokens, const
                         const Mat<T, Space>& d_wte, const Mat<T, Space>& d_wpe) {
   constexpr const char* fn = "embedding_backward";
   const std::size_t n = tokens.extent(0), channels = d_wte.extent(1), context = d_wpe.extent(0);
-  detail::require_shape(fn, "d_out", d_out, n, channels, "[N, C] with N = tokens");
-  detail::require_shape(fn, "d_wpe", d_wpe, context, channels, "[context, C]");
+  require_shape(fn, "d_out", d_out, n, channels, "[N, C] with N = tokens");
+  require_shape(fn, "d_wpe", d_wpe, context, channels, "[context, C]");
   // One channel per work item, tokens in order: a token table row collects its tokens' rows without races.
   Kokkos::parallel_for("embedding_backward[wte]", Kokkos::RangePolicy<Space>(space, 0, channels),
                        KOKKOS_LAMBDA(std::size_t c) {

@@ -20,7 +20,7 @@ void layer_norm_forward(const Space& space, const InMat<T, Space>& x, const InVe
   const std::size_t n = x.extent(0), channels = x.extent(1);
   require_length(fn, "weight", weight, channels, "x's columns");
   require_length(fn, "bias", bias, channels, "x's columns");
-  detail::require_shape(fn, "y", y, n, channels, "the shape of x");
+  require_shape(fn, "y", y, n, channels, "the shape of x");
   require_length(fn, "mean", mean, n, "x's rows");
   require_length(fn, "rstd", rstd, n, "x's rows");
   Kokkos::parallel_for("layer_norm_forward", Kokkos::RangePolicy<Space>(space, 0, n), KOKKOS_LAMBDA(std::size_t t) {
@@ -29,7 +29,7 @@ void layer_norm_forward(const Space& space, const InMat<T, Space>& x, const InVe
     const double m = sum / channels;
     double squares = 0;
     for (std::size_t c = 0; c < channels; ++c) squares += (x(t, c) - m) * (x(t, c) - m);
-    const double r = 1 / detail::math::sqrt(squares / channels + layer_norm_eps);
+    const double r = 1 / math::sqrt(squares / channels + layer_norm_eps);
     for (std::size_t c = 0; c < channels; ++c)
       y(t, c) = static_cast<T>((x(t, c) - m) * r * weight(c) + bias(c));
     mean(t) = static_cast<T>(m);
@@ -44,8 +44,8 @@ void layer_norm_backward(const Space& space, const InMat<T, Space>& x, const InV
                          const Vec<T, Space>& d_bias) {
   constexpr const char* fn = "layer_norm_backward";
   const std::size_t n = x.extent(0), channels = x.extent(1);
-  detail::require_shape(fn, "d_y", d_y, n, channels, "the shape of x");
-  detail::require_shape(fn, "d_x", d_x, n, channels, "the shape of x");
+  require_shape(fn, "d_y", d_y, n, channels, "the shape of x");
+  require_shape(fn, "d_x", d_x, n, channels, "the shape of x");
   require_length(fn, "d_weight", d_weight, channels, "x's columns");
   require_length(fn, "d_bias", d_bias, channels, "x's columns");
   // d_x = rstd (g - mean(g) - xhat mean(g xhat)), g = d_y weight.

@@ -1,8 +1,8 @@
 #pragma once
 // A dense affine map over tokens, y = x W^T + b with W [O, I] (PyTorch's nn.Linear layout), on camex's batched
-// GEMM (camex/detail/gemm.hpp). The backward accumulates into d_x, d_weight and d_bias.
+// GEMM (camex/kernels/gemm.hpp). The backward accumulates into d_x, d_weight and d_bias.
 
-#include <camex/detail/gemm.hpp>
+#include <camex/kernels/gemm.hpp>
 
 #include "tensor.hpp"
 
@@ -10,10 +10,10 @@ namespace camex::examples {
 
 /// C [m, n] = alpha op(A) op(B) + beta C for whole row-major matrices.
 template <class Space, class T, class A, class B>
-void matmul(const Space& space, const A& a, detail::Transpose ta, const B& b, detail::Transpose tb,
+void matmul(const Space& space, const A& a, Transpose ta, const B& b, Transpose tb,
             const Mat<T, Space>& c, T alpha, T beta) {
-  const bool at = ta == detail::Transpose::yes;
-  detail::gemm(space, detail::GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = static_cast<int>(c.extent(0)),
+  const bool at = ta == Transpose::yes;
+  gemm(space, GemmBatch<T>{.transpose_a = ta, .transpose_b = tb, .m = static_cast<int>(c.extent(0)),
                                            .n = static_cast<int>(c.extent(1)),
                                            .k = static_cast<int>(at ? a.extent(0) : a.extent(1)), .alpha = alpha,
                                            .a = a.data(), .lda = static_cast<std::ptrdiff_t>(a.extent(1)),
@@ -26,10 +26,10 @@ void linear_forward(const Space& space, const InMat<T, Space>& x, const InMat<T,
                     const InVec<T, Space>& bias, const Mat<T, Space>& y) {
   constexpr const char* fn = "linear_forward";
   const std::size_t n = x.extent(0), out = weight.extent(0);
-  detail::require_shape(fn, "weight", weight, out, x.extent(1), "[O, I] with I = x's columns");
+  require_shape(fn, "weight", weight, out, x.extent(1), "[O, I] with I = x's columns");
   require_length(fn, "bias", bias, out, "weight's rows");
-  detail::require_shape(fn, "y", y, n, out, "[N, O]");
-  matmul(space, x, detail::Transpose::no, weight, detail::Transpose::yes, y, T(1), T(0));
+  require_shape(fn, "y", y, n, out, "[N, O]");
+  matmul(space, x, Transpose::no, weight, Transpose::yes, y, T(1), T(0));
   Kokkos::parallel_for("linear_forward[bias]", Kokkos::RangePolicy<Space>(space, 0, n * out),
                        KOKKOS_LAMBDA(std::size_t w) { y(w / out, w % out) += bias(w % out); });
 }
@@ -40,12 +40,12 @@ void linear_backward(const Space& space, const InMat<T, Space>& x, const InMat<T
                      const Vec<T, Space>& d_bias) {
   constexpr const char* fn = "linear_backward";
   const std::size_t n = x.extent(0), out = weight.extent(0);
-  detail::require_shape(fn, "d_y", d_y, n, out, "[N, O]");
-  detail::require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x");
-  detail::require_shape(fn, "d_weight", d_weight, out, x.extent(1), "the shape of weight");
+  require_shape(fn, "d_y", d_y, n, out, "[N, O]");
+  require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x");
+  require_shape(fn, "d_weight", d_weight, out, x.extent(1), "the shape of weight");
   require_length(fn, "d_bias", d_bias, out, "weight's rows");
-  matmul(space, d_y, detail::Transpose::no, weight, detail::Transpose::no, d_x, T(1), T(1));
-  matmul(space, d_y, detail::Transpose::yes, x, detail::Transpose::no, d_weight, T(1), T(1));
+  matmul(space, d_y, Transpose::no, weight, Transpose::no, d_x, T(1), T(1));
+  matmul(space, d_y, Transpose::yes, x, Transpose::no, d_weight, T(1), T(1));
   Kokkos::parallel_for("linear_backward[bias]", Kokkos::RangePolicy<Space>(space, 0, out), KOKKOS_LAMBDA(std::size_t o) {
     double sum = 0;
     for (std::size_t t = 0; t < n; ++t) sum += d_y(t, o);

@@ -3,7 +3,7 @@
 //
 //   DenseMlp                        two dense linears (the dense baseline, and the model an SMoE is upcycled from)
 //   MergedMlp<Policy, Router>       each linear a camex::MergedLinear with its own router, experts, base and policy
-//                                   parameters (the CAMEx code's GPT-2 layer, spec §3)
+//                                   parameters (the CAMEx code's GPT-2 layer, docs/algorithms.md §3)
 //
 // Both declare their tensors in the model's arena (train/parameters.hpp) under a name prefix, bind to it once it
 // is allocated, and keep what the backward needs from the last forward. forward returns the routers' auxiliary

@@ -4,7 +4,7 @@
 
 #include <camex/core/error.hpp>
 #include <camex/core/views.hpp>
-#include <camex/detail/kokkos_compat.hpp>
+#include <camex/platform/kokkos_compat.hpp>
 
 #include <Kokkos_Core.hpp>
 
@@ -35,8 +35,8 @@ using TokenIds = Kokkos::View<const std::int32_t*, typename Space::memory_space>
 template <class V>
 void require_length(const char* function, const char* name, const V& v, std::size_t size, const char* meaning) {
   if (v.extent(0) != size)
-    throw argument_error(function, name, detail::concat(size, " entries (", meaning, ")"),
-                         detail::concat(v.extent(0), " entries"));
+    throw argument_error(function, name, concat(size, " entries (", meaning, ")"),
+                         concat(v.extent(0), " entries"));
 }
 
 }  // namespace camex::examples

@@ -46,10 +46,10 @@ class AdamW {
   AdamW(std::vector<NamedTensor<T, Space>> tensors, const AdamWOptions& options)
       : tensors_(std::move(tensors)), options_(options) {
     constexpr const char* fn = "AdamW";
-    if (!(options.learning_rate > 0)) throw argument_error(fn, "learning_rate", "a positive rate", detail::concat(options.learning_rate));
-    if (!(options.beta1 >= 0 && options.beta1 < 1)) throw argument_error(fn, "beta1", "a value in [0, 1)", detail::concat(options.beta1));
-    if (!(options.beta2 >= 0 && options.beta2 < 1)) throw argument_error(fn, "beta2", "a value in [0, 1)", detail::concat(options.beta2));
-    if (!(options.clip >= 0)) throw argument_error(fn, "clip", "a norm bound >= 0 (0: no clipping)", detail::concat(options.clip));
+    if (!(options.learning_rate > 0)) throw argument_error(fn, "learning_rate", "a positive rate", concat(options.learning_rate));
+    if (!(options.beta1 >= 0 && options.beta1 < 1)) throw argument_error(fn, "beta1", "a value in [0, 1)", concat(options.beta1));
+    if (!(options.beta2 >= 0 && options.beta2 < 1)) throw argument_error(fn, "beta2", "a value in [0, 1)", concat(options.beta2));
+    if (!(options.clip >= 0)) throw argument_error(fn, "clip", "a norm bound >= 0 (0: no clipping)", concat(options.clip));
     std::size_t total = 0;
     for (const auto& t : tensors_) {
       offsets_.push_back(total);
@@ -128,7 +128,7 @@ class AdamW {
       m(offset + k) = m_new;
       v(offset + k) = v_new;
       const double wk = w(k);
-      const T w_new = static_cast<T>(wk - lr * ((mk / c1) / (detail::math::sqrt(vk / c2) + eps) + decay * wk));
+      const T w_new = static_cast<T>(wk - lr * ((mk / c1) / (math::sqrt(vk / c2) + eps) + decay * wk));
       w(k) = w_new;
       // x - x is 0 exactly for finite x and NaN otherwise; rare, so the atomic costs nothing.
       if (!(m_new - m_new == T(0) && v_new - v_new == T(0) && w_new - w_new == T(0))) Kokkos::atomic_add(&overflowed(), 1u);

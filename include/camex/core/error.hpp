@@ -1,5 +1,5 @@
 #pragma once
-// The one exception type camex throws for bad arguments.
+// The one exception type camex throws for bad arguments, and the helper its messages are built with.
 
 #include <sstream>
 #include <stdexcept>
@@ -30,9 +30,7 @@ class argument_error : public std::invalid_argument {
   std::string function_, argument_, expected_, given_;
 };
 
-namespace detail {
-
-/// Streams its arguments into one string; used to build the expected/given parts of messages.
+/// Streams its arguments into one string; builds the expected/given parts of messages.
 template <class... Parts>
 std::string concat(const Parts&... parts) {
   std::ostringstream out;
@@ -40,5 +38,4 @@ std::string concat(const Parts&... parts) {
   return out.str();
 }
 
-}  // namespace detail
 }  // namespace camex

@@ -9,13 +9,13 @@
 #include <cstdint>
 
 #include "camex/core/views.hpp"
-#include "camex/detail/kokkos_compat.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/platform/kokkos_compat.hpp"
+#include "camex/platform/vectorize.hpp"
 
 // Host-only compilations for AVX-512 CPUs draw whole runs of blocks with a hand-vectorised Philox.
 #if defined(__AVX512F__) && !defined(__CUDACC__) && !defined(__HIPCC__) && !defined(SYCL_LANGUAGE_VERSION)
 #define CAMEX_PHILOX_AVX512 1
-#include "camex/detail/philox_avx512.hpp"
+#include "camex/platform/philox_avx512.hpp"
 #endif
 
 namespace camex {
@@ -114,7 +114,7 @@ class CounterRng {
     const std::uint32_t w1 = bits({site.tensor, ~site.expert, site.element});
     const double u1 = (static_cast<double>(w0) + 1.0) * 0x1p-32;  // (0, 1]: log stays finite
     const double u2 = static_cast<double>(w1) * 0x1p-32;
-    return detail::math::sqrt(-2.0 * detail::math::log(u1)) * detail::math::cos(2.0 * 3.14159265358979323846 * u2);
+    return math::sqrt(-2.0 * math::log(u1)) * math::cos(2.0 * 3.14159265358979323846 * u2);
   }
 
   KOKKOS_INLINE_FUNCTION static float to_unit_float(std::uint32_t word) {

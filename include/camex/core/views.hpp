@@ -50,7 +50,8 @@ concept MatrixOn = RowMajorMatrix<V> &&
 template <class V>
 concept MutableMatrix = RowMajorMatrix<V> && !std::is_const_v<typename V::value_type>;
 
-namespace detail {
+// The operand checks of camex's entry points, public so a user's policy or router checks its operands the same
+// way and throws the same argument_error.
 
 /// Elements between the starts of consecutive rows (signed, for pointer arithmetic in kernels).
 template <RowMajorMatrix V>
@@ -91,5 +92,4 @@ void require_disjoint(const char* function, const char* out_name, const Out& out
                          concat("a view overlapping '", in_name, '\''));
 }
 
-}  // namespace detail
 }  // namespace camex

@@ -22,8 +22,6 @@ Workspace<ExecSpace> make_workspace(std::size_t bytes, const char* label = "came
   return Workspace<ExecSpace>(Kokkos::view_alloc(Kokkos::WithoutInitializing, std::string(label)), bytes);
 }
 
-namespace detail {
-
 /// Hands out consecutive 64-byte-aligned arrays from a workspace. The same sequence of take() calls on a carver
 /// built without a workspace only counts bytes, so a kernel's size query and its carving cannot drift apart:
 ///   std::size_t bytes() { WorkspaceCarver<S> c; layout(c); return c.bytes(); }
@@ -79,5 +77,4 @@ class WorkspaceCarver {
   std::size_t used_ = 0;
 };
 
-}  // namespace detail
 }  // namespace camex

@@ -2,8 +2,8 @@
 // Batched dense matrix products for the merged layers: C_i = alpha op(A_i) op(B_i) + beta C_i, row-major, for a
 // batch of equally shaped problems at fixed strides (one per routing group: its tokens times its merged weight).
 //
-// Host spaces run Eigen's GEMM compiled for the CPU (the native SGEMM ceiling of the benchmarks, 2-3x the system
-// BLAS here). The batch and the rows and columns of C are cut into fixed blocks that depend on the shape only, one
+// Host spaces run Eigen's GEMM compiled for the CPU (the native SGEMM ceiling of the benchmarks; docs/performance.md
+// puts it beside the system BLAS). The batch and the rows and columns of C are cut into fixed blocks that depend on the shape only, one
 // Kokkos work item each, and Eigen runs single-threaded inside a work item: the space's threads do the
 // parallelism, and the result does not depend on the thread count. Row blocks matter for the narrow products of
 // small models (a [1024, 128] output is one column block, but four row blocks). Other spaces run a plain one-entry-per-lane kernel: correct on
@@ -15,9 +15,9 @@
 
 #include <cstddef>
 
-#include "camex/detail/row_combination.hpp"
+#include "camex/kernels/row_combination.hpp"
 
-namespace camex::detail {
+namespace camex {
 
 enum class Transpose { no, yes };
 
@@ -37,6 +37,8 @@ struct GemmBatch {
   std::ptrdiff_t ldc = 0, stride_c = 0;
   int batch = 1;
 };
+
+namespace detail {
 
 /// Columns and rows of C one host work item computes.
 inline constexpr int gemm_column_block = 256;
@@ -73,6 +75,8 @@ inline void gemm_block_on_host(const GemmBatch<T>& g, int item, int row0, int ro
     product(a, b);
 }
 
+}  // namespace detail
+
 /// Runs the batch on `space`: Eigen in column blocks on host spaces (Schedule::tiled), one lane per entry of C
 /// elsewhere (Schedule::lane_per_parameter); `automatic` picks by the space.
 template <class ExecSpace, class T>
@@ -80,14 +84,14 @@ void gemm(const ExecSpace& space, const GemmBatch<T>& g, Schedule schedule = Sch
   if (g.m == 0 || g.n == 0 || g.batch == 0) return;
   constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
   if constexpr (on_host) {
-    if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
-      const int column_blocks = (g.n + gemm_column_block - 1) / gemm_column_block;
-      const int row_blocks = (g.m + gemm_row_block - 1) / gemm_row_block, blocks = row_blocks * column_blocks;
+    if (detail::resolve<ExecSpace>(schedule) == Schedule::tiled) {
+      const int column_blocks = (g.n + detail::gemm_column_block - 1) / detail::gemm_column_block;
+      const int row_blocks = (g.m + detail::gemm_row_block - 1) / detail::gemm_row_block, blocks = row_blocks * column_blocks;
       Kokkos::parallel_for("camex::gemm[host]", Kokkos::RangePolicy<ExecSpace>(space, 0, g.batch * blocks), [=](int w) {
-        const int item = w / blocks, row0 = w % blocks / column_blocks * gemm_row_block,
-                  column0 = w % column_blocks * gemm_column_block;
-        gemm_block_on_host(g, item, row0, g.m - row0 < gemm_row_block ? g.m - row0 : gemm_row_block, column0,
-                           g.n - column0 < gemm_column_block ? g.n - column0 : gemm_column_block);
+        const int item = w / blocks, row0 = w % blocks / column_blocks * detail::gemm_row_block,
+                  column0 = w % column_blocks * detail::gemm_column_block;
+        detail::gemm_block_on_host(g, item, row0, g.m - row0 < detail::gemm_row_block ? g.m - row0 : detail::gemm_row_block, column0,
+                           g.n - column0 < detail::gemm_column_block ? g.n - column0 : detail::gemm_column_block);
       });
       return;
     }
@@ -109,4 +113,4 @@ void gemm(const ExecSpace& space, const GemmBatch<T>& g, Schedule schedule = Sch
                        });
 }
 
-}  // namespace camex::detail
+}  // namespace camex

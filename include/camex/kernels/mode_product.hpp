@@ -3,7 +3,7 @@
 // gradient). A tensor of P entries is seen, for mode k of extent d, as [outer, d, inner] row-major, and
 //   mode product:   out[o, a, t] (+)= sum_a' F[a, a'] in[o, a', t]      (F^T with `transpose`)
 //   contraction:    G[a, a'] = sum_{o, t} v[o, a, t] y[o, a', t]          (the gradient of F given v = d out)
-// The curvature transform (spec §4.5) is four of these per expert and rank; never an (O I) x (O I) matrix.
+// The curvature transform (docs/algorithms.md §4.5) is four of these per expert and rank; never an (O I) x (O I) matrix.
 //
 // Host schedule: the products are small GEMMs run by the register-blocked row combination. Where the mode has
 // inner runs, the d output rows of a column tile combine its d input rows with the factor's rows as coefficients.
@@ -19,7 +19,7 @@
 #include <Eigen/Core>
 
 #include "camex/core/workspace.hpp"
-#include "camex/detail/row_combination.hpp"
+#include "camex/kernels/row_combination.hpp"
 
 namespace camex::detail {
 

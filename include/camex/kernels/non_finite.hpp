@@ -9,7 +9,7 @@
 #include <cstddef>
 #include <limits>
 
-#include "camex/detail/vectorize.hpp"
+#include "camex/platform/vectorize.hpp"
 
 namespace camex::detail {
 

@@ -17,16 +17,11 @@
 #include <cstddef>
 #include <type_traits>
 
-#include "camex/detail/streaming_store.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/core/schedule.hpp"
+#include "camex/platform/streaming_store.hpp"
+#include "camex/platform/vectorize.hpp"
 
-namespace camex {
-
-/// How a kernel maps work onto the execution space. `automatic` picks `tiled` for spaces that run on the host and
-/// `lane_per_parameter` for the others; the explicit choices exist so tests can run both everywhere.
-enum class Schedule { automatic, tiled, lane_per_parameter };
-
-namespace detail {
+namespace camex::detail {
 
 /// A strided view of the small coefficient matrix C: C[o, k] = data[o * out_stride + k * in_stride].
 template <class T>
@@ -309,13 +304,6 @@ struct LaneRowCombination {
   }
 };
 
-template <class ExecSpace>
-constexpr Schedule resolve(Schedule s) {
-  if (s != Schedule::automatic) return s;
-  return static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible) ? Schedule::tiled
-                                                                              : Schedule::lane_per_parameter;
-}
-
 /// Runs `op` on `space` with the given schedule.
 template <class ExecSpace, class T>
 void row_combination(const ExecSpace& space, Schedule schedule, const RowCombination<T>& op) {
@@ -415,5 +403,4 @@ void generated_row_combination(const ExecSpace& space, const Coefficients<T>& co
                                                           prefer_streaming_stores(sizeof(T) * length * static_cast<std::size_t>(out_rows))});
 }
 
-}  // namespace detail
-}  // namespace camex
+}  // namespace camex::detail

@@ -8,7 +8,7 @@
 #include <cstddef>
 
 #include "camex/core/workspace.hpp"
-#include "camex/detail/row_combination.hpp"
+#include "camex/kernels/row_combination.hpp"
 
 namespace camex::detail {
 

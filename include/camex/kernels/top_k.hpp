@@ -24,14 +24,14 @@
 #include "camex/core/error.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/row_combination.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/kernels/row_combination.hpp"
+#include "camex/platform/vectorize.hpp"
 
 // Host-only compilations for AVX-512 CPUs compact float rows sixteen entries at a time.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(__CUDACC__) && \
     !defined(__HIPCC__) && !defined(SYCL_LANGUAGE_VERSION)
 #define CAMEX_SELECT_AVX512 1
-#include "camex/detail/select_avx512.hpp"
+#include "camex/platform/select_avx512.hpp"
 #endif
 
 namespace camex {
@@ -40,13 +40,13 @@ namespace camex {
 /// 1 or more keeps everything. Throws argument_error when that keeps nothing or density is not a number in (0, inf).
 inline std::size_t top_k_count(const char* function, double density, std::size_t params) {
   if (!(density > 0) || !std::isfinite(density))
-    throw argument_error(function, "density", "a fraction in (0, 1]", detail::concat(density));
+    throw argument_error(function, "density", "a fraction in (0, 1]", concat(density));
   if (density >= 1) return params;
   const auto k = static_cast<std::size_t>(density * static_cast<double>(params));
   if (k == 0)
-    throw argument_error(function, "density", detail::concat("at least 1/", params, " so that one entry of ", params,
+    throw argument_error(function, "density", concat("at least 1/", params, " so that one entry of ", params,
                                                              " is kept"),
-                         detail::concat(density, ", which keeps none"));
+                         concat(density, ", which keeps none"));
   return k;
 }
 
@@ -174,7 +174,7 @@ KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> d
 /// Bytes of workspace top_k_by_magnitude needs for `rows` rows of `params` entries of type Scalar.
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t top_k_workspace_bytes(std::size_t rows, std::size_t params) {
-  detail::WorkspaceCarver<ExecSpace> carver;
+  WorkspaceCarver<ExecSpace> carver;
   detail::SelectState<ExecSpace, Scalar>(carver, rows, detail::SelectChunking(params));
   return carver.bytes();
 }
@@ -190,24 +190,24 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
   using T = typename Values::non_const_value_type;
   using Key = detail::magnitude_key<T>;
   constexpr const char* fn = "camex::top_k_by_magnitude";
-  detail::require_nonempty(fn, "values", values, "[R, P] matrix");
+  require_nonempty(fn, "values", values, "[R, P] matrix");
   const std::size_t rows = values.extent(0), params = values.extent(1);
   if (params > std::numeric_limits<std::uint32_t>::max())
-    throw argument_error(fn, "values", "rows of fewer than 2^32 entries", detail::concat("shape ", detail::shape_of(values)));
-  detail::require_shape(fn, "keep", keep, rows, params, "[R, P], the shape of values");
+    throw argument_error(fn, "values", "rows of fewer than 2^32 entries", concat("shape ", shape_of(values)));
+  require_shape(fn, "keep", keep, rows, params, "[R, P], the shape of values");
   if (k < 1 || k > params)
-    throw argument_error(fn, "k", detail::concat("a count in [1, ", params, "] (P = values.extent(1))"), detail::concat(k));
+    throw argument_error(fn, "k", concat("a count in [1, ", params, "] (P = values.extent(1))"), concat(k));
 
   const detail::SelectChunking chunking(params);
-  detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+  WorkspaceCarver<ExecSpace> carver(fn, workspace);
   const detail::SelectState<ExecSpace, T> st(carver, rows, chunking);
   const std::size_t chunk = chunking.chunk, chunks = chunking.chunks, capacity = chunking.capacity;
   const auto per_chunk = Kokkos::RangePolicy<ExecSpace>(space, 0, rows * chunks);
   const auto per_row = Kokkos::RangePolicy<ExecSpace>(space, 0, rows);
   const T* data = values.data();
-  const auto stride = detail::row_stride(values);
+  const auto stride = row_stride(values);
   std::uint8_t* out = keep.data();
-  const auto out_stride = detail::row_stride(keep);
+  const auto out_stride = row_stride(keep);
 
   Kokkos::deep_copy(space, st.nan_count, std::uint64_t{0});
   Kokkos::parallel_for("camex::top_k[init]", per_row, KOKKOS_LAMBDA(std::size_t r) {
@@ -261,7 +261,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
               }
           if (nans)
             throw argument_error(fn, "values", "no NaN (magnitudes must be ordered)",
-                                 detail::concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
+                                 concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
         }
       }
       Kokkos::parallel_for("camex::top_k[pick digit]", per_row, KOKKOS_LAMBDA(std::size_t r) {

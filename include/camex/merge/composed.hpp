@@ -1,5 +1,5 @@
 #pragma once
-// The one generic policy every built-in is an instance of (design §2):
+// The one generic policy every built-in is an instance of (docs/policies/README.md: mask × transform × base):
 //
 //   merged_b = base + alpha * sum_i kappa[b, i] s[b, i] D_i,   D_i = mask_i(T_i(mask_i(tau_i))),  tau_i = E_i - base
 //
@@ -32,7 +32,7 @@
 #include "camex/core/error.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/non_finite.hpp"
+#include "camex/kernels/non_finite.hpp"
 #include "camex/merge/axis/mask.hpp"
 #include "camex/merge/axis/transform.hpp"
 #include "camex/merge/concepts.hpp"
@@ -40,7 +40,7 @@
 
 namespace camex {
 
-/// What to do when a policy's merge cannot depend on its base (spec §4.2): alpha = 1, no mask, identity transform
+/// What to do when a policy's merge cannot depend on its base (docs/algorithms.md §4.2): alpha = 1, no mask, identity transform
 /// and every routing group's scores summing to 1 give merged_b = sum_i s[b, i] E_i, whatever the base holds, and
 /// the base receives zero gradient.
 enum class DegenerateBase {
@@ -57,7 +57,7 @@ struct Composition {
 };
 
 /// Extra adjoint reaching the prepared rows from outside the merge: the propagated base of dynamic merging adds
-/// coefficient * d_next to every delta row and d_next to the base row (spec §4.6, V_i = c dL/dP_{l+1}).
+/// coefficient * d_next to every delta row and d_next to the base row (docs/algorithms.md §4.6, V_i = c dL/dP_{l+1}).
 template <class Scalar, class ExecSpace>
 struct UpstreamAdjoint {
   ConstMatrix<Scalar, ExecSpace> d_next;  ///< [1, P], or empty for none
@@ -82,16 +82,16 @@ class ComposedPolicy {
       throw argument_error(name_, "problem.groups", "room for at least one routing group per merge", "0");
     if (problem.shape.params() == 0)
       throw argument_error(name_, "problem.shape", "a non-empty tensor shape",
-                           detail::concat(problem.shape.rows, " x ", problem.shape.cols));
+                           concat(problem.shape.rows, " x ", problem.shape.cols));
     if (!std::isfinite(composition.alpha))
-      throw argument_error(name_, "composition.alpha", "a finite step", detail::concat(composition.alpha));
+      throw argument_error(name_, "composition.alpha", "a finite step", concat(composition.alpha));
     if constexpr (requires { mask_.check(name, problem); }) mask_.check(name, problem);
     if (composition.base == BaseSource::propagated)
       throw argument_error(name_, "composition.base", "none, parameter or expert (a propagated base comes from a DynamicChain)",
                            "BaseSource::propagated");
     if (composition.base == BaseSource::expert && composition.base_expert >= problem.experts)
-      throw argument_error(name_, "composition.base_expert", detail::concat("an expert index below ", problem.experts),
-                           detail::concat(composition.base_expert));
+      throw argument_error(name_, "composition.base_expert", concat("an expert index below ", problem.experts),
+                           concat(composition.base_expert));
   }
 
   const MergeProblem& problem() const { return problem_; }
@@ -104,14 +104,14 @@ class ComposedPolicy {
   const Transform& transform() const { return transform_; }
 
   std::size_t workspace_bytes() const {
-    detail::WorkspaceCarver<ExecSpace> carver;
+    WorkspaceCarver<ExecSpace> carver;
     layout(carver);
     // Transient scratch follows the persistent buffers; a call takes at most both pieces, in any order, each
     // aligned (hence the slack).
     if constexpr (!Transform::is_identity) transform_.template layout<Scalar>(carver);
     carver.template take<unsigned char>(
         soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(problem_.groups, row_count(), problem_.shape.params()));
-    return carver.bytes() + 2 * detail::WorkspaceCarver<ExecSpace>::alignment;
+    return carver.bytes() + 2 * WorkspaceCarver<ExecSpace>::alignment;
   }
 
   std::vector<Parameter<Scalar, ExecSpace>> parameters() {
@@ -128,7 +128,7 @@ class ComposedPolicy {
                const ConstMatrix<Scalar, ExecSpace>& base, const Workspace<ExecSpace>& workspace) {
     const std::string fn = name_ + "::prepare";
     check_operands(fn.c_str(), experts, base);
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     step_ = step;
     experts_ = experts;
@@ -156,32 +156,32 @@ class ComposedPolicy {
              const Matrix<Scalar, ExecSpace>& merged, const Workspace<ExecSpace>& workspace) const {
     const std::string fn = name_ + "::merge";
     check_scores(fn.c_str(), scores);
-    detail::require_shape(fn.c_str(), "merged", merged, scores.extent(0), problem_.shape.params(),
+    require_shape(fn.c_str(), "merged", merged, scores.extent(0), problem_.shape.params(),
                           "[B, P] with B = scores.extent(0), P = problem().shape.params()");
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     const auto coef = build_coefficients(fn.c_str(), scores, buffers);
     if constexpr (generation_possible) {
       if (generates_rows() && !rows_ready_) {
         require_operands_unchanged(fn.c_str(), merged);
-        const detail::Coefficients<Scalar> c{coef.data(), detail::row_stride(coef), 1};
+        const detail::Coefficients<Scalar> c{coef.data(), row_stride(coef), 1};
         if (!factor_active_ && base_row() != nullptr && scores.extent(0) == 1) {
           // Unmasked, one group: base + sum_i c_i (E_i - base) straight from the experts, nothing generated. With
           // more groups the generated tile is cheaper: it subtracts the base once per tile, not once per group.
           detail::row_combination(space, Schedule::automatic,
                                   detail::RowCombination<Scalar>{.coef = c,
                                                                  .rows = experts_.data(),
-                                                                 .row_stride = detail::row_stride(experts_),
+                                                                 .row_stride = row_stride(experts_),
                                                                  .in_rows = static_cast<int>(problem_.experts),
                                                                  .out = merged.data(),
-                                                                 .out_stride = detail::row_stride(merged),
+                                                                 .out_stride = row_stride(merged),
                                                                  .out_rows = static_cast<int>(scores.extent(0)),
                                                                  .length = problem_.shape.params(),
                                                                  .centre = base_row()});
           return;
         }
         detail::generated_row_combination(space, c, delta_source(buffers, factor_active_, true), merged.data(),
-                                          detail::row_stride(merged), static_cast<int>(scores.extent(0)),
+                                          row_stride(merged), static_cast<int>(scores.extent(0)),
                                           problem_.shape.params());
         return;
       }
@@ -205,9 +205,9 @@ class ComposedPolicy {
     const char* fn = name.c_str();
     check_gradient_operands(fn, scores, d_scores, d_experts, d_base);
     const std::size_t groups = scores.extent(0), params = problem_.shape.params();
-    detail::require_shape(fn, "d_merged", d_merged, groups, params, "[B, P] with B = scores.extent(0)");
+    require_shape(fn, "d_merged", d_merged, groups, params, "[B, P] with B = scores.extent(0)");
 
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
     const auto rows = merge_rows(buffers);
@@ -233,7 +233,7 @@ class ComposedPolicy {
                                               const Workspace<ExecSpace>& workspace) const {
     const std::string fn = name_ + "::coefficients";
     check_scores(fn.c_str(), scores);
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     return build_coefficients(fn.c_str(), scores, layout(carver));
   }
 
@@ -247,9 +247,9 @@ class ComposedPolicy {
     const std::string name = name_ + "::backward_from_rows";
     const char* fn = name.c_str();
     check_gradient_operands(fn, scores, d_scores, d_experts, d_base);
-    detail::require_shape(fn, "d_coef", d_coef, scores.extent(0), row_count(), "[B, m], the shape of coefficients()");
-    detail::require_shape(fn, "d_rows", d_rows, row_count(), problem_.shape.params(), "[m, P], the shape of prepared_rows()");
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    require_shape(fn, "d_coef", d_coef, scores.extent(0), row_count(), "[B, m], the shape of coefficients()");
+    require_shape(fn, "d_rows", d_rows, row_count(), problem_.shape.params(), "[m, P], the shape of prepared_rows()");
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
     rows_backward(fn, space, d_coef, d_rows, d_scores, d_experts, d_base, upstream, buffers, carver);
@@ -264,7 +264,7 @@ class ComposedPolicy {
     if (!factor_active_)
       throw argument_error(fn.c_str(), "this", "a step whose mask has an elementwise factor",
                            "a step without one (no mask, DARE at evaluation or at expert granularity)");
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     ensure_factor(space, buffers);
     return buffers.factor;
@@ -275,7 +275,7 @@ class ComposedPolicy {
   ConstMatrix<Scalar, ExecSpace> prepared_deltas(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
     const std::string fn = name_ + "::prepared_deltas";
     if (!prepared_) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     ensure_deltas(space, buffers);
     return deltas(buffers);
@@ -284,7 +284,7 @@ class ComposedPolicy {
   /// The mask's state of this step as it lies in the workspace (a TIES trim, DARE's L1 norms): what the mask's
   /// own accessors read. Valid after prepare.
   auto mask_state(const Workspace<ExecSpace>& workspace) const {
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     return layout(carver).mask;
   }
 
@@ -292,7 +292,7 @@ class ComposedPolicy {
   /// generates them, for callers that apply them without materialising merged tensors (layers, dynamic merging).
   /// Valid after prepare.
   ConstMatrix<Scalar, ExecSpace> prepared_rows(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
-    auto carver = detail::WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
+    auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
     return merge_rows(buffers);
@@ -300,15 +300,15 @@ class ComposedPolicy {
 
  private:
   template <class T>
-  using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>;
+  using Buffer = typename WorkspaceCarver<ExecSpace>::template Matrix<T>;
 
   using MaskState = decltype(std::declval<const Mask&>().template layout<Scalar>(
-      std::declval<detail::WorkspaceCarver<ExecSpace>&>(), std::declval<const MergeProblem&>()));
+      std::declval<WorkspaceCarver<ExecSpace>&>(), std::declval<const MergeProblem&>()));
 
   struct Buffers {
     Buffer<Scalar> tau, factor, pre, pre_adjoint, rows, d_rows, coef, d_coef;
     MaskState mask;
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<std::size_t> non_finite;  // the scan's cell
+    typename WorkspaceCarver<ExecSpace>::template Array<std::size_t> non_finite;  // the scan's cell
   };
 
   /// What every backward shares once dL/dC and dL/dR are known: the scores' gradient, then d_R back through the
@@ -318,7 +318,7 @@ class ComposedPolicy {
                      const DRows& d_rows, const Matrix<Scalar, ExecSpace>& d_scores,
                      const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
                      const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const Buffers& buffers,
-                     detail::WorkspaceCarver<ExecSpace>& carver) {
+                     WorkspaceCarver<ExecSpace>& carver) {
     score_gradient(space, d_coef, d_scores);
     if (bare()) {
       if (upstream.d_next.size() != 0)
@@ -364,7 +364,7 @@ class ComposedPolicy {
 
   /// Carves the buffers that live from prepare to backward, in a fixed order; what a call takes after them is
   /// transient scratch.
-  Buffers layout(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  Buffers layout(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t n = problem_.experts, params = problem_.shape.params(), groups = problem_.groups;
     const bool has_base = composition_.base != BaseSource::none;
     const std::size_t nrows = row_count();
@@ -387,13 +387,13 @@ class ComposedPolicy {
   /// `scan`, if armed, checks the deltas as they are formed.
   auto delta_source(const Buffers& b, bool masked, bool with_base_row, detail::NonFiniteScan scan = {}) const {
     return DeltaRows<decltype(mask_.element_factor(step_, b.mask))>{
-        experts_.data(), detail::row_stride(experts_), static_cast<int>(problem_.experts), base_row(),
+        experts_.data(), row_stride(experts_), static_cast<int>(problem_.experts), base_row(),
         with_base_row && composition_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask),
         scan, problem_.shape.params()};
   }
 
   /// What prepare leaves for the merge beyond the mask's statistics: the rows, where they are materialised.
-  void prepare_rows(const ExecSpace& space, const Buffers& buffers, detail::WorkspaceCarver<ExecSpace>& carver) {
+  void prepare_rows(const ExecSpace& space, const Buffers& buffers, WorkspaceCarver<ExecSpace>& carver) {
     if constexpr (Transform::is_identity) {
       // A training step's backward materialises the rows anyway; doing it here costs nothing more, lets the
       // merge read them instead of generating them, and checks the operands inside that pass.
@@ -403,7 +403,7 @@ class ComposedPolicy {
       const auto d = delta_rows(buffers);
       if (factor_active_ && mask_.placement() == MaskPlacement::on_delta)
         detail::materialise_rows(space, delta_source(buffers, true, false), buffers.pre.data(),
-                                 detail::row_stride(buffers.pre), problem_.shape.params());
+                                 row_stride(buffers.pre), problem_.shape.params());
       transform_.apply(space, transform_input(buffers), d, carver);
       if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed) {
         ensure_factor(space, buffers);
@@ -427,7 +427,7 @@ class ComposedPolicy {
     if (!scan) return;
     const std::size_t n = problem_.experts, params = problem_.shape.params();
     if (!scanned) {
-      detail::scan_rows(space, scan, experts_.data(), detail::row_stride(experts_), static_cast<int>(n), params);
+      detail::scan_rows(space, scan, experts_.data(), row_stride(experts_), static_cast<int>(n), params);
       if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
     }
     const std::size_t first = detail::first_non_finite(space, scan);
@@ -437,21 +437,21 @@ class ComposedPolicy {
     const std::size_t row = first / params, p = first % params;
     const double e = row < n ? detail::read_entry(space, experts_, row, p) : 0.0;
     if (!std::isfinite(e))
-      throw argument_error(fn.c_str(), "experts", "finite values", detail::concat("experts(", row, ", ", p, ") = ", e));
+      throw argument_error(fn.c_str(), "experts", "finite values", concat("experts(", row, ", ", p, ") = ", e));
     const bool from_expert = composition_.base == BaseSource::expert;
     const std::size_t j = composition_.base_expert;
     const double b = from_expert ? detail::read_entry(space, experts_, j, p) : detail::read_entry(space, base_, 0, p);
     if (!std::isfinite(b))
       throw argument_error(fn.c_str(), from_expert ? "experts" : "base", "finite values",
-                           detail::concat(from_expert ? "experts(" : "base(", from_expert ? j : 0, ", ", p, ") = ", b));
+                           concat(from_expert ? "experts(" : "base(", from_expert ? j : 0, ", ", p, ") = ", b));
     throw argument_error(fn.c_str(), "experts", "experts whose differences from the base are finite",
-                         detail::concat("experts(", row, ", ", p, ") = ", e, " and base ", b, ", whose difference overflows"));
+                         concat("experts(", row, ", ", p, ") = ", e, " and base ", b, ", whose difference overflows"));
   }
 
   void ensure_deltas(const ExecSpace& space, const Buffers& b) {
     if (tau_ready_ || composition_.base == BaseSource::none) return;
     detail::materialise_rows(space, delta_source(b, false, false, pending_scan_), b.tau.data(),
-                             detail::row_stride(b.tau), problem_.shape.params());
+                             row_stride(b.tau), problem_.shape.params());
     tau_ready_ = true;
     finish_scan(space, true);
   }
@@ -466,15 +466,15 @@ class ComposedPolicy {
   void ensure_rows(const ExecSpace& space, const Buffers& b) {
     if (rows_ready_) return;
     detail::materialise_rows(space, delta_source(b, factor_active_, true, pending_scan_), b.rows.data(),
-                             detail::row_stride(b.rows), problem_.shape.params());
+                             row_stride(b.rows), problem_.shape.params());
     rows_ready_ = true;
     finish_scan(space, true);
   }
 
   /// A merge that generates rows reads the experts and base given to prepare; it cannot write over them.
   void require_operands_unchanged(const char* fn, const Matrix<Scalar, ExecSpace>& merged) const {
-    detail::require_disjoint(fn, "merged", merged, "experts", experts_);
-    if (base_.size() != 0) detail::require_disjoint(fn, "merged", merged, "base", base_);
+    require_disjoint(fn, "merged", merged, "experts", experts_);
+    if (base_.size() != 0) require_disjoint(fn, "merged", merged, "base", base_);
   }
 
   ConstMatrix<Scalar, ExecSpace> deltas(const Buffers& b) const {
@@ -500,7 +500,7 @@ class ComposedPolicy {
   const Scalar* base_row() const {
     switch (composition_.base) {
       case BaseSource::parameter: return base_.data();
-      case BaseSource::expert: return experts_.data() + composition_.base_expert * detail::row_stride(experts_);
+      case BaseSource::expert: return experts_.data() + composition_.base_expert * row_stride(experts_);
       case BaseSource::none:
       case BaseSource::propagated: break;
     }
@@ -510,7 +510,7 @@ class ComposedPolicy {
   void check_operands(const char* fn, const ConstMatrix<Scalar, ExecSpace>& experts,
                       const ConstMatrix<Scalar, ExecSpace>& base) const {
     const std::size_t params = problem_.shape.params();
-    detail::require_shape(fn, "experts", experts, problem_.experts, params,
+    require_shape(fn, "experts", experts, problem_.experts, params,
                           "[n, P] with n = problem().experts, P = problem().shape.params()");
     detail::require_base_operand(fn, "base", base, composition_.base, params);
   }
@@ -526,8 +526,8 @@ class ComposedPolicy {
                                const Matrix<Scalar, ExecSpace>& d_base) const {
     check_scores(fn, scores);
     const std::size_t n = problem_.experts, params = problem_.shape.params();
-    detail::require_shape(fn, "d_scores", d_scores, scores.extent(0), n, "[B, n], the shape of scores");
-    detail::require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
+    require_shape(fn, "d_scores", d_scores, scores.extent(0), n, "[B, n], the shape of scores");
+    require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
     detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
   }
 
@@ -545,7 +545,7 @@ class ComposedPolicy {
       for (std::size_t i = 0; i < n; ++i) {
         const double s = host(g, i);
         if (!std::isfinite(s))
-          throw argument_error(fn, "scores", "finite routing scores", detail::concat("scores(", g, ", ", i, ") = ", s));
+          throw argument_error(fn, "scores", "finite routing scores", concat("scores(", g, ", ", i, ") = ", s));
         sum += s;
         coef(g, i) = static_cast<Scalar>(composition_.alpha * (kappa ? factor(g, i) : 1.0) * s);
       }
@@ -587,7 +587,7 @@ class ComposedPolicy {
   template <class DRows>
   void add_upstream(const ExecSpace& space, const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const DRows& d_rows) const {
     const std::size_t n = problem_.experts, params = problem_.shape.params(), nrows = d_rows.extent(0);
-    detail::require_shape((name_ + "::backward").c_str(), "upstream.d_next", upstream.d_next, 1, params, "[1, P]");
+    require_shape((name_ + "::backward").c_str(), "upstream.d_next", upstream.d_next, 1, params, "[1, P]");
     const auto d_next = upstream.d_next;
     const Scalar c = static_cast<Scalar>(upstream.coefficient);
     Kokkos::parallel_for("camex::ComposedPolicy[upstream]", Kokkos::RangePolicy<ExecSpace>(space, 0, nrows * params),
@@ -602,7 +602,7 @@ class ComposedPolicy {
                                  const Buffer<Scalar>& factor) {
     const Scalar* x = tau.data();
     Scalar* f = factor.data();
-    const auto x_stride = detail::row_stride(tau), f_stride = detail::row_stride(factor);
+    const auto x_stride = row_stride(tau), f_stride = row_stride(factor);
     detail::for_each_tile(space, "camex::ComposedPolicy[factor]", tau.extent(1),
                           detail::tile_length<Scalar>(static_cast<int>(tau.extent(0))), KOKKOS_LAMBDA(std::size_t p0, int len) {
                             element.template apply<false>(p0, len, x + p0, x_stride, f + p0, f_stride);
@@ -663,14 +663,14 @@ class ComposedPolicy {
     const int n = static_cast<int>(problem_.experts);
     const bool to_expert = composition_.base == BaseSource::expert;
     const std::size_t j = composition_.base_expert;
-    Scalar* out = to_expert ? d_experts.data() + j * detail::row_stride(d_experts) : d_base.data();
+    Scalar* out = to_expert ? d_experts.data() + j * row_stride(d_experts) : d_base.data();
     const std::size_t params = problem_.shape.params();
     if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)) {
       // A run of entries per work item, the experts' rows subtracted one after another: the loop vectorises.
       constexpr std::size_t run = 2048;
       const Scalar* d_r = d_rows.data();
       const Scalar* d_e = d_experts.data();
-      const std::ptrdiff_t r_stride = detail::row_stride(d_rows), e_stride = detail::row_stride(d_experts);
+      const std::ptrdiff_t r_stride = row_stride(d_rows), e_stride = row_stride(d_experts);
       Kokkos::parallel_for("camex::ComposedPolicy[d_base]", Kokkos::RangePolicy<ExecSpace>(space, 0, (params + run - 1) / run),
                            [=](std::size_t t) {
                              const std::size_t p0 = t * run, len = std::min(run, params - p0);

@@ -45,7 +45,7 @@ struct MergeProblem {
   TensorShape shape;
 };
 
-/// Where a policy's base expert comes from (spec §8.2).
+/// Where a policy's base expert comes from (docs/algorithms.md §8.2).
 enum class BaseSource {
   none,       ///< no base: the deltas are the experts themselves (tau_i = E_i; SMEAR); the base operand is empty
   parameter,  ///< a separate base tensor E_m, passed as `base` ([1, P]); it gets a gradient

@@ -1,5 +1,5 @@
 #pragma once
-// Curvature-aware merging, CAMEx (spec §4.5): merged_b = base + alpha sum_i s[b, i] M_i(E_i - base), with M_i the
+// Curvature-aware merging, CAMEx (docs/algorithms.md §4.5): merged_b = base + alpha sum_i s[b, i] M_i(E_i - base), with M_i the
 // rank-r Kronecker-factored curvature of merge/axis/curvature.hpp. TIES-CA and DARE-CA are in ties.hpp and
 // dare.hpp; dynamic merging (the propagated base) in dynamic.hpp.
 

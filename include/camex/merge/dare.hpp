@@ -1,5 +1,5 @@
 #pragma once
-// DARE merging (spec §4.4): merged_b = base + alpha sum_i kappa[b, i] s[b, i] f_i .* (E_i - base), with the
+// DARE merging (docs/algorithms.md §4.4): merged_b = base + alpha sum_i kappa[b, i] s[b, i] f_i .* (E_i - base), with the
 // random drop-and-rescale of merge/axis/dare.hpp (element-level by default, the CAMEx code's Drop2d as an option);
 // and DARE-CA, the same mask composed with the curvature transform.
 

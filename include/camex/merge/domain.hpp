@@ -1,5 +1,5 @@
 #pragma once
-// Domain-specific merging (spec §4.2): merged_b = base + alpha sum_i s[b, i] (E_i - base).
+// Domain-specific merging (docs/algorithms.md §4.2): merged_b = base + alpha sum_i s[b, i] (E_i - base).
 // With alpha = 1 and scores summing to 1 the base cancels; merge and backward reject that case unless
 // Composition::on_degenerate says to accept it.
 

@@ -29,7 +29,7 @@ class MergeDriver {
   void prepare(const execution_space& space, const StepContext& step, const In& experts, const In& base) {
     constexpr const char* fn = "camex::MergeDriver::prepare";
     const MergeProblem p = policy_.problem();
-    detail::require_shape(fn, "experts", experts, p.experts, p.shape.params(), "[n, P] from the policy's problem()");
+    require_shape(fn, "experts", experts, p.experts, p.shape.params(), "[n, P] from the policy's problem()");
     detail::require_base_operand(fn, "base", base, policy_.base_source(), p.shape.params());
     policy_.prepare(space, step, experts, base, workspace_);
   }
@@ -37,9 +37,9 @@ class MergeDriver {
   void merge(const execution_space& space, const In& scores, const Out& merged) {
     constexpr const char* fn = "camex::MergeDriver::merge";
     detail::require_scores_shape(fn, scores, policy_.problem());
-    detail::require_shape(fn, "merged", merged, scores.extent(0), policy_.problem().shape.params(),
+    require_shape(fn, "merged", merged, scores.extent(0), policy_.problem().shape.params(),
                           "[B, P] with B = scores.extent(0)");
-    detail::require_disjoint(fn, "merged", merged, "scores", scores);
+    require_disjoint(fn, "merged", merged, "scores", scores);
     policy_.merge(space, scores, merged, workspace_);
   }
 
@@ -48,12 +48,12 @@ class MergeDriver {
     constexpr const char* fn = "camex::MergeDriver::backward";
     const MergeProblem p = policy_.problem();
     detail::require_scores_shape(fn, scores, p);
-    detail::require_shape(fn, "d_merged", d_merged, scores.extent(0), p.shape.params(), "[B, P] with B = scores.extent(0)");
-    detail::require_shape(fn, "d_scores", d_scores, scores.extent(0), p.experts, "[B, n], the shape of scores");
-    detail::require_shape(fn, "d_experts", d_experts, p.experts, p.shape.params(), "[n, P], the shape of experts");
+    require_shape(fn, "d_merged", d_merged, scores.extent(0), p.shape.params(), "[B, P] with B = scores.extent(0)");
+    require_shape(fn, "d_scores", d_scores, scores.extent(0), p.experts, "[B, n], the shape of scores");
+    require_shape(fn, "d_experts", d_experts, p.experts, p.shape.params(), "[n, P], the shape of experts");
     detail::require_base_operand(fn, "d_base", d_base, policy_.base_source(), p.shape.params());
-    detail::require_disjoint(fn, "d_experts", d_experts, "d_merged", d_merged);
-    detail::require_disjoint(fn, "d_scores", d_scores, "d_merged", d_merged);
+    require_disjoint(fn, "d_experts", d_experts, "d_merged", d_merged);
+    require_disjoint(fn, "d_scores", d_scores, "d_merged", d_merged);
     policy_.backward(space, scores, d_merged, d_scores, d_experts, d_base, workspace_);
   }
 

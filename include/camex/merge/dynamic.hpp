@@ -1,5 +1,5 @@
 #pragma once
-// Dynamic merging, EP-CAMEx (spec §4.6): the base expert travels through a chain of L layers of equal shape.
+// Dynamic merging, EP-CAMEx (docs/algorithms.md §4.6): the base expert travels through a chain of L layers of equal shape.
 // Only layer 0 owns a base E_m; layer l's base P_l is computed:
 //   P_0 = E_m,   P_{l+1} = P_l + c sum_i M_i^(l)(E_i^(l) - P_l),   c = gamma / n,
 //   merged_b^(l) = P_l + alpha sum_i s_{b,i}^(l) M_i^(l)(E_i^(l) - P_l)
@@ -56,10 +56,10 @@ class DynamicChain {
         inner_.prepare(space, step, experts, base, workspace);
       } else {
         if (chain.generation_ == 0 || chain.layers_[index_ - 1]->prepared_ != chain.generation_)
-          throw argument_error(fn, "this", detail::concat("layer ", index_ - 1, " prepared before layer ", index_, " in this step"),
-                               detail::concat("layer ", index_, " prepared first"));
+          throw argument_error(fn, "this", concat("layer ", index_ - 1, " prepared before layer ", index_, " in this step"),
+                               concat("layer ", index_, " prepared first"));
         if (base.size() != 0)
-          throw argument_error(fn, "base", "an empty view (the base of a later layer is propagated)", detail::shape_of(base));
+          throw argument_error(fn, "base", "an empty view (the base of a later layer is propagated)", shape_of(base));
         inner_.prepare(space, step, experts, chain.base_row(index_), workspace);
       }
       if (index_ + 1 < chain.layers_.size()) chain.propagate(space, index_, inner_.prepared_rows(space, workspace));
@@ -110,13 +110,13 @@ class DynamicChain {
       const auto& chain = *chain_;
       const bool last = index_ + 1 == chain.layers_.size();
       if (prepared_ == 0 || prepared_ != chain.generation_)
-        throw argument_error(fn, "this", detail::concat("layer ", index_, " prepared in this step before its backward"),
-                             detail::concat("layer ", index_, " last prepared in an earlier step, or never"));
+        throw argument_error(fn, "this", concat("layer ", index_, " prepared in this step before its backward"),
+                             concat("layer ", index_, " last prepared in an earlier step, or never"));
       if (!last && chain.layers_[index_ + 1]->backward_done_ != chain.generation_)
-        throw argument_error(fn, "this", detail::concat("layer ", index_ + 1, "'s backward before layer ", index_, "'s"),
-                             detail::concat("layer ", index_, " first"));
+        throw argument_error(fn, "this", concat("layer ", index_ + 1, "'s backward before layer ", index_, "'s"),
+                             concat("layer ", index_, " first"));
       if (index_ > 0 && d_base.size() != 0)
-        throw argument_error(fn, "d_base", "an empty view (the base of a later layer is propagated)", detail::shape_of(d_base));
+        throw argument_error(fn, "d_base", "an empty view (the base of a later layer is propagated)", shape_of(d_base));
       return {last ? ConstMatrix<Scalar, ExecSpace>() : chain.d_base_row(index_ + 1), chain.propagation_coefficient()};
     }
 
@@ -135,7 +135,7 @@ class DynamicChain {
       : options_(options), params_(problem.shape.params()) {
     constexpr const char* fn = "camex::DynamicChain";
     if (layers == 0) throw argument_error(fn, "layers", "a chain of at least one layer", "0");
-    if (!std::isfinite(options.gamma)) throw argument_error(fn, "options.gamma", "a finite step", detail::concat(options.gamma));
+    if (!std::isfinite(options.gamma)) throw argument_error(fn, "options.gamma", "a finite step", concat(options.gamma));
     for (std::size_t l = 0; l < layers; ++l) layers_.push_back(std::unique_ptr<Layer>(new Layer(this, l, problem, options)));
     bases_ = Matrix<Scalar, ExecSpace>("camex::DynamicChain::bases", layers, params_);
     d_bases_ = Matrix<Scalar, ExecSpace>("camex::DynamicChain::d_bases", layers, params_);
@@ -152,8 +152,8 @@ class DynamicChain {
   std::size_t size() const { return layers_.size(); }
   Layer& layer(std::size_t l) {
     if (l >= layers_.size())
-      throw argument_error("camex::DynamicChain::layer", "l", detail::concat("a layer index below ", layers_.size()),
-                           detail::concat(l));
+      throw argument_error("camex::DynamicChain::layer", "l", concat("a layer index below ", layers_.size()),
+                           concat(l));
     return *layers_[l];
   }
   double propagation_coefficient() const { return options_.gamma / static_cast<double>(layers_.empty() ? 1 : layers_[0]->problem().experts); }
@@ -162,7 +162,7 @@ class DynamicChain {
   ConstMatrix<Scalar, ExecSpace> base_row(std::size_t l) const {
     if (l == 0 || l >= layers_.size())
       throw argument_error("camex::DynamicChain::base_row", "l",
-                           detail::concat("a propagated layer's index, 1 to ", layers_.size() - 1), detail::concat(l));
+                           concat("a propagated layer's index, 1 to ", layers_.size() - 1), concat(l));
     return row(bases_, l);
   }
 
@@ -178,10 +178,10 @@ class DynamicChain {
     detail::row_combination(space, Schedule::automatic,
                             detail::RowCombination<Scalar>{.coef = {weights_.data(), 0, 1},
                                                            .rows = rows.data(),
-                                                           .row_stride = detail::row_stride(rows),
+                                                           .row_stride = row_stride(rows),
                                                            .in_rows = static_cast<int>(rows.extent(0)),
                                                            .out = out.data(),
-                                                           .out_stride = detail::row_stride(out),
+                                                           .out_stride = row_stride(out),
                                                            .out_rows = 1,
                                                            .length = params_});
   }

@@ -1,5 +1,5 @@
 #pragma once
-// Euclidean merging, SMEAR (spec §4.1): merged_b = sum_i s[b, i] E_i over every expert, no base. With an expert
+// Euclidean merging, SMEAR (docs/algorithms.md §4.1): merged_b = sum_i s[b, i] E_i over every expert, no base. With an expert
 // module of several tensors, run one Euclidean per tensor with the same scores and add their score gradients.
 
 #include <Kokkos_Core.hpp>

@@ -72,26 +72,26 @@ inline Settings resolve(Method method, std::span<const Model> models, const Opti
   const char* fn = function_name(method);
   const bool dare = method == Method::dare_linear || method == Method::dare_ties;
   if (models.size() != n)
-    throw argument_error(fn, "models", camex::detail::concat("one entry per row of `tensors` (", n, ")"),
-                         camex::detail::concat(models.size(), " entries"));
+    throw argument_error(fn, "models", camex::concat("one entry per row of `tensors` (", n, ")"),
+                         camex::concat(models.size(), " entries"));
   Settings s{{}, {}, options.normalize.value_or(method == Method::ties), options.rescale.value_or(true), options.lambda};
   for (std::size_t i = 0; i < n; ++i) {
     const Model& m = models[i];
-    const std::string at = camex::detail::concat("models[", i, "]");
+    const std::string at = camex::concat("models[", i, "]");
     if (!m.weight)
       throw argument_error(fn, (at + ".weight").c_str(), "a weight (mergekit requires one for every model)", "none");
     if (!std::isfinite(*m.weight))
-      throw argument_error(fn, (at + ".weight").c_str(), "a finite weight", camex::detail::concat(*m.weight));
+      throw argument_error(fn, (at + ".weight").c_str(), "a finite weight", camex::concat(*m.weight));
     if (!(m.density > 0 && m.density <= 1))
-      throw argument_error(fn, (at + ".density").c_str(), "a fraction in (0, 1]", camex::detail::concat(m.density));
+      throw argument_error(fn, (at + ".density").c_str(), "a fraction in (0, 1]", camex::concat(m.density));
     if (method == Method::task_arithmetic && m.density != 1)
       throw argument_error(fn, (at + ".density").c_str(), "1 (task_arithmetic keeps every entry; use ties or dare_linear)",
-                           camex::detail::concat(m.density));
+                           camex::concat(m.density));
     s.weights.push_back(*m.weight);
     s.densities.push_back(m.density);
   }
   if (!std::isfinite(options.lambda))
-    throw argument_error(fn, "options.lambda", "a finite scale", camex::detail::concat(options.lambda));
+    throw argument_error(fn, "options.lambda", "a finite scale", camex::concat(options.lambda));
   if (!dare && options.rescale.value_or(false))
     throw argument_error(fn, "options.rescale",
                          method == Method::ties
@@ -147,10 +147,10 @@ void merge(Method method, const ExecSpace& space, const Base& base, const Tensor
            std::span<const Model> models, const Options& options, const Merged& merged) {
   using T = typename Merged::value_type;
   const char* fn = function_name(method);
-  camex::detail::require_nonempty(fn, "tensors", tensors, "[n, P]: one row per model");
+  camex::require_nonempty(fn, "tensors", tensors, "[n, P]: one row per model");
   const std::size_t n = tensors.extent(0), params = tensors.extent(1);
-  camex::detail::require_shape(fn, "base", base, 1, params, "[1, P] with P = tensors.extent(1)");
-  camex::detail::require_shape(fn, "merged", merged, 1, params, "[1, P] with P = tensors.extent(1)");
+  camex::require_shape(fn, "base", base, 1, params, "[1, P] with P = tensors.extent(1)");
+  camex::require_shape(fn, "merged", merged, 1, params, "[1, P] with P = tensors.extent(1)");
   const Settings s = resolve(method, models, options, n);
   const MergeProblem problem{.experts = n, .groups = 1, .shape = {1, params}};
   const Composition composition{.alpha = s.lambda, .on_degenerate = DegenerateBase::accept};

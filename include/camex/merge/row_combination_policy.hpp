@@ -3,7 +3,7 @@
 // R [m, P] input-independent and C [B, m] a function of the scores alone. Every composition (merge/composed.hpp)
 // is one: R = [D_1 .. D_n, base], C[b, i] = alpha kappa[b, i] s[b, i], C[b, n] = 1.
 //
-// Exposing R and C lets a linear layer apply the rows instead of the merged tensors (spec §9: W_b x = sum_j
+// Exposing R and C lets a linear layer apply the rows instead of the merged tensors (docs/algorithms.md §9: W_b x = sum_j
 // C[b, j] (R_j x)), which is cheaper when routing groups hold few tokens, and never forms one weight matrix per
 // group. The layer then owes the policy dL/dC and dL/dR instead of dL/dmerged:
 //

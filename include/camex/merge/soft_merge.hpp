@@ -16,8 +16,8 @@
 #include "camex/core/error.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/kokkos_compat.hpp"
-#include "camex/detail/row_combination.hpp"
+#include "camex/platform/kokkos_compat.hpp"
+#include "camex/kernels/row_combination.hpp"
 
 namespace camex {
 
@@ -107,7 +107,7 @@ struct TiledSoftMergeBackward {
 /// Bytes of workspace soft_merge_backward needs for B groups, N experts and P parameters of type Scalar.
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t soft_merge_backward_workspace_bytes(std::size_t groups, std::size_t experts, std::size_t params) {
-  detail::WorkspaceCarver<ExecSpace> carver;
+  WorkspaceCarver<ExecSpace> carver;
   carver.template take<double>(detail::BackwardChunking<Scalar>(params, groups, experts).chunks * groups * experts);
   return carver.bytes();
 }
@@ -126,16 +126,16 @@ void soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsV
   using T = typename MergedView::value_type;
   constexpr const char* fn = "camex::soft_merge";
   const auto e = detail::check_merge_inputs(fn, scores, experts);
-  detail::require_shape(fn, "merged", merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
-  detail::require_disjoint(fn, "merged", merged, "experts", experts);
-  detail::require_disjoint(fn, "merged", merged, "scores", scores);
+  require_shape(fn, "merged", merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
+  require_disjoint(fn, "merged", merged, "experts", experts);
+  require_disjoint(fn, "merged", merged, "scores", scores);
   detail::row_combination(space, schedule,
-                          detail::RowCombination<T>{.coef = {scores.data(), detail::row_stride(scores), 1},
+                          detail::RowCombination<T>{.coef = {scores.data(), row_stride(scores), 1},
                                                     .rows = experts.data(),
-                                                    .row_stride = detail::row_stride(experts),
+                                                    .row_stride = row_stride(experts),
                                                     .in_rows = static_cast<int>(e.experts),
                                                     .out = merged.data(),
-                                                    .out_stride = detail::row_stride(merged),
+                                                    .out_stride = row_stride(merged),
                                                     .out_rows = static_cast<int>(e.groups),
                                                     .length = e.params});
 }
@@ -157,40 +157,40 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
   using T = typename DExpertsView::value_type;
   constexpr const char* fn = "camex::soft_merge_backward";
   const auto e = detail::check_merge_inputs(fn, scores, experts);
-  detail::require_shape(fn, "d_merged", d_merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
-  detail::require_shape(fn, "d_scores", d_scores, e.groups, e.experts, "[B, N], the shape of scores");
-  detail::require_shape(fn, "d_experts", d_experts, e.experts, e.params, "[N, P], the shape of experts");
-  detail::require_disjoint(fn, "d_experts", d_experts, "d_merged", d_merged);
-  detail::require_disjoint(fn, "d_experts", d_experts, "experts", experts);
-  detail::require_disjoint(fn, "d_experts", d_experts, "scores", scores);
-  detail::require_disjoint(fn, "d_scores", d_scores, "d_merged", d_merged);
-  detail::require_disjoint(fn, "d_scores", d_scores, "experts", experts);
-  detail::require_disjoint(fn, "d_scores", d_scores, "scores", scores);
+  require_shape(fn, "d_merged", d_merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
+  require_shape(fn, "d_scores", d_scores, e.groups, e.experts, "[B, N], the shape of scores");
+  require_shape(fn, "d_experts", d_experts, e.experts, e.params, "[N, P], the shape of experts");
+  require_disjoint(fn, "d_experts", d_experts, "d_merged", d_merged);
+  require_disjoint(fn, "d_experts", d_experts, "experts", experts);
+  require_disjoint(fn, "d_experts", d_experts, "scores", scores);
+  require_disjoint(fn, "d_scores", d_scores, "d_merged", d_merged);
+  require_disjoint(fn, "d_scores", d_scores, "experts", experts);
+  require_disjoint(fn, "d_scores", d_scores, "scores", scores);
 
   const detail::BackwardChunking<T> chunking(e.params, e.groups, e.experts);
-  const auto partial = detail::WorkspaceCarver<ExecSpace>(fn, workspace).template take<double>(chunking.chunks * e.groups * e.experts);
-  const detail::Coefficients<T> scores_t{scores.data(), 1, detail::row_stride(scores)};
+  const auto partial = WorkspaceCarver<ExecSpace>(fn, workspace).template take<double>(chunking.chunks * e.groups * e.experts);
+  const detail::Coefficients<T> scores_t{scores.data(), 1, row_stride(scores)};
   const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
 
   if (detail::resolve<ExecSpace>(schedule) == Schedule::tiled) {
     Kokkos::parallel_for("camex::soft_merge_backward[tiled]", Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks),
-                         detail::TiledSoftMergeBackward<T>{scores_t, experts.data(), detail::row_stride(experts), d_merged.data(),
-                                                           detail::row_stride(d_merged), d_experts.data(), detail::row_stride(d_experts),
+                         detail::TiledSoftMergeBackward<T>{scores_t, experts.data(), row_stride(experts), d_merged.data(),
+                                                           row_stride(d_merged), d_experts.data(), row_stride(d_experts),
                                                            partial.data(), groups, n_experts, e.params, chunking.chunk,
                                                            chunking.tile});
   } else {
     detail::row_combination(space, schedule,
                             detail::RowCombination<T>{.coef = scores_t,
                                                       .rows = d_merged.data(),
-                                                      .row_stride = detail::row_stride(d_merged),
+                                                      .row_stride = row_stride(d_merged),
                                                       .in_rows = groups,
                                                       .out = d_experts.data(),
-                                                      .out_stride = detail::row_stride(d_experts),
+                                                      .out_stride = row_stride(d_experts),
                                                       .out_rows = n_experts,
                                                       .length = e.params});
     const T* dm = d_merged.data();
     const T* w = experts.data();
-    const auto dm_stride = detail::row_stride(d_merged), w_stride = detail::row_stride(experts);
+    const auto dm_stride = row_stride(d_merged), w_stride = row_stride(experts);
     const std::size_t params = e.params, chunk = chunking.chunk;
     const int tile = chunking.tile;
     double* out = partial.data();

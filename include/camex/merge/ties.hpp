@@ -1,5 +1,5 @@
 #pragma once
-// TIES merging (spec §4.3): merged_b = base + alpha sum_i s[b, i] f_i .* (E_i - base), with f the TIES factor
+// TIES merging (docs/algorithms.md §4.3): merged_b = base + alpha sum_i s[b, i] f_i .* (E_i - base), with f the TIES factor
 // (merge/axis/ties.hpp: the standard mergekit TIES by default, the CAMEx code's sign agreement as a variant);
 // and TIES-CA, the same mask composed with the curvature transform.
 
@@ -39,7 +39,7 @@ class Ties : public ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransfor
     const auto election = detail::ties_election(st.trim, st.experts, params, this->mask().options);
     Kokkos::View<std::int8_t*, typename ExecSpace::memory_space> signs("camex::Ties::elected_signs", params);
     const Scalar* x = tau.data();
-    const auto stride = detail::row_stride(tau);
+    const auto stride = row_stride(tau);
     detail::for_each_tile(space, "camex::Ties::elected_signs", params, detail::TiesElection::chunk,
                           KOKKOS_LAMBDA(std::size_t p0, int len) {
                             double sign[detail::TiesElection::chunk];

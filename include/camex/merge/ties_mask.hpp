@@ -18,12 +18,12 @@
 #include <span>
 
 #include "camex/core/error.hpp"
-#include "camex/core/top_k.hpp"
+#include "camex/kernels/top_k.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/non_finite.hpp"
-#include "camex/detail/row_combination.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/kernels/non_finite.hpp"
+#include "camex/kernels/row_combination.hpp"
+#include "camex/platform/vectorize.hpp"
 
 namespace camex {
 
@@ -65,13 +65,13 @@ struct TiesMaskState {
 inline std::size_t check_ties_options(const char* fn, std::span<const double> weights, const TiesOptions& options,
                                       std::size_t experts, std::size_t params) {
   if (weights.size() != experts)
-    throw argument_error(fn, "weights", detail::concat("one weight per expert (", experts, ')'),
-                         detail::concat(weights.size(), " weights"));
+    throw argument_error(fn, "weights", concat("one weight per expert (", experts, ')'),
+                         concat(weights.size(), " weights"));
   for (std::size_t i = 0; i < experts; ++i)
     if (!std::isfinite(weights[i]))
-      throw argument_error(fn, "weights", "finite weights", detail::concat("weights[", i, "] = ", weights[i]));
+      throw argument_error(fn, "weights", "finite weights", concat("weights[", i, "] = ", weights[i]));
   if (!std::isfinite(options.lambda))
-    throw argument_error(fn, "options.lambda", "a finite scale", detail::concat(options.lambda));
+    throw argument_error(fn, "options.lambda", "a finite scale", concat(options.lambda));
   return top_k_count(fn, options.density, params);
 }
 
@@ -198,7 +198,7 @@ auto carve_ties_mask(WorkspaceCarver<ExecSpace>& carver, std::size_t experts, st
 /// Bytes of workspace ties_mask needs for `experts` deltas of `params` entries of type Scalar.
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t ties_mask_workspace_bytes(std::size_t experts, std::size_t params) {
-  detail::WorkspaceCarver<ExecSpace> carver;
+  WorkspaceCarver<ExecSpace> carver;
   detail::carve_ties_mask<Scalar>(carver, experts, params);
   return carver.bytes();
 }
@@ -213,25 +213,25 @@ void ties_mask(const ExecSpace& space, const Deltas& deltas, std::span<const dou
                const Factor& factor, const Workspace<ExecSpace>& workspace) {
   using T = typename Factor::value_type;
   constexpr const char* fn = "camex::ties_mask";
-  detail::require_nonempty(fn, "deltas", deltas, "[N, P] stack of expert deltas");
+  require_nonempty(fn, "deltas", deltas, "[N, P] stack of expert deltas");
   const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
-  detail::require_shape(fn, "factor", factor, experts, params, "[N, P], the shape of deltas");
-  detail::require_disjoint(fn, "factor", factor, "deltas", deltas);
+  require_shape(fn, "factor", factor, experts, params, "[N, P], the shape of deltas");
+  require_disjoint(fn, "factor", factor, "deltas", deltas);
   const std::size_t k = detail::check_ties_options(fn, weights, options, experts, params);
 
-  detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+  WorkspaceCarver<ExecSpace> carver(fn, workspace);
   const auto [st, scan_cell] = detail::carve_ties_mask<T>(carver, experts, params);
   const auto scan = detail::arm_scan(space, scan_cell.data());
-  detail::scan_rows(space, scan, deltas.data(), detail::row_stride(deltas), static_cast<int>(experts), params);
+  detail::scan_rows(space, scan, deltas.data(), row_stride(deltas), static_cast<int>(experts), params);
   if (const std::size_t first = detail::first_non_finite(space, scan); first != detail::no_position)
     throw argument_error(fn, "deltas", "finite values",
-                         detail::concat("deltas(", first / params, ", ", first % params, ") = ",
+                         concat("deltas(", first / params, ", ", first % params, ") = ",
                                         static_cast<double>(detail::read_entry(space, deltas, first / params, first % params))));
   detail::ties_trim(space, deltas, weights, std::span<const std::size_t>(&k, 1), st);
   const auto election = detail::ties_election(st, experts, params, options);
   const T* tau = deltas.data();
   T* f = factor.data();
-  const auto tau_stride = detail::row_stride(deltas), f_stride = detail::row_stride(factor);
+  const auto tau_stride = row_stride(deltas), f_stride = row_stride(factor);
   detail::for_each_tile(space, "camex::ties_mask", params, detail::TiesElection::chunk,
                         KOKKOS_LAMBDA(std::size_t p0, int len) {
                           election.template apply<false>(p0, len, tau + p0, tau_stride, f + p0, f_stride);

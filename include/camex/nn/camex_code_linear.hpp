@@ -5,7 +5,7 @@
 // choice with where it comes from; in short:
 //
 //   mask        TiesVariant::sign_agreement: m_i = [sign(tau_i) == sign(sum_j tau_j)] on the raw deltas, applied
-//               after the curvature transform (spec §4.3, the code's "ties")
+//               after the curvature transform (docs/algorithms.md §4.3, the code's "ties")
 //   transform   CurvatureTransform, rank 8, CurvatureInit::identity_factors (every factor I, so M_i = r I at init)
 //   merge       alpha = 1, the base a parameter: W_g = E_m + sum_i s_gi m_i .* M_i(tau_i)
 //   router      NoisyTopKGate with k = n (a dense softmax of the noisy logits), noise floor 0.01, weights
@@ -13,7 +13,7 @@
 //   routing     causal segments of T = 256 tokens, padding included in the means, GateRows::per_segment (every
 //               segment's own gates balanced; segment 0 merges with its own, detached)
 //   bias        merged like the weights, its delta transformed by its own output factors (P (x) Q) beta and
-//               masked by the sign agreement of the raw bias deltas: the code's bias path cannot run (spec §7),
+//               masked by the sign agreement of the raw bias deltas: the code's bias path cannot run (docs/algorithms.md §7),
 //               and this is the form its older, working file uses
 //
 // Rank, segment length and coefficient stay settable (CamexCodeOptions) for smaller test layers.
@@ -121,9 +121,9 @@ class CamexCodeLinear {
     constexpr const char* fn = "camex::CamexCodeLinear";
     if (o.segment == 0 || length % o.segment != 0)
       throw argument_error(fn, "options.segment",
-                           detail::concat("a segment length dividing the sequence length ", length,
+                           concat("a segment length dividing the sequence length ", length,
                                           " (the CAMEx code's T = 256 needs sequences of a multiple of 256 tokens)"),
-                           detail::concat(o.segment));
+                           concat(o.segment));
     const RoutingLayout l = layout(sequences, length, o);
     detail::check_layout(fn, l);
     return l;

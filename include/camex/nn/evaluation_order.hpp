@@ -1,5 +1,5 @@
 #pragma once
-// The two ways to evaluate a merged affine map y_t = W_g x_t (spec §9), and the cost model that picks one.
+// The two ways to evaluate a merged affine map y_t = W_g x_t (docs/algorithms.md §9), and the cost model that picks one.
 //
 //   merge_then_apply: W_g = sum_j C[g, j] R_j per routing group, then one GEMM of the group's L tokens with W_g.
 //   apply_then_mix:   Z_j = X R_j^T for the m prepared rows over all N tokens, then y_t = sum_j C[g, j] Z_j[t].
@@ -16,7 +16,7 @@
 // machine balance of 8 flop/byte, apply_then_mix wins at 1 or 2 tokens per group (per-token routing), and
 // needs no per-group weights at all (G P scalars of workspace, twice, for merge_then_apply). The estimate counts
 // the GEMMs at the machine's GEMM rate and every other byte at its streaming bandwidth; `flops_per_byte` is their
-// ratio (benchmarks/ceilings: SGEMM GFLOP/s over triad GB/s, about 6 on the 2-core development machine).
+// ratio (SGEMM GFLOP/s over triad GB/s: benchmarks/ceilings measures both, docs/performance.md records them).
 
 #include <cstddef>
 

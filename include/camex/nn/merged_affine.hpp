@@ -19,7 +19,7 @@
 #include "camex/core/step.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/gemm.hpp"
+#include "camex/kernels/gemm.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/merge/row_combination_policy.hpp"
 #include "camex/nn/evaluation_order.hpp"

@@ -5,7 +5,7 @@
 //
 // where W1 [H, I], b1 [H], W2 [O, H], b2 [O] are each the merge, with group g's scores from one router, of the n
 // experts' tensors around their bases (any merge policy). The CAMEx code instead routes each linear map on its own
-// (two MergedLinear layers with their own routers, spec §3); this is the whole-module form.
+// (two MergedLinear layers with their own routers, docs/algorithms.md §3); this is the whole-module form.
 //
 // Random draws: tensor ids step.tensor (W1), +1 (b1), +2 (W2), +3 (b2), +4 (the router).
 
@@ -20,8 +20,8 @@
 #include "camex/core/step.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/kokkos_compat.hpp"
-#include "camex/detail/merged_affine.hpp"
+#include "camex/platform/kokkos_compat.hpp"
+#include "camex/nn/merged_affine.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
@@ -35,9 +35,7 @@ enum class Activation {
   relu,       ///< T5's: max(h, 0)
 };
 
-namespace detail {
-
-/// act(h) and act'(h), in double.
+/// act(h) and act'(h), in double (device code too): the activation the merged FFN applies, for a user's own layers.
 KOKKOS_INLINE_FUNCTION double activate(Activation act, double h, double* derivative) {
   switch (act) {
     case Activation::relu:
@@ -57,8 +55,6 @@ KOKKOS_INLINE_FUNCTION double activate(Activation act, double h, double* derivat
     }
   }
 }
-
-}  // namespace detail
 
 template <MergePolicy Policy, RouterFor<Policy> RouterType>
 class MergedFFN {
@@ -86,8 +82,8 @@ class MergedFFN {
         activation_(activation) {
     if (proj_.inputs() != fc_.outputs())
       throw argument_error("camex::MergedFFN", "proj",
-                           detail::concat("a weight of ", fc_.outputs(), " columns (fc's outputs, the hidden width)"),
-                           detail::concat(proj_.inputs(), " columns"));
+                           concat("a weight of ", fc_.outputs(), " columns (fc's outputs, the hidden width)"),
+                           concat(proj_.inputs(), " columns"));
   }
 
   std::size_t inputs() const { return fc_.inputs(); }
@@ -99,7 +95,7 @@ class MergedFFN {
   EvaluationOrder proj_order() const { return proj_.order(); }
 
   std::size_t workspace_bytes() const {
-    detail::WorkspaceCarver<ExecSpace> carver;
+    WorkspaceCarver<ExecSpace> carver;
     carve(carver);
     return carver.bytes();
   }
@@ -109,11 +105,11 @@ class MergedFFN {
                  const std::optional<Tensors>& fc_bias, const Tensors& proj, const std::optional<Tensors>& proj_bias,
                  const Out& y, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::MergedFFN::forward";
-    detail::require_shape(fn, "x", x, layout_.tokens(), inputs(), "[S·L, I] (layout tokens, fc's columns)");
-    detail::require_shape(fn, "y", y, layout_.tokens(), outputs(), "[S·L, O] (layout tokens, proj's rows)");
+    require_shape(fn, "x", x, layout_.tokens(), inputs(), "[S·L, I] (layout tokens, fc's columns)");
+    require_shape(fn, "y", y, layout_.tokens(), outputs(), "[S·L, O] (layout tokens, proj's rows)");
     fc_.require_bias_operand(fn, "fc_bias", fc_bias);
     proj_.require_bias_operand(fn, "proj_bias", proj_bias);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     x_ = x;
     forwarded_ = true;
@@ -125,7 +121,7 @@ class MergedFFN {
                          KOKKOS_LAMBDA(std::size_t w) {
                            double unused;
                            activated.data()[w] =
-                               static_cast<Scalar>(detail::activate(act, static_cast<double>(hidden.data()[w]), &unused));
+                               static_cast<Scalar>(activate(act, static_cast<double>(hidden.data()[w]), &unused));
                          });
     proj_.forward(space, with_tensor(step, 2), b.scores, b.activated, proj, proj_bias, y, b.proj);
     return aux;
@@ -138,11 +134,11 @@ class MergedFFN {
                 const std::optional<Gradients>& d_proj_bias, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::MergedFFN::backward";
     if (!forwarded_) throw argument_error(fn, "this", "a layer whose forward has run", "no forward yet");
-    detail::require_shape(fn, "d_y", d_y, layout_.tokens(), outputs(), "[S·L, O], the shape of y");
-    detail::require_shape(fn, "d_x", d_x, layout_.tokens(), inputs(), "[S·L, I], the shape of x");
+    require_shape(fn, "d_y", d_y, layout_.tokens(), outputs(), "[S·L, O], the shape of y");
+    require_shape(fn, "d_x", d_x, layout_.tokens(), inputs(), "[S·L, I], the shape of x");
     fc_.require_bias_operand(fn, "d_fc_bias", d_fc_bias);
     proj_.require_bias_operand(fn, "d_proj_bias", d_proj_bias);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     proj_.backward(space, b.scores, b.activated, d_y, b.d_hidden, b.d_scores_proj, d_proj, d_proj_bias, b.proj);
     const auto hidden = b.hidden, d_hidden = b.d_hidden;
@@ -150,7 +146,7 @@ class MergedFFN {
     Kokkos::parallel_for("camex::MergedFFN[d_activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
                          KOKKOS_LAMBDA(std::size_t w) {
                            double derivative;
-                           detail::activate(act, static_cast<double>(hidden.data()[w]), &derivative);
+                           activate(act, static_cast<double>(hidden.data()[w]), &derivative);
                            d_hidden.data()[w] = static_cast<Scalar>(derivative * static_cast<double>(d_hidden.data()[w]));
                          });
     fc_.backward(space, b.scores, x_, b.d_hidden, d_x, b.d_scores, d_fc, d_fc_bias, b.fc);
@@ -162,13 +158,13 @@ class MergedFFN {
 
   // Public for nvcc (extended lambdas in the callers); not part of the API.
   struct Buffers {
-    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores, d_scores_proj, hidden,
+    typename WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores, d_scores_proj, hidden,
         activated, d_hidden;
     typename RoutingStage<RouterType>::Buffers routing;
     typename detail::MergedAffine<Policy>::Buffers fc, proj;
   };
 
-  Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  Buffers carve(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = layout_.groups(), n = experts(), tokens = layout_.tokens();
     Buffers b;
     b.scores = carver.template take_matrix<Scalar>(g, n);
@@ -200,5 +196,12 @@ class MergedFFN {
   In x_;
   bool forwarded_ = false;
 };
+
+/// A MergedFFN whose biases are null pointers (no bias) or policies of the weights' type.
+template <class Policy, class FcBias, class ProjBias, class RouterType>
+  requires(std::same_as<FcBias, Policy*> || std::same_as<FcBias, std::nullptr_t>) &&
+          (std::same_as<ProjBias, Policy*> || std::same_as<ProjBias, std::nullptr_t>)
+MergedFFN(Policy&, FcBias, Policy&, ProjBias, RouterType&, const RoutingLayout&, Activation = Activation::gelu_tanh,
+          const EvaluationOptions& = {}) -> MergedFFN<Policy, RouterType>;
 
 }  // namespace camex

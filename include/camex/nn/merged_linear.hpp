@@ -1,5 +1,5 @@
 #pragma once
-// The CAMEx merged linear layer (spec §3, §9): y_t = W_g x_t + b_g for every token t of routing group g, where
+// The CAMEx merged linear layer (docs/algorithms.md §3, §9): y_t = W_g x_t + b_g for every token t of routing group g, where
 // W_g and b_g are the merges, with group g's router scores, of the layer's n expert weights [O, I] and biases [O]
 // around their bases, by any merge policy (merge/concepts.hpp), and the scores come from any router
 // (route/concepts.hpp) on the group's routing input (route/groups.hpp).
@@ -11,7 +11,7 @@
 //   aux   = layer.forward(space, step, x, padding, weights, bias, y, ws)       x [S·L, I] -> y [S·L, O]
 //   layer.backward(space, d_y, d_aux, d_x, d_weights, d_bias, ws)
 //
-// Evaluation order (spec §9, nn/evaluation_order.hpp): merge W_g per group then apply it to the group's tokens,
+// Evaluation order (docs/algorithms.md §9, nn/evaluation_order.hpp): merge W_g per group then apply it to the group's tokens,
 // or apply every prepared row of a RowCombinationPolicy to every token and mix the results by the coefficients;
 // by default the cheaper by the cost model, which is merging unless groups hold one or two tokens.
 //
@@ -29,7 +29,7 @@
 #include "camex/core/step.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/merged_affine.hpp"
+#include "camex/nn/merged_affine.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
@@ -65,7 +65,7 @@ class MergedLinear {
   EvaluationOrder order() const { return affine_.order(); }
 
   std::size_t workspace_bytes() const {
-    detail::WorkspaceCarver<ExecSpace> carver;
+    WorkspaceCarver<ExecSpace> carver;
     carve(carver);
     return carver.bytes();
   }
@@ -76,10 +76,10 @@ class MergedLinear {
                  const ExpertTensors<Scalar, ExecSpace>& weights, const std::optional<ExpertTensors<Scalar, ExecSpace>>& bias,
                  const Out& y, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::MergedLinear::forward";
-    detail::require_shape(fn, "x", x, layout_.tokens(), inputs(), "[S·L, I] (layout tokens, the weights' columns)");
-    detail::require_shape(fn, "y", y, layout_.tokens(), outputs(), "[S·L, O] (layout tokens, the weights' rows)");
+    require_shape(fn, "x", x, layout_.tokens(), inputs(), "[S·L, I] (layout tokens, the weights' columns)");
+    require_shape(fn, "y", y, layout_.tokens(), outputs(), "[S·L, O] (layout tokens, the weights' rows)");
     affine_.require_bias_operand(fn, "bias", bias);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     x_ = x;
     forwarded_ = true;
@@ -97,10 +97,10 @@ class MergedLinear {
                 const std::optional<ExpertGradients<Scalar, ExecSpace>>& d_bias, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::MergedLinear::backward";
     if (!forwarded_) throw argument_error(fn, "this", "a layer whose forward has run", "no forward yet");
-    detail::require_shape(fn, "d_y", d_y, layout_.tokens(), outputs(), "[S·L, O], the shape of y");
-    detail::require_shape(fn, "d_x", d_x, layout_.tokens(), inputs(), "[S·L, I], the shape of x");
+    require_shape(fn, "d_y", d_y, layout_.tokens(), outputs(), "[S·L, O], the shape of y");
+    require_shape(fn, "d_x", d_x, layout_.tokens(), inputs(), "[S·L, I], the shape of x");
     affine_.require_bias_operand(fn, "d_bias", d_bias);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     affine_.backward(space, b.scores, x_, d_y, d_x, b.d_scores, d_weights, d_bias, b.affine);
     routing_.backward(space, b.d_scores, d_aux, d_x, b.routing);
@@ -108,12 +108,12 @@ class MergedLinear {
 
   // Public for nvcc (extended lambdas in the callers); not part of the API.
   struct Buffers {
-    typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores;
+    typename WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores;
     typename RoutingStage<RouterType>::Buffers routing;
     typename detail::MergedAffine<Policy>::Buffers affine;
   };
 
-  Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  Buffers carve(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = layout_.groups(), n = experts();
     Buffers b;
     b.scores = carver.template take_matrix<Scalar>(g, n);
@@ -135,5 +135,12 @@ class MergedLinear {
   In x_;
   bool forwarded_ = false;
 };
+
+/// `MergedLinear layer(weights, nullptr, router, layout)` builds a layer without a bias: a null pointer names no
+/// Policy to deduce from, so the guide takes the policy type from the weights.
+template <class Policy, class BiasPolicy, class RouterType>
+  requires std::same_as<BiasPolicy, Policy*> || std::same_as<BiasPolicy, std::nullptr_t>
+MergedLinear(Policy&, BiasPolicy, RouterType&, const RoutingLayout&, const EvaluationOptions& = {})
+    -> MergedLinear<Policy, RouterType>;
 
 }  // namespace camex

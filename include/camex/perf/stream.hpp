@@ -10,7 +10,7 @@
 
 #include <Kokkos_Core.hpp>
 
-#include "camex/detail/streaming_store.hpp"
+#include "camex/platform/streaming_store.hpp"
 
 #include <algorithm>
 #include <cstddef>

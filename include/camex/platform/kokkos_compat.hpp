@@ -1,9 +1,10 @@
 #pragma once
-// The few Kokkos names that moved between 3.4 and 4.x, spelled once so camex's code reads the same on both.
+// The few Kokkos names that moved between 3.4 and 4.x, spelled once so camex's code, and a user's kernels, read the
+// same on both: camex::math::exp and so on, callable in device code.
 
 #include <Kokkos_Core.hpp>
 
-namespace camex::detail::math {
+namespace camex::math {
 #if KOKKOS_VERSION >= 30700
 using Kokkos::cos;
 using Kokkos::erf;
@@ -25,4 +26,4 @@ using Kokkos::Experimental::log1p;
 using Kokkos::Experimental::sqrt;
 using Kokkos::Experimental::tanh;
 #endif
-}  // namespace camex::detail::math
+}  // namespace camex::math

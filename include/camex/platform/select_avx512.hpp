@@ -1,5 +1,5 @@
 #pragma once
-// The compaction pass of the radix select (core/top_k.hpp) for float rows with AVX-512: sixteen entries per step,
+// The compaction pass of the radix select (kernels/top_k.hpp) for float rows with AVX-512: sixteen entries per step,
 // the matching ones compressed into place, no branch per entry. The portable loop does one entry per step with a
 // carried count and left two thirds of a TIES step's select in that pass (0.9 ns per entry against 0.25 here, one
 // core of the development machine).

@@ -1,14 +1,14 @@
 #pragma once
-// Routing granularity (spec §2.3, §2.4): which tokens share one routing decision, and what the router sees for
+// Routing granularity (docs/algorithms.md §2.3, §2.4): which tokens share one routing decision, and what the router sees for
 // it. Tokens are the rows of x [S * L, I]: sequence q, position t at row q * L + t.
 //
 //  * sequence: one routing group per sequence, routed on the mean of its tokens (the CAMEx T5 layer, SMEAR).
 //  * causal_segment: each sequence is cut into L / T segments of T tokens, one routing group per segment; group
 //    (q, s) merges with the gates computed from segment s - 1 of the same sequence, so no token's merged weights
 //    depend on later tokens (Lory; the CAMEx GPT-2 layer). Segment 0 merges with the gates computed from itself,
-//    detached: its merge sends no gradient to the gates, so none to the router's parameters nor to x (spec §2.3;
+//    detached: its merge sends no gradient to the gates, so none to the router's parameters nor to x (docs/algorithms.md §2.3;
 //    the CAMEx code detaches the gate values). Its tokens still see a decision that depends on later tokens of
-//    segment 0 (the spec's documented leak).
+//    segment 0 (the documented leak, docs/algorithms.md §2.3).
 //
 // Which gates the router computes, and so which its balancing loss sums, is `GateRows` (the two agree for
 // sequences): the CAMEx code's one row per segment on its own mean (default), or one row per group on the mean
@@ -137,18 +137,18 @@ void routing_inputs(const ExecSpace& space, const RoutingLayout& layout, const X
   using T = typename Routed::value_type;
   constexpr const char* fn = "camex::routing_inputs";
   detail::check_layout(fn, layout);
-  detail::require_nonempty(fn, "x", x, "[S * L, I] matrix of token rows");
-  detail::require_shape(fn, "x", x, layout.tokens(), x.extent(1), "[S * L, I] (layout.sequences * layout.length)");
+  require_nonempty(fn, "x", x, "[S * L, I] matrix of token rows");
+  require_shape(fn, "x", x, layout.tokens(), x.extent(1), "[S * L, I] (layout.sequences * layout.length)");
   detail::check_padding_mask(fn, padding, layout);
-  detail::require_shape(fn, "routed", routed, layout.groups(), x.extent(1), "[G, I] (layout.groups(), x.extent(1))");
-  detail::require_disjoint(fn, "routed", routed, "x", x);
+  require_shape(fn, "routed", routed, layout.groups(), x.extent(1), "[G, I] (layout.groups(), x.extent(1))");
+  require_disjoint(fn, "routed", routed, "x", x);
 
   const std::size_t width = x.extent(1), groups = layout.groups(), per = layout.group_length();
   constexpr std::size_t tile = detail::routing_tile<ExecSpace>();
   const std::size_t tiles = (width + tile - 1) / tile;
   const bool masked = padding.extent(0) != 0 && layout.padding == Padding::exclude;
   const std::uint8_t* real = padding.data();
-  const auto x_stride = detail::row_stride(x), out_stride = detail::row_stride(routed);
+  const auto x_stride = row_stride(x), out_stride = row_stride(routed);
   const auto* xs = x.data();
   T* out = routed.data();
   Kokkos::parallel_for("camex::routing_inputs", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * tiles),
@@ -181,19 +181,19 @@ void routing_inputs_backward(const ExecSpace& space, const RoutingLayout& layout
   using T = typename DX::value_type;
   constexpr const char* fn = "camex::routing_inputs_backward";
   detail::check_layout(fn, layout);
-  detail::require_nonempty(fn, "d_routed", d_routed, "[G, I] matrix");
-  detail::require_shape(fn, "d_routed", d_routed, layout.groups(), d_routed.extent(1), "[G, I] (layout.groups())");
+  require_nonempty(fn, "d_routed", d_routed, "[G, I] matrix");
+  require_shape(fn, "d_routed", d_routed, layout.groups(), d_routed.extent(1), "[G, I] (layout.groups())");
   detail::check_padding_mask(fn, padding, layout);
-  detail::require_shape(fn, "d_x", d_x, layout.tokens(), d_routed.extent(1),
+  require_shape(fn, "d_x", d_x, layout.tokens(), d_routed.extent(1),
                         "[S * L, I] (layout.sequences * layout.length, d_routed.extent(1))");
-  detail::require_disjoint(fn, "d_x", d_x, "d_routed", d_routed);
+  require_disjoint(fn, "d_x", d_x, "d_routed", d_routed);
 
   const std::size_t width = d_x.extent(1), groups = layout.groups(), per = layout.group_length();
   constexpr std::size_t tile = detail::routing_tile<ExecSpace>();
   const std::size_t tiles = (width + tile - 1) / tile;
   const bool masked = padding.extent(0) != 0 && layout.padding == Padding::exclude;
   const std::uint8_t* real = padding.data();
-  const auto in_stride = detail::row_stride(d_routed), out_stride = detail::row_stride(d_x);
+  const auto in_stride = row_stride(d_routed), out_stride = row_stride(d_x);
   const auto* d_in = d_routed.data();
   T* out = d_x.data();
   Kokkos::parallel_for("camex::routing_inputs_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * tiles),
@@ -221,10 +221,10 @@ template <class ExecSpace, MatrixOn<ExecSpace> Gates, MatrixOn<ExecSpace> Scores
 void merge_scores(const ExecSpace& space, const RoutingLayout& layout, const Gates& gates, const Scores& scores) {
   constexpr const char* fn = "camex::merge_scores";
   detail::check_layout(fn, layout);
-  detail::require_nonempty(fn, "gates", gates, "[G, n] matrix of router rows");
-  detail::require_shape(fn, "gates", gates, layout.groups(), gates.extent(1), "[G, n] (layout.groups())");
-  detail::require_shape(fn, "scores", scores, layout.groups(), gates.extent(1), "[G, n], the shape of gates");
-  detail::require_disjoint(fn, "scores", scores, "gates", gates);
+  require_nonempty(fn, "gates", gates, "[G, n] matrix of router rows");
+  require_shape(fn, "gates", gates, layout.groups(), gates.extent(1), "[G, n] (layout.groups())");
+  require_shape(fn, "scores", scores, layout.groups(), gates.extent(1), "[G, n], the shape of gates");
+  require_disjoint(fn, "scores", scores, "gates", gates);
   const std::size_t n = gates.extent(1);
   Kokkos::parallel_for("camex::merge_scores", Kokkos::RangePolicy<ExecSpace>(space, 0, layout.groups() * n),
                        KOKKOS_LAMBDA(std::size_t w) {
@@ -242,10 +242,10 @@ void merge_scores_backward(const ExecSpace& space, const RoutingLayout& layout, 
   using T = typename DGates::value_type;
   constexpr const char* fn = "camex::merge_scores_backward";
   detail::check_layout(fn, layout);
-  detail::require_nonempty(fn, "d_scores", d_scores, "[G, n] matrix");
-  detail::require_shape(fn, "d_scores", d_scores, layout.groups(), d_scores.extent(1), "[G, n] (layout.groups())");
-  detail::require_shape(fn, "d_gates", d_gates, layout.groups(), d_scores.extent(1), "[G, n], the shape of d_scores");
-  detail::require_disjoint(fn, "d_gates", d_gates, "d_scores", d_scores);
+  require_nonempty(fn, "d_scores", d_scores, "[G, n] matrix");
+  require_shape(fn, "d_scores", d_scores, layout.groups(), d_scores.extent(1), "[G, n] (layout.groups())");
+  require_shape(fn, "d_gates", d_gates, layout.groups(), d_scores.extent(1), "[G, n], the shape of d_scores");
+  require_disjoint(fn, "d_gates", d_gates, "d_scores", d_scores);
   const std::size_t n = d_scores.extent(1), groups = layout.groups();
   Kokkos::parallel_for("camex::merge_scores_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * n),
                        KOKKOS_LAMBDA(std::size_t w) {

@@ -1,5 +1,5 @@
 #pragma once
-// The CAMEx code's router (spec §2.1): noisy top-k gating in the style of Shazeer et al. 2017, with its cv²
+// The CAMEx code's router (docs/algorithms.md §2.1): noisy top-k gating in the style of Shazeer et al. 2017, with its cv²
 // balancing loss, forward and backward. For each routing group g with router input x_g (route/groups.hpp):
 //
 //   h = x_g W_gate                                           clean logits, one per expert
@@ -32,8 +32,8 @@
 #include "camex/core/step.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/kokkos_compat.hpp"
-#include "camex/detail/router_operands.hpp"
+#include "camex/platform/kokkos_compat.hpp"
+#include "camex/route/operands.hpp"
 
 namespace camex {
 
@@ -66,18 +66,18 @@ class NoisyTopKGate {
     constexpr const char* fn = "camex::NoisyTopKGate";
     if (inputs == 0) throw argument_error(fn, "inputs", "at least one router input", "0");
     if (experts == 0 || experts > max_experts)
-      throw argument_error(fn, "experts", detail::concat("between 1 and ", max_experts), detail::concat(experts));
+      throw argument_error(fn, "experts", concat("between 1 and ", max_experts), concat(experts));
     if (max_groups == 0) throw argument_error(fn, "max_groups", "at least one routing group", "0");
     if (options_.k == 0) options_.k = experts;
     if (options_.k > experts)
-      throw argument_error(fn, "options.k", detail::concat("at most the expert count ", experts), detail::concat(options.k));
+      throw argument_error(fn, "options.k", concat("at most the expert count ", experts), concat(options.k));
     if (!(options_.noise_floor > 0) || !std::isfinite(options_.noise_floor))
-      throw argument_error(fn, "options.noise_floor", "a positive finite noise scale", detail::concat(options.noise_floor));
+      throw argument_error(fn, "options.noise_floor", "a positive finite noise scale", concat(options.noise_floor));
     if (!(options_.balance_coefficient >= 0) || !std::isfinite(options_.balance_coefficient))
       throw argument_error(fn, "options.balance_coefficient", "a finite coefficient >= 0",
-                           detail::concat(options.balance_coefficient));
+                           concat(options.balance_coefficient));
     if (!(options_.init_std >= 0) || !std::isfinite(options_.init_std))
-      throw argument_error(fn, "options.init_std", "a finite standard deviation >= 0", detail::concat(options.init_std));
+      throw argument_error(fn, "options.init_std", "a finite standard deviation >= 0", concat(options.init_std));
     gate_ = Weights("camex::NoisyTopKGate::w_gate", experts, inputs);
     noise_ = Weights("camex::NoisyTopKGate::w_noise", experts, inputs);
     gate_grad_ = Weights("camex::NoisyTopKGate::d_w_gate", experts, inputs);
@@ -118,7 +118,7 @@ class NoisyTopKGate {
   }
 
   std::size_t workspace_bytes() const {
-    detail::WorkspaceCarver<ExecSpace> carver;
+    WorkspaceCarver<ExecSpace> carver;
     layout(carver);
     return carver.bytes();
   }
@@ -129,7 +129,7 @@ class NoisyTopKGate {
                  const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::forward";
     detail::require_router_operands(fn, routed, scores, max_groups_, inputs_, experts_);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     routed_ = routed;
     groups_ = routed.extent(0);
@@ -177,10 +177,10 @@ class NoisyTopKGate {
                            }
                            const double top = noisy_logit[order[0]];
                            double total = 0;
-                           for (std::size_t r = 0; r < k; ++r) total += detail::math::exp(noisy_logit[order[r]] - top);
+                           for (std::size_t r = 0; r < k; ++r) total += math::exp(noisy_logit[order[r]] - top);
                            for (std::size_t j = 0; j < n; ++j) st.score(g, j) = 0;
                            for (std::size_t r = 0; r < k; ++r)
-                             st.score(g, order[r]) = detail::math::exp(noisy_logit[order[r]] - top) / total;
+                             st.score(g, order[r]) = math::exp(noisy_logit[order[r]] - top) / total;
                            st.threshold_in(g) = load_by_cdf ? order[k] : -1;
                            st.threshold_out(g) = load_by_cdf ? order[k - 1] : -1;
                            for (std::size_t j = 0; j < n; ++j) {
@@ -215,8 +215,8 @@ class NoisyTopKGate {
                 const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::backward";
     detail::require_router_gradients(fn, forwarded_, d_scores, d_routed, groups_, inputs_, experts_);
-    if (!std::isfinite(d_loss)) throw argument_error(fn, "d_loss", "a finite cotangent", detail::concat(d_loss));
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    if (!std::isfinite(d_loss)) throw argument_error(fn, "d_loss", "a finite cotangent", concat(d_loss));
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     const std::size_t n = experts_, width = inputs_, groups = groups_, k = options_.k;
     const bool noisy = noisy_now_, load_by_cdf = noisy && k < n;
@@ -277,9 +277,9 @@ class NoisyTopKGate {
 
   // Public for nvcc, which rejects extended lambdas in private member functions' callers; not part of the API.
   template <class U>
-  using Array = typename detail::WorkspaceCarver<ExecSpace>::template Array<U>;
+  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
   template <class U>
-  using Matrix2 = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<U>;
+  using Matrix2 = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
   /// What forward leaves for backward, in double ([G, n] unless said).
   struct State {
     Matrix2<double> clean, raw, sigma, eps, noisy, score, in_top_k, d_clean, d_raw;
@@ -289,11 +289,11 @@ class NoisyTopKGate {
   };
 
   KOKKOS_INLINE_FUNCTION static double softplus(double x) {
-    return (x > 0 ? x : 0.0) + detail::math::log1p(detail::math::exp(-(x > 0 ? x : -x)));
+    return (x > 0 ? x : 0.0) + math::log1p(math::exp(-(x > 0 ? x : -x)));
   }
-  KOKKOS_INLINE_FUNCTION static double sigmoid(double x) { return 1.0 / (1.0 + detail::math::exp(-x)); }
-  KOKKOS_INLINE_FUNCTION static double normal_cdf(double z) { return 0.5 * detail::math::erfc(-z * 0.70710678118654752440); }
-  KOKKOS_INLINE_FUNCTION static double normal_pdf(double z) { return 0.39894228040143267794 * detail::math::exp(-0.5 * z * z); }
+  KOKKOS_INLINE_FUNCTION static double sigmoid(double x) { return 1.0 / (1.0 + math::exp(-x)); }
+  KOKKOS_INLINE_FUNCTION static double normal_cdf(double z) { return 0.5 * math::erfc(-z * 0.70710678118654752440); }
+  KOKKOS_INLINE_FUNCTION static double normal_pdf(double z) { return 0.39894228040143267794 * math::exp(-0.5 * z * z); }
 
   /// cv²(v) for v_j = sum_g values(g, j); writes d cv² / d v_j to grad.
   KOKKOS_INLINE_FUNCTION static double cv_squared(const Matrix2<double>& values, std::size_t groups, std::size_t n,
@@ -318,7 +318,7 @@ class NoisyTopKGate {
   }
 
  private:
-  State layout(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  State layout(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = max_groups_, n = experts_;
     State st;
     for (auto* m : {&st.clean, &st.raw, &st.sigma, &st.eps, &st.noisy, &st.score, &st.in_top_k, &st.d_clean, &st.d_raw})

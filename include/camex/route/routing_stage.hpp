@@ -34,7 +34,7 @@ class RoutingStage {
   using Out = Matrix<Scalar, ExecSpace>;
   using Mask = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
   template <class U>
-  using Buffer = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<U>;
+  using Buffer = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
 
   /// Routes tokens of `inputs` features laid out as `layout` (checked by the caller) through `router`.
   RoutingStage(RouterType& router, const RoutingLayout& layout, std::size_t inputs)
@@ -50,7 +50,7 @@ class RoutingStage {
     Workspace<ExecSpace> router;
   };
 
-  Buffers carve(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  Buffers carve(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = layout_.groups(), n = experts();
     Buffers b;
     b.routed = carver.template take_matrix<Scalar>(g, inputs_);
@@ -64,7 +64,7 @@ class RoutingStage {
 
   /// Bytes of the workspace the Workspace overloads of forward and backward take.
   std::size_t workspace_bytes() const {
-    detail::WorkspaceCarver<ExecSpace> carver;
+    WorkspaceCarver<ExecSpace> carver;
     carve(carver);
     return carver.bytes();
   }
@@ -72,12 +72,12 @@ class RoutingStage {
   /// forward and backward in a workspace of their own (workspace_bytes()), the same one for both calls of a step.
   double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Out& scores,
                  const Workspace<ExecSpace>& workspace) {
-    detail::WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::forward", workspace);
+    WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::forward", workspace);
     return forward(space, step, x, padding, scores, carve(carver));
   }
   void backward(const ExecSpace& space, const In& d_scores, double d_loss, const Out& d_x,
                 const Workspace<ExecSpace>& workspace) {
-    detail::WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::backward", workspace);
+    WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::backward", workspace);
     backward(space, d_scores, d_loss, d_x, carve(carver));
   }
 

@@ -1,5 +1,5 @@
 #pragma once
-// The SMEAR router (spec §2.2), forward and backward. For each routing group g with router input z_g (the mean of
+// The SMEAR router (docs/algorithms.md §2.2), forward and backward. For each routing group g with router input z_g (the mean of
 // its tokens, route/groups.hpp) over C channels and N experts:
 //
 //   u_g = LayerNorm(z_g)                                    learned gain and bias [C]
@@ -26,8 +26,8 @@
 #include "camex/core/step.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/kokkos_compat.hpp"
-#include "camex/detail/router_operands.hpp"
+#include "camex/platform/kokkos_compat.hpp"
+#include "camex/route/operands.hpp"
 
 namespace camex {
 
@@ -59,14 +59,14 @@ class SmearRouter {
     constexpr const char* fn = "camex::SmearRouter";
     if (channels == 0) throw argument_error(fn, "channels", "at least one input channel", "0");
     if (experts == 0 || experts > max_experts)
-      throw argument_error(fn, "experts", detail::concat("between 1 and ", max_experts), detail::concat(experts));
+      throw argument_error(fn, "experts", concat("between 1 and ", max_experts), concat(experts));
     if (max_groups == 0) throw argument_error(fn, "max_groups", "at least one routing group", "0");
     if (!(options.expert_dropout >= 0 && options.expert_dropout < 1))
-      throw argument_error(fn, "options.expert_dropout", "a probability in [0, 1)", detail::concat(options.expert_dropout));
+      throw argument_error(fn, "options.expert_dropout", "a probability in [0, 1)", concat(options.expert_dropout));
     if (!(options.init_std >= 0) || !std::isfinite(options.init_std))
-      throw argument_error(fn, "options.init_std", "a finite standard deviation >= 0", detail::concat(options.init_std));
+      throw argument_error(fn, "options.init_std", "a finite standard deviation >= 0", concat(options.init_std));
     if (!std::isfinite(options.column_gain))
-      throw argument_error(fn, "options.column_gain", "a finite gain", detail::concat(options.column_gain));
+      throw argument_error(fn, "options.column_gain", "a finite gain", concat(options.column_gain));
     const auto vec = [&](const char* name) { return Vector(std::string("camex::SmearRouter::") + name, channels); };
     const auto mat = [&](const char* name) { return Weights(std::string("camex::SmearRouter::") + name, experts, channels); };
     ln_gain_ = vec("ln_gain");
@@ -119,7 +119,7 @@ class SmearRouter {
   }
 
   std::size_t workspace_bytes() const {
-    detail::WorkspaceCarver<ExecSpace> carver;
+    WorkspaceCarver<ExecSpace> carver;
     layout(carver);
     return carver.bytes();
   }
@@ -129,7 +129,7 @@ class SmearRouter {
                  const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::SmearRouter::forward";
     detail::require_router_operands(fn, routed, scores, max_groups_, channels_, experts_);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     groups_ = routed.extent(0);
     forwarded_ = true;
@@ -162,7 +162,7 @@ class SmearRouter {
                              top = dot > top ? dot : top;
                            }
                            double total = 0;
-                           for (std::size_t j = 0; j < n; ++j) total += (logit[j] = detail::math::exp(logit[j] - top));
+                           for (std::size_t j = 0; j < n; ++j) total += (logit[j] = math::exp(logit[j] - top));
                            double kept = 0;
                            for (std::size_t j = 0; j < n; ++j) {
                              st.p(g, j) = logit[j] / total;
@@ -186,7 +186,7 @@ class SmearRouter {
                 const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::SmearRouter::backward";
     detail::require_router_gradients(fn, forwarded_, d_scores, d_routed, groups_, channels_, experts_);
-    detail::WorkspaceCarver<ExecSpace> carver(fn, workspace);
+    WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const State st = layout(carver);
     const std::size_t n = experts_, width = channels_, groups = groups_;
     const bool dropout = dropout_, normalize = options_.normalize_weights;
@@ -247,9 +247,9 @@ class SmearRouter {
 
   // Public for nvcc (extended lambdas call these); not part of the API.
   template <class U>
-  using Array = typename detail::WorkspaceCarver<ExecSpace>::template Array<U>;
+  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
   template <class U>
-  using Matrix2 = typename detail::WorkspaceCarver<ExecSpace>::template Matrix<U>;
+  using Matrix2 = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
   /// What forward leaves for backward, in double.
   struct State {
     Matrix2<double> u_hat, u, d_u, scratch;   // [G, C]
@@ -267,7 +267,7 @@ class SmearRouter {
     mean /= static_cast<double>(width);
     for (std::size_t c = 0; c < width; ++c) var += (static_cast<double>(x[c]) - mean) * (static_cast<double>(x[c]) - mean);
     var /= static_cast<double>(width);
-    const double rstd = 1.0 / detail::math::sqrt(var + layer_norm_eps);
+    const double rstd = 1.0 / math::sqrt(var + layer_norm_eps);
     for (std::size_t c = 0; c < width; ++c) x_hat[c] = (static_cast<double>(x[c]) - mean) * rstd;
     return rstd;
   }
@@ -287,7 +287,7 @@ class SmearRouter {
   }
 
  private:
-  State layout(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  State layout(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = max_groups_, n = experts_, c = channels_;
     State st;
     for (auto* m : {&st.u_hat, &st.u, &st.d_u, &st.scratch}) *m = carver.template take_matrix<double>(g, c);

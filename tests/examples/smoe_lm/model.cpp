@@ -23,7 +23,7 @@ using namespace camex::testing;
 namespace {
 
 const GptShape shape{.vocab = 7, .context = 4, .channels = 8, .heads = 2, .layers = 2, .hidden = 12, .sequences = 2};
-// Routing per sequence: by causal segments the first segment routes on itself through a stop-gradient (spec §2.3,
+// Routing per sequence: by causal segments the first segment routes on itself through a stop-gradient (docs/algorithms.md §2.3,
 // tested in tests/route/groups.cpp), which central differences cannot reproduce.
 const RoutingLayout layout{.sequences = 2, .length = 4, .granularity = Granularity::sequence};
 constexpr std::size_t experts = 3;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ctest smoe_lm.upcycle: a dense model trained by smoe_lm upcycles into an SMoE model the way the CAMEx code does.
 After --upcycle-from, every expert and base of each merged MLP tensor holds the dense MLP's tensor, every other
-tensor holds the dense model's, and (spec §10: upcycled step 0, all deltas zero) the merged model's cross-entropy on
+tensor holds the dense model's, and (docs/algorithms.md §10: upcycled step 0, all deltas zero) the merged model's cross-entropy on
 a batch equals the dense model's on the same batch, for TIES-CA and dynamic merging. Runs on a small WikiText-style
 directory this test writes.
 

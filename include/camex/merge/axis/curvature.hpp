@@ -1,5 +1,5 @@
 #pragma once
-// The curvature transform of CAMEx (spec §4.5): for expert i,
+// The curvature transform of CAMEx (docs/algorithms.md §4.5): for expert i,
 //   M_i(x) = sum_{rho < r} x x_1 A[rho, i] x_2 B[rho, i] x_3 C[rho, i] x_4 D[rho, i]
 // with x seen row-major as [o1, o2, i1, i2] (O = o1 o2 rows, I = i1 i2 columns), i.e. (A (x) B) x (C (x) D)^T:
 // a rank-r sum of four-factor Kronecker products, applied by mode products and never formed. A bias (a tensor
@@ -22,7 +22,7 @@
 
 #include "camex/core/error.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/mode_product.hpp"
+#include "camex/kernels/mode_product.hpp"
 #include "camex/merge/concepts.hpp"
 
 namespace camex {
@@ -111,7 +111,7 @@ class CurvatureTransform {
 
   /// y[i] = M_i(x[i]) for the [n, P] stacks x and y.
   template <class X, class Y>
-  void apply(const ExecSpace& space, const X& x, const Y& y, detail::WorkspaceCarver<ExecSpace>& carver) const {
+  void apply(const ExecSpace& space, const X& x, const Y& y, WorkspaceCarver<ExecSpace>& carver) const {
     const auto s = scratch(carver);
     const std::size_t K = modes_.size();
     if (K == 0) {
@@ -121,11 +121,11 @@ class CurvatureTransform {
     for (std::size_t rho = 0; rho < rank_; ++rho) {
       // Modes from the last to the first; intermediate results alternate between two stacks.
       const Scalar* in = x.data();
-      std::ptrdiff_t in_stride = detail::row_stride(x);
+      std::ptrdiff_t in_stride = row_stride(x);
       for (std::size_t j = K; j-- > 0;) {
         const bool last = j == 0;
         Scalar* out = last ? y.data() : s.stack(j % 2);
-        const std::ptrdiff_t out_stride = last ? detail::row_stride(y) : static_cast<std::ptrdiff_t>(params_);
+        const std::ptrdiff_t out_stride = last ? row_stride(y) : static_cast<std::ptrdiff_t>(params_);
         product(space, j, rho, in, in_stride, out, out_stride, false, last && rho > 0, s);
         in = out;
         in_stride = out_stride;
@@ -135,7 +135,7 @@ class CurvatureTransform {
 
   /// d_x[i] = M_i^T(d_y[i]); overwrites every factor's gradient with d<d_y, M(x)>/dF.
   template <class X, class DY, class DX>
-  void backward(const ExecSpace& space, const X& x, const DY& d_y, const DX& d_x, detail::WorkspaceCarver<ExecSpace>& carver) {
+  void backward(const ExecSpace& space, const X& x, const DY& d_y, const DX& d_x, WorkspaceCarver<ExecSpace>& carver) {
     const auto s = scratch(carver);
     const std::size_t K = modes_.size();
     if (K == 0) {
@@ -146,7 +146,7 @@ class CurvatureTransform {
     for (std::size_t rho = 0; rho < rank_; ++rho) {
       // z[j] = x x_{K-1} F_{K-1} ... x_j F_j for j = K-1 .. 1: the input of mode j - 1's product.
       const Scalar* in = x.data();
-      std::ptrdiff_t in_stride = detail::row_stride(x);
+      std::ptrdiff_t in_stride = row_stride(x);
       for (std::size_t j = K - 1; j >= 1; --j) {
         product(space, j, rho, in, in_stride, s.partial(j), P, false, false, s);
         in = s.partial(j);
@@ -155,17 +155,17 @@ class CurvatureTransform {
       // Down the chain: the adjoint v of mode j's output gives F_j's gradient against mode j's input, then
       // v x_j F_j^T is the adjoint of that input.
       const Scalar* v = d_y.data();
-      std::ptrdiff_t v_stride = detail::row_stride(d_y);
+      std::ptrdiff_t v_stride = row_stride(d_y);
       for (std::size_t j = 0; j < K; ++j) {
         const Scalar* input = j + 1 < K ? s.partial(j + 1) : x.data();
-        const std::ptrdiff_t input_stride = j + 1 < K ? P : detail::row_stride(x);
+        const std::ptrdiff_t input_stride = j + 1 < K ? P : row_stride(x);
         const auto& m = modes_[j];
         const std::size_t block = m.geometry.extent * m.geometry.extent;
         detail::mode_contraction<ExecSpace, Scalar>(space, v, v_stride, input, input_stride, experts_, m.geometry,
                                                     m.gradient.data() + rho * experts_ * block, s.contraction);
         const bool last = j + 1 == K;
         Scalar* out = last ? d_x.data() : s.adjoint(j % 2);
-        const std::ptrdiff_t out_stride = last ? detail::row_stride(d_x) : P;
+        const std::ptrdiff_t out_stride = last ? row_stride(d_x) : P;
         product(space, j, rho, v, v_stride, out, out_stride, true, last && rho > 0, s);
         v = out;
         v_stride = out_stride;
@@ -193,14 +193,14 @@ class CurvatureTransform {
   struct Scratch {
     Scalar* stacks;  // [K + 1, n, P]: partial products z[1 .. K-1] at 1 .. K-1, adjoints at 0 and K
     std::size_t stack_size, modes;
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<Scalar> transposed;
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<double> contraction;
+    typename WorkspaceCarver<ExecSpace>::template Array<Scalar> transposed;
+    typename WorkspaceCarver<ExecSpace>::template Array<double> contraction;
     Scalar* partial(std::size_t j) const { return stacks + j * stack_size; }
     Scalar* stack(std::size_t parity) const { return stacks + (parity == 0 ? 0 : modes) * stack_size; }
     Scalar* adjoint(std::size_t parity) const { return stack(parity); }
   };
 
-  Scratch scratch(detail::WorkspaceCarver<ExecSpace>& carver) const {
+  Scratch scratch(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t stacks = modes_.size() + 1;
     Scratch s{carver.template take<Scalar>(stacks * experts_ * params_).data(), experts_ * params_, modes_.size(), {}, {}};
     std::size_t transposed = 0, partial = 0;
@@ -228,10 +228,10 @@ class CurvatureTransform {
     const auto pair = nearest_factors(dimension);
     if (pair.second > limit)
       throw argument_error(fn, argument,
-                           detail::concat("a dimension whose factor pair (f, D / f), f the largest divisor not above "
+                           concat("a dimension whose factor pair (f, D / f), f the largest divisor not above "
                                           "sqrt(D), stays within max_factor_extent = ",
                                           limit, " (a larger factor costs D^2 parameters per expert and rank)"),
-                           detail::concat(dimension, " = ", pair.first, " x ", pair.second));
+                           concat(dimension, " = ", pair.first, " x ", pair.second));
     return pair;
   }
 

@@ -1,5 +1,5 @@
 #pragma once
-// The DARE mask (spec §4.4): drop part of each delta at random and rescale the rest.
+// The DARE mask (docs/algorithms.md §4.4): drop part of each delta at random and rescale the rest.
 //  * element granularity (DARE, Yu et al. 2023; mergekit): entry p of expert i survives with probability 1 - drop,
 //    drawn at site (tensor, expert i, element p) of the step's CounterRng, so every backend draws the same mask.
 //    Survivors are scaled by 1 / (1 - drop) (the paper), by ||tau_i||_1 / ||keep .* tau_i||_1 so each expert
@@ -20,7 +20,7 @@
 
 #include "camex/core/error.hpp"
 #include "camex/core/random.hpp"
-#include "camex/detail/row_sums.hpp"
+#include "camex/kernels/row_sums.hpp"
 #include "camex/merge/axis/mask.hpp"
 
 namespace camex {
@@ -99,10 +99,10 @@ struct DareMask {
 
   template <class ExecSpace>
   struct State {
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<double> norms;    // ||tau_i||_1, S_i, c_i
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<double> partial;  // row-sum scratch
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<float> expert_drop;    // with `drops`
-    typename detail::WorkspaceCarver<ExecSpace>::template Array<double> expert_scale;  // with `drops`
+    typename WorkspaceCarver<ExecSpace>::template Array<double> norms;    // ||tau_i||_1, S_i, c_i
+    typename WorkspaceCarver<ExecSpace>::template Array<double> partial;  // row-sum scratch
+    typename WorkspaceCarver<ExecSpace>::template Array<float> expert_drop;    // with `drops`
+    typename WorkspaceCarver<ExecSpace>::template Array<double> expert_scale;  // with `drops`
     std::size_t experts;
   };
 
@@ -116,17 +116,17 @@ struct DareMask {
   /// wrong length, and for expert granularity with per-expert drops or the L1 rescale.
   void check(const char* function, const MergeProblem& problem) const {
     const auto probability = [&](const char* name, double p) {
-      if (!(p >= 0 && p < 1)) throw argument_error(function, name, "a drop probability in [0, 1)", detail::concat(p));
+      if (!(p >= 0 && p < 1)) throw argument_error(function, name, "a drop probability in [0, 1)", concat(p));
     };
     if (drop) probability("dare.drop", *drop);
     if (!drops.empty()) {
       if (drop)
         throw argument_error(function, "dare.drops", "either one drop probability (drop) or one per expert (drops), not both",
-                             detail::concat(drops.size(), " drops and drop = ", *drop));
+                             concat(drops.size(), " drops and drop = ", *drop));
       if (drops.size() != problem.experts)
-        throw argument_error(function, "dare.drops", detail::concat("one drop probability per expert (", problem.experts, ')'),
-                             detail::concat(drops.size(), " drops"));
-      for (std::size_t i = 0; i < drops.size(); ++i) probability(detail::concat("dare.drops[", i, "]").c_str(), drops[i]);
+        throw argument_error(function, "dare.drops", concat("one drop probability per expert (", problem.experts, ')'),
+                             concat(drops.size(), " drops"));
+      for (std::size_t i = 0; i < drops.size(); ++i) probability(concat("dare.drops[", i, "]").c_str(), drops[i]);
       if (granularity == DareGranularity::expert)
         throw argument_error(function, "dare.drops", "one drop probability with expert granularity", "one per expert");
     }

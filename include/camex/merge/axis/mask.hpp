@@ -1,5 +1,5 @@
 #pragma once
-// The mask axis of a composed policy (design §2): what happens to the deltas tau_i = E_i - base before they are
+// The mask axis of a composed policy (docs/policies/README.md: mask × transform × base): what happens to the deltas tau_i = E_i - base before they are
 // merged. Every mask camex knows is one of two shapes, and may be both:
 //  * an elementwise factor f[i, p], a function of the deltas at p (and of whole-tensor statistics such as the
 //    TIES trim, gathered once per step by `prepare`): masked delta = f[i] .* x[i], where x is tau
@@ -15,7 +15,7 @@
 #include <cstddef>
 
 #include "camex/core/workspace.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/platform/vectorize.hpp"
 #include "camex/merge/concepts.hpp"
 
 namespace camex {
@@ -44,8 +44,8 @@ struct UnitScoreFactor {
 ///   score_factor(step): a device-callable kappa(b, i).
 template <class M, class ExecSpace, class T>
 concept MaskAxis = requires(const M& mask, const StepContext& step, const MergeProblem& problem, const ExecSpace& space,
-                            detail::WorkspaceCarver<ExecSpace>& carver, const ConstMatrix<T, ExecSpace>& in,
-                            const typename detail::WorkspaceCarver<ExecSpace>::template Matrix<T>& out,
+                            WorkspaceCarver<ExecSpace>& carver, const ConstMatrix<T, ExecSpace>& in,
+                            const typename WorkspaceCarver<ExecSpace>::template Matrix<T>& out,
                             std::size_t p0, int len, const T* tau, T* masked, std::ptrdiff_t stride) {
   { mask.factor_active(step) } -> std::same_as<bool>;
   { mask.score_factor_active(step) } -> std::same_as<bool>;
@@ -53,6 +53,7 @@ concept MaskAxis = requires(const M& mask, const StepContext& step, const MergeP
   { mask.placement() } -> std::same_as<MaskPlacement>;
   mask.prepare(space, step, in, mask.template layout<T>(carver, problem));
   mask.element_factor(step, mask.template layout<T>(carver, problem)).template apply<true>(p0, len, tau, stride, masked, stride);
+  mask.element_factor(step, mask.template layout<T>(carver, problem)).template apply<false>(p0, len, tau, stride, masked, stride);
   mask.adjoint(space, step, in, in, in, out, mask.template layout<T>(carver, problem));
   { mask.score_factor(step)(std::size_t{}, std::size_t{}) } -> std::convertible_to<double>;
 };

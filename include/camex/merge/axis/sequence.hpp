@@ -1,5 +1,5 @@
 #pragma once
-// Two masks in a row (design §2): the second mask sees the first one's masked deltas, m = f1 .* tau, as its
+// Two masks in a row (docs/policies/README.md: mask × transform × base): the second mask sees the first one's masked deltas, m = f1 .* tau, as its
 // deltas, so the masked delta is f2(m) .* m. mergekit's dare_ties is MaskSequence<DareMask, TiesMask>: DARE's
 // random drop and rescale, then TIES's sign election and disjoint mean over what survived.
 //
@@ -14,8 +14,8 @@
 
 #include "camex/core/error.hpp"
 #include "camex/core/workspace.hpp"
-#include "camex/detail/row_combination.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/kernels/row_combination.hpp"
+#include "camex/platform/vectorize.hpp"
 #include "camex/merge/axis/mask.hpp"
 
 namespace camex {
@@ -72,12 +72,12 @@ struct MaskSequence {
   template <class T, class Space>
   struct State {
     using FirstState = decltype(std::declval<const First&>().template layout<T>(
-        std::declval<detail::WorkspaceCarver<Space>&>(), std::declval<const MergeProblem&>()));
+        std::declval<WorkspaceCarver<Space>&>(), std::declval<const MergeProblem&>()));
     using SecondState = decltype(std::declval<const Second&>().template layout<T>(
-        std::declval<detail::WorkspaceCarver<Space>&>(), std::declval<const MergeProblem&>()));
+        std::declval<WorkspaceCarver<Space>&>(), std::declval<const MergeProblem&>()));
     FirstState first;
     SecondState second;
-    typename detail::WorkspaceCarver<Space>::template Matrix<T> masked, first_factor, d_masked_first;
+    typename WorkspaceCarver<Space>::template Matrix<T> masked, first_factor, d_masked_first;
   };
 
   /// Throws argument_error for a mask that does not act on the raw deltas, and for what either mask rejects.
@@ -117,7 +117,7 @@ struct MaskSequence {
     const bool active = first.factor_active(step);
     const T* x = tau.data();
     T *f = st.first_factor.data(), *m = st.masked.data();
-    const auto x_stride = detail::row_stride(tau), stride = detail::row_stride(st.masked);
+    const auto x_stride = row_stride(tau), stride = row_stride(st.masked);
     const int n = static_cast<int>(tau.extent(0));
     detail::for_each_tile(space, "camex::MaskSequence[first]", tau.extent(1), detail::tile_length<T>(2 * n),
                           KOKKOS_LAMBDA(std::size_t p0, int len) {
@@ -140,7 +140,7 @@ struct MaskSequence {
   auto element_factor(const StepContext& step, const State<T, ExecSpace>& st) const {
     using Factor = SequenceFactor<T, decltype(second.element_factor(step, st.second))>;
     return Factor{second.element_factor(step, st.second), second.factor_active(step), st.masked.data(),
-                  st.first_factor.data(), detail::row_stride(st.masked), static_cast<int>(st.masked.extent(0))};
+                  st.first_factor.data(), row_stride(st.masked), static_cast<int>(st.masked.extent(0))};
   }
 
   /// d_m = adjoint2(m, f2, d_masked), then d_tau = adjoint1(tau, f1, d_m). f2 is materialised in d_tau, which
@@ -153,7 +153,7 @@ struct MaskSequence {
       const auto f2 = second.element_factor(step, st.second);
       const T* m = st.masked.data();
       T* out = d_tau.data();
-      const auto stride = detail::row_stride(st.masked), out_stride = detail::row_stride(d_tau);
+      const auto stride = row_stride(st.masked), out_stride = row_stride(d_tau);
       detail::for_each_tile(space, "camex::MaskSequence[second factor]", tau.extent(1),
                             detail::tile_length<T>(static_cast<int>(tau.extent(0))), KOKKOS_LAMBDA(std::size_t p0, int len) {
                               f2.template apply<false>(p0, len, m + p0, stride, out + p0, out_stride);

@@ -1,5 +1,5 @@
 #pragma once
-// The TIES mask (spec §4.3), in two variants:
+// The TIES mask (docs/algorithms.md §4.3), in two variants:
 //  * standard: TIES as mergekit defines it (trim to `density`, weighted sign election by sum or count, disjoint
 //    mean, lambda), applied to the raw deltas before any transform: TIES-CA is then T(f .* tau).
 //  * sign_agreement: what the CAMEx code calls "ties": m_i = [sign(tau_i) == sign(sum_j tau_j)] from the raw
@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "camex/core/error.hpp"
-#include "camex/core/top_k.hpp"
-#include "camex/detail/vectorize.hpp"
+#include "camex/kernels/top_k.hpp"
+#include "camex/platform/vectorize.hpp"
 #include "camex/merge/axis/mask.hpp"
 #include "camex/merge/ties_mask.hpp"
 
@@ -107,13 +107,13 @@ struct TiesMask {
       if (!election_weights.empty() || !densities.empty())
         throw argument_error(function, election_weights.empty() ? "mask.densities" : "mask.election_weights",
                              "none with TiesVariant::sign_agreement (it has no weights or trim)",
-                             detail::concat(election_weights.empty() ? densities.size() : election_weights.size(), " values"));
+                             concat(election_weights.empty() ? densities.size() : election_weights.size(), " values"));
       return;
     }
     if (!election_weights.empty())
       detail::check_ties_options(function, election_weights, options, n, params);
     else if (!std::isfinite(options.lambda))
-      throw argument_error(function, "options.lambda", "a finite scale", detail::concat(options.lambda));
+      throw argument_error(function, "options.lambda", "a finite scale", concat(options.lambda));
     if (densities.empty()) {
       top_k_count(function, options.density, params);
       return;
@@ -121,10 +121,10 @@ struct TiesMask {
     if (options.density != 1)
       throw argument_error(function, "mask.densities",
                            "either per-expert densities or options.density, not both",
-                           detail::concat(densities.size(), " densities and options.density = ", options.density));
+                           concat(densities.size(), " densities and options.density = ", options.density));
     if (densities.size() != n)
-      throw argument_error(function, "mask.densities", detail::concat("one density per expert (", n, ')'),
-                           detail::concat(densities.size(), " densities"));
+      throw argument_error(function, "mask.densities", concat("one density per expert (", n, ')'),
+                           concat(densities.size(), " densities"));
     for (const double d : densities) top_k_count(function, d, params);
   }
 

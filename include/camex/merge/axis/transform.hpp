@@ -1,5 +1,5 @@
 #pragma once
-// The transform axis of a composed policy (design §2): tau~_i = T_i(x_i) applied to every (masked) delta before
+// The transform axis of a composed policy (docs/policies/README.md: mask × transform × base): tau~_i = T_i(x_i) applied to every (masked) delta before
 // it is merged. A transform is linear in x, may own trainable parameters, and states:
 //   is_identity (static): whether T is the identity (the composed policy then skips the buffers T needs);
 //   layout<T>(carver): the scratch apply/backward take;
@@ -17,9 +17,9 @@ template <class Tr, class Scalar, class ExecSpace>
 concept TransformAxis =
     requires { { Tr::is_identity } -> std::convertible_to<bool>; } &&
     (Tr::is_identity ||
-     requires(Tr& transform, const Tr& ctransform, const ExecSpace& space, detail::WorkspaceCarver<ExecSpace>& carver,
+     requires(Tr& transform, const Tr& ctransform, const ExecSpace& space, WorkspaceCarver<ExecSpace>& carver,
               const ConstMatrix<Scalar, ExecSpace>& in,
-              const typename detail::WorkspaceCarver<ExecSpace>::template Matrix<Scalar>& out) {
+              const typename WorkspaceCarver<ExecSpace>::template Matrix<Scalar>& out) {
        ctransform.template layout<Scalar>(carver);
        ctransform.apply(space, in, out, carver);
        transform.backward(space, in, in, out, carver);

@@ -1,0 +1,2 @@
+#pragma once
+#include "camex/merge/concepts.hpp"
