@@ -5,6 +5,7 @@
 #include "camex/core/random.hpp"
 #include "camex/core/schedule.hpp"
 #include "camex/core/step.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/kernels/gemm.hpp"

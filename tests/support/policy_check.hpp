@@ -79,11 +79,14 @@ inline void compare(const std::string& what, double analytic, double numeric, do
 
 }  // namespace detail_check
 
-/// prepare rejects a NaN or an infinity in the experts or the base, naming the operand and the first bad entry, and
-/// a later prepare with good operands succeeds; in an evaluation step and in a training step, whose prepare checks
-/// in different passes. `in` must hold finite operands with at least 2 experts and 8 entries per expert.
+/// A step rejects a NaN or an infinity in the experts or the base, naming prepare's operand and the first bad
+/// entry, and a later step with good operands succeeds; in an evaluation step and in a training step, whose
+/// prepare checks in different passes. Where the host reads the space's memory prepare throws; on a device the
+/// check may wait for the step's one read-back, in its merge (docs/layers.md, "What a step moves"). `in` must hold
+/// finite operands and scores with at least 2 experts and 8 entries per expert.
 template <MergePolicy P>
 void require_rejects_non_finite(P& policy, const PolicyInputs& in) {
+  using T = typename P::scalar_type;
   const std::string fn = "::prepare";
   for (const bool training : {false, true}) {
     BOOST_TEST_CONTEXT("training " << training) {
@@ -91,7 +94,9 @@ void require_rejects_non_finite(P& policy, const PolicyInputs& in) {
       step.training = training;
       const auto prepare = [&](const HostMatrix& experts, const HostMatrix& base) {
         MergeDriver<P> driver(policy);
-        driver.prepare(Space{}, step, to_device<typename P::scalar_type>(experts), device_or_empty<P>(base));
+        driver.prepare(Space{}, step, to_device<T>(experts), device_or_empty<P>(base));
+        Matrix<T, Space> merged("merged", static_cast<std::size_t>(in.scores.rows()), policy.problem().shape.params());
+        driver.merge(Space{}, to_device<T>(in.scores), merged);
       };
       const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
       HostMatrix experts = in.experts;

@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <limits>
 
+#include "camex/core/transfer.hpp"
+#include "camex/core/views.hpp"
 #include "camex/platform/vectorize.hpp"
 
 namespace camex::detail {
@@ -66,29 +68,21 @@ void scan_rows(const ExecSpace& space, const NonFiniteScan& scan, const T* data,
 /// The position a scan recorded (no_position when every value was finite): the one number read back.
 template <class ExecSpace>
 std::size_t first_non_finite(const ExecSpace& space, const NonFiniteScan& scan) {
-  std::size_t first = no_position;
-  Kokkos::deep_copy(space, Kokkos::View<std::size_t, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(&first),
-                    Kokkos::View<std::size_t, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(scan.first));
-  space.fence();
-  return first;
+  return read_back(space, scan.first);
 }
 
 /// Arms a scan whose cell lives at `cell`: the cell is set to no_position on `space`.
 template <class ExecSpace>
 NonFiniteScan arm_scan(const ExecSpace& space, std::size_t* cell) {
-  Kokkos::deep_copy(space, Kokkos::View<std::size_t, typename ExecSpace::memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(cell),
-                    no_position);
+  Kokkos::parallel_for("camex::arm_scan", Kokkos::RangePolicy<ExecSpace>(space, 0, 1),
+                       KOKKOS_LAMBDA(std::size_t) { *cell = no_position; });
   return {cell};
 }
 
 /// One value of a device matrix, read back for an error message.
 template <class ExecSpace, class View>
 auto read_entry(const ExecSpace& space, const View& view, std::size_t row, std::size_t col) {
-  typename View::non_const_value_type value{};
-  Kokkos::deep_copy(space, Kokkos::View<decltype(value), Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(&value),
-                    Kokkos::subview(view, row, col));
-  space.fence();
-  return value;
+  return read_back(space, view.data() + row * row_stride(view) + col);
 }
 
 }  // namespace camex::detail

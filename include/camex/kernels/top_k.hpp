@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "camex/core/error.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/kernels/row_combination.hpp"
@@ -247,9 +248,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
         for (int d = 0; d < bins; ++d) st.histogram(i * detail::max_digit_bins + d) = local[d];
       });
       if (first) {
-        std::uint64_t special = 0;
-        space.fence();
-        Kokkos::deep_copy(special, Kokkos::subview(st.nan_count, 0));
+        const std::uint64_t special = read_back(space, st.nan_count.data());
         if (special) {  // infinities or NaNs: find out which on the host (rare, so the copy is affordable)
           auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values);
           std::size_t nans = 0, first_r = 0, first_p = 0;

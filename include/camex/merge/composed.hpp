@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "camex/core/error.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/kernels/non_finite.hpp"
@@ -63,6 +64,44 @@ struct UpstreamAdjoint {
   ConstMatrix<Scalar, ExecSpace> d_next;  ///< [1, P], or empty for none
   double coefficient = 0;
 };
+
+namespace detail {
+
+/// What a step found in its operands and scores, written on the execution space and read back at once.
+struct StepStatus {
+  std::size_t first_bad_operand;    ///< position in [experts; base] of the first NaN or infinity, or no_position
+  std::size_t first_bad_score;      ///< row-major position of the first non-finite score, or no_position
+  std::size_t rows_summing_to_one;  ///< routing groups whose scores sum to 1 within the tolerance
+};
+
+/// coef[b, i] = alpha kappa[b, i] scores[b, i] for i < n and coef[b, n] = 1 where there is a base row, on the
+/// execution space, recording in `status` the first non-finite score and the groups whose scores sum to 1 (within
+/// `tolerance`, the sum taken in double); the operands' field is left as it is.
+template <class ExecSpace, class Scores, class ScoreFactor, class Coefficients>
+void build_coefficients(const ExecSpace& space, const Scores& scores, double alpha, bool kappa,
+                        const ScoreFactor& factor, const Coefficients& coef, StepStatus* status, double tolerance) {
+  using Scalar = typename Coefficients::value_type;
+  const std::size_t n = scores.extent(1), nrows = coef.extent(1);
+  Kokkos::parallel_for("camex::coefficients[reset]", Kokkos::RangePolicy<ExecSpace>(space, 0, 1),
+                       KOKKOS_LAMBDA(std::size_t) {
+                         status->first_bad_score = no_position;
+                         status->rows_summing_to_one = 0;
+                       });
+  Kokkos::parallel_for("camex::coefficients", Kokkos::RangePolicy<ExecSpace>(space, 0, scores.extent(0)),
+                       KOKKOS_LAMBDA(std::size_t g) {
+                         double sum = 0;
+                         for (std::size_t i = 0; i < n; ++i) {
+                           const double s = scores(g, i);
+                           if (s - s != 0) Kokkos::atomic_fetch_min(&status->first_bad_score, g * n + i);
+                           sum += s;
+                           coef(g, i) = static_cast<Scalar>(alpha * (kappa ? factor(g, i) : 1.0) * s);
+                         }
+                         if (nrows > n) coef(g, n) = Scalar(1);
+                         if (sum - 1 <= tolerance && 1 - sum <= tolerance) Kokkos::atomic_add(&status->rows_summing_to_one, std::size_t{1});
+                       });
+}
+
+}  // namespace detail
 
 template <std::floating_point Scalar, class ExecSpace, MaskAxis<ExecSpace, Scalar> Mask,
           TransformAxis<Scalar, ExecSpace> Transform>
@@ -137,11 +176,14 @@ class ComposedPolicy {
     tau_ready_ = factor_ready_ = rows_ready_ = prepared_ = false;
     // Non-finite experts or base are caught by the first pass over them (materialising the deltas or the rows),
     // before anything reads that pass's output; where prepare has no such pass, by a scan of their own.
-    pending_scan_ = detail::arm_scan(space, buffers.non_finite.data());
+    operands_unread_ = false;
+    checked_scores_ = {};
+    operand_cell_ = &buffers.status.data()->first_bad_operand;
+    pending_scan_ = detail::arm_scan(space, operand_cell_);
     if (!bare()) {
       if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
       if (factor_active_) {
-        if (mask_.needs_deltas(step)) finish_scan(space);
+        if (mask_.needs_deltas(step)) finish_scan(space, false, true);
         mask_.prepare(space, step, deltas(buffers), buffers.mask);
       }
       prepare_rows(space, buffers, carver);
@@ -160,7 +202,7 @@ class ComposedPolicy {
                           "[B, P] with B = scores.extent(0), P = problem().shape.params()");
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
-    const auto coef = build_coefficients(fn.c_str(), scores, buffers);
+    const auto coef = build_coefficients(space, fn.c_str(), scores, buffers);
     if constexpr (generation_possible) {
       if (generates_rows() && !rows_ready_) {
         require_operands_unchanged(fn.c_str(), merged);
@@ -186,7 +228,7 @@ class ComposedPolicy {
         return;
       }
     }
-    soft_merge(space, coef, merge_rows(buffers), merged);
+    detail::launch_soft_merge(space, coef, merge_rows(buffers), merged);
   }
 
   void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
@@ -212,29 +254,29 @@ class ComposedPolicy {
     if (!bare()) ensure_rows(space, buffers);
     const auto rows = merge_rows(buffers);
     const std::size_t nrows = rows.extent(0);
-    const auto coef = build_coefficients(fn, scores, buffers);
+    const auto coef = build_coefficients(space, fn, scores, buffers);
     const Buffer<Scalar> d_coef(buffers.d_coef.data(), groups, nrows);
     const auto scratch = carver.template take<unsigned char>(soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(groups, nrows, params));
     const Workspace<ExecSpace> backward_workspace(scratch.data(), scratch.extent(0));
     if (bare()) {
       // The rows are the experts, so d_R is d_experts itself.
-      soft_merge_backward(space, coef, rows, d_merged, d_coef, d_experts, backward_workspace);
+      detail::launch_soft_merge_backward(space, coef, rows, d_merged, d_coef, d_experts, backward_workspace);
       rows_backward(fn, space, d_coef, d_experts, d_scores, d_experts, d_base, upstream, buffers, carver);
       return;
     }
-    soft_merge_backward(space, coef, rows, d_merged, d_coef, buffers.d_rows, backward_workspace);
+    detail::launch_soft_merge_backward(space, coef, rows, d_merged, d_coef, buffers.d_rows, backward_workspace);
     rows_backward(fn, space, d_coef, buffers.d_rows, d_scores, d_experts, d_base, upstream, buffers, carver);
   }
 
   /// The score-to-coefficient map of this step: merged = C R with R = prepared_rows(), so C [B, m] holds
   /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1 for the base row. The view lives in the workspace
   /// and holds until the next call given scores. Valid after prepare.
-  ConstMatrix<Scalar, ExecSpace> coefficients(const ExecSpace&, const ConstMatrix<Scalar, ExecSpace>& scores,
+  ConstMatrix<Scalar, ExecSpace> coefficients(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
                                               const Workspace<ExecSpace>& workspace) const {
     const std::string fn = name_ + "::coefficients";
     check_scores(fn.c_str(), scores);
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
-    return build_coefficients(fn.c_str(), scores, layout(carver));
+    return build_coefficients(space, fn.c_str(), scores, layout(carver));
   }
 
   /// The backward of merged = C R for a caller that applies the rows itself (never forming merged tensors): from
@@ -308,7 +350,7 @@ class ComposedPolicy {
   struct Buffers {
     Buffer<Scalar> tau, factor, pre, pre_adjoint, rows, d_rows, coef, d_coef;
     MaskState mask;
-    typename WorkspaceCarver<ExecSpace>::template Array<std::size_t> non_finite;  // the scan's cell
+    typename WorkspaceCarver<ExecSpace>::template Array<detail::StepStatus> status;  // holds the scan's cell
   };
 
   /// What every backward shares once dL/dC and dL/dR are known: the scores' gradient, then d_R back through the
@@ -323,7 +365,7 @@ class ComposedPolicy {
     if (bare()) {
       if (upstream.d_next.size() != 0)
         throw argument_error(fn, "upstream", "no upstream adjoint (the policy has no base to propagate)", "one");
-      if (d_rows.data() != d_experts.data()) Kokkos::deep_copy(space, d_experts, d_rows);
+      if (d_rows.data() != d_experts.data()) copy_matrix(space, d_experts, d_rows);
       return;
     }
     if (upstream.d_next.size() != 0) add_upstream(space, upstream, d_rows);
@@ -336,7 +378,7 @@ class ComposedPolicy {
       if (factor_active_)
         mask_.adjoint(space, step_, tau, buffers.factor, d_delta, d_experts, buffers.mask);
       else
-        Kokkos::deep_copy(space, d_experts, d_delta);
+        copy_matrix(space, d_experts, d_delta);
     } else {
       if (factor_active_ && mask_.placement() == MaskPlacement::on_transformed)
         detail::multiply_elementwise(space, buffers.factor, d_delta, d_delta);
@@ -379,7 +421,7 @@ class ComposedPolicy {
     b.coef = carver.template take_matrix<Scalar>(groups, nrows);
     b.d_coef = carver.template take_matrix<Scalar>(groups, nrows);
     b.mask = mask_.template layout<Scalar>(carver, problem_);
-    b.non_finite = carver.template take<std::size_t>(1);
+    b.status = carver.template take<detail::StepStatus>(1);
     return b;
   }
 
@@ -410,30 +452,38 @@ class ComposedPolicy {
         detail::multiply_elementwise(space, buffers.factor, d, d);
       }
       if (composition_.base != BaseSource::none) {
-        const auto base_out = Kokkos::subview(buffers.rows, problem_.experts, Kokkos::ALL);
+        const std::size_t n = problem_.experts, j = composition_.base == BaseSource::parameter ? 0 : composition_.base_expert;
+        const auto base_out = Kokkos::subview(buffers.rows, std::pair<std::size_t, std::size_t>(n, n + 1), Kokkos::ALL);
         const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base_ : experts_,
-                                             composition_.base == BaseSource::parameter ? 0 : composition_.base_expert,
-                                             Kokkos::ALL);
-        Kokkos::deep_copy(space, base_out, base_in);
+                                             std::pair<std::size_t, std::size_t>(j, j + 1), Kokkos::ALL);
+        copy_matrix(space, base_out, base_in);
       }
       rows_ready_ = true;
     }
   }
 
-  /// Reads back what the scan of the operands found, scanning them first unless `scanned` (a pass that read them
-  /// has just run): throws argument_error naming the operand and its first bad position.
-  void finish_scan(const ExecSpace& space, bool scanned = false) {
-    const auto scan = std::exchange(pending_scan_, detail::NonFiniteScan{});
-    if (!scan) return;
-    const std::size_t n = problem_.experts, params = problem_.shape.params();
-    if (!scanned) {
-      detail::scan_rows(space, scan, experts_.data(), row_stride(experts_), static_cast<int>(n), params);
-      if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
+  /// Ends the scan of the operands, scanning them first unless `scanned` (a pass that read them has just run). Where
+  /// the host reads the execution space's memory, or with `now`, reads the result and throws on a bad operand; on
+  /// a device the result waits in the step's status for its one read-back (build_coefficients).
+  void finish_scan(const ExecSpace& space, bool scanned = false, bool now = host_memory) const {
+    if (const auto scan = std::exchange(pending_scan_, detail::NonFiniteScan{})) {
+      const std::size_t n = problem_.experts, params = problem_.shape.params();
+      if (!scanned) {
+        detail::scan_rows(space, scan, experts_.data(), row_stride(experts_), static_cast<int>(n), params);
+        if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
+      }
+      operands_unread_ = true;
     }
-    const std::size_t first = detail::first_non_finite(space, scan);
+    if (operands_unread_ && now) report_bad_operand(space, detail::first_non_finite(space, detail::NonFiniteScan{operand_cell_}));
+  }
+
+  /// Throws argument_error naming the operand of prepare at position `first` of [experts; base] (or of the deltas
+  /// experts - base: the same places) and its value; nothing for no_position.
+  void report_bad_operand(const ExecSpace& space, std::size_t first) const {
+    operands_unread_ = false;
     if (first == detail::no_position) return;
-    // Position `first` of [experts; base], or of the deltas experts - base: the same places.
     const std::string fn = name_ + "::prepare";
+    const std::size_t n = problem_.experts, params = problem_.shape.params();
     const std::size_t row = first / params, p = first % params;
     const double e = row < n ? detail::read_entry(space, experts_, row, p) : 0.0;
     if (!std::isfinite(e))
@@ -531,37 +581,34 @@ class ComposedPolicy {
     detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
   }
 
-  /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the host (B x (n + 1) numbers), which is
-  /// also where non-finite scores and the degenerate base are caught.
-  Buffer<Scalar> build_coefficients(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores, const Buffers& b) const {
-    const std::size_t groups = scores.extent(0), n = problem_.experts, nrows = b.coef.extent(1);
-    const auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, scores);
+  /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the execution space. The step's status
+  /// is then read back, once: it reports operands of prepare still unchecked, non-finite scores and the
+  /// degenerate base. On a device a later call of the step given the same scores view skips the read-back.
+  Buffer<Scalar> build_coefficients(const ExecSpace& space, const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores,
+                                    const Buffers& b) const {
+    const std::size_t groups = scores.extent(0), n = problem_.experts;
+    const Buffer<Scalar> coef(b.coef.data(), groups, b.coef.extent(1));
     const bool kappa = mask_.score_factor_active(step_);
-    const auto factor = mask_.score_factor(step_);
-    Kokkos::View<Scalar**, Kokkos::LayoutRight, Kokkos::HostSpace> coef("camex::coefficients", groups, nrows);
-    bool every_row_sums_to_one = true;
-    for (std::size_t g = 0; g < groups; ++g) {
-      double sum = 0;
-      for (std::size_t i = 0; i < n; ++i) {
-        const double s = host(g, i);
-        if (!std::isfinite(s))
-          throw argument_error(fn, "scores", "finite routing scores", concat("scores(", g, ", ", i, ") = ", s));
-        sum += s;
-        coef(g, i) = static_cast<Scalar>(composition_.alpha * (kappa ? factor(g, i) : 1.0) * s);
-      }
-      if (nrows > n) coef(g, n) = 1;
-      every_row_sums_to_one = every_row_sums_to_one && std::abs(sum - 1) <= 64 * std::numeric_limits<Scalar>::epsilon() * n;
+    detail::build_coefficients(space, scores, composition_.alpha, kappa, mask_.score_factor(step_), coef, b.status.data(),
+                               64 * std::numeric_limits<Scalar>::epsilon() * static_cast<double>(n));
+    const bool checked = !host_memory && checked_scores_ == ScoresIdentity{scores.data(), groups, scores.extent(1)};
+    if (checked && !operands_unread_) return coef;
+    const auto status = read_back(space, b.status.data());
+    if (operands_unread_) report_bad_operand(space, status.first_bad_operand);
+    if (status.first_bad_score != detail::no_position) {
+      const std::size_t g = status.first_bad_score / n, i = status.first_bad_score % n;
+      throw argument_error(fn, "scores", "finite routing scores",
+                           concat("scores(", g, ", ", i, ") = ", detail::read_entry(space, scores, g, i)));
     }
-    if (degenerate_composition() && !kappa && every_row_sums_to_one &&
+    if (degenerate_composition() && !kappa && status.rows_summing_to_one == groups &&
         composition_.on_degenerate == DegenerateBase::reject)
       throw argument_error(fn, "scores",
                            "scores whose rows do not all sum to 1, since with alpha = 1, no mask and no transform the "
                            "base cancels (merged = sum_i s_i E_i and the base gets no gradient); use camex::Euclidean, "
                            "change alpha, or set Composition::on_degenerate = DegenerateBase::accept",
                            "every row summing to 1");
-    const Buffer<Scalar> device(b.coef.data(), groups, nrows);
-    Kokkos::deep_copy(device, coef);
-    return device;
+    checked_scores_ = {scores.data(), groups, scores.extent(1)};
+    return coef;
   }
 
   bool degenerate_composition() const {
@@ -703,7 +750,20 @@ class ComposedPolicy {
   StepContext step_{};
   bool factor_active_ = false;
   bool prepared_ = false;
-  detail::NonFiniteScan pending_scan_{};  // armed from the start of prepare until the operands have been checked
+  static constexpr bool host_memory =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
+  // The operands' check: armed from the start of prepare until a pass has scanned them, then unread until the
+  // step's status is read back.
+  mutable detail::NonFiniteScan pending_scan_{};
+  mutable bool operands_unread_ = false;
+  std::size_t* operand_cell_ = nullptr;
+  // The scores view whose check the step's status last reported: a device skips the read-back for it.
+  struct ScoresIdentity {
+    const Scalar* data = nullptr;
+    std::size_t rows = 0, cols = 0;
+    bool operator==(const ScoresIdentity&) const = default;
+  };
+  mutable ScoresIdentity checked_scores_;
   // What this step has materialised so far: the deltas, the mask's factor, the rows.
   bool tau_ready_ = false, factor_ready_ = false, rows_ready_ = false;
   ConstMatrix<Scalar, ExecSpace> experts_, base_;

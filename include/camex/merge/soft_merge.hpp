@@ -112,9 +112,31 @@ std::size_t soft_merge_backward_workspace_bytes(std::size_t groups, std::size_t 
   return carver.bytes();
 }
 
+namespace detail {
+
+/// The launch of soft_merge, for callers that have checked the operands (a policy checks its scores as it builds
+/// them on the execution space).
+template <class ExecSpace, class ScoresView, class ExpertsView, class MergedView>
+void launch_soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
+                       const MergedView& merged, Schedule schedule = Schedule::automatic) {
+  using T = typename MergedView::value_type;
+  detail::row_combination(space, schedule,
+                          detail::RowCombination<T>{.coef = {scores.data(), row_stride(scores), 1},
+                                                    .rows = experts.data(),
+                                                    .row_stride = row_stride(experts),
+                                                    .in_rows = static_cast<int>(experts.extent(0)),
+                                                    .out = merged.data(),
+                                                    .out_stride = row_stride(merged),
+                                                    .out_rows = static_cast<int>(scores.extent(0)),
+                                                    .length = experts.extent(1)});
+}
+
+}  // namespace detail
+
 /// merged[b, :] = sum_n scores[b, n] * experts[n, :]. `merged` is overwritten.
 /// Throws camex::argument_error for empty operands, mismatched shapes, non-finite scores, or `merged` overlapping
-/// an input.
+/// an input. The scores are checked on the host (a copy on a device): a policy's merge checks them on the
+/// execution space instead.
 template <class ExecSpace, MatrixOn<ExecSpace> ScoresView, MatrixOn<ExecSpace> ExpertsView,
           MatrixOn<ExecSpace> MergedView>
   requires MutableMatrix<MergedView> &&
@@ -123,22 +145,78 @@ template <class ExecSpace, MatrixOn<ExecSpace> ScoresView, MatrixOn<ExecSpace> E
            std::floating_point<typename MergedView::value_type>
 void soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
                 const MergedView& merged, Schedule schedule = Schedule::automatic) {
-  using T = typename MergedView::value_type;
   constexpr const char* fn = "camex::soft_merge";
   const auto e = detail::check_merge_inputs(fn, scores, experts);
   require_shape(fn, "merged", merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
   require_disjoint(fn, "merged", merged, "experts", experts);
   require_disjoint(fn, "merged", merged, "scores", scores);
-  detail::row_combination(space, schedule,
-                          detail::RowCombination<T>{.coef = {scores.data(), row_stride(scores), 1},
-                                                    .rows = experts.data(),
-                                                    .row_stride = row_stride(experts),
-                                                    .in_rows = static_cast<int>(e.experts),
-                                                    .out = merged.data(),
-                                                    .out_stride = row_stride(merged),
-                                                    .out_rows = static_cast<int>(e.groups),
-                                                    .length = e.params});
+  detail::launch_soft_merge(space, scores, experts, merged, schedule);
 }
+
+namespace detail {
+
+/// The launch of soft_merge_backward, for callers that have checked the operands.
+template <class ExecSpace, class ScoresView, class ExpertsView, class DMergedView, class DScoresView, class DExpertsView>
+void launch_soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
+                                const DMergedView& d_merged, const DScoresView& d_scores, const DExpertsView& d_experts,
+                                const Workspace<ExecSpace>& workspace, Schedule schedule = Schedule::automatic) {
+  using T = typename DExpertsView::value_type;
+  constexpr const char* fn = "camex::soft_merge_backward";
+  const MergeExtents e{scores.extent(0), experts.extent(0), experts.extent(1)};
+  const BackwardChunking<T> chunking(e.params, e.groups, e.experts);
+  const auto partial = WorkspaceCarver<ExecSpace>(fn, workspace).template take<double>(chunking.chunks * e.groups * e.experts);
+  const Coefficients<T> scores_t{scores.data(), 1, row_stride(scores)};
+  const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
+
+  if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
+    Kokkos::parallel_for("camex::soft_merge_backward[tiled]", Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks),
+                         TiledSoftMergeBackward<T>{scores_t, experts.data(), row_stride(experts), d_merged.data(),
+                                                   row_stride(d_merged), d_experts.data(), row_stride(d_experts),
+                                                   partial.data(), groups, n_experts, e.params, chunking.chunk,
+                                                   chunking.tile});
+  } else {
+    row_combination(space, schedule,
+                    RowCombination<T>{.coef = scores_t,
+                                      .rows = d_merged.data(),
+                                      .row_stride = row_stride(d_merged),
+                                      .in_rows = groups,
+                                      .out = d_experts.data(),
+                                      .out_stride = row_stride(d_experts),
+                                      .out_rows = n_experts,
+                                      .length = e.params});
+    const T* dm = d_merged.data();
+    const T* w = experts.data();
+    const auto dm_stride = row_stride(d_merged), w_stride = row_stride(experts);
+    const std::size_t params = e.params, chunk = chunking.chunk;
+    const int tile = chunking.tile;
+    double* out = partial.data();
+    Kokkos::parallel_for(
+        "camex::soft_merge_backward[lane:partials]",
+        Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks * e.groups * e.experts),
+        KOKKOS_LAMBDA(std::size_t i) {
+          const std::size_t c = i / (groups * n_experts);
+          const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
+          const std::size_t end = chunk_end(c, chunk, params);
+          double acc = 0;
+          chunk_dots(dm + b * dm_stride, w + n * w_stride, w_stride, 1, c * chunk, end, tile, &acc);
+          out[i] = acc;
+        });
+  }
+
+  const std::size_t chunks = chunking.chunks;
+  const double* part = partial.data();
+  auto ds = d_scores;
+  Kokkos::parallel_for(
+      "camex::soft_merge_backward[sum chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, e.groups * e.experts),
+      KOKKOS_LAMBDA(std::size_t i) {
+        double acc = 0;
+        for (std::size_t c = 0; c < chunks; ++c) acc += part[c * groups * n_experts + i];
+        ds(i / n_experts, i % n_experts) = static_cast<T>(acc);
+      });
+}
+
+
+}  // namespace detail
 
 /// Backward of soft_merge: d_scores = d_merged * experts^T, d_experts = scores^T * d_merged (both overwritten).
 /// `workspace` holds at least soft_merge_backward_workspace_bytes<Scalar>(B, N, P) bytes. The result is the same
@@ -154,7 +232,6 @@ template <class ExecSpace, MatrixOn<ExecSpace> ScoresView, MatrixOn<ExecSpace> E
 void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
                          const DMergedView& d_merged, const DScoresView& d_scores, const DExpertsView& d_experts,
                          const Workspace<ExecSpace>& workspace, Schedule schedule = Schedule::automatic) {
-  using T = typename DExpertsView::value_type;
   constexpr const char* fn = "camex::soft_merge_backward";
   const auto e = detail::check_merge_inputs(fn, scores, experts);
   require_shape(fn, "d_merged", d_merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
@@ -167,56 +244,7 @@ void soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const
   require_disjoint(fn, "d_scores", d_scores, "experts", experts);
   require_disjoint(fn, "d_scores", d_scores, "scores", scores);
 
-  const detail::BackwardChunking<T> chunking(e.params, e.groups, e.experts);
-  const auto partial = WorkspaceCarver<ExecSpace>(fn, workspace).template take<double>(chunking.chunks * e.groups * e.experts);
-  const detail::Coefficients<T> scores_t{scores.data(), 1, row_stride(scores)};
-  const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
-
-  if (detail::resolve<ExecSpace>(schedule) == Schedule::tiled) {
-    Kokkos::parallel_for("camex::soft_merge_backward[tiled]", Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks),
-                         detail::TiledSoftMergeBackward<T>{scores_t, experts.data(), row_stride(experts), d_merged.data(),
-                                                           row_stride(d_merged), d_experts.data(), row_stride(d_experts),
-                                                           partial.data(), groups, n_experts, e.params, chunking.chunk,
-                                                           chunking.tile});
-  } else {
-    detail::row_combination(space, schedule,
-                            detail::RowCombination<T>{.coef = scores_t,
-                                                      .rows = d_merged.data(),
-                                                      .row_stride = row_stride(d_merged),
-                                                      .in_rows = groups,
-                                                      .out = d_experts.data(),
-                                                      .out_stride = row_stride(d_experts),
-                                                      .out_rows = n_experts,
-                                                      .length = e.params});
-    const T* dm = d_merged.data();
-    const T* w = experts.data();
-    const auto dm_stride = row_stride(d_merged), w_stride = row_stride(experts);
-    const std::size_t params = e.params, chunk = chunking.chunk;
-    const int tile = chunking.tile;
-    double* out = partial.data();
-    Kokkos::parallel_for(
-        "camex::soft_merge_backward[lane:partials]",
-        Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks * e.groups * e.experts),
-        KOKKOS_LAMBDA(std::size_t i) {
-          const std::size_t c = i / (groups * n_experts);
-          const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
-          const std::size_t end = detail::chunk_end(c, chunk, params);
-          double acc = 0;
-          detail::chunk_dots(dm + b * dm_stride, w + n * w_stride, w_stride, 1, c * chunk, end, tile, &acc);
-          out[i] = acc;
-        });
-  }
-
-  const std::size_t chunks = chunking.chunks;
-  const double* part = partial.data();
-  auto ds = d_scores;
-  Kokkos::parallel_for(
-      "camex::soft_merge_backward[sum chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, e.groups * e.experts),
-      KOKKOS_LAMBDA(std::size_t i) {
-        double acc = 0;
-        for (std::size_t c = 0; c < chunks; ++c) acc += part[c * groups * n_experts + i];
-        ds(i / n_experts, i % n_experts) = static_cast<T>(acc);
-      });
+  detail::launch_soft_merge_backward(space, scores, experts, d_merged, d_scores, d_experts, workspace, schedule);
 }
 
 /// soft_merge_backward with a workspace allocated for this call (for use outside hot loops).

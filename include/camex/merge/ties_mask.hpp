@@ -18,6 +18,7 @@
 #include <span>
 
 #include "camex/core/error.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/kernels/top_k.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
@@ -75,23 +76,27 @@ inline std::size_t check_ties_options(const char* fn, std::span<const double> we
   return top_k_count(fn, options.density, params);
 }
 
-/// The trim (keep = the top k[i] entries of expert i by magnitude, or all; one k for every expert when `k` has one
-/// entry) and the weights, on the device.
-template <class ExecSpace, class Deltas>
+/// The trim (keep = the top kept_count(i) entries of expert i by magnitude, or all) and the weights (empty: all
+/// 1), on the device; the weights travel as kernel arguments, so a step copies nothing.
+template <class ExecSpace, class Deltas, class KeptCount>
 void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const double> weights,
-               std::span<const std::size_t> k, const TiesMaskState<ExecSpace>& st) {
+               const KeptCount& kept_count, const TiesMaskState<ExecSpace>& st) {
   const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
-  Kokkos::deep_copy(space, st.weights,
-                    Kokkos::View<const double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(
-                        weights.data(), experts));
+  if (weights.empty()) {
+    double* w = st.weights.data();
+    Kokkos::parallel_for("camex::ties_trim[unit weights]", Kokkos::RangePolicy<ExecSpace>(space, 0, experts),
+                         KOKKOS_LAMBDA(std::size_t i) { w[i] = 1.0; });
+  } else {
+    write_by_argument(space, weights.first(experts), st.weights.data());
+  }
   const Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
                      Kokkos::MemoryTraits<Kokkos::Unmanaged>>
       keep(st.keep.data(), experts, params);
   bool one_k = true;
-  for (const std::size_t ki : k) one_k = one_k && ki == k[0];
+  for (std::size_t i = 1; i < experts; ++i) one_k = one_k && kept_count(i) == kept_count(0);
   if (one_k) {
-    if (k[0] < params)
-      top_k_by_magnitude(space, deltas, k[0], keep, st.select);
+    if (kept_count(0) < params)
+      top_k_by_magnitude(space, deltas, kept_count(0), keep, st.select);
     else
       Kokkos::deep_copy(space, keep, std::uint8_t{1});
     return;
@@ -99,8 +104,8 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   for (std::size_t i = 0; i < experts; ++i) {
     const std::pair<std::size_t, std::size_t> row(i, i + 1);
     const auto keep_row = Kokkos::subview(keep, row, Kokkos::ALL);
-    if (k[i] < params)
-      top_k_by_magnitude(space, Kokkos::subview(deltas, row, Kokkos::ALL), k[i], keep_row, st.select);
+    if (kept_count(i) < params)
+      top_k_by_magnitude(space, Kokkos::subview(deltas, row, Kokkos::ALL), kept_count(i), keep_row, st.select);
     else
       Kokkos::deep_copy(space, keep_row, std::uint8_t{1});
   }
@@ -227,7 +232,7 @@ void ties_mask(const ExecSpace& space, const Deltas& deltas, std::span<const dou
     throw argument_error(fn, "deltas", "finite values",
                          concat("deltas(", first / params, ", ", first % params, ") = ",
                                         static_cast<double>(detail::read_entry(space, deltas, first / params, first % params))));
-  detail::ties_trim(space, deltas, weights, std::span<const std::size_t>(&k, 1), st);
+  detail::ties_trim(space, deltas, weights, [k](std::size_t) { return k; }, st);
   const auto election = detail::ties_election(st, experts, params, options);
   const T* tau = deltas.data();
   T* f = factor.data();

@@ -30,6 +30,7 @@
 #include "camex/core/error.hpp"
 #include "camex/core/random.hpp"
 #include "camex/core/step.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
@@ -203,10 +204,7 @@ class NoisyTopKGate {
                              st.d_load(j) *= coefficient;
                            }
                          });
-    double loss = 0;
-    space.fence();
-    Kokkos::deep_copy(loss, Kokkos::subview(st.loss, 0));
-    return loss;
+    return read_back(space, st.loss.data());
   }
 
   /// d_routed [G, I] (overwritten) and the weights' gradients (overwritten) from d_scores [G, n] and the

@@ -16,10 +16,12 @@
 #include <cmath>
 #include <cstddef>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "camex/core/error.hpp"
 #include "camex/core/random.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/kernels/row_sums.hpp"
 #include "camex/merge/axis/mask.hpp"
 
@@ -159,18 +161,13 @@ struct DareMask {
     return {norms, partial, expert_drop, expert_scale, n};
   }
 
-  /// Per-expert drops and scales (one copy of 2n numbers, only with `drops`), then the L1 rescale's norms.
+  /// Per-expert drops and scales (only with `drops`, passed as kernel arguments), then the L1 rescale's norms.
   template <class ExecSpace, class Tau>
   void prepare(const ExecSpace& space, const StepContext& step, const Tau& tau, const State<ExecSpace>& state) const {
     if (!drops.empty()) {
-      const auto drop_host = Kokkos::create_mirror_view(state.expert_drop);
-      const auto scale_host = Kokkos::create_mirror_view(state.expert_scale);
-      for (std::size_t i = 0; i < drops.size(); ++i) {
-        drop_host(i) = static_cast<float>(drops[i]);
-        scale_host(i) = scale_at(drops[i]);
-      }
-      Kokkos::deep_copy(space, state.expert_drop, drop_host);
-      Kokkos::deep_copy(space, state.expert_scale, scale_host);
+      write_by_argument(space, std::span<const double>(drops), state.expert_drop.data());
+      write_by_argument(space, std::span<const double>(drops), state.expert_scale.data(),
+                        [this](double p) { return scale_at(p); });
     }
     if (rescale != DareRescale::l1_norm) return;
     State<ExecSpace> draws_only = state;

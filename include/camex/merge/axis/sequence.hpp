@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "camex/core/error.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/kernels/row_combination.hpp"
 #include "camex/platform/vectorize.hpp"
@@ -160,12 +161,12 @@ struct MaskSequence {
                             });
       second.adjoint(space, step, st.masked, d_tau, d_masked, d_m, st.second);
     } else {
-      Kokkos::deep_copy(space, d_m, d_masked);
+      copy_matrix(space, d_m, d_masked);
     }
     if (first.factor_active(step))
       first.adjoint(space, step, tau, st.first_factor, d_m, d_tau, st.first);
     else
-      Kokkos::deep_copy(space, d_tau, d_m);
+      copy_matrix(space, d_tau, d_m);
   }
 
   auto score_factor(const StepContext& step) const {

@@ -148,11 +148,10 @@ struct TiesMask {
   template <class ExecSpace, class Tau>
   void prepare(const ExecSpace& space, const StepContext&, const Tau& tau, const State<ExecSpace>& state) const {
     if (variant != TiesVariant::standard) return;
-    const std::vector<double> w = election_weights.empty() ? std::vector<double>(state.experts, 1.0) : election_weights;
-    std::vector<std::size_t> k(state.experts);
-    for (std::size_t i = 0; i < state.experts; ++i)
-      k[i] = top_k_count("camex::TiesMask::prepare", densities.empty() ? options.density : densities[i], state.params);
-    detail::ties_trim(space, tau, std::span<const double>(w), std::span<const std::size_t>(k), state.trim);
+    const auto kept_count = [&](std::size_t i) {
+      return top_k_count("camex::TiesMask::prepare", densities.empty() ? options.density : densities[i], state.params);
+    };
+    detail::ties_trim(space, tau, std::span<const double>(election_weights), kept_count, state.trim);
   }
 
   template <class ExecSpace>
