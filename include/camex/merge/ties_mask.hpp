@@ -83,9 +83,7 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
                const KeptCount& kept_count, const TiesMaskState<ExecSpace>& st) {
   const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
   if (weights.empty()) {
-    double* w = st.weights.data();
-    Kokkos::parallel_for("camex::ties_trim[unit weights]", Kokkos::RangePolicy<ExecSpace>(space, 0, experts),
-                         KOKKOS_LAMBDA(std::size_t i) { w[i] = 1.0; });
+    Kokkos::deep_copy(space, st.weights, 1.0);
   } else {
     write_by_argument(space, weights.first(experts), st.weights.data());
   }
