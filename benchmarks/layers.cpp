@@ -162,7 +162,7 @@ void merged_linear_step(benchmark::State& state, const LayerShape& s) {
 
   std::uint64_t iteration = 0;
   const auto step = [&] {
-    const StepContext context{.seed = 2025, .step = iteration++, .tensor = 0, .training = true};
+    const StepContext context{.seed = 2025, .step = iteration++, .stream = 0, .training = true};
     layer.forward(Space{}, context, x, {}, {ew, bw}, ExpertTensors<T, Space>{eb, bb}, y, workspace);
     layer.backward(Space{}, d_y, 1.0, d_x, {d_ew, d_bw}, ExpertGradients<T, Space>{d_eb, d_bb}, workspace);
     Space().fence();

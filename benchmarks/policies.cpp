@@ -72,7 +72,7 @@ void step(benchmark::State& state, Policy& policy, const Shape& s, std::size_t g
   MergeDriver<Policy> driver(policy);
   std::uint64_t iteration = 0;
   const auto one_step = [&] {
-    driver.prepare(Space{}, StepContext{.seed = 2025, .step = iteration++, .tensor = 0, .training = training}, experts, base);
+    driver.prepare(Space{}, StepContext{.seed = 2025, .step = iteration++, .stream = 0, .training = training}, experts, base);
     driver.merge(Space{}, scores, merged);
     if (with_backward) driver.backward(Space{}, scores, d_merged, d_scores, d_experts, d_base);
     Space().fence();
@@ -114,7 +114,7 @@ void dynamic_step(benchmark::State& state, const Shape& s, std::size_t groups) {
   Space().fence();
   std::uint64_t iteration = 0;
   const auto one_step = [&] {
-    const StepContext step{.seed = 2025, .step = iteration++, .tensor = 0, .training = true};
+    const StepContext step{.seed = 2025, .step = iteration++, .stream = 0, .training = true};
     first.prepare(Space{}, step, experts0, base);
     first.merge(Space{}, scores, merged0);
     second.prepare(Space{}, StepContext{step.seed, step.step, 1, true}, experts1, none);

@@ -181,7 +181,7 @@ int run() {
   camex::NoisyTopKGate<double, Space> router(in, n, groups, {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 7);
   camex::MergedLinear layer(policy, nullptr, router, layout);
   const auto workspace = camex::make_workspace<Space>(layer.workspace_bytes());
-  const camex::StepContext step{.seed = 11, .step = 1, .tensor = 0, .training = true};
+  const camex::StepContext step{.seed = 11, .step = 1, .stream = 0, .training = true};
   const double d_aux = 0.5;
   const auto loss = [&] {
     camex::Matrix<double, Space> y("y", tokens, out);

@@ -13,6 +13,7 @@
 #include <camex/camex.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -71,9 +72,11 @@ class Gpt {
     const double proj_std = 0.02 / std::sqrt(2.0 * shape.layers);
     wte_ = arena_.add("wte", {shape.vocab, c}, true, Init::normal(0.02));
     wpe_ = arena_.add("wpe", {shape.context, c}, true, Init::normal(0.02));
+    DrawStreams streams;
     for (std::size_t l = 0; l < shape.layers; ++l) {
       const std::string p = layer_prefix(l);
       Block b(CausalSelfAttention<T, Space>(shape.sequences, shape.context, c, shape.heads), make_mlp(l));
+      b.mlp_stream = streams.take(Mlp::random_streams);
       b.ln1_w = arena_.add(p + "ln1.weight", {c}, false, Init::ones());
       b.ln1_b = arena_.add(p + "ln1.bias", {c}, false, Init::zeros());
       b.attn_w = arena_.add(p + "attn.weight", {3 * c, c}, true, Init::normal(0.02));
@@ -123,7 +126,8 @@ class Gpt {
     return out;
   }
 
-  /// inputs and targets: S x L token ids each. `step.tensor` is the first of 6 random-draw ids per layer.
+  /// inputs and targets: S x L token ids each. The model's draw streams start at `step.stream`, each block's MLP
+  /// taking Mlp::random_streams of them in layer order.
   LossParts forward(const Space& space, const StepContext& step, const TokenIds<Space>& inputs,
                     const TokenIds<Space>& targets) {
     constexpr const char* fn = "Gpt::forward";
@@ -141,9 +145,7 @@ class Gpt {
       linear_forward(space, b.attended, value(b.attn_proj_w), vector(b.attn_proj_b), branch_);
       add(space, b.residual, branch_, b.mid);
       layer_norm_forward(space, b.mid, vector(b.ln2_w), vector(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd);
-      StepContext mlp_step = step;
-      mlp_step.tensor = step.tensor + 6 * static_cast<std::uint32_t>(l);
-      loss.aux += b.mlp->forward(space, mlp_step, b.ln2, branch_);
+      loss.aux += b.mlp->forward(space, step.substream(b.mlp_stream), b.ln2, branch_);
       add(space, b.mid, branch_, l + 1 < blocks_.size() ? blocks_[l + 1].residual : final_);
     }
     layer_norm_forward(space, final_, vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
@@ -190,6 +192,7 @@ class Gpt {
     Block(CausalSelfAttention<T, Space> a, std::unique_ptr<Mlp> m) : attention(std::move(a)), mlp(std::move(m)) {}
     CausalSelfAttention<T, Space> attention;
     std::unique_ptr<Mlp> mlp;
+    std::uint32_t mlp_stream = 0;  // the first of the MLP's draw streams
     std::size_t ln1_w = 0, ln1_b = 0, attn_w = 0, attn_b = 0, attn_proj_w = 0, attn_proj_b = 0, ln2_w = 0, ln2_b = 0;
     Mat<T, Space> residual, ln1, qkv, attended, mid, ln2;
     Vec<T, Space> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;

@@ -199,7 +199,7 @@ int dump_step(const TrainConfig& c, const LmData& data, Model& model, const Adam
   DeviceBatch<Space> batch(shape.tokens());
   batch.training(data, c.seed, step);
   const auto loss =
-      model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, batch.inputs(), batch.targets());
+      model.forward(space, {.seed = c.seed, .step = step, .stream = 0, .training = true}, batch.inputs(), batch.targets());
   std::vector<HostTensor> out;
   const auto tokens = [&](const char* name, const std::int32_t* ids) {
     HostTensor t{name, "I32", {shape.sequences, shape.context}, std::vector<unsigned char>(shape.tokens() * 4)};
@@ -293,7 +293,7 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
     double sum = 0;
     for (std::size_t b = 0; b < eval_batches; ++b) {
       batch.evaluation(data, b);
-      sum += model.forward(space, {.seed = c.seed, .step = 0, .tensor = 0, .training = false}, batch.inputs(), batch.targets())
+      sum += model.forward(space, {.seed = c.seed, .step = 0, .stream = 0, .training = false}, batch.inputs(), batch.targets())
                  .cross_entropy;
     }
     return sum / static_cast<double>(eval_batches);
@@ -310,7 +310,7 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
     batch.training(data, c.seed, step);
     LossParts loss;
     try {
-      loss = model.forward(space, {.seed = c.seed, .step = step, .tensor = 0, .training = true}, batch.inputs(),
+      loss = model.forward(space, {.seed = c.seed, .step = step, .stream = 0, .training = true}, batch.inputs(),
                            batch.targets());
     } catch (const argument_error& e) {
       // The merged layers reject non-finite routing scores: the model's own activations, computed from finite

@@ -99,17 +99,17 @@ def philox4x32(counter, key):
 
 class CounterRng:
     """camex::CounterRng(seed, step): the step key is Philox({step lo, step hi, 0, 'cmx0'}, seed) truncated to 64
-    bits; site (tensor, expert, element) reads word element % 4 of Philox({q lo, q hi, expert, tensor}, step key)
+    bits; site (stream, expert, element) reads word element % 4 of Philox({q lo, q hi, expert, stream}, step key)
     with q = element / 4."""
 
     def __init__(self, seed, step):
         out = philox4x32((step & 0xFFFFFFFF, step >> 32, 0, 0x636D7830), (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF))
         self.key = (out[0], out[1])
 
-    def bits(self, tensor, expert, element):
+    def bits(self, stream, expert, element):
         element = np.asarray(element).astype(np.uint64)
         quad = element >> np.uint64(2)
-        words = philox4x32((quad & np.uint64(0xFFFFFFFF), quad >> np.uint64(32), expert, tensor), self.key)
+        words = philox4x32((quad & np.uint64(0xFFFFFFFF), quad >> np.uint64(32), expert, stream), self.key)
         which = element & np.uint64(3)
         shape = np.broadcast_shapes(words[0].shape, which.shape)
         out = np.empty(shape, dtype=np.uint32)
@@ -117,15 +117,15 @@ class CounterRng:
             np.copyto(out, np.broadcast_to(words[w], shape), where=np.broadcast_to(which == w, shape))
         return out
 
-    def uniform(self, tensor, expert, element):
+    def uniform(self, stream, expert, element):
         """(word >> 8) 2^-24: 24 random bits, exact in float32 (returned as float64, the same value)."""
-        return (self.bits(tensor, expert, element) >> np.uint32(8)).astype(np.float64) * 2.0 ** -24
+        return (self.bits(stream, expert, element) >> np.uint32(8)).astype(np.float64) * 2.0 ** -24
 
-    def normal(self, tensor, expert, element):
-        """Box-Muller from bits(site) and bits(tensor, ~expert, element)."""
+    def normal(self, stream, expert, element):
+        """Box-Muller from bits(site) and bits(stream, ~expert, element)."""
         expert = np.asarray(expert).astype(np.uint64)
-        w0 = self.bits(tensor, expert, element).astype(np.float64)
-        w1 = self.bits(tensor, np.uint64(0xFFFFFFFF) - expert, element).astype(np.float64)  # ~expert
+        w0 = self.bits(stream, expert, element).astype(np.float64)
+        w1 = self.bits(stream, np.uint64(0xFFFFFFFF) - expert, element).astype(np.float64)  # ~expert
         u1 = (w0 + 1.0) * 2.0 ** -32
         u2 = w1 * 2.0 ** -32
         return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * 3.14159265358979323846 * u2)
@@ -278,24 +278,28 @@ class Spec:
 
 # ------------------------------------------------------------------------------------------------------------------
 # Random draws: camex's counter-based ones (compare) or torch's generator (train).
+# Draw streams, as camex declares them: MergedLinear::random_streams (weights' policy, bias's, router) and
+# MergedMlp::random_streams (fc's layer, then proj's); the model gives block l's MLP the streams from MLP_STREAMS * l.
+LINEAR_STREAMS = 3
+MLP_STREAMS = 2 * LINEAR_STREAMS
 
 class CounterDraws:
-    """The draws of StepContext{seed, step, tensor, training}: router noise at (router id, expert j, group g), DARE
-    keeps at (policy id, expert i, element p), SMEAR expert dropout at (router id, expert j, group g)."""
+    """The draws of StepContext{seed, step, stream, training}: router noise at (router's stream, expert j, group g),
+    DARE keeps at (policy's stream, expert i, element p), SMEAR expert dropout at (router's stream, expert j, group g)."""
     exact = True
 
     def __init__(self, seed, step, dtype):
         self.rng = CounterRng(seed, step)
         self.dtype = dtype
 
-    def normal(self, tensor, groups, experts):
+    def normal(self, stream, groups, experts):
         g, j = np.meshgrid(np.arange(groups), np.arange(experts), indexing="ij")
-        return torch.from_numpy(self.rng.normal(tensor, j, g)).to(self.dtype)
+        return torch.from_numpy(self.rng.normal(stream, j, g)).to(self.dtype)
 
-    def uniform_below(self, tensor, rows, elements, threshold):
-        """[rows, elements] of uniform(tensor, row, element) < float32(threshold), as camex compares them."""
+    def uniform_below(self, stream, rows, elements, threshold):
+        """[rows, elements] of uniform(stream, row, element) < float32(threshold), as camex compares them."""
         i, p = np.meshgrid(np.arange(rows), np.arange(elements), indexing="ij")
-        return torch.from_numpy(self.rng.uniform(tensor, i, p) < float(np.float32(threshold)))
+        return torch.from_numpy(self.rng.uniform(stream, i, p) < float(np.float32(threshold)))
 
 
 class TorchDraws:
@@ -305,10 +309,10 @@ class TorchDraws:
         self.dtype = dtype
         self.generator = generator
 
-    def normal(self, tensor, groups, experts):
+    def normal(self, stream, groups, experts):
         return torch.randn(groups, experts, dtype=self.dtype, generator=self.generator)
 
-    def uniform_below(self, tensor, rows, elements, threshold):
+    def uniform_below(self, stream, rows, elements, threshold):
         return torch.rand(rows, elements, generator=self.generator) < threshold
 
 
@@ -491,18 +495,19 @@ class Twin:
             self.chain[(lin, part)] = base + (s.gamma / s.experts) * delta.sum(0, keepdim=True)
         return merged
 
-    def merged_linear(self, layer, lin, rows, cols, x, tensor):
-        """y_t = W_g x_t + b_g (MergedLinear): router at tensor + 2, weight policy at tensor, bias policy at + 1."""
+    def merged_linear(self, layer, lin, rows, cols, x, stream):
+        """y_t = W_g x_t + b_g (MergedLinear): its LINEAR_STREAMS draw streams from `stream` on are the weight
+        policy's, the bias policy's and the router's."""
         s = self.spec
         routed = self.routing_inputs(x)
         prefix = f"h{layer}.mlp.{lin}.router."
         if s.router == "noisy":
-            gates, aux = self.noisy_top_k(prefix, routed, tensor + 2)
+            gates, aux = self.noisy_top_k(prefix, routed, stream + 2)
         else:
-            gates, aux = self.smear_router(prefix, routed, tensor + 2)
+            gates, aux = self.smear_router(prefix, routed, stream + 2)
         scores = self.merge_scores(gates)
-        weights = self.merge(layer, lin, "weight", rows, cols, scores, tensor).view(s.groups, rows, cols)
-        bias = self.merge(layer, lin, "bias", rows, 1, scores, tensor + 1)
+        weights = self.merge(layer, lin, "weight", rows, cols, scores, stream).view(s.groups, rows, cols)
+        bias = self.merge(layer, lin, "bias", rows, 1, scores, stream + 1)
         y = torch.baddbmm(bias.unsqueeze(1), x.view(s.groups, s.group_length, cols), weights.transpose(1, 2))
         return y.reshape(-1, rows), aux
 
@@ -512,8 +517,9 @@ class Twin:
         if s.dense:
             h = F.linear(x, p[q + "fc.weight"], p[q + "fc.bias"])
             return F.linear(gelu_tanh(h), p[q + "proj.weight"], p[q + "proj.bias"]), x.sum() * 0
-        h, aux_fc = self.merged_linear(layer, "fc", s.hidden, s.channels, x, 6 * layer)
-        y, aux_proj = self.merged_linear(layer, "proj", s.channels, s.hidden, gelu_tanh(h), 6 * layer + 3)
+        h, aux_fc = self.merged_linear(layer, "fc", s.hidden, s.channels, x, MLP_STREAMS * layer)
+        y, aux_proj = self.merged_linear(layer, "proj", s.channels, s.hidden, gelu_tanh(h),
+                                         MLP_STREAMS * layer + LINEAR_STREAMS)
         return y, aux_fc + aux_proj
 
     # -- the GPT ------------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@
 int main() {
   Kokkos::ScopeGuard kokkos;
   const int P = 1000;
-  camex::ExpertStack<float> experts("experts", 2, P);
-  camex::Scores<float> scores("scores", 1, 2);
-  camex::MergedStack<float> merged("merged", 1, P);
+  camex::Matrix<float> experts("experts", 2, P);
+  camex::Matrix<float> scores("scores", 1, 2);
+  camex::Matrix<float> merged("merged", 1, P);
   auto e = Kokkos::create_mirror_view(experts);
   auto s = Kokkos::create_mirror_view(scores);
   for (int p = 0; p < P; ++p) {

@@ -35,7 +35,7 @@ void functions() {
 
   Ties<T, Space> ties({n, groups, {8, 8}}, {.options = {.density = 0.5}});
   MergeDriver driver(ties);
-  driver.prepare(Space{}, {.seed = 1, .step = 1, .tensor = 0, .training = true}, experts, base);
+  driver.prepare(Space{}, {.seed = 1, .step = 1, .stream = 0, .training = true}, experts, base);
   driver.merge(Space{}, scores, batch);
   driver.backward(Space{}, scores, batch, d_scores, d_experts, d_experts);
   const auto kept = ties.kept(driver.workspace());

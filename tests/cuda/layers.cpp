@@ -24,7 +24,7 @@ void layers() {
   const std::size_t tokens = segments.tokens();
   Matrix<T, Space> x("x", tokens, in), y("y", tokens, out), d_x("d_x", tokens, in);
   Matrix<T, Space> e1("e1", n, hidden * in), b1("b1", 1, hidden * in), e2("e2", n, out * hidden), b2("b2", 1, out * hidden);
-  const StepContext step{.seed = 1, .step = 1, .tensor = 0, .training = true};
+  const StepContext step{.seed = 1, .step = 1, .stream = 0, .training = true};
   const double aux = ffn.forward(Space{}, step, x, {}, {e1, b1}, std::nullopt, {e2, b2}, std::nullopt, y, ws);
   ffn.backward(Space{}, y, aux, d_x, {e1, b1}, std::nullopt, {e2, b2}, std::nullopt, ws);
 }

@@ -19,9 +19,9 @@ void linear_steps(Layer& layer) {
   const auto ws = make_workspace<Space>(layer.workspace_bytes());
   Matrix<T, Space> x("x", tokens, in), y("y", tokens, out), d_x("d_x", tokens, in);
   Matrix<T, Space> ew("ew", n, out * in), bw("bw", 1, out * in), eb("eb", n, out), bb("bb", 1, out);
-  typename Layer::Mask padding;
+  typename Layer::PaddingFlags padding;
   for (const bool training : {false, true}) {
-    const StepContext step{.seed = 1, .step = 1, .tensor = 0, .training = training};
+    const StepContext step{.seed = 1, .step = 1, .stream = 0, .training = training};
     const double aux = layer.forward(Space{}, step, x, padding, {ew, bw}, ExpertTensors<T, Space>{eb, bb}, y, ws);
     layer.backward(Space{}, y, aux, d_x, {ew, bw}, ExpertGradients<T, Space>{eb, bb}, ws);
   }

@@ -22,7 +22,7 @@ namespace {
 
 PolicyInputs random_inputs(const MergeProblem& problem, std::mt19937_64& gen) {
   return {random_matrix(problem.experts, problem.shape.params(), gen), random_matrix(1, problem.shape.params(), gen),
-          random_matrix(problem.groups, problem.experts, gen, 0.05, 1.0), {.seed = 99, .step = 5, .tensor = 1}};
+          random_matrix(problem.groups, problem.experts, gen, 0.05, 1.0), {.seed = 99, .step = 5, .stream = 1}};
 }
 
 }  // namespace

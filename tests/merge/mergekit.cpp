@@ -29,7 +29,7 @@ enum class Method { task_arithmetic, ties, dare_linear, dare_ties };
 /// keep[i][p] of DARE at density d_i: the draw camex makes at (tensor, i, p) of step 0.
 bool dare_kept(const mergekit::Options& options, std::size_t i, std::size_t p, double density) {
   const CounterRng rng(options.seed, 0);
-  return !(rng.uniform({options.tensor, static_cast<std::uint32_t>(i), static_cast<std::uint64_t>(p)}) <
+  return !(rng.uniform({options.stream, static_cast<std::uint32_t>(i), static_cast<std::uint64_t>(p)}) <
            static_cast<float>(1.0 - density));
 }
 
@@ -120,7 +120,7 @@ BOOST_AUTO_TEST_CASE(matches_mergekit_written_out) {
   std::vector<Model> whole = models;
   for (auto& m : whole) m.density = 1.0;
   const std::vector<mergekit::Options> settings{
-      {}, {.normalize = true, .lambda = 0.8, .seed = 11, .tensor = 3}, {.normalize = false, .lambda = 1.5, .rescale = false, .seed = 5}};
+      {}, {.normalize = true, .lambda = 0.8, .seed = 11, .stream = 3}, {.normalize = false, .lambda = 1.5, .rescale = false, .seed = 5}};
   for (const Method method : {Method::task_arithmetic, Method::ties, Method::dare_linear, Method::dare_ties}) {
     for (std::size_t c = 0; c < settings.size(); ++c) {
       auto options = settings[c];
@@ -197,7 +197,7 @@ BOOST_AUTO_TEST_CASE(compositions_and_their_gradients) {
   in.experts = random_matrix(3, 24, gen);
   in.base = random_matrix(1, 24, gen);
   in.scores = random_matrix(2, 3, gen, 0.05, 1.0);
-  in.step = {.seed = 77, .step = 2, .tensor = 1, .training = true};
+  in.step = {.seed = 77, .step = 2, .stream = 1, .training = true};
   const HostMatrix d_merged = random_matrix(2, 24, gen);
   for (const auto rescale : {DareRescale::inverse_keep, DareRescale::l1_norm, DareRescale::none}) {
     BOOST_TEST_CONTEXT("rescale " << static_cast<int>(rescale)) {
@@ -252,7 +252,7 @@ BOOST_AUTO_TEST_CASE(masks_are_readable) {
   }
   Dare<double, Space> dare(problem, {.drop = 0.4});
   MergeDriver<Dare<double, Space>> dare_driver(dare);
-  const StepContext step{.seed = 9, .step = 4, .tensor = 2};
+  const StepContext step{.seed = 9, .step = 4, .stream = 2};
   dare_driver.prepare(Space{}, step, to_device<double>(experts), to_device<double>(base));
   const HostMatrix factor = to_host(dare.mask_factor(Space{}, dare_driver.workspace()));
   const CounterRng rng(9, 4);

@@ -28,7 +28,7 @@ PolicyInputs random_inputs(std::mt19937_64& gen, bool with_base = true) {
   in.experts = random_matrix(n, shape.params(), gen);
   if (with_base) in.base = random_matrix(1, shape.params(), gen);
   in.scores = random_matrix(groups, n, gen, 0.05, 1.0);
-  in.step = {.seed = 1234, .step = 7, .tensor = 3, .training = true};
+  in.step = {.seed = 1234, .step = 7, .stream = 3, .training = true};
   return in;
 }
 
@@ -76,7 +76,7 @@ HostMatrix dare_keep(const PolicyInputs& in, double drop) {
   HostMatrix keep(n, in.experts.cols());
   for (std::size_t i = 0; i < n; ++i)
     for (Eigen::Index p = 0; p < keep.cols(); ++p)
-      keep(i, p) = rng.uniform({in.step.tensor, static_cast<std::uint32_t>(i), static_cast<std::uint64_t>(p)}) <
+      keep(i, p) = rng.uniform({in.step.stream, static_cast<std::uint32_t>(i), static_cast<std::uint64_t>(p)}) <
                            static_cast<float>(drop)
                        ? 0.0
                        : 1.0;
@@ -212,7 +212,7 @@ BOOST_AUTO_TEST_CASE(dare_element_and_expert) {
     HostMatrix kappa(groups, n);
     for (std::size_t b = 0; b < groups; ++b)
       for (std::size_t i = 0; i < n; ++i)
-        kappa(b, i) = rng.uniform({in.step.tensor, static_cast<std::uint32_t>(i), b}) < 0.5f ? 0.0 : 2.0;
+        kappa(b, i) = rng.uniform({in.step.stream, static_cast<std::uint32_t>(i), b}) < 0.5f ? 0.0 : 2.0;
     Dare<double, Space> expert(problem, {.drop = 0.5, .granularity = DareGranularity::expert});
     require_close<double>(run_merge(expert, in), reference_merge(in, 1.0, ones(n, shape.params()), kappa), 8 * n, "Drop2d");
     check_gradients(expert, in, random_matrix(groups, shape.params(), gen));
@@ -254,7 +254,7 @@ BOOST_AUTO_TEST_CASE(training_and_evaluation_merges_agree_bit_for_bit) {
     training.experts = random_matrix(5, wide.shape.params(), gen);
     training.base = random_matrix(1, wide.shape.params(), gen);
     training.scores = random_matrix(b, 5, gen, 0.05, 1.0);
-    training.step = {.seed = 99, .step = 4, .tensor = 1, .training = true};
+    training.step = {.seed = 99, .step = 4, .stream = 1, .training = true};
     PolicyInputs evaluation = training;
     evaluation.step.training = false;
     const auto same = [&](auto& policy, const char* name) {
@@ -285,7 +285,7 @@ BOOST_AUTO_TEST_CASE(backward_of_long_tensors_against_its_formulas) {
   in.experts = random_matrix(n, params, gen);
   in.base = random_matrix(1, params, gen);
   in.scores = random_matrix(groups, n, gen, 0.05, 1.0);
-  in.step = {.seed = 5, .step = 2, .tensor = 0, .training = true};
+  in.step = {.seed = 5, .step = 2, .stream = 0, .training = true};
   const HostMatrix d_merged = random_matrix(groups, params, gen);
 
   const auto check = [&](auto& policy, const PolicyInputs& x, double alpha, bool masked, const char* name) {

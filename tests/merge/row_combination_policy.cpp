@@ -17,7 +17,7 @@ namespace {
 
 constexpr std::size_t n = 3, groups = 4;
 const MergeProblem problem{.experts = n, .groups = groups, .shape = {6, 4}};
-const StepContext training{.seed = 11, .step = 3, .tensor = 2, .training = true};
+const StepContext training{.seed = 11, .step = 3, .stream = 2, .training = true};
 
 /// What one backward path reports, on the host.
 struct Reported {

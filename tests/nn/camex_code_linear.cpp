@@ -20,7 +20,7 @@ using namespace camex::testing;
 
 namespace {
 
-using Mask = Matrix<std::uint8_t, Space>;
+using PaddingFlags = Matrix<std::uint8_t, Space>;
 
 // S = 2 sequences of L = 8 tokens in segments of T = 4; I = 4 = 2 x 2 inputs, O = 6 = 2 x 3 outputs; n = 3
 // experts; rank 2.
@@ -96,7 +96,7 @@ HostMatrix segment_gates(const State& s, const StepContext& step) {
     for (std::size_t j = 0; j < n; ++j) {
       const double clean = (mean * s.w_gate.row(j).transpose())(0, 0), raw = (mean * s.w_noise.row(j).transpose())(0, 0);
       const double sigma = std::log1p(std::exp(raw)) + 0.01;
-      logit[j] = clean + rng.normal({step.tensor + 2, static_cast<std::uint32_t>(j), r}) * sigma;
+      logit[j] = clean + rng.normal({step.stream + 2, static_cast<std::uint32_t>(j), r}) * sigma;
       top = std::max(top, logit[j]);
     }
     double total = 0;
@@ -183,13 +183,13 @@ BOOST_AUTO_TEST_CASE(output_loss_and_gradients_match_the_reference) {
     State s = random_state(gen);
     upload(layer, s);
     // The last three tokens of sequence 1 are padding: the code's means count them anyway.
-    Mask padding("padding", S, L);
+    PaddingFlags padding("padding", S, L);
     auto host_padding = Kokkos::create_mirror_view(padding);
     for (std::size_t q = 0; q < S; ++q)
       for (std::size_t t = 0; t < L; ++t) host_padding(q, t) = q == 1 && t >= L - 3 ? 0 : 1;
     Kokkos::deep_copy(padding, host_padding);
     const auto ws = make_workspace<Space>(layer.workspace_bytes());
-    const StepContext step{.seed = 9, .step = 4, .tensor = 3, .training = true};
+    const StepContext step{.seed = 9, .step = 4, .stream = 3, .training = true};
 
     const auto forward = [&] {
       const auto x = to_device<double>(s.x), ew = to_device<double>(s.experts_w), bw = to_device<double>(s.base_w);

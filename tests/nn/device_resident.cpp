@@ -59,12 +59,12 @@ class Stack {
   }
 
   void step(std::uint64_t index, bool training) {
-    const StepContext step{.seed = 7, .step = index, .tensor = 0, .training = training};
+    const StepContext step{.seed = 7, .step = index, .stream = 0, .training = training};
     std::vector<double> aux(layers_.size());
     for (std::size_t l = 0; l < layers_.size(); ++l) {
       auto& t = tensors_[l];
       StepContext layer_step = step;
-      layer_step.tensor = static_cast<std::uint32_t>(3 * l);
+      layer_step.stream = static_cast<std::uint32_t>(3 * l);
       const auto bias = biased_ ? std::optional(ExpertTensors<T, Space>{t.eb, t.bb}) : std::nullopt;
       aux[l] = layers_[l]->forward(Space{}, layer_step, activations_[l], {}, {t.ew, t.bw}, bias, activations_[l + 1],
                                    workspaces_[l]);

@@ -23,7 +23,7 @@ using namespace camex::testing;
 
 namespace {
 
-using Mask = Matrix<std::uint8_t, Space>;
+using PaddingFlags = Matrix<std::uint8_t, Space>;
 using Gate = NoisyTopKGate<double, Space>;
 
 constexpr std::size_t in = 4, out = 6, n = 3;
@@ -81,7 +81,7 @@ Run run(Layer& layer, Policy& weights, Policy& bias, Gate& router, const Operand
   const auto bw = maybe(o.base_w), bb = maybe(o.base_b);
   Matrix<double, Space> y("y", o.x.rows(), out);
   Run r;
-  r.aux = layer.forward(Space{}, step, to_device<double>(o.x), Mask(), {ew, bw}, ExpertTensors<double, Space>{eb, bb}, y, ws);
+  r.aux = layer.forward(Space{}, step, to_device<double>(o.x), PaddingFlags(), {ew, bw}, ExpertTensors<double, Space>{eb, bb}, y, ws);
   r.y = to_host(y);
   Matrix<double, Space> d_x("d_x", o.x.rows(), in), d_ew("d_ew", n, out * in), d_eb("d_eb", n, out);
   const auto d_bw = with_base ? Matrix<double, Space>("d_bw", 1, out * in) : Matrix<double, Space>();
@@ -106,7 +106,7 @@ void check_orders_agree(Policy& weights, Policy& bias, bool with_base, const Rou
   Gate router(in, n, layout.groups(), {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 9);
   const Operands o = random_operands(layout, gen);
   const HostMatrix d_y = random_matrix(layout.tokens(), out, gen);
-  const StepContext step{.seed = 5, .step = 4, .tensor = 3, .training = true};
+  const StepContext step{.seed = 5, .step = 4, .stream = 3, .training = true};
   MergedLinear merging(weights, &bias, router, layout, {.order = EvaluationOrder::merge_then_apply});
   MergedLinear applying(weights, &bias, router, layout, {.order = EvaluationOrder::apply_then_mix});
   BOOST_TEST((merging.order() == EvaluationOrder::merge_then_apply && applying.order() == EvaluationOrder::apply_then_mix));
@@ -204,12 +204,12 @@ BOOST_AUTO_TEST_CASE(apply_then_mix_matches_finite_differences) {
     Operands o = random_operands(per_token, gen);
     HostMatrix d_y = random_matrix(per_token.tokens(), out, gen);
     for (std::size_t t = 0; t < per_token.tokens(); t += per_token.length) d_y.row(static_cast<Eigen::Index>(t)).setZero();
-    const StepContext step{.seed = 7, .step = 1, .tensor = 0, .training = true};
+    const StepContext step{.seed = 7, .step = 1, .stream = 0, .training = true};
     const auto objective = [&] {
       const auto ew = to_device<double>(o.experts_w), bw = to_device<double>(o.base_w);
       const auto eb = to_device<double>(o.experts_b), bb = to_device<double>(o.base_b);
       Matrix<double, Space> y("y", per_token.tokens(), out);
-      const double aux = layer.forward(Space{}, step, to_device<double>(o.x), Mask(), {ew, bw}, ExpertTensors<double, Space>{eb, bb}, y, ws);
+      const double aux = layer.forward(Space{}, step, to_device<double>(o.x), PaddingFlags(), {ew, bw}, ExpertTensors<double, Space>{eb, bb}, y, ws);
       return (to_host(y).array() * d_y.array()).sum() + 0.9 * aux;
     };
     objective();

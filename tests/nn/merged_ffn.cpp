@@ -17,7 +17,10 @@ using namespace camex::testing;
 
 namespace {
 
-using Mask = Matrix<std::uint8_t, Space>;
+// The block's declared draw streams: W1's and b1's policies, W2's and b2's, the router's.
+static_assert(MergedFFN<Domain<double, Space>, NoisyTopKGate<double, Space>>::random_streams == 5);
+
+using PaddingFlags = Matrix<std::uint8_t, Space>;
 using Policy = Domain<double, Space>;
 using Gate = NoisyTopKGate<double, Space>;
 
@@ -78,7 +81,7 @@ struct Block {
     };
     const auto w1 = t(0), b1 = t(1), w2 = t(2), b2 = t(3);
     Matrix<double, Space> y("y", layout.tokens(), out);
-    const double aux = layer.forward(Space{}, step, to_device<double>(o.x), Mask(), w1, b1, w2, b2, y, ws);
+    const double aux = layer.forward(Space{}, step, to_device<double>(o.x), PaddingFlags(), w1, b1, w2, b2, y, ws);
     return {to_host(y), aux};
   }
 
@@ -115,10 +118,10 @@ BOOST_AUTO_TEST_CASE(forward_is_the_merged_module_applied_per_group) {
     for (const Activation act : {Activation::gelu_tanh, Activation::gelu, Activation::relu}) {
       Block block(act);
       const Operands o = random_operands(gen);
-      const StepContext step{.seed = 2, .step = 5, .tensor = 10, .training = true};
+      const StepContext step{.seed = 2, .step = 5, .stream = 10, .training = true};
       const auto [y, aux] = block.forward(step, o);
       Matrix<double, Space> routed("routed", sequences.groups(), in), scores("scores", sequences.groups(), n);
-      routing_inputs(Space{}, sequences, to_device<double>(o.x), Mask(), routed);
+      routing_inputs(Space{}, sequences, to_device<double>(o.x), PaddingFlags(), routed);
       auto ws = make_workspace<Space>(block.router.workspace_bytes());
       const double aux_expected = block.router.forward(Space{}, StepContext{2, 5, 14, true}, routed, scores, ws);
       const HostMatrix s = to_host(scores);
@@ -173,7 +176,7 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
         Operands o = random_operands(gen);
         const HostMatrix d_y = outside_segment_0(layout, random_matrix(layout.tokens(), out, gen));
         const double d_aux = 0.8;
-        const StepContext step{.seed = 6, .step = 2, .tensor = 0, .training = true};
+        const StepContext step{.seed = 6, .step = 2, .stream = 0, .training = true};
         const auto objective = [&] {
           const auto [y, aux] = block.forward(step, o);
           return (y.array() * d_y.array()).sum() + d_aux * aux;
@@ -230,7 +233,7 @@ BOOST_AUTO_TEST_CASE(evaluation_orders_agree) {
                 applying.layer.proj_order() == EvaluationOrder::apply_then_mix));
     const Operands o = random_operands(gen);
     const HostMatrix d_y = random_matrix(sequences.tokens(), out, gen);
-    const StepContext step{.seed = 8, .step = 1, .tensor = 0, .training = true};
+    const StepContext step{.seed = 8, .step = 1, .stream = 0, .training = true};
     const auto [y_merging, aux_merging] = merging.forward(step, o);
     const auto [y_applying, aux_applying] = applying.forward(step, o);
     // Double: the two orders sum the same O(1) products in different orders (n + 1 rows, I or H inputs).
@@ -265,15 +268,15 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
     const ExpertTensors<double, Space> w1{e1, b1}, w2{e2, b2}, bias1{eb, bb};
     const ExpertGradients<double, Space> g1{e1, b1}, g2{e2, b2}, gb{eb, bb};
     require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, g1, gb, g2, std::nullopt, ws); }, "this", {"no forward"});
-    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w1, std::nullopt, w2, std::nullopt, y, ws); }, "fc_bias",
+    require_argument_error([&] { layer.forward(Space{}, {}, x, PaddingFlags(), w1, std::nullopt, w2, std::nullopt, y, ws); }, "fc_bias",
                            {"none"});
-    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w1, bias1, w2, bias1, y, ws); }, "proj_bias",
+    require_argument_error([&] { layer.forward(Space{}, {}, x, PaddingFlags(), w1, bias1, w2, bias1, y, ws); }, "proj_bias",
                            {"no bias policy"});
-    require_argument_error([&] { layer.forward(Space{}, {}, y, Mask(), w1, bias1, w2, std::nullopt, y, ws); }, "x",
+    require_argument_error([&] { layer.forward(Space{}, {}, y, PaddingFlags(), w1, bias1, w2, std::nullopt, y, ws); }, "x",
                            {"[12, 4]", "[12, 3]"});
-    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w1, bias1, w2, std::nullopt, x, ws); }, "y",
+    require_argument_error([&] { layer.forward(Space{}, {}, x, PaddingFlags(), w1, bias1, w2, std::nullopt, x, ws); }, "y",
                            {"[12, 3]", "[12, 4]"});
-    layer.forward(Space{}, {}, x, Mask(), w1, bias1, w2, std::nullopt, y, ws);
+    layer.forward(Space{}, {}, x, PaddingFlags(), w1, bias1, w2, std::nullopt, y, ws);
     require_argument_error([&] { layer.backward(Space{}, x, 0.0, x, g1, gb, g2, std::nullopt, ws); }, "d_y", {"[12, 3]"});
     require_argument_error([&] { layer.backward(Space{}, y, 0.0, y, g1, gb, g2, std::nullopt, ws); }, "d_x", {"[12, 4]"});
     require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, g1, std::nullopt, g2, std::nullopt, ws); }, "d_fc_bias",

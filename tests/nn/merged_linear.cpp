@@ -18,7 +18,10 @@ using namespace camex::testing;
 
 namespace {
 
-using Mask = Matrix<std::uint8_t, Space>;
+using PaddingFlags = Matrix<std::uint8_t, Space>;
+
+// The layer's declared draw streams: the weights' policy's, the bias's (bias or not), the router's.
+static_assert(MergedLinear<Domain<double, Space>, NoisyTopKGate<double, Space>>::random_streams == 3);
 
 constexpr RoutingLayout segments{.sequences = 2, .length = 6, .granularity = Granularity::causal_segment, .segment = 3};
 
@@ -38,7 +41,7 @@ std::pair<HostMatrix, double> run(Layer& layer, const StepContext& step, const T
   const auto x = to_device<T>(t.x), ew = to_device<T>(t.experts_w), bw = to_device<T>(t.base_w);
   const auto eb = to_device<T>(t.experts_b), bb = to_device<T>(t.base_b);
   Matrix<T, Space> y("y", t.x.rows(), layer.outputs());
-  const double aux = layer.forward(Space{}, step, x, Mask(), {ew, bw}, ExpertTensors<T, Space>{eb, bb}, y, ws);
+  const double aux = layer.forward(Space{}, step, x, PaddingFlags(), {ew, bw}, ExpertTensors<T, Space>{eb, bb}, y, ws);
   return {to_host(y), aux};
 }
 
@@ -98,13 +101,13 @@ BOOST_AUTO_TEST_CASE(forward_is_the_merged_matrix_applied_per_group) {
     MergedLinear layer(weights, &bias, router, segments);
     const auto ws = make_workspace<Space>(layer.workspace_bytes());
     const Tensors t = random_tensors(segments.tokens(), in, out, n, gen);
-    const StepContext step{.seed = 4, .step = 2, .tensor = 6, .training = true};
+    const StepContext step{.seed = 4, .step = 2, .stream = 6, .training = true};
     const auto [y, aux] = run(layer, step, t, ws);
 
     // The router on its own, on every segment's own mean (per_segment gate rows), with the id the layer gives
     // it; segment s merges with row s - 1, segment 0 with its own.
     Matrix<double, Space> routed("routed", groups, in), gates("gates", groups, n);
-    routing_inputs(Space{}, segments, to_device<double>(t.x), Mask(), routed);
+    routing_inputs(Space{}, segments, to_device<double>(t.x), PaddingFlags(), routed);
     auto ws_router = make_workspace<Space>(router.workspace_bytes());
     const double aux_expected = router.forward(Space{}, StepContext{4, 2, 8, true}, routed, gates, ws_router);
     const HostMatrix rows = to_host(gates);
@@ -176,7 +179,7 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
     const HostMatrix d_y = outside_segment_0(layout, random_matrix(layout.tokens(), out, gen));
     // per_group gate rows also detach segment 0's own routing mean, which the balancing loss reads.
     const double d_aux = layout.gate_rows == GateRows::per_group ? 0.0 : 0.9;
-    const StepContext step{.seed = 7, .step = 1, .tensor = 0, .training = true};
+    const StepContext step{.seed = 7, .step = 1, .stream = 0, .training = true};
     const auto objective = [&] {
       const auto [y, aux] = run(layer, step, t, ws);
       return (y.array() * d_y.array()).sum() + d_aux * aux;
@@ -241,7 +244,7 @@ BOOST_AUTO_TEST_CASE(segment_routing_keeps_outputs_causal) {
     MergedLinear layer(weights, &bias, router, layout);
     const auto ws = make_workspace<Space>(layer.workspace_bytes());
     const Tensors t = random_tensors(layout.tokens(), in, out, n, gen);
-    const StepContext step{.seed = 1, .step = 1, .tensor = 0, .training = true};
+    const StepContext step{.seed = 1, .step = 1, .stream = 0, .training = true};
     const HostMatrix before = run(layer, step, t, ws).first;
     std::size_t leaks = 0;
     for (std::size_t token = 0; token < layout.tokens(); ++token) {
@@ -292,15 +295,15 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
     const ExpertTensors<float, Space> b{eb, bb};
     require_argument_error([&] { layer.backward(Space{}, y, 0.0, x, {ew, bw}, ExpertGradients<float, Space>{eb, bb}, ws); },
                            "this", {"no forward"});
-    require_argument_error([&] { layer.forward(Space{}, {}, Matrix<float, Space>("x", 11, in), Mask(), w, b, y, ws); }, "x",
+    require_argument_error([&] { layer.forward(Space{}, {}, Matrix<float, Space>("x", 11, in), PaddingFlags(), w, b, y, ws); }, "x",
                            {"[12, 4]", "[11, 4]"});
-    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w, b, Matrix<float, Space>("y", 12, 5), ws); }, "y",
+    require_argument_error([&] { layer.forward(Space{}, {}, x, PaddingFlags(), w, b, Matrix<float, Space>("y", 12, 5), ws); }, "y",
                            {"[12, 6]", "[12, 5]"});
-    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w, std::nullopt, y, ws); }, "bias", {"none"});
-    require_argument_error([&] { no_bias.forward(Space{}, {}, x, Mask(), w, b, y, ws); }, "bias", {"no bias policy"});
-    require_argument_error([&] { layer.forward(Space{}, {}, x, Mask(), w, b, y, make_workspace<Space>(64)); }, "workspace",
+    require_argument_error([&] { layer.forward(Space{}, {}, x, PaddingFlags(), w, std::nullopt, y, ws); }, "bias", {"none"});
+    require_argument_error([&] { no_bias.forward(Space{}, {}, x, PaddingFlags(), w, b, y, ws); }, "bias", {"no bias policy"});
+    require_argument_error([&] { layer.forward(Space{}, {}, x, PaddingFlags(), w, b, y, make_workspace<Space>(64)); }, "workspace",
                            {"64 bytes"});
-    layer.forward(Space{}, {}, x, Mask(), w, b, y, ws);
+    layer.forward(Space{}, {}, x, PaddingFlags(), w, b, y, ws);
     require_argument_error([&] { layer.backward(Space{}, x, 0.0, x, {ew, bw}, ExpertGradients<float, Space>{eb, bb}, ws); },
                            "d_y", {"[12, 6]", "[12, 4]"});
     require_argument_error([&] { layer.backward(Space{}, y, 0.0, y, {ew, bw}, ExpertGradients<float, Space>{eb, bb}, ws); },

@@ -14,11 +14,11 @@ using namespace camex::testing;
 
 namespace {
 
-using Mask = Matrix<std::uint8_t, Space>;
+using PaddingFlags = Matrix<std::uint8_t, Space>;
 
-Mask to_device_mask(const std::vector<std::uint8_t>& real, std::size_t sequences, std::size_t length) {
-  if (real.empty()) return Mask();
-  Mask m("padding", sequences, length);
+PaddingFlags to_device_mask(const std::vector<std::uint8_t>& real, std::size_t sequences, std::size_t length) {
+  if (real.empty()) return PaddingFlags();
+  PaddingFlags m("padding", sequences, length);
   auto host = Kokkos::create_mirror_view(m);
   for (std::size_t q = 0; q < sequences; ++q)
     for (std::size_t t = 0; t < length; ++t) host(q, t) = real[q * length + t];
@@ -51,7 +51,7 @@ HostMatrix reference_inputs(const RoutingLayout& layout, const HostMatrix& x, co
 }
 
 template <class T>
-HostMatrix run_forward(const RoutingLayout& layout, const HostMatrix& x, const Mask& mask) {
+HostMatrix run_forward(const RoutingLayout& layout, const HostMatrix& x, const PaddingFlags& mask) {
   const auto xd = to_device<T>(x);
   Matrix<T, Space> routed("routed", layout.groups(), x.cols());
   routing_inputs(Space{}, layout, xd, mask, routed);
@@ -116,11 +116,11 @@ BOOST_AUTO_TEST_CASE(segment_routing_is_causal) {
       const RoutingLayout layout{.sequences = 2, .length = 16, .granularity = Granularity::causal_segment, .segment = 4,
                                  .gate_rows = rows};
       const HostMatrix x = random_matrix(static_cast<Eigen::Index>(layout.tokens()), 7, gen);
-      const HostMatrix before = run_forward<double>(layout, x, Mask());
+      const HostMatrix before = run_forward<double>(layout, x, PaddingFlags());
       for (std::size_t t = 0; t < layout.tokens(); ++t) {
         HostMatrix moved = x;
         moved.row(static_cast<Eigen::Index>(t)).array() += 1.0;
-        const HostMatrix after = run_forward<double>(layout, moved, Mask());
+        const HostMatrix after = run_forward<double>(layout, moved, PaddingFlags());
         const std::size_t own = t / layout.segment, sequence_start = t / layout.length * layout.segments();
         for (std::size_t g = 0; g < layout.groups(); ++g) {
           const bool may_change = rows == GateRows::per_segment
@@ -177,29 +177,29 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
     Matrix<float, Space> x("x", 16, 3), routed("routed", 4, 3), d_x("d_x", 16, 3);
     auto bad = good;
     bad.segment = 3;
-    require_argument_error([&] { routing_inputs(Space{}, bad, x, Mask(), routed); }, "layout.segment",
+    require_argument_error([&] { routing_inputs(Space{}, bad, x, PaddingFlags(), routed); }, "layout.segment",
                            {"dividing the sequence length L = 8", "3"});
     bad.segment = 0;
-    require_argument_error([&] { routing_inputs(Space{}, bad, x, Mask(), routed); }, "layout.segment", {"0"});
+    require_argument_error([&] { routing_inputs(Space{}, bad, x, PaddingFlags(), routed); }, "layout.segment", {"0"});
     bad = good;
     bad.sequences = 0;
-    require_argument_error([&] { routing_inputs(Space{}, bad, x, Mask(), routed); }, "layout.sequences", {"0"});
+    require_argument_error([&] { routing_inputs(Space{}, bad, x, PaddingFlags(), routed); }, "layout.sequences", {"0"});
     bad = good;
     bad.length = 0;
-    require_argument_error([&] { routing_inputs(Space{}, bad, x, Mask(), routed); }, "layout.length", {"0"});
-    require_argument_error([&] { routing_inputs(Space{}, good, Matrix<float, Space>("x", 15, 3), Mask(), routed); },
+    require_argument_error([&] { routing_inputs(Space{}, bad, x, PaddingFlags(), routed); }, "layout.length", {"0"});
+    require_argument_error([&] { routing_inputs(Space{}, good, Matrix<float, Space>("x", 15, 3), PaddingFlags(), routed); },
                            "x", {"[16, 3]", "[15, 3]"});
-    require_argument_error([&] { routing_inputs(Space{}, good, x, Mask("m", 2, 7), routed); }, "padding",
+    require_argument_error([&] { routing_inputs(Space{}, good, x, PaddingFlags("m", 2, 7), routed); }, "padding",
                            {"[2, 8]", "[2, 7]"});
-    require_argument_error([&] { routing_inputs(Space{}, good, x, Mask(), Matrix<float, Space>("r", 2, 3)); },
+    require_argument_error([&] { routing_inputs(Space{}, good, x, PaddingFlags(), Matrix<float, Space>("r", 2, 3)); },
                            "routed", {"[4, 3]", "[2, 3]"});
     const auto overlapping = Kokkos::subview(x, std::pair<std::size_t, std::size_t>(0, 4), Kokkos::ALL);
-    require_argument_error([&] { routing_inputs(Space{}, good, x, Mask(), overlapping); }, "routed", {"disjoint"});
+    require_argument_error([&] { routing_inputs(Space{}, good, x, PaddingFlags(), overlapping); }, "routed", {"disjoint"});
     require_argument_error(
-        [&] { routing_inputs_backward(Space{}, good, Matrix<float, Space>("d", 3, 3), Mask(), d_x); }, "d_routed",
+        [&] { routing_inputs_backward(Space{}, good, Matrix<float, Space>("d", 3, 3), PaddingFlags(), d_x); }, "d_routed",
         {"[4, 3]", "[3, 3]"});
     require_argument_error(
-        [&] { routing_inputs_backward(Space{}, good, routed, Mask(), Matrix<float, Space>("d", 16, 2)); }, "d_x",
+        [&] { routing_inputs_backward(Space{}, good, routed, PaddingFlags(), Matrix<float, Space>("d", 16, 2)); }, "d_x",
         {"[16, 3]", "[16, 2]"});
   }
 }

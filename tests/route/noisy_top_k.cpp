@@ -43,7 +43,7 @@ Reference reference(const HostMatrix& x, const HostMatrix& w_gate, const HostMat
       clean[j] = x.row(g).dot(w_gate.row(j));
       const double raw = x.row(g).dot(w_noise.row(j));
       sigma[j] = std::log1p(std::exp(raw)) + o.noise_floor;
-      const double eps = rng.normal({step.tensor, static_cast<std::uint32_t>(j), static_cast<std::uint64_t>(g)});
+      const double eps = rng.normal({step.stream, static_cast<std::uint32_t>(j), static_cast<std::uint64_t>(g)});
       logit[j] = noisy ? clean[j] + eps * sigma[j] : clean[j];
     }
     std::vector<int> order(n);
@@ -111,7 +111,7 @@ BOOST_AUTO_TEST_CASE(forward_matches_the_definition) {
         const HostMatrix x = rounded<float>(random_matrix(groups, inputs, gen));
         const HostMatrix wg = rounded<float>(random_matrix(n, inputs, gen, -0.5, 0.5));
         const HostMatrix wn = rounded<float>(random_matrix(n, inputs, gen, -0.5, 0.5));
-        const StepContext step{.seed = 11, .step = 3, .tensor = 4, .training = c.training};
+        const StepContext step{.seed = 11, .step = 3, .stream = 4, .training = c.training};
         const Reference expected = reference(x, wg, wn, c.options, step);
         NoisyTopKGate<double, Space> gate(inputs, n, groups, c.options);
         set_weights(gate, wg, wn);
@@ -146,7 +146,7 @@ BOOST_AUTO_TEST_CASE(backward_matches_finite_differences) {
         const HostMatrix wg = random_matrix(n, inputs, gen, -0.8, 0.8), wn = random_matrix(n, inputs, gen, -0.8, 0.8);
         const HostMatrix d_scores = random_matrix(groups, n, gen);
         const double d_loss = 1.3;
-        const StepContext step{.seed = 5, .step = 1, .tensor = 2, .training = c.training};
+        const StepContext step{.seed = 5, .step = 1, .stream = 2, .training = c.training};
         NoisyTopKGate<double, Space> gate(inputs, n, groups, c.options);
         const auto workspace = make_workspace<Space>(gate.workspace_bytes());
         HostMatrix xm = x, gm = wg, nm = wn;
@@ -185,11 +185,11 @@ BOOST_AUTO_TEST_CASE(same_seed_same_scores_other_step_other_noise) {
     const auto x = to_device<float>(random_matrix(groups, inputs, gen));
     NoisyTopKGate<float, Space> gate(inputs, n, groups, {.k = 2, .init_std = 0.5}, 9);
     const auto workspace = make_workspace<Space>(gate.workspace_bytes());
-    const StepContext step{.seed = 1, .step = 7, .tensor = 0, .training = true};
+    const StepContext step{.seed = 1, .step = 7, .stream = 0, .training = true};
     const auto a = forward(gate, step, x, workspace), b = forward(gate, step, x, workspace);
     BOOST_TEST((a.scores - b.scores).cwiseAbs().maxCoeff() == 0.0);
     BOOST_TEST(a.loss == b.loss);
-    const auto other = forward(gate, StepContext{.seed = 1, .step = 8, .tensor = 0, .training = true}, x, workspace);
+    const auto other = forward(gate, StepContext{.seed = 1, .step = 8, .stream = 0, .training = true}, x, workspace);
     BOOST_TEST((a.scores - other.scores).cwiseAbs().maxCoeff() > 0.0);
     // The same initial draw for the same seed.
     NoisyTopKGate<float, Space> twin(inputs, n, groups, {.k = 2, .init_std = 0.5}, 9);

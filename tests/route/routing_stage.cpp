@@ -21,7 +21,7 @@ using namespace camex::testing;
 
 namespace {
 
-using Mask = Matrix<std::uint8_t, Space>;
+using PaddingFlags = Matrix<std::uint8_t, Space>;
 
 std::vector<RoutingLayout> layouts() {
   std::vector<RoutingLayout> out;
@@ -81,7 +81,7 @@ struct Run {
   /// scores and the loss for tokens x.
   std::pair<HostMatrix, double> forward(const StepContext& step, const HostMatrix& x) {
     Matrix<double, Space> scores("scores", stage.layout().groups(), stage.experts());
-    const double loss = stage.forward(Space{}, step, to_device<double>(x), Mask(), scores, ws);
+    const double loss = stage.forward(Space{}, step, to_device<double>(x), PaddingFlags(), scores, ws);
     return {to_host(scores), loss};
   }
   /// d_x (the routing path only) for d_scores and d_loss, after a forward.
@@ -92,7 +92,7 @@ struct Run {
   }
 };
 
-const StepContext step{.seed = 5, .step = 3, .tensor = 2, .training = true};
+const StepContext step{.seed = 5, .step = 3, .stream = 2, .training = true};
 
 }  // namespace
 

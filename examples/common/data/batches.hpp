@@ -38,8 +38,8 @@ class TokenBatches {
     const CounterRng rng(seed, step);
     const std::uint64_t starts = stream_.size() - context_;  // a window needs L + 1 tokens
     for (std::size_t s = 0; s < sequences_; ++s) {
-      const std::uint64_t wide = (static_cast<std::uint64_t>(rng.bits({.tensor = 0, .expert = 0, .element = 2 * s})) << 32) |
-                                 rng.bits({.tensor = 0, .expert = 0, .element = 2 * s + 1});
+      const std::uint64_t wide = (static_cast<std::uint64_t>(rng.bits({.stream = 0, .expert = 0, .element = 2 * s})) << 32) |
+                                 rng.bits({.stream = 0, .expert = 0, .element = 2 * s + 1});
       copy_window(wide % starts, s, inputs, targets);
     }
   }

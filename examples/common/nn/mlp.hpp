@@ -12,6 +12,7 @@
 
 #include <camex/camex.hpp>
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,7 @@ struct MlpShape {
 template <class T, class Space>
 class DenseMlp {
  public:
+  static constexpr std::uint32_t random_streams = 0;  ///< it draws nothing
   DenseMlp(const MlpShape& shape, std::size_t tokens) : shape_(shape) {
     h_ = Mat<T, Space>("mlp.h", tokens, shape.hidden);
     a_ = Mat<T, Space>("mlp.a", tokens, shape.hidden);
@@ -90,6 +92,8 @@ struct MlpPolicies {
 template <class T, class Space, MergePolicy Policy, RouterFor<Policy> Router>
 class MergedMlp {
  public:
+  /// fc's layer's, then proj's.
+  static constexpr std::uint32_t random_streams = 2 * MergedLinear<Policy, Router>::random_streams;
   /// `policies` and `routers` (fc's, proj's) stay owned by the caller.
   MergedMlp(const MlpShape& shape, const RoutingLayout& layout, MlpPolicies<Policy> policies, Router& fc_router,
             Router& proj_router, const EvaluationOptions& evaluation = {})
@@ -135,11 +139,10 @@ class MergedMlp {
   }
 
   double forward(const Space& space, const StepContext& step, const InMat<T, Space>& x, const Mat<T, Space>& y) {
-    StepContext proj_step = step;
-    proj_step.tensor = step.tensor + 3;
     double aux = fc_.layer.forward(space, step, x, {}, tensors(fc_), bias_tensors(fc_), h_, fc_workspace_);
     activation_forward(space, shape_.activation, h_, a_);
-    aux += proj_.layer.forward(space, proj_step, a_, {}, tensors(proj_), bias_tensors(proj_), y, proj_workspace_);
+    aux += proj_.layer.forward(space, step.substream(MergedLinear<Policy, Router>::random_streams), a_, {}, tensors(proj_),
+                               bias_tensors(proj_), y, proj_workspace_);
     return aux;
   }
 

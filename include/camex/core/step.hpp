@@ -10,15 +10,50 @@
 
 namespace camex {
 
-/// What a step is: random draws (DARE masks, router noise, expert dropout) are keyed by (seed, step, tensor,
-/// expert, element), so `tensor` must be distinct for every tensor or router of a model that draws; `training`
-/// switches train-only behaviour.
+/// What a step is: random draws (DARE masks, router noise, expert dropout) are keyed by (seed, step, stream,
+/// expert, element), where `stream`, the draw-stream id, tells apart the components of a model that draw: each
+/// component declares how many consecutive streams it uses from `stream` on (`random_streams`) and derives its
+/// parts' with substream; a model hands out the ranges with DrawStreams. `training` switches train-only behaviour.
 struct StepContext {
   std::uint64_t seed = 0;
   std::uint64_t step = 0;
-  std::uint32_t tensor = 0;
+  std::uint32_t stream = 0;
   bool training = true;
+
+  /// This step as seen by the part of a component that draws from the component's k-th stream.
+  StepContext substream(std::uint32_t k) const {
+    StepContext s = *this;
+    s.stream += k;
+    return s;
+  }
 };
+
+/// Consecutive draw-stream ranges handed out in order: a model takes each component's declared count once, at
+/// construction, and gives the component its first stream in every step (step.substream(first)).
+class DrawStreams {
+ public:
+  explicit DrawStreams(std::uint32_t first = 0) : next_(first) {}
+  /// The first of `count` streams no earlier take() handed out.
+  std::uint32_t take(std::uint32_t count) {
+    const std::uint32_t first = next_;
+    next_ += count;
+    return first;
+  }
+  /// How many streams have been handed out from the first.
+  std::uint32_t end() const { return next_; }
+
+ private:
+  std::uint32_t next_;
+};
+
+/// How many draw streams a component uses: its `random_streams`, or 1 for a component that declares none.
+template <class Component>
+inline constexpr std::uint32_t random_streams_of = [] {
+  if constexpr (requires { Component::random_streams; })
+    return static_cast<std::uint32_t>(Component::random_streams);
+  else
+    return std::uint32_t{1};
+}();
 
 /// One trainable array (a curvature factor stack, a router's weights), flattened, with its gradient.
 template <class Scalar, class ExecSpace>

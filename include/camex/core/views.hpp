@@ -24,17 +24,10 @@ using Matrix = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::m
 template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 using ConstMatrix = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
 
-/// N expert tensors of P parameters each: `[N, P]`.
+/// A vector in the memory of `ExecSpace` (a router's gains and biases). camex has one vocabulary of views: a
+/// shape such as experts [n, P], scores [B, n] or merged [B, P] is a Matrix or ConstMatrix, named by its argument.
 template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
-using ExpertStack = Matrix<Scalar, ExecSpace>;
-
-/// Routing scores, one row per routing group: `[B, N]`.
-template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
-using Scores = Matrix<Scalar, ExecSpace>;
-
-/// B merged tensors of P parameters: `[B, P]`.
-template <class Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
-using MergedStack = Matrix<Scalar, ExecSpace>;
+using Vector = Kokkos::View<Scalar*, typename ExecSpace::memory_space>;
 
 /// Any rank-2 LayoutRight view (managed or not, const or not).
 template <class V>

@@ -23,6 +23,7 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -111,6 +112,7 @@ class ComposedPolicy {
   using execution_space = ExecSpace;
   using mask_type = Mask;
   using transform_type = Transform;
+  static constexpr std::uint32_t random_streams = 1;  ///< the mask's draws (DARE), keyed by (stream, expert, element)
 
   ComposedPolicy(const char* name, const MergeProblem& problem, const Composition& composition, Mask mask,
                  Transform transform)

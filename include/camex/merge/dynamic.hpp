@@ -40,6 +40,7 @@ class DynamicChain {
    public:
     using scalar_type = Scalar;
     using execution_space = ExecSpace;
+    static constexpr std::uint32_t random_streams = Inner::random_streams;
 
     const MergeProblem& problem() const { return inner_.problem(); }
     BaseSource base_source() const { return index_ == 0 ? BaseSource::parameter : BaseSource::propagated; }

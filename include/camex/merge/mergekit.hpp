@@ -44,7 +44,7 @@ struct Options {
   double lambda = 1.0;            ///< scale of the merged delta
   std::optional<bool> rescale{};    ///< DARE methods only; unset: true (mergekit's L1 rescale)
   std::uint64_t seed = 0;         ///< the DARE draws' key: camex's CounterRng, not torch's generator
-  std::uint32_t tensor = 0;       ///< give every tensor of a model its own value
+  std::uint32_t stream = 0;       ///< the draw stream (StepContext::stream): give every tensor of a model its own
 };
 
 namespace detail {
@@ -154,7 +154,7 @@ void merge(Method method, const ExecSpace& space, const Base& base, const Tensor
   const Settings s = resolve(method, models, options, n);
   const MergeProblem problem{.experts = n, .groups = 1, .shape = {1, params}};
   const Composition composition{.alpha = s.lambda, .on_degenerate = DegenerateBase::accept};
-  const StepContext step{.seed = options.seed, .step = 0, .tensor = options.tensor, .training = false};
+  const StepContext step{.seed = options.seed, .step = 0, .stream = options.stream, .training = false};
   const auto w = scores(method, s);
   const TiesOptions election{.normalize = s.normalize};
   switch (method) {

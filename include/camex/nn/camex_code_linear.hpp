@@ -50,7 +50,8 @@ class CamexCodeLinear {
   using Layer = MergedLinear<Policy, Router>;
   using In = typename Layer::In;
   using Out = typename Layer::Out;
-  using Mask = typename Layer::Mask;
+  using PaddingFlags = typename Layer::PaddingFlags;
+  static constexpr std::uint32_t random_streams = Layer::random_streams;
 
   /// The pieces of the preset, each as the layer below is built from them.
   static TiesMask mask() { return {.variant = TiesVariant::sign_agreement}; }
@@ -104,7 +105,7 @@ class CamexCodeLinear {
   std::size_t workspace_bytes() const { return layer_.workspace_bytes(); }
 
   /// MergedLinear::forward and backward (nn/merged_linear.hpp).
-  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding,
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding,
                  const ExpertTensors<Scalar, ExecSpace>& weights,
                  const std::optional<ExpertTensors<Scalar, ExecSpace>>& bias, const Out& y,
                  const Workspace<ExecSpace>& workspace) {

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -51,6 +52,8 @@ class MergedAffine {
   using Out = Matrix<Scalar, ExecSpace>;
   template <class U>
   using Buffer = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
+  /// The weights' policy draws from the first streams, the bias's from the next (the same count, bias or not).
+  static constexpr std::uint32_t random_streams = 2 * random_streams_of<Policy>;
 
   /// `weights` merges [O, I] weights, `bias` (null: none) [O, 1] biases, for `groups` groups of `group_length`
   /// tokens and `experts` experts, evaluated in the order `options` picks; `fn` and the names label the errors.
@@ -140,7 +143,7 @@ class MergedAffine {
     if (!bias_ && operand) throw argument_error(fn, name, "none (the layer has no bias policy)", "bias tensors");
   }
 
-  /// Prepares this step's W_g (drawing at step.tensor) and b_g (at step.tensor + 1), merged with `scores` [G, n],
+  /// Prepares this step's W_g (drawing from the first of its streams) and b_g (from the second), merged with `scores` [G, n],
   /// then y = X_g W_gᵀ + b_g for the groups of group_length consecutive rows of x.
   void forward(const ExecSpace& space, const StepContext& step, const In& scores, const In& x,
                const ExpertTensors<Scalar, ExecSpace>& weights, const std::optional<ExpertTensors<Scalar, ExecSpace>>& bias,
@@ -160,9 +163,7 @@ class MergedAffine {
                                     .ldc = row_stride(y), .stride_c = rows * row_stride(y), .batch = static_cast<int>(scores.extent(0))});
     }
     if (!bias_) return;
-    StepContext bias_step = step;
-    bias_step.tensor = step.tensor + 1;
-    bias_->prepare(space, bias_step, bias->experts, bias->base, b.bias_policy);
+    bias_->prepare(space, step.substream(random_streams_of<Policy>), bias->experts, bias->base, b.bias_policy);
     bias_->merge(space, scores, b.merged_bias, b.bias_policy);
     add_group_bias(space, b.merged_bias, group_length_, y);
   }

@@ -7,7 +7,8 @@
 // experts' tensors around their bases (any merge policy). The CAMEx code instead routes each linear map on its own
 // (two MergedLinear layers with their own routers, docs/algorithms.md §3); this is the whole-module form.
 //
-// Random draws: tensor ids step.tensor (W1), +1 (b1), +2 (W2), +3 (b2), +4 (the router).
+// Random draws: `random_streams` draw streams from step.stream on (core/step.hpp): W1's and b1's policies, W2's and
+// b2's, then the router (five for the built-ins).
 
 #include <Kokkos_Core.hpp>
 
@@ -65,7 +66,9 @@ class MergedFFN {
   using ExecSpace = execution_space;
   using In = ConstMatrix<Scalar, ExecSpace>;
   using Out = Matrix<Scalar, ExecSpace>;
-  using Mask = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  using PaddingFlags = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  static constexpr std::uint32_t random_streams =
+      2 * detail::MergedAffine<Policy>::random_streams + random_streams_of<RouterType>;
   using Tensors = ExpertTensors<Scalar, ExecSpace>;
   using Gradients = ExpertGradients<Scalar, ExecSpace>;
 
@@ -101,7 +104,7 @@ class MergedFFN {
   }
 
   /// y [S·L, O] for tokens x [S·L, I] (padding [S, L] or empty); returns the router's auxiliary loss.
-  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Tensors& fc,
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding, const Tensors& fc,
                  const std::optional<Tensors>& fc_bias, const Tensors& proj, const std::optional<Tensors>& proj_bias,
                  const Out& y, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::MergedFFN::forward";
@@ -113,7 +116,8 @@ class MergedFFN {
     const auto b = carve(carver);
     x_ = x;
     forwarded_ = true;
-    const double aux = routing_.forward(space, with_tensor(step, 4), x, padding, b.scores, b.routing);
+    const double aux = routing_.forward(space, step.substream(2 * detail::MergedAffine<Policy>::random_streams), x,
+                                        padding, b.scores, b.routing);
     fc_.forward(space, step, b.scores, x, fc, fc_bias, b.hidden, b.fc);
     const auto hidden = b.hidden, activated = b.activated;
     const Activation act = activation_;
@@ -123,7 +127,8 @@ class MergedFFN {
                            activated.data()[w] =
                                static_cast<Scalar>(activate(act, static_cast<double>(hidden.data()[w]), &unused));
                          });
-    proj_.forward(space, with_tensor(step, 2), b.scores, b.activated, proj, proj_bias, y, b.proj);
+    proj_.forward(space, step.substream(detail::MergedAffine<Policy>::random_streams), b.scores, b.activated, proj,
+                  proj_bias, y, b.proj);
     return aux;
   }
 
@@ -183,10 +188,6 @@ class MergedFFN {
   static const char* check(const RoutingLayout& layout) {
     detail::check_layout("camex::MergedFFN", layout);
     return "camex::MergedFFN";
-  }
-  static StepContext with_tensor(StepContext step, std::uint32_t offset) {
-    step.tensor += offset;
-    return step;
   }
 
   detail::MergedAffine<Policy> fc_, proj_;

@@ -15,8 +15,8 @@
 // or apply every prepared row of a RowCombinationPolicy to every token and mix the results by the coefficients;
 // by default the cheaper by the cost model, which is merging unless groups hold one or two tokens.
 //
-// Random draws: a layer uses three tensor ids from step.tensor on: the weights' policy draws at step.tensor, the
-// bias's at step.tensor + 1, the router at step.tensor + 2. Give consecutive layers ids three apart.
+// Random draws: a layer uses `random_streams` draw streams from step.stream on (core/step.hpp): the weights'
+// policy's, the bias's, then the router's (three for the built-ins); a model hands them out with DrawStreams.
 
 #include <Kokkos_Core.hpp>
 
@@ -46,7 +46,9 @@ class MergedLinear {
   using ExecSpace = execution_space;
   using In = ConstMatrix<Scalar, ExecSpace>;
   using Out = Matrix<Scalar, ExecSpace>;
-  using Mask = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  using PaddingFlags = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  static constexpr std::uint32_t random_streams =
+      detail::MergedAffine<Policy>::random_streams + random_streams_of<RouterType>;
 
   /// `weight_policy` merges the [O, I] weights (its problem's shape), `bias_policy` (null: no bias) the [O, 1]
   /// biases; both for the layout's G routing groups and the router's n experts. The layer keeps references.
@@ -72,7 +74,7 @@ class MergedLinear {
 
   /// y [S·L, O] for tokens x [S·L, I] (padding [S, L] or empty); returns the router's auxiliary loss. x and the
   /// tensors must keep their values until backward has run.
-  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding,
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding,
                  const ExpertTensors<Scalar, ExecSpace>& weights, const std::optional<ExpertTensors<Scalar, ExecSpace>>& bias,
                  const Out& y, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::MergedLinear::forward";
@@ -83,9 +85,8 @@ class MergedLinear {
     const auto b = carve(carver);
     x_ = x;
     forwarded_ = true;
-    StepContext router_step = step;
-    router_step.tensor = step.tensor + 2;
-    const double aux = routing_.forward(space, router_step, x, padding, b.scores, b.routing);
+    const double aux = routing_.forward(space, step.substream(detail::MergedAffine<Policy>::random_streams), x, padding,
+                                        b.scores, b.routing);
     affine_.forward(space, step, b.scores, x, weights, bias, y, b.affine);
     return aux;
   }

@@ -9,8 +9,8 @@
 //   r.backward(space, d_scores, d_loss, d_routed, ws)        overwrites d_routed [G, I] and the gradients of
 //                                                            parameters(), for the last forward with that ws
 //
-// Random draws (noise, expert dropout) are keyed by (step.seed, step.step, step.tensor, expert, group), so give
-// each router a `tensor` id of its own.
+// Random draws (noise, expert dropout) are keyed by (step.seed, step.step, step.stream, expert, group); a router
+// that draws from more than one stream declares `random_streams` (core/step.hpp), else it is taken to use one.
 
 #include <Kokkos_Core.hpp>
 

@@ -4,7 +4,7 @@
 //
 //   h = x_g W_gate                                           clean logits, one per expert
 //   sigma = softplus(x_g W_noise) + noise_floor              training only (and only with `noisy`)
-//   h~ = h + eps .* sigma,  eps ~ N(0, 1) drawn at (seed, step, tensor, expert j, element g)
+//   h~ = h + eps .* sigma,  eps ~ N(0, 1) drawn at (seed, step, stream, expert j, element g)
 //   S = the k largest h~ (ties: the lower expert index first), s_j = softmax over S of h~, 0 outside S
 //   loss = coefficient * (cv²(importance) + cv²(load)),  importance_j = sum_g s_gj,
 //   load_j = sum_g P(j in top k) by the Normal CDF when noisy, training and k < n, else the count of s_gj > 0
@@ -52,9 +52,7 @@ class NoisyTopKGate {
  public:
   using scalar_type = Scalar;
   using execution_space = ExecSpace;
-  using Weights = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
-  using ConstRows = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
-  using Rows = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  static constexpr std::uint32_t random_streams = 1;  ///< the logits' noise
 
   /// Largest expert count: a group's logits are sorted in registers of one work item.
   static constexpr std::size_t max_experts = 64;
@@ -79,10 +77,10 @@ class NoisyTopKGate {
                            concat(options.balance_coefficient));
     if (!(options_.init_std >= 0) || !std::isfinite(options_.init_std))
       throw argument_error(fn, "options.init_std", "a finite standard deviation >= 0", concat(options.init_std));
-    gate_ = Weights("camex::NoisyTopKGate::w_gate", experts, inputs);
-    noise_ = Weights("camex::NoisyTopKGate::w_noise", experts, inputs);
-    gate_grad_ = Weights("camex::NoisyTopKGate::d_w_gate", experts, inputs);
-    noise_grad_ = Weights("camex::NoisyTopKGate::d_w_noise", experts, inputs);
+    gate_ = Matrix<Scalar, ExecSpace>("camex::NoisyTopKGate::w_gate", experts, inputs);
+    noise_ = Matrix<Scalar, ExecSpace>("camex::NoisyTopKGate::w_noise", experts, inputs);
+    gate_grad_ = Matrix<Scalar, ExecSpace>("camex::NoisyTopKGate::d_w_gate", experts, inputs);
+    noise_grad_ = Matrix<Scalar, ExecSpace>("camex::NoisyTopKGate::d_w_noise", experts, inputs);
     reset(init_seed);
   }
 
@@ -91,8 +89,8 @@ class NoisyTopKGate {
   std::size_t experts() const { return experts_; }
 
   /// The weights themselves, [n, I] each, trainable or not (to load or inspect them).
-  const Weights& gate_weights() const { return gate_; }
-  const Weights& noise_weights() const { return noise_; }
+  const Matrix<Scalar, ExecSpace>& gate_weights() const { return gate_; }
+  const Matrix<Scalar, ExecSpace>& noise_weights() const { return noise_; }
 
   /// Draws the weights afresh, as the constructor does: N(0, init_std²) from CounterRng(init_seed, 0) at sites
   /// (0 for W_gate or 1 for W_noise, expert, input).
@@ -126,8 +124,8 @@ class NoisyTopKGate {
 
   /// scores [G, n] for the router inputs `routed` [G, I], G <= max_groups; returns the balancing loss. `routed`
   /// must keep its values until backward has run.
-  double forward(const ExecSpace& space, const StepContext& step, const ConstRows& routed, const Rows& scores,
-                 const Workspace<ExecSpace>& workspace) {
+  double forward(const ExecSpace& space, const StepContext& step, const ConstMatrix<Scalar, ExecSpace>& routed,
+                 const Matrix<Scalar, ExecSpace>& scores, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::forward";
     detail::require_router_operands(fn, routed, scores, max_groups_, inputs_, experts_);
     WorkspaceCarver<ExecSpace> carver(fn, workspace);
@@ -152,7 +150,7 @@ class NoisyTopKGate {
                            st.raw(g, j) = raw;
                          });
     const CounterRng rng(step.seed, step.step);
-    const std::uint32_t tensor = step.tensor;
+    const std::uint32_t stream = step.stream;
     const double floor = options_.noise_floor;
     const bool load_by_cdf = noisy && k < n;
     Kokkos::parallel_for("camex::NoisyTopKGate[select]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups),
@@ -161,7 +159,7 @@ class NoisyTopKGate {
                            int order[max_experts];
                            for (std::size_t j = 0; j < n; ++j) {
                              const double sigma = noisy ? softplus(st.raw(g, j)) + floor : 0.0;
-                             const double eps = noisy ? rng.normal({tensor, static_cast<std::uint32_t>(j), g}) : 0.0;
+                             const double eps = noisy ? rng.normal({stream, static_cast<std::uint32_t>(j), g}) : 0.0;
                              st.sigma(g, j) = sigma;
                              st.eps(g, j) = eps;
                              noisy_logit[j] = st.clean(g, j) + eps * sigma;
@@ -209,8 +207,8 @@ class NoisyTopKGate {
 
   /// d_routed [G, I] (overwritten) and the weights' gradients (overwritten) from d_scores [G, n] and the
   /// loss's cotangent d_loss, for the last forward with the same workspace.
-  void backward(const ExecSpace& space, const ConstRows& d_scores, double d_loss, const Rows& d_routed,
-                const Workspace<ExecSpace>& workspace) {
+  void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& d_scores, double d_loss,
+                const Matrix<Scalar, ExecSpace>& d_routed, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::backward";
     detail::require_router_gradients(fn, forwarded_, d_scores, d_routed, groups_, inputs_, experts_);
     if (!std::isfinite(d_loss)) throw argument_error(fn, "d_loss", "a finite cotangent", concat(d_loss));
@@ -248,7 +246,7 @@ class NoisyTopKGate {
                            }
                          });
     const auto gate = gate_, noise = noise_;
-    const ConstRows routed = routed_;
+    const ConstMatrix<Scalar, ExecSpace> routed = routed_;
     Kokkos::parallel_for("camex::NoisyTopKGate[d_routed]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * width),
                          KOKKOS_LAMBDA(std::size_t w) {
                            const std::size_t g = w / width, i = w % width;
@@ -331,8 +329,8 @@ class NoisyTopKGate {
 
   std::size_t inputs_, experts_, max_groups_;
   NoisyTopKOptions options_;
-  Weights gate_, noise_, gate_grad_, noise_grad_;
-  ConstRows routed_;
+  Matrix<Scalar, ExecSpace> gate_, noise_, gate_grad_, noise_grad_;
+  ConstMatrix<Scalar, ExecSpace> routed_;
   std::size_t groups_ = 0;
   bool noisy_now_ = false, forwarded_ = false;
 };

@@ -32,7 +32,7 @@ class RoutingStage {
   using ExecSpace = typename RouterType::execution_space;
   using In = ConstMatrix<Scalar, ExecSpace>;
   using Out = Matrix<Scalar, ExecSpace>;
-  using Mask = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  using PaddingFlags = Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
   template <class U>
   using Buffer = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
 
@@ -70,7 +70,7 @@ class RoutingStage {
   }
 
   /// forward and backward in a workspace of their own (workspace_bytes()), the same one for both calls of a step.
-  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Out& scores,
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding, const Out& scores,
                  const Workspace<ExecSpace>& workspace) {
     WorkspaceCarver<ExecSpace> carver("camex::RoutingStage::forward", workspace);
     return forward(space, step, x, padding, scores, carve(carver));
@@ -83,7 +83,7 @@ class RoutingStage {
 
   /// scores [G, n] of every routing group for tokens x [S·L, I] (padding [S, L] or empty); returns the router's
   /// balancing loss. `padding` must keep its values until backward has run.
-  double forward(const ExecSpace& space, const StepContext& step, const In& x, const Mask& padding, const Out& scores,
+  double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding, const Out& scores,
                  const Buffers& b) {
     padding_ = padding;
     routing_inputs(space, layout_, x, padding, b.routed);
@@ -104,7 +104,7 @@ class RoutingStage {
   RouterType& router_;
   RoutingLayout layout_;
   std::size_t inputs_;
-  Mask padding_;
+  PaddingFlags padding_;
 };
 
 }  // namespace camex

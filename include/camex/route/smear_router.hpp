@@ -7,7 +7,7 @@
 //                                                           has its own LayerNorm over C, gain initialised to 0.01
 //   p_g = softmax_j(u_g . v_j)                              dense: every expert gets a score
 //   training, expert_dropout > 0: p_gj *= m_gj with m_gj ~ Bernoulli(1 - expert_dropout) drawn at (seed, step,
-//   tensor, expert j, element g); then p_g <- (p_g + 1e-10) / sum_j (p_gj + 1e-10)
+//   stream, expert j, element g); then p_g <- (p_g + 1e-10) / sum_j (p_gj + 1e-10)
 //
 // LayerNorms use the biased variance and eps = 1e-5, as torch.nn.LayerNorm. The router has no balancing loss:
 // forward returns 0, and backward ignores d_loss.
@@ -43,10 +43,7 @@ class SmearRouter {
  public:
   using scalar_type = Scalar;
   using execution_space = ExecSpace;
-  using Vector = Kokkos::View<Scalar*, typename ExecSpace::memory_space>;
-  using Weights = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
-  using ConstRows = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
-  using Rows = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
+  static constexpr std::uint32_t random_streams = 1;  ///< the expert dropout
 
   static constexpr double layer_norm_eps = 1e-5;
   static constexpr std::size_t max_experts = 64;
@@ -67,8 +64,9 @@ class SmearRouter {
       throw argument_error(fn, "options.init_std", "a finite standard deviation >= 0", concat(options.init_std));
     if (!std::isfinite(options.column_gain))
       throw argument_error(fn, "options.column_gain", "a finite gain", concat(options.column_gain));
-    const auto vec = [&](const char* name) { return Vector(std::string("camex::SmearRouter::") + name, channels); };
-    const auto mat = [&](const char* name) { return Weights(std::string("camex::SmearRouter::") + name, experts, channels); };
+    const auto label = [](const char* name) { return std::string("camex::SmearRouter::") + name; };
+    const auto vec = [&](const char* name) { return Vector<Scalar, ExecSpace>(label(name), channels); };
+    const auto mat = [&](const char* name) { return Matrix<Scalar, ExecSpace>(label(name), experts, channels); };
     ln_gain_ = vec("ln_gain");
     ln_bias_ = vec("ln_bias");
     d_ln_gain_ = vec("d_ln_gain");
@@ -125,8 +123,8 @@ class SmearRouter {
   }
 
   /// scores [G, N] for router inputs `routed` [G, C], G <= max_groups. Returns 0 (no balancing loss).
-  double forward(const ExecSpace& space, const StepContext& step, const ConstRows& routed, const Rows& scores,
-                 const Workspace<ExecSpace>& workspace) {
+  double forward(const ExecSpace& space, const StepContext& step, const ConstMatrix<Scalar, ExecSpace>& routed,
+                 const Matrix<Scalar, ExecSpace>& scores, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::SmearRouter::forward";
     detail::require_router_operands(fn, routed, scores, max_groups_, channels_, experts_);
     WorkspaceCarver<ExecSpace> carver(fn, workspace);
@@ -148,7 +146,7 @@ class SmearRouter {
                          });
     const auto gain = ln_gain_, bias = ln_bias_;
     const CounterRng rng(step.seed, step.step);
-    const std::uint32_t tensor = step.tensor;
+    const std::uint32_t stream = step.stream;
     const double drop = step.training ? options_.expert_dropout : 0.0;
     Kokkos::parallel_for("camex::SmearRouter[scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups),
                          KOKKOS_LAMBDA(std::size_t g) {
@@ -166,7 +164,7 @@ class SmearRouter {
                            double kept = 0;
                            for (std::size_t j = 0; j < n; ++j) {
                              st.p(g, j) = logit[j] / total;
-                             const bool keep = drop == 0 || rng.uniform({tensor, static_cast<std::uint32_t>(j), g}) >= drop;
+                             const bool keep = drop == 0 || rng.uniform({stream, static_cast<std::uint32_t>(j), g}) >= drop;
                              st.keep(g, j) = keep ? 1.0 : 0.0;
                              kept += (keep ? st.p(g, j) : 0.0) + (drop > 0 ? 1e-10 : 0.0);
                            }
@@ -182,8 +180,8 @@ class SmearRouter {
   }
 
   /// d_routed [G, C] and every parameter's gradient (both overwritten) from d_scores [G, N]; d_loss is ignored.
-  void backward(const ExecSpace& space, const ConstRows& d_scores, double /*d_loss*/, const Rows& d_routed,
-                const Workspace<ExecSpace>& workspace) {
+  void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& d_scores, double /*d_loss*/,
+                const Matrix<Scalar, ExecSpace>& d_routed, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::SmearRouter::backward";
     detail::require_router_gradients(fn, forwarded_, d_scores, d_routed, groups_, channels_, experts_);
     WorkspaceCarver<ExecSpace> carver(fn, workspace);
@@ -301,8 +299,8 @@ class SmearRouter {
 
   std::size_t channels_, experts_, max_groups_;
   SmearRouterOptions options_;
-  Vector ln_gain_, ln_bias_, d_ln_gain_, d_ln_bias_;
-  Weights weights_, d_weights_, column_gain_, column_bias_, d_column_gain_, d_column_bias_;
+  Vector<Scalar, ExecSpace> ln_gain_, ln_bias_, d_ln_gain_, d_ln_bias_;
+  Matrix<Scalar, ExecSpace> weights_, d_weights_, column_gain_, column_bias_, d_column_gain_, d_column_bias_;
   std::size_t groups_ = 0;
   bool dropout_ = false, forwarded_ = false;
 };

@@ -51,7 +51,7 @@ template <class Model>
 void check_model_gradients(Model& model, std::mt19937_64& gen) {
   randomise(model, gen);
   const auto inputs = random_tokens(gen), targets = random_tokens(gen);
-  const StepContext step{.seed = 11, .step = 3, .tensor = 0, .training = true};
+  const StepContext step{.seed = 11, .step = 3, .stream = 0, .training = true};
   const auto objective = [&] {
     const auto loss = model.forward(Space{}, step, inputs, targets);
     return loss.cross_entropy + loss.aux;

@@ -109,7 +109,7 @@ BOOST_AUTO_TEST_CASE(a_users_transform_composes_and_differentiates) {
         HostMatrix experts = random_matrix(n, params, gen), base = random_matrix(1, params, gen);
         HostMatrix scores = random_matrix(problem.groups, n, gen, 0.1, 1), d_merged = random_matrix(problem.groups, params, gen);
         MergeDriver driver(policy);
-        const StepContext step{.seed = 3, .step = 1, .tensor = 0, .training = true};
+        const StepContext step{.seed = 3, .step = 1, .stream = 0, .training = true};
         const auto merged_now = [&] {
           driver.prepare(Space{}, step, to_device<double>(experts), to_device<double>(base));
           Matrix<double, Space> merged("merged", problem.groups, params);

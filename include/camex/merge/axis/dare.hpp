@@ -1,12 +1,12 @@
 #pragma once
 // The DARE mask (docs/algorithms.md §4.4): drop part of each delta at random and rescale the rest.
 //  * element granularity (DARE, Yu et al. 2023; mergekit): entry p of expert i survives with probability 1 - drop,
-//    drawn at site (tensor, expert i, element p) of the step's CounterRng, so every backend draws the same mask.
+//    drawn at site (stream, expert i, element p) of the step's CounterRng, so every backend draws the same mask.
 //    Survivors are scaled by 1 / (1 - drop) (the paper), by ||tau_i||_1 / ||keep .* tau_i||_1 so each expert
 //    keeps its L1 norm (DareRescale::l1_norm, mergekit's `rescale: true`), or not at all (DareRescale::none,
 //    mergekit's `rescale: false`). Each expert may have its own drop probability (mergekit's per-model density).
 //  * expert granularity (the CAMEx code's Drop2d): routing group b's whole contribution of expert i is dropped
-//    with probability `drop` (site (tensor, expert i, element b)) and survivors are scaled by 1 / (1 - drop).
+//    with probability `drop` (site (stream, expert i, element b)) and survivors are scaled by 1 / (1 - drop).
 // By default the mask applies in training only (the CAMEx code; a deterministic model at evaluation); `in_eval`
 // applies it at evaluation too, which is what a one-shot mergekit merge does.
 
@@ -40,21 +40,21 @@ inline constexpr double l1_rescale_floor = 1e-7;
 /// kappa[b, i] of expert-level DARE: 0 for a dropped (group, expert) pair, 1 / (1 - drop) for a kept one.
 struct ExpertDropFactor {
   CounterRng rng;
-  std::uint32_t tensor;
+  std::uint32_t stream;
   float drop;
   double scale;
   KOKKOS_INLINE_FUNCTION double operator()(std::size_t b, std::size_t i) const {
-    return rng.uniform({tensor, static_cast<std::uint32_t>(i), b}) < drop ? 0.0 : scale;
+    return rng.uniform({stream, static_cast<std::uint32_t>(i), b}) < drop ? 0.0 : scale;
   }
 };
 
-/// The element-level DARE factor at any run of parameters: keep ? scale_i : 0 with keep drawn at (tensor, i, p).
+/// The element-level DARE factor at any run of parameters: keep ? scale_i : 0 with keep drawn at (stream, i, p).
 /// Expert i's drop probability and scale come from `expert_drop` and `expert_scale` when those are given, else
 /// from `drop` and `scale`; the L1 rescale's ratio c_i, when given, replaces the scale.
 struct DareDraws {
   static constexpr int chunk = 256;
   CounterRng rng;
-  std::uint32_t tensor;
+  std::uint32_t stream;
   float drop;
   int experts;
   double scale;
@@ -65,7 +65,7 @@ struct DareDraws {
   KOKKOS_INLINE_FUNCTION float drop_of(int i) const { return expert_drop ? expert_drop[i] : drop; }
 
   KOKKOS_INLINE_FUNCTION bool kept(std::size_t i, std::size_t p) const {
-    return !(rng.uniform({tensor, static_cast<std::uint32_t>(i), p}) < drop_of(static_cast<int>(i)));
+    return !(rng.uniform({stream, static_cast<std::uint32_t>(i), p}) < drop_of(static_cast<int>(i)));
   }
 
   template <bool Multiply, class T>
@@ -77,7 +77,7 @@ struct DareDraws {
       const float d = drop_of(i);
       for (int c0 = 0; c0 < len; c0 += chunk) {
         const int n = len - c0 < chunk ? len - c0 : chunk;
-        rng.fill_bits(tensor, static_cast<std::uint32_t>(i), p0 + c0, n, bits);
+        rng.fill_bits(stream, static_cast<std::uint32_t>(i), p0 + c0, n, bits);
         const T* x = tau + i * tau_stride + c0;
         T* y = out + i * out_stride + c0;
         CAMEX_IVDEP
@@ -182,7 +182,7 @@ struct DareMask {
     const double p = drop_of(0);
     const bool per_expert = state.expert_drop.extent(0) != 0;
     return {CounterRng(step.seed, step.step),
-            step.tensor,
+            step.stream,
             static_cast<float>(p),
             static_cast<int>(state.experts),
             scale_at(p),
@@ -228,7 +228,7 @@ struct DareMask {
 
   ExpertDropFactor score_factor(const StepContext& step) const {
     const double p = drop_of(0);
-    return {CounterRng(step.seed, step.step), step.tensor, static_cast<float>(p), scale_at(p)};
+    return {CounterRng(step.seed, step.step), step.stream, static_cast<float>(p), scale_at(p)};
   }
 
   // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
