@@ -81,8 +81,6 @@ class SoftmaxRouter {
  public:
   using scalar_type = Scalar;
   using execution_space = ExecSpace;
-  using Rows = Kokkos::View<Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
-  using ConstRows = Kokkos::View<const Scalar**, Kokkos::LayoutRight, typename ExecSpace::memory_space>;
 
   /// W drawn uniform in [-scale, scale) from `seed` by camex's counter-based generator.
   SoftmaxRouter(std::size_t inputs, std::size_t experts, std::size_t max_groups, std::uint64_t seed, double scale = 0.5)
@@ -100,8 +98,8 @@ class SoftmaxRouter {
     return {Parameter<Scalar, ExecSpace>::of("weight", weight_, d_weight_)};
   }
 
-  double forward(const ExecSpace& space, const StepContext&, const ConstRows& routed, const Rows& scores,
-                 const Workspace<ExecSpace>& workspace) {
+  double forward(const ExecSpace& space, const StepContext&, const ConstMatrix<Scalar, ExecSpace>& routed,
+                 const Matrix<Scalar, ExecSpace>& scores, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "user::SoftmaxRouter::forward";
     require_nonempty(fn, "routed", routed, "[G, I] matrix of router inputs");
     if (routed.extent(0) > max_groups_)
@@ -130,8 +128,8 @@ class SoftmaxRouter {
   }
 
   /// d_logit = s .* (d_s - <s, d_s>); d_routed = d_logit W and d_W = d_logit^T routed, both overwritten.
-  void backward(const ExecSpace& space, const ConstRows& d_scores, double, const Rows& d_routed,
-                const Workspace<ExecSpace>& workspace) {
+  void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& d_scores, double,
+                const Matrix<Scalar, ExecSpace>& d_routed, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "user::SoftmaxRouter::backward";
     require_shape(fn, "d_scores", d_scores, routed_.extent(0), experts(), "[G, n] of the last forward");
     require_shape(fn, "d_routed", d_routed, routed_.extent(0), weight_.extent(1), "[G, I] of the last forward");
@@ -170,9 +168,9 @@ class SoftmaxRouter {
   }
 
  private:
-  Rows weight_, d_weight_;
+  Matrix<Scalar, ExecSpace> weight_, d_weight_;
   std::size_t max_groups_;
-  ConstRows routed_;
+  ConstMatrix<Scalar, ExecSpace> routed_;
 };
 
 }  // namespace user
