@@ -20,6 +20,23 @@
 #include <random>
 #include <vector>
 
+// Kernels a policy launches live in free functions (or public members): nvcc refuses device lambdas inside
+// private member functions.
+
+/// The Euclidean norm of every row of v, each a reduction on the execution space.
+template <class Space, class View>
+std::vector<double> row_norms(const Space& space, const View& v) {
+  std::vector<double> norms(v.extent(0));
+  for (std::size_t r = 0; r < v.extent(0); ++r) {
+    const auto row = Kokkos::subview(v, r, Kokkos::ALL);
+    double sum = 0;
+    Kokkos::parallel_reduce("NormPreservingMerge::norm", Kokkos::RangePolicy<Space>(space, 0, v.extent(1)),
+                            KOKKOS_LAMBDA(std::size_t p, double& acc) { acc += double(row(p)) * double(row(p)); }, sum);
+    norms[r] = std::sqrt(sum);
+  }
+  return norms;
+}
+
 template <std::floating_point T, class Space = Kokkos::DefaultExecutionSpace>
 class NormPreservingMerge {
  public:
@@ -103,20 +120,6 @@ class NormPreservingMerge {
       const std::size_t i = k / P, p = k % P;
       d_experts(i, p) += static_cast<T>(per_expert(i) * double(experts(i, p)));
     });
-  }
-
-  // Public because nvcc does not allow extended (device) lambdas in private member functions.
-  template <class View>
-  static std::vector<double> row_norms(const Space& space, const View& v) {
-    std::vector<double> norms(v.extent(0));
-    for (std::size_t r = 0; r < v.extent(0); ++r) {
-      const auto row = Kokkos::subview(v, r, Kokkos::ALL);
-      double sum = 0;
-      Kokkos::parallel_reduce("NormPreservingMerge::norm", Kokkos::RangePolicy<Space>(space, 0, v.extent(1)),
-                              KOKKOS_LAMBDA(std::size_t p, double& acc) { acc += double(row(p)) * double(row(p)); }, sum);
-      norms[r] = std::sqrt(sum);
-    }
-    return norms;
   }
 
  private:

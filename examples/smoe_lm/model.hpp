@@ -57,6 +57,13 @@ struct LossParts {
   double aux = 0;  ///< the routers' balancing losses (already scaled by their coefficients)
 };
 
+/// out = a + b: the residual connection.
+template <class T, class Space>
+void residual_add(const Space& space, const Mat<T, Space>& a, const Mat<T, Space>& b, const Mat<T, Space>& out) {
+  Kokkos::parallel_for("Gpt[residual]", Kokkos::RangePolicy<Space>(space, 0, out.size()),
+                       KOKKOS_LAMBDA(std::size_t w) { out.data()[w] = a.data()[w] + b.data()[w]; });
+}
+
 template <class T, class Space, class Mlp>
 class Gpt {
  public:
@@ -143,10 +150,10 @@ class Gpt {
       linear_forward(space, b.ln1, value(b.attn_w), vector(b.attn_b), b.qkv);
       b.attention.forward(space, b.qkv, b.attended);
       linear_forward(space, b.attended, value(b.attn_proj_w), vector(b.attn_proj_b), branch_);
-      add(space, b.residual, branch_, b.mid);
+      residual_add(space, b.residual, branch_, b.mid);
       layer_norm_forward(space, b.mid, vector(b.ln2_w), vector(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd);
       loss.aux += b.mlp->forward(space, step.substream(b.mlp_stream), b.ln2, branch_);
-      add(space, b.mid, branch_, l + 1 < blocks_.size() ? blocks_[l + 1].residual : final_);
+      residual_add(space, b.mid, branch_, l + 1 < blocks_.size() ? blocks_[l + 1].residual : final_);
     }
     layer_norm_forward(space, final_, vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
     loss.cross_entropy = tied_head_forward(space, lnf_, value(wte_), targets, probabilities_);
@@ -179,12 +186,6 @@ class Gpt {
                           gradient_vector(b.ln1_w), gradient_vector(b.ln1_b));
     }
     embedding_backward(space, inputs_, d_residual_, gradient(wte_), gradient(wpe_));
-  }
-
-  // Public for nvcc (extended lambda); not part of the interface.
-  static void add(const Space& space, const Mat<T, Space>& a, const Mat<T, Space>& b, const Mat<T, Space>& out) {
-    Kokkos::parallel_for("Gpt[residual]", Kokkos::RangePolicy<Space>(space, 0, out.size()),
-                         KOKKOS_LAMBDA(std::size_t w) { out.data()[w] = a.data()[w] + b.data()[w]; });
   }
 
  private:

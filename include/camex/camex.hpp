@@ -39,6 +39,7 @@
 #include "camex/nn/merged_affine.hpp"
 #include "camex/nn/merged_ffn.hpp"
 #include "camex/nn/merged_linear.hpp"
+#include "camex/nn/named_tensors.hpp"
 #include "camex/perf/stream.hpp"
 #include "camex/platform/kokkos_compat.hpp"
 #include "camex/route/concepts.hpp"

@@ -389,6 +389,39 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
       {"merges without a base"});
 }
 
+BOOST_AUTO_TEST_CASE(workspace_bytes_is_the_longest_carve) {
+  // The soft-merge backward's scratch is not monotone in B (its chunking follows the tile, which shrinks as B
+  // grows): at n = 3, G = 40, P = 200000 a batch of fewer groups needs more than all 40 (found by the loop below).
+  // workspace_bytes() covers every B <= G, and is exact: one byte less is refused by the backward at B = G.
+  std::mt19937_64 gen(test_seed());
+  const MergeProblem wide{.experts = 3, .groups = 40, .shape = {1000, 200}};
+  const std::size_t params = wide.shape.params();
+  std::size_t hungriest = wide.groups;
+  for (std::size_t b = 1; b <= wide.groups; ++b)
+    if (soft_merge_backward_workspace_bytes<float, Space>(b, wide.experts, params) >
+        soft_merge_backward_workspace_bytes<float, Space>(hungriest, wide.experts, params))
+      hungriest = b;
+  BOOST_TEST_REQUIRE(hungriest < wide.groups);
+  Euclidean<float, Space> policy(wide);
+  const std::size_t bytes = policy.workspace_bytes();
+  const auto workspace = make_workspace<Space>(bytes);
+  const auto experts = to_device<float>(random_matrix(wide.experts, params, gen));
+  Matrix<float, Space> d_experts("d_experts", wide.experts, params);
+  for (const std::size_t b : {hungriest, wide.groups}) {
+    const auto scores = to_device<float>(random_matrix(b, wide.experts, gen, 0.05, 1.0));
+    Matrix<float, Space> d_scores("d_scores", b, wide.experts);
+    policy.prepare(Space{}, {.training = true}, experts, {}, workspace);
+    policy.backward(Space{}, scores, to_device<float>(random_matrix(b, params, gen)), d_scores, d_experts, {}, workspace);
+  }
+  const auto scores = to_device<float>(random_matrix(wide.groups, wide.experts, gen, 0.05, 1.0));
+  Matrix<float, Space> d_scores("d_scores", wide.groups, wide.experts);
+  const Workspace<Space> short_by_one(workspace.data(), bytes - 1);
+  policy.prepare(Space{}, {.training = true}, experts, {}, short_by_one);
+  require_argument_error(
+      [&] { policy.backward(Space{}, scores, to_device<float>(random_matrix(wide.groups, params, gen)), d_scores, d_experts, {}, short_by_one); },
+      "workspace", {"camex::Euclidean", concat("at least ", bytes, " bytes"), concat("given ", bytes - 1, " bytes")});
+}
+
 BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {
   std::mt19937_64 gen(test_seed());
   const auto in = random_inputs(gen), no_base = random_inputs(gen, false);

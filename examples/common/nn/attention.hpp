@@ -18,6 +18,63 @@
 
 namespace camex::examples {
 
+/// The (sequence, head) blocks [L, d] of columns part C .. part C + C of `from` [N, 3C] (part 0 q, 1 k, 2 v) into
+/// `to` [S H L, d], for `heads` heads over sequences of `context` tokens.
+template <class T, class Space>
+void split_heads(const Space& space, const ConstMat<T, Space>& from, std::size_t part, std::size_t heads, std::size_t context,
+                 const Mat<T, Space>& to) {
+  const std::size_t d = to.extent(1), c = d * heads, h = heads, l = context, n = from.extent(0);
+  Kokkos::parallel_for("attention[split_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c), KOKKOS_LAMBDA(std::size_t w) {
+    const std::size_t t = w / c, col = w % c, head = col / d;
+    to(((t / l) * h + head) * l + t % l, col % d) = from(t, part * c + col);
+  });
+}
+
+/// The inverse: overwrites columns part C .. part C + C of `to` [N, kC] from the blocks `from` [S H L, d].
+template <class T, class Space>
+void merge_heads(const Space& space, const Mat<T, Space>& from, std::size_t part, std::size_t heads, std::size_t context,
+                 const Mat<T, Space>& to) {
+  const std::size_t d = from.extent(1), c = d * heads, h = heads, l = context, n = to.extent(0);
+  Kokkos::parallel_for("attention[merge_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c), KOKKOS_LAMBDA(std::size_t w) {
+    const std::size_t t = w / c, col = w % c, head = col / d;
+    to(t, part * c + col) = from(((t / l) * h + head) * l + t % l, col % d);
+  });
+}
+
+/// Row r of att [S H L, L] is query t = r mod L: softmax over its keys 0 .. t, zero above.
+template <class T, class Space>
+void causal_softmax(const Space& space, const Mat<T, Space>& att) {
+  const std::size_t l = att.extent(1);
+  Kokkos::parallel_for("attention[softmax]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)), KOKKOS_LAMBDA(std::size_t r) {
+    const std::size_t t = r % l;
+    T top = att(r, 0);
+    for (std::size_t s = 1; s <= t; ++s) top = att(r, s) > top ? att(r, s) : top;
+    double sum = 0;
+    for (std::size_t s = 0; s <= t; ++s) {
+      const T e = math::exp(att(r, s) - top);
+      att(r, s) = e;
+      sum += e;
+    }
+    const T inverse = static_cast<T>(1 / sum);
+    for (std::size_t s = 0; s <= t; ++s) att(r, s) *= inverse;
+    for (std::size_t s = t + 1; s < l; ++s) att(r, s) = 0;
+  });
+}
+
+/// d_att <- scale A .* (d_att - rowsum(A .* d_att)): the gradient of the scaled scores, A = att.
+template <class T, class Space>
+void causal_softmax_backward(const Space& space, const Mat<T, Space>& att, const Mat<T, Space>& d_att, T scale) {
+  const std::size_t l = att.extent(1);
+  Kokkos::parallel_for("attention[softmax_backward]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)),
+                       KOKKOS_LAMBDA(std::size_t r) {
+                         const std::size_t t = r % l;
+                         double dot = 0;
+                         for (std::size_t s = 0; s <= t; ++s) dot += static_cast<double>(att(r, s)) * d_att(r, s);
+                         for (std::size_t s = 0; s <= t; ++s) d_att(r, s) = static_cast<T>(scale * att(r, s) * (d_att(r, s) - dot));
+                         for (std::size_t s = t + 1; s < l; ++s) d_att(r, s) = 0;
+                       });
+}
+
 template <class T, class Space>
 class CausalSelfAttention {
  public:
@@ -39,52 +96,32 @@ class CausalSelfAttention {
     constexpr const char* fn = "CausalSelfAttention::forward";
     require_shape(fn, "qkv", qkv, tokens(), 3 * channels_, "[N, 3C]");
     require_shape(fn, "y", y, tokens(), channels_, "[N, C]");
-    split_heads(space, qkv, 0, q_);
-    split_heads(space, qkv, 1, k_);
-    split_heads(space, qkv, 2, v_);
+    split_heads(space, qkv, 0, heads_, context_, q_);
+    split_heads(space, qkv, 1, heads_, context_, k_);
+    split_heads(space, qkv, 2, heads_, context_, v_);
     const T scale = static_cast<T>(1 / std::sqrt(static_cast<double>(head_width())));
     batched(space, q_, Transpose::no, k_, Transpose::yes, att_, scale, T(0));
-    causal_softmax(space);
+    causal_softmax(space, att_);
     batched(space, att_, Transpose::no, v_, Transpose::no, o_, T(1), T(0));
-    merge_heads(space, o_, y, 0);
+    merge_heads(space, o_, 0, heads_, context_, y);
   }
 
   void backward(const Space& space, const ConstMat<T, Space>& d_y, const Mat<T, Space>& d_qkv) {
     constexpr const char* fn = "CausalSelfAttention::backward";
     require_shape(fn, "d_y", d_y, tokens(), channels_, "[N, C]");
     require_shape(fn, "d_qkv", d_qkv, tokens(), 3 * channels_, "[N, 3C]");
-    split_heads(space, d_y, 0, d_o_);
+    split_heads(space, d_y, 0, heads_, context_, d_o_);
     batched(space, d_o_, Transpose::no, v_, Transpose::yes, d_att_, T(1), T(0));
     batched(space, att_, Transpose::yes, d_o_, Transpose::no, d_v_, T(1), T(0));
-    causal_softmax_backward(space, static_cast<T>(1 / std::sqrt(static_cast<double>(head_width()))));
+    causal_softmax_backward(space, att_, d_att_, static_cast<T>(1 / std::sqrt(static_cast<double>(head_width()))));
     batched(space, d_att_, Transpose::no, k_, Transpose::no, d_q_, T(1), T(0));
     batched(space, d_att_, Transpose::yes, q_, Transpose::no, d_k_, T(1), T(0));
-    merge_heads(space, d_q_, d_qkv, 0);
-    merge_heads(space, d_k_, d_qkv, 1);
-    merge_heads(space, d_v_, d_qkv, 2);
+    merge_heads(space, d_q_, 0, heads_, context_, d_qkv);
+    merge_heads(space, d_k_, 1, heads_, context_, d_qkv);
+    merge_heads(space, d_v_, 2, heads_, context_, d_qkv);
   }
 
-  // Public for nvcc (extended lambdas); not part of the interface.
-  /// The (sequence, head) blocks of columns part x C .. part x C + C of `from` (part 0 q, 1 k, 2 v).
-  void split_heads(const Space& space, const ConstMat<T, Space>& from, std::size_t part, const Mat<T, Space>& to) const {
-    const std::size_t c = channels_, h = heads_, d = head_width(), l = context_, n = tokens();
-    Kokkos::parallel_for("attention[split_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t t = w / c, col = w % c, head = col / d;
-                           to(((t / l) * h + head) * l + t % l, col % d) = from(t, part * c + col);
-                         });
-  }
-
-  /// The inverse: overwrites columns part x C .. part x C + C of `to`.
-  void merge_heads(const Space& space, const Mat<T, Space>& from, const Mat<T, Space>& to, std::size_t part) const {
-    const std::size_t c = channels_, h = heads_, d = head_width(), l = context_, n = tokens();
-    Kokkos::parallel_for("attention[merge_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t t = w / c, col = w % c, head = col / d;
-                           to(t, part * c + col) = from(((t / l) * h + head) * l + t % l, col % d);
-                         });
-  }
-
+ private:
   /// One product per (sequence, head) block: c_i = alpha op(a_i) op(b_i) + beta c_i.
   void batched(const Space& space, const Mat<T, Space>& a, Transpose ta, const Mat<T, Space>& b,
                Transpose tb, const Mat<T, Space>& c, T alpha, T beta) const {
@@ -103,42 +140,6 @@ class CausalSelfAttention {
                                              .batch = static_cast<int>(blocks)});
   }
 
-  void causal_softmax(const Space& space) const {
-    const auto att = att_;
-    const std::size_t l = context_;
-    Kokkos::parallel_for("attention[softmax]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)),
-                         KOKKOS_LAMBDA(std::size_t r) {
-                           const std::size_t t = r % l;
-                           T top = att(r, 0);
-                           for (std::size_t s = 1; s <= t; ++s) top = att(r, s) > top ? att(r, s) : top;
-                           double sum = 0;
-                           for (std::size_t s = 0; s <= t; ++s) {
-                             const T e = math::exp(att(r, s) - top);
-                             att(r, s) = e;
-                             sum += e;
-                           }
-                           const T inverse = static_cast<T>(1 / sum);
-                           for (std::size_t s = 0; s <= t; ++s) att(r, s) *= inverse;
-                           for (std::size_t s = t + 1; s < l; ++s) att(r, s) = 0;
-                         });
-  }
-
-  /// d_att <- scale A .* (d_att - rowsum(A .* d_att)): the gradient of the scaled scores.
-  void causal_softmax_backward(const Space& space, T scale) const {
-    const auto att = att_, d_att = d_att_;
-    const std::size_t l = context_;
-    Kokkos::parallel_for("attention[softmax_backward]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)),
-                         KOKKOS_LAMBDA(std::size_t r) {
-                           const std::size_t t = r % l;
-                           double dot = 0;
-                           for (std::size_t s = 0; s <= t; ++s) dot += static_cast<double>(att(r, s)) * d_att(r, s);
-                           for (std::size_t s = 0; s <= t; ++s)
-                             d_att(r, s) = static_cast<T>(scale * att(r, s) * (d_att(r, s) - dot));
-                           for (std::size_t s = t + 1; s < l; ++s) d_att(r, s) = 0;
-                         });
-  }
-
- private:
   std::size_t sequences_, context_, channels_, heads_;
   Mat<T, Space> q_, k_, v_, o_, att_, d_q_, d_k_, d_v_, d_o_, d_att_;
 };

@@ -40,6 +40,35 @@ inline double scheduled_rate(const AdamWOptions& o, std::uint64_t step) {
   return o.learning_rate * (1 - progress * (1 - o.final_fraction));
 }
 
+/// The scalars of one AdamW update of one tensor.
+struct AdamWUpdate {
+  double beta1, beta2, eps, weight_decay;  ///< weight_decay 0 for a tensor without decay
+  double clip_scale, lr;
+  double c1, c2;  ///< the bias corrections 1 - beta^t
+};
+
+/// w, and its moments at m[offset ..] and v[offset ..], updated from the gradient g; counts into `overflowed` the
+/// entries left non-finite (a finite gradient whose square, or whose update, is beyond the range of T).
+template <class T, class Space, class Flat, class ConstFlat, class Moments, class Counter>
+void adamw_update(const Space& space, const Flat& w, const ConstFlat& g, const Moments& m, const Moments& v,
+                  std::size_t offset, const Counter& overflowed, const AdamWUpdate& u) {
+  const double b1 = u.beta1, b2 = u.beta2, eps = u.eps, decay = u.weight_decay, clip_scale = u.clip_scale, lr = u.lr;
+  const double c1 = u.c1, c2 = u.c2;
+  Kokkos::parallel_for("AdamW[update]", Kokkos::RangePolicy<Space>(space, 0, w.extent(0)), KOKKOS_LAMBDA(std::size_t k) {
+    const double grad = static_cast<double>(g(k)) * clip_scale;
+    const double mk = b1 * m(offset + k) + (1 - b1) * grad;
+    const double vk = b2 * v(offset + k) + (1 - b2) * grad * grad;
+    const T m_new = static_cast<T>(mk), v_new = static_cast<T>(vk);
+    m(offset + k) = m_new;
+    v(offset + k) = v_new;
+    const double wk = w(k);
+    const T w_new = static_cast<T>(wk - lr * ((mk / c1) / (math::sqrt(vk / c2) + eps) + decay * wk));
+    w(k) = w_new;
+    // x - x is 0 exactly for finite x and NaN otherwise; rare, so the atomic costs nothing.
+    if (!(m_new - m_new == T(0) && v_new - v_new == T(0) && w_new - w_new == T(0))) Kokkos::atomic_add(&overflowed(), 1u);
+  });
+}
+
 template <class T, class Space>
 class AdamW {
  public:
@@ -97,7 +126,9 @@ class AdamW {
     const double c2 = 1 - std::pow(options_.beta2, static_cast<double>(steps_));
     Kokkos::deep_copy(space, overflowed_, 0u);
     for (std::size_t i = 0; i < tensors_.size(); ++i)
-      update(space, tensors_[i], offsets_[i], clip_scale, lr, c1, c2);
+      adamw_update<T>(space, tensors_[i].flat.value, tensors_[i].flat.gradient, m_, v_, offsets_[i], overflowed_,
+                      AdamWUpdate{options_.beta1, options_.beta2, options_.eps,
+                                  tensors_[i].decay ? options_.weight_decay : 0.0, clip_scale, lr, c1, c2});
     Kokkos::deep_copy(space, last_overflowed_, overflowed_);
     space.fence();
     return norm;
@@ -109,30 +140,6 @@ class AdamW {
 
   typename Parameter<T, Space>::Flat slice(const Vec<T, Space>& arena, std::size_t i) const {
     return typename Parameter<T, Space>::Flat(arena.data() + offsets_.at(i), tensors_.at(i).flat.value.extent(0));
-  }
-
-  // Public for nvcc (extended lambda); not part of the interface.
-  void update(const Space& space, const NamedTensor<T, Space>& t, std::size_t offset, double clip_scale, double lr,
-              double c1, double c2) const {
-    const auto w = t.flat.value;
-    const auto g = t.flat.gradient;
-    const auto m = m_, v = v_;
-    const auto overflowed = overflowed_;
-    const double b1 = options_.beta1, b2 = options_.beta2, eps = options_.eps;
-    const double decay = t.decay ? options_.weight_decay : 0.0;
-    Kokkos::parallel_for("AdamW[update]", Kokkos::RangePolicy<Space>(space, 0, w.extent(0)), KOKKOS_LAMBDA(std::size_t k) {
-      const double grad = static_cast<double>(g(k)) * clip_scale;
-      const double mk = b1 * m(offset + k) + (1 - b1) * grad;
-      const double vk = b2 * v(offset + k) + (1 - b2) * grad * grad;
-      const T m_new = static_cast<T>(mk), v_new = static_cast<T>(vk);
-      m(offset + k) = m_new;
-      v(offset + k) = v_new;
-      const double wk = w(k);
-      const T w_new = static_cast<T>(wk - lr * ((mk / c1) / (math::sqrt(vk / c2) + eps) + decay * wk));
-      w(k) = w_new;
-      // x - x is 0 exactly for finite x and NaN otherwise; rare, so the atomic costs nothing.
-      if (!(m_new - m_new == T(0) && v_new - v_new == T(0) && w_new - w_new == T(0))) Kokkos::atomic_add(&overflowed(), 1u);
-    });
   }
 
  private:

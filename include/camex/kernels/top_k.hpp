@@ -6,7 +6,8 @@
 // many, that is a pass over the whole row, and as soon as they fit a candidate list of P/16 entries they are
 // compacted (in index order), every entry outside the list is marked in the same pass, and the remaining digits
 // only look at the list. On typical data (one 12-bit digit leaves a few percent of the entries) that is two passes
-// over the row: a histogram, then compaction with marking.
+// over the row: a histogram, then compaction with marking. Each pass is a launcher of its own (detail::select_*,
+// one per pass as CUB's agents are), and top_k_by_magnitude only checks its operands and sequences them.
 //
 // Ties: where several entries share the k-th largest magnitude, the ones with the lowest indices are kept, so
 // the mask is a function of the values alone (PyTorch's topk and mergekit leave this unspecified).
@@ -170,6 +171,249 @@ KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> d
   return count;
 }
 
+/// What every pass of one selection reads: the rows, the mask, the chunking and the state in the workspace.
+template <class ExecSpace, class T>
+struct SelectPass {
+  using Key = magnitude_key<T>;
+  const T* data;
+  std::ptrdiff_t stride;
+  std::uint8_t* out;
+  std::ptrdiff_t out_stride;
+  std::size_t rows, params;
+  SelectChunking chunking;
+  SelectState<ExecSpace, T> st;
+  ExecSpace space;
+
+  Kokkos::RangePolicy<ExecSpace> per_chunk() const { return {space, 0, rows * chunking.chunks}; }
+  Kokkos::RangePolicy<ExecSpace> per_row() const { return {space, 0, rows}; }
+};
+
+/// Every row starts with an empty prefix, all P entries matching it and k ranks to place.
+template <class ExecSpace, class T>
+void select_start(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
+  const auto st = pass.st;
+  const std::size_t params = pass.params;
+  Kokkos::deep_copy(pass.space, st.nan_count, std::uint64_t{0});
+  Kokkos::parallel_for("camex::top_k[init]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    st.prefix(r) = 0;
+    st.remaining(r) = k;
+    st.matches(r) = params;
+  });
+}
+
+/// Per chunk, the histogram of digit `digit` over the entries that match the row's prefix (every entry for the
+/// first digit, which also counts the infinities and NaNs into st.nan_count).
+template <class ExecSpace, class T>
+void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
+  using Key = magnitude_key<T>;
+  constexpr DigitPlan<T> plan;
+  const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
+  const Key above = ~Key{0} << (shift + plan.width[digit]);  // bits of the digits already found
+  const bool first = digit == 0;
+  // Keys of +inf and of every NaN start with the all-ones exponent, so they can only land in the histogram's top
+  // bins of the first digit; those bins are checked after the pass instead of testing every entry.
+  const int special_bin = static_cast<int>(infinity_key<T> >> shift);
+  const auto st = pass.st;
+  const T* data = pass.data;
+  const auto stride = pass.stride;
+  const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
+  Kokkos::parallel_for("camex::top_k[histogram]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
+    const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
+    std::uint32_t local[max_digit_bins] = {};
+    const std::size_t end = chunk_end(c, chunk, params);
+    if (first) {  // every entry matches the empty prefix
+      for (std::size_t p = c * chunk; p < end; ++p) ++local[key_of(row[p]) >> shift];
+      std::uint64_t special = 0;
+      for (int d = special_bin; d < bins; ++d) special += local[d];
+      if (special) Kokkos::atomic_add(&st.nan_count(0), special);
+    } else {
+      // Branch-free: whether an entry matches the prefix is as unpredictable as the data.
+      const Key want = st.prefix(r);
+      for (std::size_t p = c * chunk; p < end; ++p) {
+        const Key key = key_of(row[p]);
+        local[(key >> shift) & (bins - 1)] += (key & above) == want;
+      }
+    }
+    for (int d = 0; d < bins; ++d) st.histogram(i * max_digit_bins + d) = local[d];
+  });
+}
+
+/// After the first histogram: throws argument_error naming the first NaN of `values`, if the histogram met any
+/// infinity or NaN (rare, so copying the values to the host to find out which is affordable).
+template <class ExecSpace, class T, class Values>
+void select_reject_nan(const char* fn, const SelectPass<ExecSpace, T>& pass, const Values& values) {
+  if (read_back(pass.space, pass.st.nan_count.data()) == 0) return;
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values);
+  std::size_t nans = 0, first_r = 0, first_p = 0;
+  for (std::size_t r = 0; r < pass.rows; ++r)
+    for (std::size_t p = 0; p < pass.params; ++p)
+      if (std::isnan(host(r, p)) && nans++ == 0) {
+        first_r = r;
+        first_p = p;
+      }
+  if (nans)
+    throw argument_error(fn, "values", "no NaN (magnitudes must be ordered)",
+                         concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
+}
+
+/// Per row, the bin of the chunk histograms that holds the remaining rank: the digit joins the prefix, the
+/// ranks in higher bins are placed, and the bin's population is the new count of matching entries.
+template <class ExecSpace, class T>
+void select_pick_digit(const SelectPass<ExecSpace, T>& pass, int digit) {
+  using Key = magnitude_key<T>;
+  constexpr DigitPlan<T> plan;
+  const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
+  const auto st = pass.st;
+  const std::size_t chunks = pass.chunking.chunks;
+  Kokkos::parallel_for("camex::top_k[pick digit]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    std::uint64_t left = st.remaining(r), population = 0;
+    const int d = pick_bin(bins, left, population, [&](int bin) {
+      std::uint64_t count = 0;
+      for (std::size_t c = 0; c < chunks; ++c) count += st.histogram((r * chunks + c) * max_digit_bins + bin);
+      return count;
+    });
+    st.prefix(r) |= static_cast<Key>(d) << shift;
+    st.remaining(r) = left;
+    st.matches(r) = population;
+  });
+}
+
+/// The most entries any row still has matching its prefix: whether they fit the candidate list.
+template <class ExecSpace, class T>
+std::uint64_t select_most_matches(const SelectPass<ExecSpace, T>& pass) {
+  const auto st = pass.st;
+  std::uint64_t most = 0;
+  Kokkos::parallel_reduce("camex::top_k[largest candidate set]", pass.per_row(),
+                          KOKKOS_LAMBDA(std::size_t r, std::uint64_t& m) { m = st.matches(r) > m ? st.matches(r) : m; },
+                          Kokkos::Max<std::uint64_t>(most));
+  return most;
+}
+
+/// Lists the entries that match the prefix after digit `digit`, in index order, at offsets given by the chunk
+/// histograms; every other entry is decided now (kept if its leading digits are above the prefix), so this pass
+/// also writes the mask.
+template <class ExecSpace, class T>
+void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
+  using Key = magnitude_key<T>;
+  constexpr DigitPlan<T> plan;
+  const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
+  const Key matched = (~Key{0} << (shift + plan.width[digit])) | (static_cast<Key>(bins - 1) << shift);
+  const auto st = pass.st;
+  const T* data = pass.data;
+  std::uint8_t* out = pass.out;
+  const auto stride = pass.stride, out_stride = pass.out_stride;
+  const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
+  const std::size_t capacity = pass.chunking.capacity;
+  Kokkos::parallel_for("camex::top_k[compact]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
+    const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
+    const Key want = st.prefix(r);
+    const int bin = static_cast<int>((want >> shift) & (bins - 1));
+    std::uint64_t at = 0;
+    for (std::size_t before = 0; before < c; ++before) at += st.histogram((r * chunks + before) * max_digit_bins + bin);
+    Candidate<T>* list = &st.candidates(r * capacity);
+    std::uint8_t* mask = out + r * out_stride;
+    const std::size_t end = chunk_end(c, chunk, params);
+    // Blocks of `block` entries compacted into local arrays, then copied to the list: the list's regions of
+    // neighbouring chunks touch, and mark_and_list writes past its last match.
+    constexpr int block = 256;
+    Key keys[block + 15];
+    std::uint32_t indices[block + 15];
+    for (std::size_t p0 = c * chunk; p0 < end; p0 += block) {
+      const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
+      const int count = mark_and_list(row + p0, len, matched, want, mask + p0, static_cast<std::uint32_t>(p0), keys, indices);
+      for (int j = 0; j < count; ++j) list[at + j] = {keys[j], indices[j]};
+      at += count;
+    }
+  });
+}
+
+/// Digit `digit` found from the candidate list alone, per row: entries above it are marked, the list keeps the
+/// entries that still match.
+template <class ExecSpace, class T>
+void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
+  using Key = magnitude_key<T>;
+  constexpr DigitPlan<T> plan;
+  const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
+  const auto st = pass.st;
+  std::uint8_t* out = pass.out;
+  const auto out_stride = pass.out_stride;
+  const std::size_t capacity = pass.chunking.capacity;
+  Kokkos::parallel_for("camex::top_k[candidates]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    Candidate<T>* list = &st.candidates(r * capacity);
+    const std::size_t count = st.matches(r);
+    std::uint32_t local[max_digit_bins / 2] = {};
+    for (std::size_t j = 0; j < count; ++j) ++local[(list[j].key >> shift) & (bins - 1)];
+    std::uint64_t left = st.remaining(r), population = 0;
+    const int d = pick_bin(bins, left, population, [&](int bin) { return std::uint64_t{local[bin]}; });
+    std::size_t kept = 0;
+    for (std::size_t j = 0; j < count; ++j) {
+      const int bin = static_cast<int>((list[j].key >> shift) & (bins - 1));
+      if (bin > d) out[r * out_stride + list[j].index] = 1;  // decided: above the threshold
+      if (bin == d) list[kept++] = list[j];
+    }
+    st.prefix(r) |= static_cast<Key>(d) << shift;
+    st.remaining(r) = left;
+    st.matches(r) = kept;
+  });
+}
+
+/// With a candidate list: everything but the ties is marked, and the list holds exactly the ties, ascending;
+/// keeps the first remaining(r) of them.
+template <class ExecSpace, class T>
+void select_mark_listed_ties(const SelectPass<ExecSpace, T>& pass) {
+  const auto st = pass.st;
+  std::uint8_t* out = pass.out;
+  const auto out_stride = pass.out_stride;
+  const std::size_t capacity = pass.chunking.capacity;
+  Kokkos::parallel_for("camex::top_k[mark ties]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    const Candidate<T>* list = &st.candidates(r * capacity);
+    for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j].index] = 1;
+  });
+}
+
+/// Without a list (too many ties for it): counts the ties per chunk, turns the counts into offsets, and marks
+/// every entry, keeping a tie by its rank among the row's ties.
+template <class ExecSpace, class T>
+void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
+  using Key = magnitude_key<T>;
+  const auto st = pass.st;
+  const T* data = pass.data;
+  std::uint8_t* out = pass.out;
+  const auto stride = pass.stride, out_stride = pass.out_stride;
+  const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
+  Kokkos::parallel_for("camex::top_k[count ties]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
+    const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
+    const std::size_t end = chunk_end(c, chunk, params);
+    std::uint64_t ties = 0;
+    for (std::size_t p = c * chunk; p < end; ++p) ties += key_of(row[p]) == st.prefix(r);
+    st.equal(i) = ties;
+  });
+  Kokkos::parallel_for("camex::top_k[tie offsets]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    std::uint64_t offset = 0;
+    for (std::size_t c = 0; c < chunks; ++c) {
+      const std::uint64_t ties = st.equal(r * chunks + c);
+      st.equal(r * chunks + c) = offset;
+      offset += ties;
+    }
+  });
+  Kokkos::parallel_for("camex::top_k[mark with ranks]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
+    const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
+    std::uint8_t* mask = out + r * out_stride;
+    const std::size_t end = chunk_end(c, chunk, params);
+    const Key threshold = st.prefix(r);
+    const std::uint64_t take = st.remaining(r);
+    std::uint64_t rank = st.equal(i);
+    for (std::size_t p = c * chunk; p < end; ++p) {
+      const Key key = key_of(row[p]);
+      mask[p] = key > threshold || (key == threshold && rank++ < take);
+    }
+  });
+}
+
 }  // namespace detail
 
 /// Bytes of workspace top_k_by_magnitude needs for `rows` rows of `params` entries of type Scalar.
@@ -189,7 +433,6 @@ template <class ExecSpace, MatrixOn<ExecSpace> Values, MatrixOn<ExecSpace> Keep>
 void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_t k, const Keep& keep,
                         const Workspace<ExecSpace>& workspace) {
   using T = typename Values::non_const_value_type;
-  using Key = detail::magnitude_key<T>;
   constexpr const char* fn = "camex::top_k_by_magnitude";
   require_nonempty(fn, "values", values, "[R, P] matrix");
   const std::size_t rows = values.extent(0), params = values.extent(1);
@@ -201,174 +444,32 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
 
   const detail::SelectChunking chunking(params);
   WorkspaceCarver<ExecSpace> carver(fn, workspace);
-  const detail::SelectState<ExecSpace, T> st(carver, rows, chunking);
-  const std::size_t chunk = chunking.chunk, chunks = chunking.chunks, capacity = chunking.capacity;
-  const auto per_chunk = Kokkos::RangePolicy<ExecSpace>(space, 0, rows * chunks);
-  const auto per_row = Kokkos::RangePolicy<ExecSpace>(space, 0, rows);
-  const T* data = values.data();
-  const auto stride = row_stride(values);
-  std::uint8_t* out = keep.data();
-  const auto out_stride = row_stride(keep);
-
-  Kokkos::deep_copy(space, st.nan_count, std::uint64_t{0});
-  Kokkos::parallel_for("camex::top_k[init]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-    st.prefix(r) = 0;
-    st.remaining(r) = k;
-    st.matches(r) = params;
-  });
-
+  const detail::SelectPass<ExecSpace, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), rows,
+                                              params, chunking, detail::SelectState<ExecSpace, T>(carver, rows, chunking),
+                                              space};
+  detail::select_start(pass, k);
+  // Digits most significant first: full passes over the rows until the entries matching the prefix fit the
+  // candidate list, then passes over the list alone.
   constexpr detail::DigitPlan<T> plan;
-  bool compacted = false;
+  bool listed = false;
   for (int digit = 0; digit < plan.count; ++digit) {
-    const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
-    const Key above = ~Key{0} << (shift + plan.width[digit]);  // bits of the digits already found
-    if (!compacted) {
-      const bool first = digit == 0;
-      // Keys of +inf and of every NaN start with the all-ones exponent, so they can only land in the histogram's
-      // top bins of the first digit; those bins are checked after the pass instead of testing every entry.
-      const int special_bin = static_cast<int>(detail::infinity_key<T> >> shift);
-      Kokkos::parallel_for("camex::top_k[histogram]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
-        const std::size_t r = i / chunks, c = i % chunks;
-        const T* row = data + r * stride;
-        std::uint32_t local[detail::max_digit_bins] = {};
-        const std::size_t end = detail::chunk_end(c, chunk, params);
-        if (first) {  // every entry matches the empty prefix
-          for (std::size_t p = c * chunk; p < end; ++p) ++local[detail::key_of(row[p]) >> shift];
-          std::uint64_t special = 0;
-          for (int d = special_bin; d < bins; ++d) special += local[d];
-          if (special) Kokkos::atomic_add(&st.nan_count(0), special);
-        } else {
-          // Branch-free: whether an entry matches the prefix is as unpredictable as the data.
-          const Key want = st.prefix(r);
-          for (std::size_t p = c * chunk; p < end; ++p) {
-            const Key key = detail::key_of(row[p]);
-            local[(key >> shift) & (bins - 1)] += (key & above) == want;
-          }
-        }
-        for (int d = 0; d < bins; ++d) st.histogram(i * detail::max_digit_bins + d) = local[d];
-      });
-      if (first) {
-        const std::uint64_t special = read_back(space, st.nan_count.data());
-        if (special) {  // infinities or NaNs: find out which on the host (rare, so the copy is affordable)
-          auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values);
-          std::size_t nans = 0, first_r = 0, first_p = 0;
-          for (std::size_t r = 0; r < rows; ++r)
-            for (std::size_t p = 0; p < params; ++p)
-              if (std::isnan(host(r, p)) && nans++ == 0) {
-                first_r = r;
-                first_p = p;
-              }
-          if (nans)
-            throw argument_error(fn, "values", "no NaN (magnitudes must be ordered)",
-                                 concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
-        }
-      }
-      Kokkos::parallel_for("camex::top_k[pick digit]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-        std::uint64_t left = st.remaining(r), population = 0;
-        const int d = detail::pick_bin(bins, left, population, [&](int bin) {
-          std::uint64_t count = 0;
-          for (std::size_t c = 0; c < chunks; ++c) count += st.histogram((r * chunks + c) * detail::max_digit_bins + bin);
-          return count;
-        });
-        st.prefix(r) |= static_cast<Key>(d) << shift;
-        st.remaining(r) = left;
-        st.matches(r) = population;
-      });
-      if (digit + 1 == plan.count) break;
-      std::uint64_t most = 0;
-      Kokkos::parallel_reduce("camex::top_k[largest candidate set]", per_row,
-                              KOKKOS_LAMBDA(std::size_t r, std::uint64_t& m) { m = st.matches(r) > m ? st.matches(r) : m; },
-                              Kokkos::Max<std::uint64_t>(most));
-      if (most > capacity) continue;
-      // Few enough: list them, in index order, at offsets given by the chunk histograms; every other entry is
-      // decided now (kept if its leading digits are above the prefix), so this pass also writes the mask.
-      const Key matched = above | (static_cast<Key>(bins - 1) << shift);
-      Kokkos::parallel_for("camex::top_k[compact]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
-        const std::size_t r = i / chunks, c = i % chunks;
-        const T* row = data + r * stride;
-        const Key want = st.prefix(r);
-        const int bin = static_cast<int>((want >> shift) & (bins - 1));
-        std::uint64_t at = 0;
-        for (std::size_t before = 0; before < c; ++before)
-          at += st.histogram((r * chunks + before) * detail::max_digit_bins + bin);
-        detail::Candidate<T>* list = &st.candidates(r * capacity);
-        std::uint8_t* mask = out + r * out_stride;
-        const std::size_t end = detail::chunk_end(c, chunk, params);
-        // Blocks of `block` entries compacted into local arrays, then copied to the list: the list's regions of
-        // neighbouring chunks touch, and mark_and_list writes past its last match.
-        constexpr int block = 256;
-        Key keys[block + 15];
-        std::uint32_t indices[block + 15];
-        for (std::size_t p0 = c * chunk; p0 < end; p0 += block) {
-          const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
-          const int count = detail::mark_and_list(row + p0, len, matched, want, mask + p0, static_cast<std::uint32_t>(p0),
-                                                  keys, indices);
-          for (int j = 0; j < count; ++j) list[at + j] = {keys[j], indices[j]};
-          at += count;
-        }
-      });
-      compacted = true;
-    } else {
-      Kokkos::parallel_for("camex::top_k[candidates]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-        detail::Candidate<T>* list = &st.candidates(r * capacity);
-        const std::size_t count = st.matches(r);
-        std::uint32_t local[detail::max_digit_bins / 2] = {};
-        for (std::size_t j = 0; j < count; ++j) ++local[(list[j].key >> shift) & (bins - 1)];
-        std::uint64_t left = st.remaining(r), population = 0;
-        const int d = detail::pick_bin(bins, left, population, [&](int bin) { return std::uint64_t{local[bin]}; });
-        std::size_t kept = 0;
-        for (std::size_t j = 0; j < count; ++j) {
-          const int bin = static_cast<int>((list[j].key >> shift) & (bins - 1));
-          if (bin > d) out[r * out_stride + list[j].index] = 1;  // decided: above the threshold
-          if (bin == d) list[kept++] = list[j];
-        }
-        st.prefix(r) |= static_cast<Key>(d) << shift;
-        st.remaining(r) = left;
-        st.matches(r) = kept;
-      });
+    if (listed) {
+      detail::select_refine_candidates(pass, digit);
+      continue;
     }
+    detail::select_histogram(pass, digit);
+    if (digit == 0) detail::select_reject_nan(fn, pass, values);
+    detail::select_pick_digit(pass, digit);
+    if (digit + 1 == plan.count || detail::select_most_matches(pass) > chunking.capacity) continue;
+    detail::select_compact(pass, digit);
+    listed = true;
   }
-
   // prefix(r) is now the k-th largest key and remaining(r) how many entries equal to it are kept: the first ones
   // in index order.
-  if (compacted) {
-    // Everything but the ties is marked; the list now holds exactly the ties, ascending: keep the first ones.
-    Kokkos::parallel_for("camex::top_k[mark ties]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-      const detail::Candidate<T>* list = &st.candidates(r * capacity);
-      for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j].index] = 1;
-    });
-    return;
-  }
-  // Too many ties for the list: count them per chunk, turn counts into offsets, and mark with ranks.
-  Kokkos::parallel_for("camex::top_k[count ties]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
-    const std::size_t r = i / chunks, c = i % chunks;
-    const T* row = data + r * stride;
-    const std::size_t end = detail::chunk_end(c, chunk, params);
-    std::uint64_t ties = 0;
-    for (std::size_t p = c * chunk; p < end; ++p) ties += detail::key_of(row[p]) == st.prefix(r);
-    st.equal(i) = ties;
-  });
-  Kokkos::parallel_for("camex::top_k[tie offsets]", per_row, KOKKOS_LAMBDA(std::size_t r) {
-    std::uint64_t offset = 0;
-    for (std::size_t c = 0; c < chunks; ++c) {
-      const std::uint64_t ties = st.equal(r * chunks + c);
-      st.equal(r * chunks + c) = offset;
-      offset += ties;
-    }
-  });
-  Kokkos::parallel_for("camex::top_k[mark with ranks]", per_chunk, KOKKOS_LAMBDA(std::size_t i) {
-    const std::size_t r = i / chunks, c = i % chunks;
-    const T* row = data + r * stride;
-    std::uint8_t* mask = out + r * out_stride;
-    const std::size_t end = detail::chunk_end(c, chunk, params);
-    const Key threshold = st.prefix(r);
-    const std::uint64_t take = st.remaining(r);
-    std::uint64_t rank = st.equal(i);
-    for (std::size_t p = c * chunk; p < end; ++p) {
-      const Key key = detail::key_of(row[p]);
-      mask[p] = key > threshold || (key == threshold && rank++ < take);
-    }
-  });
+  if (listed)
+    detail::select_mark_listed_ties(pass);
+  else
+    detail::select_mark_by_rank(pass);
 }
 
 }  // namespace camex

@@ -38,6 +38,9 @@
 #include "camex/merge/axis/mask.hpp"
 #include "camex/merge/axis/transform.hpp"
 #include "camex/merge/concepts.hpp"
+#include "camex/merge/detail/coefficients.hpp"
+#include "camex/merge/detail/row_source.hpp"
+#include "camex/merge/detail/step_cache.hpp"
 #include "camex/merge/soft_merge.hpp"
 
 namespace camex {
@@ -65,44 +68,6 @@ struct UpstreamAdjoint {
   ConstMatrix<Scalar, ExecSpace> d_next;  ///< [1, P], or empty for none
   double coefficient = 0;
 };
-
-namespace detail {
-
-/// What a step found in its operands and scores, written on the execution space and read back at once.
-struct StepStatus {
-  std::size_t first_bad_operand;    ///< position in [experts; base] of the first NaN or infinity, or no_position
-  std::size_t first_bad_score;      ///< row-major position of the first non-finite score, or no_position
-  std::size_t rows_summing_to_one;  ///< routing groups whose scores sum to 1 within the tolerance
-};
-
-/// coef[b, i] = alpha kappa[b, i] scores[b, i] for i < n and coef[b, n] = 1 where there is a base row, on the
-/// execution space, recording in `status` the first non-finite score and the groups whose scores sum to 1 (within
-/// `tolerance`, the sum taken in double); the operands' field is left as it is.
-template <class ExecSpace, class Scores, class ScoreFactor, class Coefficients>
-void build_coefficients(const ExecSpace& space, const Scores& scores, double alpha, bool kappa,
-                        const ScoreFactor& factor, const Coefficients& coef, StepStatus* status, double tolerance) {
-  using Scalar = typename Coefficients::value_type;
-  const std::size_t n = scores.extent(1), nrows = coef.extent(1);
-  Kokkos::parallel_for("camex::coefficients[reset]", Kokkos::RangePolicy<ExecSpace>(space, 0, 1),
-                       KOKKOS_LAMBDA(std::size_t) {
-                         status->first_bad_score = no_position;
-                         status->rows_summing_to_one = 0;
-                       });
-  Kokkos::parallel_for("camex::coefficients", Kokkos::RangePolicy<ExecSpace>(space, 0, scores.extent(0)),
-                       KOKKOS_LAMBDA(std::size_t g) {
-                         double sum = 0;
-                         for (std::size_t i = 0; i < n; ++i) {
-                           const double s = scores(g, i);
-                           if (s - s != 0) Kokkos::atomic_fetch_min(&status->first_bad_score, g * n + i);
-                           sum += s;
-                           coef(g, i) = static_cast<Scalar>(alpha * (kappa ? factor(g, i) : 1.0) * s);
-                         }
-                         if (nrows > n) coef(g, n) = Scalar(1);
-                         if (sum - 1 <= tolerance && 1 - sum <= tolerance) Kokkos::atomic_add(&status->rows_summing_to_one, std::size_t{1});
-                       });
-}
-
-}  // namespace detail
 
 template <std::floating_point Scalar, class ExecSpace, MaskAxis<ExecSpace, Scalar> Mask,
           TransformAxis<Scalar, ExecSpace> Transform>
@@ -133,6 +98,7 @@ class ComposedPolicy {
     if (composition.base == BaseSource::expert && composition.base_expert >= problem.experts)
       throw argument_error(name_, "composition.base_expert", concat("an expert index below ", problem.experts),
                            concat(composition.base_expert));
+    backward_scratch_bytes_ = most_backward_scratch(problem, row_count());
   }
 
   const MergeProblem& problem() const { return problem_; }
@@ -144,15 +110,15 @@ class ComposedPolicy {
   Transform& transform() { return transform_; }
   const Transform& transform() const { return transform_; }
 
+  /// The bytes of the longest carve a call of a step makes: the backward's (the step's buffers, the soft-merge
+  /// backward's scratch, the transform's scratch); every other call carves a prefix of it, or the buffers and the
+  /// transform's scratch alone.
   std::size_t workspace_bytes() const {
     WorkspaceCarver<ExecSpace> carver;
     layout(carver);
-    // Transient scratch follows the persistent buffers; a call takes at most both pieces, in any order, each
-    // aligned (hence the slack).
+    carve_backward_scratch(carver);
     if constexpr (!Transform::is_identity) transform_.template layout<Scalar>(carver);
-    carver.template take<unsigned char>(
-        soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(problem_.groups, row_count(), problem_.shape.params()));
-    return carver.bytes() + 2 * WorkspaceCarver<ExecSpace>::alignment;
+    return carver.bytes();
   }
 
   std::vector<Parameter<Scalar, ExecSpace>> parameters() {
@@ -175,13 +141,9 @@ class ComposedPolicy {
     experts_ = experts;
     base_ = base;
     factor_active_ = mask_.factor_active(step);
-    tau_ready_ = factor_ready_ = rows_ready_ = prepared_ = false;
     // Non-finite experts or base are caught by the first pass over them (materialising the deltas or the rows),
     // before anything reads that pass's output; where prepare has no such pass, by a scan of their own.
-    operands_unread_ = false;
-    checked_scores_ = {};
-    operand_cell_ = &buffers.status.data()->first_bad_operand;
-    pending_scan_ = detail::arm_scan(space, operand_cell_);
+    cache_.begin(detail::arm_scan(space, &buffers.status.data()->first_bad_operand));
     if (!bare()) {
       if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
       if (factor_active_) {
@@ -191,7 +153,7 @@ class ComposedPolicy {
       prepare_rows(space, buffers, carver);
     }
     finish_scan(space);
-    prepared_ = true;
+    cache_.end_prepare();
   }
 
   /// merged[b] = base + alpha sum_i kappa[b, i] scores[b, i] D_i for the B <= problem().groups rows of `scores`.
@@ -206,7 +168,7 @@ class ComposedPolicy {
     const auto buffers = layout(carver);
     const auto coef = build_coefficients(space, fn.c_str(), scores, buffers);
     if constexpr (generation_possible) {
-      if (generates_rows() && !rows_ready_) {
+      if (generates_rows() && !cache_.has(Piece::rows)) {
         require_operands_unchanged(fn.c_str(), merged);
         const detail::Coefficients<Scalar> c{coef.data(), row_stride(coef), 1};
         if (!factor_active_ && base_row() != nullptr && scores.extent(0) == 1) {
@@ -258,8 +220,7 @@ class ComposedPolicy {
     const std::size_t nrows = rows.extent(0);
     const auto coef = build_coefficients(space, fn, scores, buffers);
     const Buffer<Scalar> d_coef(buffers.d_coef.data(), groups, nrows);
-    const auto scratch = carver.template take<unsigned char>(soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(groups, nrows, params));
-    const Workspace<ExecSpace> backward_workspace(scratch.data(), scratch.extent(0));
+    const auto backward_workspace = carve_backward_scratch(carver);
     if (bare()) {
       // The rows are the experts, so d_R is d_experts itself.
       detail::launch_soft_merge_backward(space, coef, rows, d_merged, d_coef, d_experts, backward_workspace);
@@ -304,7 +265,7 @@ class ComposedPolicy {
   /// outvoted. Valid after prepare, for a step whose mask has an elementwise factor.
   ConstMatrix<Scalar, ExecSpace> mask_factor(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
     const std::string fn = name_ + "::mask_factor";
-    if (!prepared_) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
+    if (!cache_.prepared()) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
     if (!factor_active_)
       throw argument_error(fn.c_str(), "this", "a step whose mask has an elementwise factor",
                            "a step without one (no mask, DARE at evaluation or at expert granularity)");
@@ -318,7 +279,7 @@ class ComposedPolicy {
   /// workspace. Valid after prepare.
   ConstMatrix<Scalar, ExecSpace> prepared_deltas(const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
     const std::string fn = name_ + "::prepared_deltas";
-    if (!prepared_) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
+    if (!cache_.prepared()) throw argument_error(fn.c_str(), "this", "prepare() to have run for this step", "an unprepared policy");
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     ensure_deltas(space, buffers);
@@ -345,6 +306,7 @@ class ComposedPolicy {
  private:
   template <class T>
   using Buffer = typename WorkspaceCarver<ExecSpace>::template Matrix<T>;
+  using Piece = detail::StepCache::Piece;
 
   using MaskState = decltype(std::declval<const Mask&>().template layout<Scalar>(
       std::declval<WorkspaceCarver<ExecSpace>&>(), std::declval<const MergeProblem&>()));
@@ -363,14 +325,18 @@ class ComposedPolicy {
                      const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
                      const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const Buffers& buffers,
                      WorkspaceCarver<ExecSpace>& carver) {
-    score_gradient(space, d_coef, d_scores);
+    detail::coefficients_backward(space, d_coef, composition_.alpha, mask_.score_factor_active(step_),
+                                  mask_.score_factor(step_), d_scores);
     if (bare()) {
       if (upstream.d_next.size() != 0)
         throw argument_error(fn, "upstream", "no upstream adjoint (the policy has no base to propagate)", "one");
       if (d_rows.data() != d_experts.data()) copy_matrix(space, d_experts, d_rows);
       return;
     }
-    if (upstream.d_next.size() != 0) add_upstream(space, upstream, d_rows);
+    if (upstream.d_next.size() != 0) {
+      require_shape(fn, "upstream.d_next", upstream.d_next, 1, problem_.shape.params(), "[1, P]");
+      detail::add_upstream_adjoint(space, upstream.d_next, upstream.coefficient, problem_.experts, d_rows);
+    }
 
     const auto d_delta = Kokkos::subview(d_rows, std::pair<std::size_t, std::size_t>(0, problem_.experts), Kokkos::ALL);
     if (factor_active_) ensure_deltas(space, buffers);
@@ -391,7 +357,9 @@ class ComposedPolicy {
         transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
       }
     }
-    if (composition_.base != BaseSource::none) base_gradient(space, d_rows, d_experts, d_base);
+    if (composition_.base != BaseSource::none)
+      detail::base_gradient(space, d_rows, d_experts, composition_.base == BaseSource::expert, composition_.base_expert,
+                            d_base.data());
   }
 
   static constexpr bool has_mask = !std::is_same_v<Mask, NoMask>;
@@ -427,10 +395,25 @@ class ComposedPolicy {
     return b;
   }
 
+  /// The soft-merge backward's scratch, taken after the buffers; sized for any B <= problem().groups.
+  Workspace<ExecSpace> carve_backward_scratch(WorkspaceCarver<ExecSpace>& carver) const {
+    const auto scratch = carver.template take<unsigned char>(backward_scratch_bytes_);
+    return Workspace<ExecSpace>(scratch.data(), scratch.extent(0));
+  }
+
+  /// The most scratch the soft-merge backward takes for any B <= problem().groups: its chunking, and so its bytes,
+  /// need not grow with B.
+  static std::size_t most_backward_scratch(const MergeProblem& problem, std::size_t rows) {
+    std::size_t most = 0;
+    for (std::size_t groups = 1; groups <= problem.groups; ++groups)
+      most = std::max(most, soft_merge_backward_workspace_bytes<Scalar, ExecSpace>(groups, rows, problem.shape.params()));
+    return most;
+  }
+
   /// The rows [f .* tau_1 .. f .* tau_n (, base)] computed from the experts and the base wherever they are needed.
   /// `scan`, if armed, checks the deltas as they are formed.
   auto delta_source(const Buffers& b, bool masked, bool with_base_row, detail::NonFiniteScan scan = {}) const {
-    return DeltaRows<decltype(mask_.element_factor(step_, b.mask))>{
+    return detail::DeltaRows<Scalar, decltype(mask_.element_factor(step_, b.mask))>{
         experts_.data(), row_stride(experts_), static_cast<int>(problem_.experts), base_row(),
         with_base_row && composition_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask),
         scan, problem_.shape.params()};
@@ -460,7 +443,7 @@ class ComposedPolicy {
                                              std::pair<std::size_t, std::size_t>(j, j + 1), Kokkos::ALL);
         copy_matrix(space, base_out, base_in);
       }
-      rows_ready_ = true;
+      cache_.mark(Piece::rows);
     }
   }
 
@@ -468,21 +451,18 @@ class ComposedPolicy {
   /// the host reads the execution space's memory, or with `now`, reads the result and throws on a bad operand; on
   /// a device the result waits in the step's status for its one read-back (build_coefficients).
   void finish_scan(const ExecSpace& space, bool scanned = false, bool now = host_memory) const {
-    if (const auto scan = std::exchange(pending_scan_, detail::NonFiniteScan{})) {
+    const auto scan = cache_.end_scan();
+    if (scan && !scanned) {
       const std::size_t n = problem_.experts, params = problem_.shape.params();
-      if (!scanned) {
-        detail::scan_rows(space, scan, experts_.data(), row_stride(experts_), static_cast<int>(n), params);
-        if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
-      }
-      operands_unread_ = true;
+      detail::scan_rows(space, scan, experts_.data(), row_stride(experts_), static_cast<int>(n), params);
+      if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
     }
-    if (operands_unread_ && now) report_bad_operand(space, detail::first_non_finite(space, detail::NonFiniteScan{operand_cell_}));
+    if (cache_.operands_unread() && now) report_bad_operand(space, detail::first_non_finite(space, cache_.read_operands()));
   }
 
   /// Throws argument_error naming the operand of prepare at position `first` of [experts; base] (or of the deltas
   /// experts - base: the same places) and its value; nothing for no_position.
   void report_bad_operand(const ExecSpace& space, std::size_t first) const {
-    operands_unread_ = false;
     if (first == detail::no_position) return;
     const std::string fn = name_ + "::prepare";
     const std::size_t n = problem_.experts, params = problem_.shape.params();
@@ -501,25 +481,25 @@ class ComposedPolicy {
   }
 
   void ensure_deltas(const ExecSpace& space, const Buffers& b) {
-    if (tau_ready_ || composition_.base == BaseSource::none) return;
-    detail::materialise_rows(space, delta_source(b, false, false, pending_scan_), b.tau.data(),
+    if (cache_.has(Piece::deltas) || composition_.base == BaseSource::none) return;
+    detail::materialise_rows(space, delta_source(b, false, false, cache_.pending_scan()), b.tau.data(),
                              row_stride(b.tau), problem_.shape.params());
-    tau_ready_ = true;
+    cache_.mark(Piece::deltas);
     finish_scan(space, true);
   }
 
   void ensure_factor(const ExecSpace& space, const Buffers& b) {
-    if (factor_ready_) return;
+    if (cache_.has(Piece::factor)) return;
     ensure_deltas(space, b);
-    materialise_factor(space, deltas(b), mask_.element_factor(step_, b.mask), b.factor);
-    factor_ready_ = true;
+    detail::materialise_factor(space, deltas(b), mask_.element_factor(step_, b.mask), b.factor);
+    cache_.mark(Piece::factor);
   }
 
   void ensure_rows(const ExecSpace& space, const Buffers& b) {
-    if (rows_ready_) return;
-    detail::materialise_rows(space, delta_source(b, factor_active_, true, pending_scan_), b.rows.data(),
+    if (cache_.has(Piece::rows)) return;
+    detail::materialise_rows(space, delta_source(b, factor_active_, true, cache_.pending_scan()), b.rows.data(),
                              row_stride(b.rows), problem_.shape.params());
-    rows_ready_ = true;
+    cache_.mark(Piece::rows);
     finish_scan(space, true);
   }
 
@@ -568,7 +548,7 @@ class ComposedPolicy {
   }
 
   void check_scores(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores) const {
-    if (!prepared_) throw argument_error(fn, "this", "prepare() to have run for this step", "an unprepared policy");
+    if (!cache_.prepared()) throw argument_error(fn, "this", "prepare() to have run for this step", "an unprepared policy");
     detail::require_scores_shape(fn, scores, problem_);
   }
 
@@ -593,10 +573,13 @@ class ComposedPolicy {
     const bool kappa = mask_.score_factor_active(step_);
     detail::build_coefficients(space, scores, composition_.alpha, kappa, mask_.score_factor(step_), coef, b.status.data(),
                                64 * std::numeric_limits<Scalar>::epsilon() * static_cast<double>(n));
-    const bool checked = !host_memory && checked_scores_ == ScoresIdentity{scores.data(), groups, scores.extent(1)};
-    if (checked && !operands_unread_) return coef;
+    const bool checked = !host_memory && cache_.checked(scores.data(), groups, scores.extent(1));
+    if (checked && !cache_.operands_unread()) return coef;
     const auto status = read_back(space, b.status.data());
-    if (operands_unread_) report_bad_operand(space, status.first_bad_operand);
+    if (cache_.operands_unread()) {
+      cache_.read_operands();
+      report_bad_operand(space, status.first_bad_operand);
+    }
     if (status.first_bad_score != detail::no_position) {
       const std::size_t g = status.first_bad_score / n, i = status.first_bad_score % n;
       throw argument_error(fn, "scores", "finite routing scores",
@@ -609,7 +592,7 @@ class ComposedPolicy {
                            "base cancels (merged = sum_i s_i E_i and the base gets no gradient); use camex::Euclidean, "
                            "change alpha, or set Composition::on_degenerate = DegenerateBase::accept",
                            "every row summing to 1");
-    checked_scores_ = {scores.data(), groups, scores.extent(1)};
+    cache_.remember_checked(scores.data(), groups, scores.extent(1));
     return coef;
   }
 
@@ -617,157 +600,18 @@ class ComposedPolicy {
     return composition_.base != BaseSource::none && !has_mask && Transform::is_identity && composition_.alpha == 1.0;
   }
 
- public:
-  // Kernel launchers: public because nvcc does not allow extended (device) lambdas in private member functions;
-  // they are not part of the policy's interface.
-  /// d_scores[b, i] = alpha kappa[b, i] d_C[b, i].
-  void score_gradient(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& d_coef, const Matrix<Scalar, ExecSpace>& d_scores) const {
-    const std::size_t groups = d_scores.extent(0), n = problem_.experts;
-    const bool kappa = mask_.score_factor_active(step_);
-    const auto factor = mask_.score_factor(step_);
-    const double alpha = composition_.alpha;
-    Kokkos::parallel_for("camex::ComposedPolicy[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * n),
-                         KOKKOS_LAMBDA(std::size_t k) {
-                           const std::size_t g = k / n, i = k % n;
-                           d_scores(g, i) = static_cast<Scalar>(alpha * (kappa ? factor(g, i) : 1.0) * d_coef(g, i));
-                         });
-  }
-
-  template <class DRows>
-  void add_upstream(const ExecSpace& space, const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const DRows& d_rows) const {
-    const std::size_t n = problem_.experts, params = problem_.shape.params(), nrows = d_rows.extent(0);
-    require_shape((name_ + "::backward").c_str(), "upstream.d_next", upstream.d_next, 1, params, "[1, P]");
-    const auto d_next = upstream.d_next;
-    const Scalar c = static_cast<Scalar>(upstream.coefficient);
-    Kokkos::parallel_for("camex::ComposedPolicy[upstream]", Kokkos::RangePolicy<ExecSpace>(space, 0, nrows * params),
-                         KOKKOS_LAMBDA(std::size_t k) {
-                           const std::size_t r = k / params, p = k % params;
-                           d_rows(r, p) += (r < n ? c : Scalar(1)) * d_next(0, p);
-                         });
-  }
-
-  template <class Factor>
-  static void materialise_factor(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& tau, const Factor& element,
-                                 const Buffer<Scalar>& factor) {
-    const Scalar* x = tau.data();
-    Scalar* f = factor.data();
-    const auto x_stride = row_stride(tau), f_stride = row_stride(factor);
-    detail::for_each_tile(space, "camex::ComposedPolicy[factor]", tau.extent(1),
-                          detail::tile_length<Scalar>(static_cast<int>(tau.extent(0))), KOKKOS_LAMBDA(std::size_t p0, int len) {
-                            element.template apply<false>(p0, len, x + p0, x_stride, f + p0, f_stride);
-                          });
-  }
-
-  /// The row source of the composition: tau_i = E_i - base (E_i with no base), times the mask's factor, then the
-  /// base as the last row.
-  template <class Factor>
-  struct DeltaRows {
-    const Scalar* experts;
-    std::ptrdiff_t experts_stride;
-    int n;
-    const Scalar* base;  // null: the deltas are the experts
-    bool base_row;
-    bool masked;
-    Factor factor;
-    detail::NonFiniteScan scan;  // armed: check each delta as it is formed, at position i * length + p
-    std::size_t length;
-
-    KOKKOS_INLINE_FUNCTION int count() const { return n + (base_row ? 1 : 0); }
-
-    KOKKOS_INLINE_FUNCTION void generate(std::size_t p0, int len, Scalar* out, std::ptrdiff_t stride) const {
-      // Short pieces of every expert in turn rather than one expert's whole tile after another, so the loads of
-      // all n rows are in flight together, and each piece asks for the same piece of the next tile (a thread's
-      // tiles are consecutive): a memory-bound tile stays busy.
-      constexpr int piece = 64, line = 64 / static_cast<int>(sizeof(Scalar));
-      for (int q0 = 0; q0 < len; q0 += piece) {
-        const int q1 = len - q0 < piece ? len : q0 + piece;
-        for (int i = 0; i < n; ++i) {
-          const Scalar* e = experts + i * experts_stride + p0;
-          Scalar* o = out + i * stride;
-          for (int q = q0; q < q1; q += line) detail::prefetch_for_read(e + len + q);
-          if (base) {
-            const Scalar* b = base + p0;
-            CAMEX_IVDEP
-            for (int q = q0; q < q1; ++q) o[q] = e[q] - b[q];
-          } else {
-            CAMEX_IVDEP
-            for (int q = q0; q < q1; ++q) o[q] = e[q];
-          }
-          if (scan) scan.check(o + q0, q1 - q0, static_cast<std::size_t>(i) * length + p0 + q0);
-        }
-      }
-      if (masked) factor.template apply<true>(p0, len, out, stride, out, stride);
-      if (base_row) {
-        Scalar* o = out + n * stride;
-        CAMEX_IVDEP
-        for (int q = 0; q < len; ++q) o[q] = base[p0 + q];
-      }
-    }
-  };
-
-  /// d_base = d_R[n] - sum_i d_tau_i; with the base taken from expert j that sum goes to d_E_j instead.
-  template <class DRows>
-  void base_gradient(const ExecSpace& space, const DRows& d_rows, const Matrix<Scalar, ExecSpace>& d_experts,
-                     const Matrix<Scalar, ExecSpace>& d_base) const {
-    const int n = static_cast<int>(problem_.experts);
-    const bool to_expert = composition_.base == BaseSource::expert;
-    const std::size_t j = composition_.base_expert;
-    Scalar* out = to_expert ? d_experts.data() + j * row_stride(d_experts) : d_base.data();
-    const std::size_t params = problem_.shape.params();
-    if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)) {
-      // A run of entries per work item, the experts' rows subtracted one after another: the loop vectorises.
-      constexpr std::size_t run = 2048;
-      const Scalar* d_r = d_rows.data();
-      const Scalar* d_e = d_experts.data();
-      const std::ptrdiff_t r_stride = row_stride(d_rows), e_stride = row_stride(d_experts);
-      Kokkos::parallel_for("camex::ComposedPolicy[d_base]", Kokkos::RangePolicy<ExecSpace>(space, 0, (params + run - 1) / run),
-                           [=](std::size_t t) {
-                             const std::size_t p0 = t * run, len = std::min(run, params - p0);
-                             Scalar sum[run];
-                             CAMEX_IVDEP
-                             for (std::size_t q = 0; q < len; ++q) sum[q] = d_r[n * r_stride + p0 + q];
-                             for (int i = 0; i < n; ++i) {
-                               CAMEX_IVDEP
-                               for (std::size_t q = 0; q < len; ++q) sum[q] -= d_e[i * e_stride + p0 + q];
-                             }
-                             CAMEX_IVDEP
-                             for (std::size_t q = 0; q < len; ++q) out[p0 + q] = to_expert ? out[p0 + q] + sum[q] : sum[q];
-                           });
-    } else {
-      Kokkos::parallel_for("camex::ComposedPolicy[d_base]", Kokkos::RangePolicy<ExecSpace>(space, 0, params),
-                           KOKKOS_LAMBDA(std::size_t p) {
-                             Scalar sum = d_rows(n, p);
-                             for (int i = 0; i < n; ++i) sum -= d_experts(i, p);
-                             out[p] = to_expert ? out[p] + sum : sum;
-                           });
-    }
-  }
-
- private:
   std::string name_;
   MergeProblem problem_;
   Composition composition_;
   Mask mask_;
   Transform transform_;
+  std::size_t backward_scratch_bytes_ = 0;
   StepContext step_{};
   bool factor_active_ = false;
-  bool prepared_ = false;
   static constexpr bool host_memory =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  // The operands' check: armed from the start of prepare until a pass has scanned them, then unread until the
-  // step's status is read back.
-  mutable detail::NonFiniteScan pending_scan_{};
-  mutable bool operands_unread_ = false;
-  std::size_t* operand_cell_ = nullptr;
-  // The scores view whose check the step's status last reported: a device skips the read-back for it.
-  struct ScoresIdentity {
-    const Scalar* data = nullptr;
-    std::size_t rows = 0, cols = 0;
-    bool operator==(const ScoresIdentity&) const = default;
-  };
-  mutable ScoresIdentity checked_scores_;
-  // What this step has materialised so far: the deltas, the mask's factor, the rows.
-  bool tau_ready_ = false, factor_ready_ = false, rows_ready_ = false;
+  // Mutable: a merge (const) reads the status back and so settles the step's checks.
+  mutable detail::StepCache cache_;
   ConstMatrix<Scalar, ExecSpace> experts_, base_;
 };
 

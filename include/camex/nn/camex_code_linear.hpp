@@ -102,6 +102,12 @@ class CamexCodeLinear {
     return out;
   }
 
+  /// The layer's tensors by name, as MergedLinear::tensors names them (docs/layers.md, "Tensors by name").
+  NamedTensors<Scalar, ExecSpace> tensors(const ExpertStorage<Scalar, ExecSpace>& weights,
+                                          const std::optional<ExpertStorage<Scalar, ExecSpace>>& bias = std::nullopt) {
+    return layer_.tensors(weights, bias);
+  }
+
   std::size_t workspace_bytes() const { return layer_.workspace_bytes(); }
 
   /// MergedLinear::forward and backward (nn/merged_linear.hpp).

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "camex/core/error.hpp"
 #include "camex/core/step.hpp"
@@ -24,6 +26,7 @@
 #include "camex/merge/concepts.hpp"
 #include "camex/merge/row_combination_policy.hpp"
 #include "camex/nn/evaluation_order.hpp"
+#include "camex/nn/named_tensors.hpp"
 
 namespace camex {
 
@@ -42,6 +45,84 @@ struct ExpertGradients {
 };
 
 namespace detail {
+
+// The kernels of MergedAffine that are not GEMMs. Token t belongs to routing group t / group_length.
+
+/// y[t, o] = sum_j coef[g(t), j] applied[t, j O + o]: every prepared row's output mixed by the group's coefficients.
+template <class ExecSpace, class Coefficients, class Applied, class Y>
+void mix_applied_rows(const ExecSpace& space, const Coefficients& coef, const Applied& applied, std::size_t group_length,
+                      const Y& y) {
+  using Scalar = typename Y::value_type;
+  const std::size_t o_count = y.extent(1), m = coef.extent(1);
+  Kokkos::parallel_for("camex::MergedAffine[mix]", Kokkos::RangePolicy<ExecSpace>(space, 0, y.extent(0) * o_count),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t t = w / o_count, o = w % o_count, g = t / group_length;
+                         Scalar sum = 0;
+                         for (std::size_t j = 0; j < m; ++j) sum += coef(g, j) * applied(t, j * o_count + o);
+                         y(t, o) = sum;
+                       });
+}
+
+/// d_coef[g, j] = sum over group g's tokens t of <d_y[t], applied[t, j O : (j + 1) O]>, summed in double.
+template <class ExecSpace, class DY, class Applied, class DCoefficients>
+void mixed_rows_coefficient_gradient(const ExecSpace& space, const DY& d_y, const Applied& applied, std::size_t group_length,
+                                     const DCoefficients& d_coef) {
+  using Scalar = typename DCoefficients::value_type;
+  const std::size_t o_count = d_y.extent(1), m = d_coef.extent(1);
+  Kokkos::parallel_for("camex::MergedAffine[d_coef]", Kokkos::RangePolicy<ExecSpace>(space, 0, d_coef.extent(0) * m),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t g = w / m, j = w % m;
+                         double sum = 0;  // G m sums of L O terms, as the merge's backward sums its scores' gradient
+                         for (std::size_t t = g * group_length; t < (g + 1) * group_length; ++t)
+                           for (std::size_t o = 0; o < o_count; ++o) sum += double(d_y(t, o)) * applied(t, j * o_count + o);
+                         d_coef(g, j) = static_cast<Scalar>(sum);
+                       });
+}
+
+/// scaled[t, j O + o] = coef[g(t), j] d_y[t, o]: the cotangent of every prepared row's output.
+template <class ExecSpace, class Coefficients, class DY, class Scaled>
+void scale_by_coefficients(const ExecSpace& space, const Coefficients& coef, const DY& d_y, std::size_t group_length,
+                           const Scaled& scaled) {
+  const std::size_t o_count = d_y.extent(1), m = coef.extent(1);
+  Kokkos::parallel_for("camex::MergedAffine[scale d_y]", Kokkos::RangePolicy<ExecSpace>(space, 0, d_y.extent(0) * m * o_count),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t t = w / (m * o_count), j = w / o_count % m, o = w % o_count;
+                         scaled(t, j * o_count + o) = coef(t / group_length, j) * d_y(t, o);
+                       });
+}
+
+/// y[t, :] += bias[g(t), :].
+template <class ExecSpace, class Bias, class Y>
+void add_group_bias(const ExecSpace& space, const Bias& bias, std::size_t group_length, const Y& y) {
+  const std::size_t o_count = y.extent(1);
+  Kokkos::parallel_for("camex::MergedAffine[bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, y.extent(0) * o_count),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t t = w / o_count, o = w % o_count;
+                         y(t, o) += bias(t / group_length, o);
+                       });
+}
+
+/// sums[g, :] = sum over group g's tokens t of d_y[t, :]: the merged bias's gradient.
+template <class ExecSpace, class DY, class Sums>
+void group_sums(const ExecSpace& space, const DY& d_y, std::size_t group_length, const Sums& sums) {
+  using Scalar = typename Sums::value_type;
+  const std::size_t o_count = d_y.extent(1);
+  Kokkos::parallel_for("camex::MergedAffine[d_bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, sums.extent(0) * o_count),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t g = w / o_count, o = w % o_count;
+                         Scalar sum = 0;
+                         for (std::size_t t = g * group_length; t < (g + 1) * group_length; ++t) sum += d_y(t, o);
+                         sums(g, o) = sum;
+                       });
+}
+
+/// into += from, entry by entry.
+template <class ExecSpace, class From, class Into>
+void add_matrix(const ExecSpace& space, const From& from, const Into& into) {
+  const std::size_t cols = into.extent(1);
+  Kokkos::parallel_for("camex::MergedAffine[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, into.extent(0) * cols),
+                       KOKKOS_LAMBDA(std::size_t w) { into(w / cols, w % cols) += from(w / cols, w % cols); });
+}
 
 template <MergePolicy Policy>
 class MergedAffine {
@@ -193,23 +274,38 @@ class MergedAffine {
       weights_.backward(space, scores, b.d_merged_weights, d_scores, d_weights.experts, d_weights.base, b.weight_policy);
     }
     if (!bias_) return;
-    const auto d_merged_bias = b.d_merged_bias;
-    const std::size_t o_count = outputs(), per = group_length_;
-    Kokkos::parallel_for("camex::MergedAffine[d_bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * o_count),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t g = w / o_count, o = w % o_count;
-                           Scalar sum = 0;
-                           for (std::size_t t = g * per; t < (g + 1) * per; ++t) sum += d_y(t, o);
-                           d_merged_bias(g, o) = sum;
-                         });
+    const auto d_merged_bias = Kokkos::subview(b.d_merged_bias, std::pair<std::size_t, std::size_t>(0, groups), Kokkos::ALL);
+    group_sums(space, d_y, group_length_, d_merged_bias);
     bias_->backward(space, scores, d_merged_bias, b.d_scores_bias, d_bias->experts, d_bias->base, b.bias_policy);
-    const auto d_scores_bias = b.d_scores_bias;
-    const std::size_t n = experts();
-    Kokkos::parallel_for("camex::MergedAffine[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups * n),
-                         KOKKOS_LAMBDA(std::size_t w) { d_scores(w / n, w % n) += d_scores_bias(w / n, w % n); });
+    add_matrix(space, b.d_scores_bias, d_scores);
   }
 
-  // Kernel launchers: public for nvcc (extended lambdas); not part of the interface.
+  /// Names the weights' tensors into `named`: `weight_prefix` + "experts" [n, O, I] and + "base" [O, I] (where the
+  /// policy has a base) over the model's `weights`, then the weights' policy's parameters under the same prefix;
+  /// likewise the bias's ([n, O], [O]) under `bias_prefix`. `fn` and the argument names label the errors.
+  void name_tensors(const char* fn, const char* weight_name, const char* bias_name, const std::string& weight_prefix,
+                    const std::string& bias_prefix, const ExpertStorage<Scalar, ExecSpace>& weights,
+                    const std::optional<ExpertStorage<Scalar, ExecSpace>>& bias, NamedTensors<Scalar, ExecSpace>& named) {
+    require_bias_operand(fn, bias_name, bias);
+    name_merged(fn, weight_name, weight_prefix, weights_, weights, {outputs(), inputs()}, named);
+    if (bias_) name_merged(fn, bias_name, bias_prefix, *bias_, *bias, {outputs()}, named);
+  }
+
+ private:
+  static void name_merged(const char* fn, const char* argument, const std::string& prefix, Policy& policy,
+                          const ExpertStorage<Scalar, ExecSpace>& storage, const std::vector<std::size_t>& shape,
+                          NamedTensors<Scalar, ExecSpace>& named) {
+    const MergeProblem& problem = policy.problem();
+    const std::size_t params = problem.shape.params();
+    require_shape(fn, concat(argument, ".experts").c_str(), storage.experts, problem.experts, params,
+                  "[n, P] (the policy's experts and tensor size)");
+    require_base_operand(fn, concat(argument, ".base").c_str(), storage.base, policy.base_source(), params);
+    std::vector<std::size_t> experts_shape{problem.experts};
+    experts_shape.insert(experts_shape.end(), shape.begin(), shape.end());
+    named.add_matrix(prefix + "experts", experts_shape, storage.experts);
+    if (storage.base.size() != 0) named.add_matrix(prefix + "base", shape, storage.base);
+    named.add_parameters(prefix, policy.parameters());
+  }
 
   /// apply_then_mix: A_j = X R_jᵀ for every prepared row j into `applied` [N, m O], then
   /// y_t = sum_j C[g(t), j] A_j[t].
@@ -224,15 +320,7 @@ class MergedAffine {
                                   .alpha = 1, .a = x.data(), .lda = row_stride(x), .stride_a = 0, .b = rows.data(), .ldb = in,
                                   .stride_b = row_stride(rows), .beta = 0, .c = b.applied.data(), .ldc = m * out,
                                   .stride_c = out, .batch = m});
-    const auto applied = b.applied;
-    const std::size_t o_count = outputs(), per = group_length_;
-    Kokkos::parallel_for("camex::MergedAffine[mix]", Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0) * o_count),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t t = w / o_count, o = w % o_count, g = t / per;
-                           Scalar sum = 0;
-                           for (int j = 0; j < m; ++j) sum += coef(g, j) * applied(t, j * o_count + o);
-                           y(t, o) = sum;
-                         });
+    mix_applied_rows(space, coef, b.applied, group_length_, y);
   }
 
   /// apply_then_mix backward: dL/dC[g, j] = sum over group g's tokens of <d_y_t, A_j[t]>; then `applied` is
@@ -246,45 +334,20 @@ class MergedAffine {
     const auto coef = weights_.coefficients(space, scores, b.weight_policy);
     const int out = static_cast<int>(outputs()), in = static_cast<int>(inputs()), m = static_cast<int>(rows.extent(0));
     const int tokens = static_cast<int>(x.extent(0));
-    const std::size_t o_count = outputs(), per = group_length_, row_count = rows.extent(0);
-    const auto applied = b.applied;
-    const auto d_coef = b.d_coef;
-    Kokkos::parallel_for("camex::MergedAffine[d_coef]", Kokkos::RangePolicy<ExecSpace>(space, 0, scores.extent(0) * row_count),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t g = w / row_count, j = w % row_count;
-                           double sum = 0;  // G m sums of L O terms, as the merge's backward sums its scores' gradient
-                           for (std::size_t t = g * per; t < (g + 1) * per; ++t)
-                             for (std::size_t o = 0; o < o_count; ++o) sum += double(d_y(t, o)) * applied(t, j * o_count + o);
-                           d_coef(g, j) = static_cast<Scalar>(sum);
-                         });
-    Kokkos::parallel_for("camex::MergedAffine[scale d_y]",
-                         Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0) * row_count * o_count),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t t = w / (row_count * o_count), j = w / o_count % row_count, o = w % o_count;
-                           applied(t, j * o_count + o) = coef(t / per, j) * d_y(t, o);
-                         });
+    const auto d_coef = Kokkos::subview(b.d_coef, std::pair<std::size_t, std::size_t>(0, scores.extent(0)), Kokkos::ALL);
+    mixed_rows_coefficient_gradient(space, d_y, b.applied, group_length_, d_coef);
+    scale_by_coefficients(space, coef, d_y, group_length_, b.applied);
     for (int j = 0; j < m; ++j)
       gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::no, .transpose_b = Transpose::no, .m = tokens, .n = in, .k = out,
-                                    .alpha = 1, .a = applied.data() + j * out, .lda = m * out, .b = rows.data() + j * row_stride(rows),
+                                    .alpha = 1, .a = b.applied.data() + j * out, .lda = m * out, .b = rows.data() + j * row_stride(rows),
                                     .ldb = in, .beta = j == 0 ? Scalar(0) : Scalar(1), .c = d_x.data(), .ldc = row_stride(d_x)});
     gemm(space, GemmBatch<Scalar>{.transpose_a = Transpose::yes, .transpose_b = Transpose::no, .m = out, .n = in, .k = tokens,
-                                  .alpha = 1, .a = applied.data(), .lda = m * out, .stride_a = out, .b = x.data(),
+                                  .alpha = 1, .a = b.applied.data(), .lda = m * out, .stride_a = out, .b = x.data(),
                                   .ldb = row_stride(x), .stride_b = 0, .beta = 0, .c = b.d_rows.data(), .ldc = in,
                                   .stride_c = row_stride(b.d_rows), .batch = m});
     weights_.backward_from_rows(space, scores, d_coef, b.d_rows, d_scores, d_weights.experts, d_weights.base, b.weight_policy);
   }
 
-  /// y[t, :] += bias[t / per, :].
-  static void add_group_bias(const ExecSpace& space, const Buffer<Scalar>& bias, std::size_t per, const Out& y) {
-    const std::size_t o_count = y.extent(1);
-    Kokkos::parallel_for("camex::MergedAffine[bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, y.extent(0) * o_count),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           const std::size_t t = w / o_count, o = w % o_count;
-                           y(t, o) += bias(t / per, o);
-                         });
-  }
-
- private:
   Policy& weights_;
   Policy* bias_;
   std::size_t groups_, group_length_;

@@ -23,6 +23,7 @@
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
 #include "camex/nn/merged_affine.hpp"
+#include "camex/nn/named_tensors.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
@@ -161,7 +162,21 @@ class MergedFFN {
     routing_.backward(space, b.d_scores, d_aux, d_x, b.routing);
   }
 
-  // Public for nvcc (extended lambdas in the callers); not part of the API.
+  /// The block's tensors by name (nn/named_tensors.hpp, docs/layers.md): "fc.weight.*", "fc.bias.*",
+  /// "proj.weight.*" and "proj.bias.*" as MergedLinear names its weight and bias, then "router.<p>".
+  NamedTensors<Scalar, ExecSpace> tensors(const ExpertStorage<Scalar, ExecSpace>& fc_weights,
+                                          const std::optional<ExpertStorage<Scalar, ExecSpace>>& fc_bias,
+                                          const ExpertStorage<Scalar, ExecSpace>& proj_weights,
+                                          const std::optional<ExpertStorage<Scalar, ExecSpace>>& proj_bias) {
+    constexpr const char* fn = "camex::MergedFFN::tensors";
+    NamedTensors<Scalar, ExecSpace> named;
+    fc_.name_tensors(fn, "fc_weights", "fc_bias", "fc.weight.", "fc.bias.", fc_weights, fc_bias, named);
+    proj_.name_tensors(fn, "proj_weights", "proj_bias", "proj.weight.", "proj.bias.", proj_weights, proj_bias, named);
+    named.add_parameters("router.", routing_.router().parameters());
+    return named;
+  }
+
+ private:
   struct Buffers {
     typename WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores, d_scores_proj, hidden,
         activated, d_hidden;
@@ -184,7 +199,6 @@ class MergedFFN {
     return b;
   }
 
- private:
   static const char* check(const RoutingLayout& layout) {
     detail::check_layout("camex::MergedFFN", layout);
     return "camex::MergedFFN";

@@ -30,6 +30,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/nn/merged_affine.hpp"
+#include "camex/nn/named_tensors.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
@@ -107,7 +108,18 @@ class MergedLinear {
     routing_.backward(space, b.d_scores, d_aux, d_x, b.routing);
   }
 
-  // Public for nvcc (extended lambdas in the callers); not part of the API.
+  /// The layer's tensors by name (nn/named_tensors.hpp, docs/layers.md): "weight.experts" [n, O, I], "weight.base"
+  /// [O, I] where the policy has a base, "weight.<p>" for the weights' policy's parameters, the same under "bias."
+  /// ([n, O], [O]) where there is a bias, then "router.<p>". `weights` and `bias` are the model's storage.
+  NamedTensors<Scalar, ExecSpace> tensors(const ExpertStorage<Scalar, ExecSpace>& weights,
+                                          const std::optional<ExpertStorage<Scalar, ExecSpace>>& bias = std::nullopt) {
+    NamedTensors<Scalar, ExecSpace> named;
+    affine_.name_tensors("camex::MergedLinear::tensors", "weights", "bias", "weight.", "bias.", weights, bias, named);
+    named.add_parameters("router.", routing_.router().parameters());
+    return named;
+  }
+
+ private:
   struct Buffers {
     typename WorkspaceCarver<ExecSpace>::template Matrix<Scalar> scores, d_scores;
     typename RoutingStage<RouterType>::Buffers routing;
@@ -124,7 +136,6 @@ class MergedLinear {
     return b;
   }
 
- private:
   static const char* check(const RoutingLayout& layout) {
     detail::check_layout("camex::MergedLinear", layout);
     return "camex::MergedLinear";

@@ -38,6 +38,50 @@
 
 namespace camex {
 
+namespace detail {
+
+/// What a noisy top-k gate's forward leaves for its backward, in double ([G, n] unless said).
+template <class ExecSpace>
+struct NoisyTopKState {
+  template <class U>
+  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
+  template <class U>
+  using Matrix = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
+  Matrix<double> clean, raw, sigma, eps, noisy, score, in_top_k, d_clean, d_raw;
+  Array<int> threshold_in, threshold_out;  // [G]: the experts whose noisy logits are theta_in and theta_out
+  Array<double> d_importance, d_load;      // [n]: coefficient * d cv² / d v_j
+  Array<double> loss;                      // [1]
+};
+
+KOKKOS_INLINE_FUNCTION double softplus(double x) { return (x > 0 ? x : 0.0) + math::log1p(math::exp(-(x > 0 ? x : -x))); }
+KOKKOS_INLINE_FUNCTION double sigmoid(double x) { return 1.0 / (1.0 + math::exp(-x)); }
+KOKKOS_INLINE_FUNCTION double normal_cdf(double z) { return 0.5 * math::erfc(-z * 0.70710678118654752440); }
+KOKKOS_INLINE_FUNCTION double normal_pdf(double z) { return 0.39894228040143267794 * math::exp(-0.5 * z * z); }
+
+/// cv²(v) for v_j = sum_g values(g, j), n <= max_experts; writes d cv² / d v_j to grad.
+template <std::size_t max_experts, class Values, class Gradient>
+KOKKOS_INLINE_FUNCTION double cv_squared(const Values& values, std::size_t groups, std::size_t n, const Gradient& grad) {
+  for (std::size_t j = 0; j < n; ++j) grad(j) = 0;
+  if (n < 2) return 0;
+  double v[max_experts], mean = 0;
+  for (std::size_t j = 0; j < n; ++j) {
+    v[j] = 0;
+    for (std::size_t g = 0; g < groups; ++g) v[j] += values(g, j);
+    mean += v[j];
+  }
+  mean /= static_cast<double>(n);
+  double var = 0;
+  for (std::size_t j = 0; j < n; ++j) var += (v[j] - mean) * (v[j] - mean);
+  var /= static_cast<double>(n - 1);
+  const double denom = mean * mean + 1e-10;
+  for (std::size_t j = 0; j < n; ++j)
+    grad(j) = 2 * (v[j] - mean) / (static_cast<double>(n - 1) * denom) -
+              var * 2 * mean / (static_cast<double>(n) * denom * denom);
+  return var / denom;
+}
+
+}  // namespace detail
+
 struct NoisyTopKOptions {
   std::size_t k = 0;                 ///< experts selected per group; 0 selects all n (every CAMEx script: k = n)
   bool noisy = true;                 ///< add the learned Gaussian noise in training
@@ -158,7 +202,7 @@ class NoisyTopKGate {
                            double noisy_logit[max_experts];
                            int order[max_experts];
                            for (std::size_t j = 0; j < n; ++j) {
-                             const double sigma = noisy ? softplus(st.raw(g, j)) + floor : 0.0;
+                             const double sigma = noisy ? detail::softplus(st.raw(g, j)) + floor : 0.0;
                              const double eps = noisy ? rng.normal({stream, static_cast<std::uint32_t>(j), g}) : 0.0;
                              st.sigma(g, j) = sigma;
                              st.eps(g, j) = eps;
@@ -188,15 +232,15 @@ class NoisyTopKGate {
                                continue;
                              }
                              const int m = noisy_logit[j] > noisy_logit[order[k]] ? order[k] : order[k - 1];
-                             st.in_top_k(g, j) = normal_cdf((st.clean(g, j) - noisy_logit[m]) / st.sigma(g, j));
+                             st.in_top_k(g, j) = detail::normal_cdf((st.clean(g, j) - noisy_logit[m]) / st.sigma(g, j));
                            }
                            for (std::size_t j = 0; j < n; ++j) scores(g, j) = static_cast<Scalar>(st.score(g, j));
                          });
     const double coefficient = options_.balance_coefficient;
     Kokkos::parallel_for("camex::NoisyTopKGate[balance]", Kokkos::RangePolicy<ExecSpace>(space, 0, 1),
                          KOKKOS_LAMBDA(std::size_t) {
-                           st.loss(0) = coefficient * (cv_squared(st.score, groups, n, st.d_importance) +
-                                                       cv_squared(st.in_top_k, groups, n, st.d_load));
+                           st.loss(0) = coefficient * (detail::cv_squared<max_experts>(st.score, groups, n, st.d_importance) +
+                                                       detail::cv_squared<max_experts>(st.in_top_k, groups, n, st.d_load));
                            for (std::size_t j = 0; j < n; ++j) {
                              st.d_importance(j) *= coefficient;
                              st.d_load(j) *= coefficient;
@@ -234,7 +278,7 @@ class NoisyTopKGate {
                                const int in = st.threshold_in(g), out = st.threshold_out(g);
                                const int m = st.noisy(g, j) > st.noisy(g, in) ? in : out;
                                const double sigma = st.sigma(g, j), z = (st.clean(g, j) - st.noisy(g, m)) / sigma;
-                               const double a = d_loss * st.d_load(j) * normal_pdf(z) / sigma;
+                               const double a = d_loss * st.d_load(j) * detail::normal_pdf(z) / sigma;
                                d_clean[j] += a;
                                d_noisy[m] -= a;
                                d_sigma[j] -= a * z;
@@ -242,7 +286,7 @@ class NoisyTopKGate {
                            for (std::size_t j = 0; j < n; ++j) {
                              st.d_clean(g, j) = d_clean[j] + d_noisy[j];
                              const double dsig = d_sigma[j] + st.eps(g, j) * d_noisy[j];
-                             st.d_raw(g, j) = noisy ? dsig * sigmoid(st.raw(g, j)) : 0.0;
+                             st.d_raw(g, j) = noisy ? dsig * detail::sigmoid(st.raw(g, j)) : 0.0;
                            }
                          });
     const auto gate = gate_, noise = noise_;
@@ -271,49 +315,9 @@ class NoisyTopKGate {
                          });
   }
 
-  // Public for nvcc, which rejects extended lambdas in private member functions' callers; not part of the API.
-  template <class U>
-  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
-  template <class U>
-  using Matrix2 = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
-  /// What forward leaves for backward, in double ([G, n] unless said).
-  struct State {
-    Matrix2<double> clean, raw, sigma, eps, noisy, score, in_top_k, d_clean, d_raw;
-    Array<int> threshold_in, threshold_out;  // [G]: the experts whose noisy logits are theta_in and theta_out
-    Array<double> d_importance, d_load;      // [n]: coefficient * d cv² / d v_j
-    Array<double> loss;                      // [1]
-  };
-
-  KOKKOS_INLINE_FUNCTION static double softplus(double x) {
-    return (x > 0 ? x : 0.0) + math::log1p(math::exp(-(x > 0 ? x : -x)));
-  }
-  KOKKOS_INLINE_FUNCTION static double sigmoid(double x) { return 1.0 / (1.0 + math::exp(-x)); }
-  KOKKOS_INLINE_FUNCTION static double normal_cdf(double z) { return 0.5 * math::erfc(-z * 0.70710678118654752440); }
-  KOKKOS_INLINE_FUNCTION static double normal_pdf(double z) { return 0.39894228040143267794 * math::exp(-0.5 * z * z); }
-
-  /// cv²(v) for v_j = sum_g values(g, j); writes d cv² / d v_j to grad.
-  KOKKOS_INLINE_FUNCTION static double cv_squared(const Matrix2<double>& values, std::size_t groups, std::size_t n,
-                                                   const Array<double>& grad) {
-    for (std::size_t j = 0; j < n; ++j) grad(j) = 0;
-    if (n < 2) return 0;
-    double v[max_experts], mean = 0;
-    for (std::size_t j = 0; j < n; ++j) {
-      v[j] = 0;
-      for (std::size_t g = 0; g < groups; ++g) v[j] += values(g, j);
-      mean += v[j];
-    }
-    mean /= static_cast<double>(n);
-    double var = 0;
-    for (std::size_t j = 0; j < n; ++j) var += (v[j] - mean) * (v[j] - mean);
-    var /= static_cast<double>(n - 1);
-    const double denom = mean * mean + 1e-10;
-    for (std::size_t j = 0; j < n; ++j)
-      grad(j) = 2 * (v[j] - mean) / (static_cast<double>(n - 1) * denom) -
-                var * 2 * mean / (static_cast<double>(n) * denom * denom);
-    return var / denom;
-  }
-
  private:
+  using State = detail::NoisyTopKState<ExecSpace>;
+
   State layout(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = max_groups_, n = experts_;
     State st;

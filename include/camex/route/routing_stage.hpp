@@ -42,6 +42,7 @@ class RoutingStage {
 
   std::size_t experts() const { return router_.experts(); }
   const RoutingLayout& layout() const { return layout_; }
+  RouterType& router() const { return router_; }
 
   /// What lives from forward to backward: the router rows' inputs (which the router reads again in backward), its
   /// gates, and the router's own workspace; then the backward's scratch.

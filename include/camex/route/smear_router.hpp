@@ -31,6 +31,51 @@
 
 namespace camex {
 
+namespace detail {
+
+/// What a SMEAR router's forward leaves for its backward, in double.
+template <class ExecSpace>
+struct SmearRouterState {
+  template <class U>
+  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
+  template <class U>
+  using Matrix = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
+  Matrix<double> u_hat, u, d_u, scratch;   // [G, C]
+  Matrix<double> w_hat, v, d_w_hat;        // [N, C]
+  Matrix<double> p, keep, score, d_logit;  // [G, N]
+  Array<double> u_rstd, normaliser;         // [G]
+  Array<double> w_rstd;                     // [N]
+};
+
+/// x_hat = (x - mean) / sqrt(var + eps) over `width` entries (biased variance); returns 1 / sqrt(var + eps).
+template <class In>
+KOKKOS_INLINE_FUNCTION double normalise(const In* x, std::size_t width, double eps, double* x_hat) {
+  double mean = 0, var = 0;
+  for (std::size_t c = 0; c < width; ++c) mean += static_cast<double>(x[c]);
+  mean /= static_cast<double>(width);
+  for (std::size_t c = 0; c < width; ++c) var += (static_cast<double>(x[c]) - mean) * (static_cast<double>(x[c]) - mean);
+  var /= static_cast<double>(width);
+  const double rstd = 1.0 / math::sqrt(var + eps);
+  for (std::size_t c = 0; c < width; ++c) x_hat[c] = (static_cast<double>(x[c]) - mean) * rstd;
+  return rstd;
+}
+
+/// dx = rstd (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat)): the adjoint of normalise.
+template <class Out>
+KOKKOS_INLINE_FUNCTION void normalise_backward(const double* dx_hat, const double* x_hat, double rstd, std::size_t width,
+                                               Out* dx) {
+  double mean_d = 0, mean_dx = 0;
+  for (std::size_t c = 0; c < width; ++c) {
+    mean_d += dx_hat[c];
+    mean_dx += dx_hat[c] * x_hat[c];
+  }
+  mean_d /= static_cast<double>(width);
+  mean_dx /= static_cast<double>(width);
+  for (std::size_t c = 0; c < width; ++c) dx[c] = static_cast<Out>(rstd * (dx_hat[c] - mean_d - x_hat[c] * mean_dx));
+}
+
+}  // namespace detail
+
 struct SmearRouterOptions {
   bool normalize_weights = true;  ///< pass each expert's weight row through its own LayerNorm (SMEAR's default)
   double expert_dropout = 0.0;    ///< probability of zeroing a score in training (0.1 in the SMEAR commands)
@@ -140,7 +185,7 @@ class SmearRouter {
                              for (std::size_t c = 0; c < width; ++c) st.v(j, c) = w(j, c);
                              return;
                            }
-                           const double rstd = normalise(&w(j, 0), width, &st.w_hat(j, 0));
+                           const double rstd = detail::normalise(&w(j, 0), width, layer_norm_eps, &st.w_hat(j, 0));
                            st.w_rstd(j) = rstd;
                            for (std::size_t c = 0; c < width; ++c) st.v(j, c) = cg(j, c) * st.w_hat(j, c) + cb(j, c);
                          });
@@ -150,7 +195,7 @@ class SmearRouter {
     const double drop = step.training ? options_.expert_dropout : 0.0;
     Kokkos::parallel_for("camex::SmearRouter[scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups),
                          KOKKOS_LAMBDA(std::size_t g) {
-                           st.u_rstd(g) = normalise(&routed(g, 0), width, &st.u_hat(g, 0));
+                           st.u_rstd(g) = detail::normalise(&routed(g, 0), width, layer_norm_eps, &st.u_hat(g, 0));
                            for (std::size_t c = 0; c < width; ++c) st.u(g, c) = gain(c) * st.u_hat(g, c) + bias(c);
                            double logit[max_experts], top = -1e300;
                            for (std::size_t j = 0; j < n; ++j) {
@@ -211,7 +256,7 @@ class SmearRouter {
                              st.d_u(g, c) = du;
                              st.scratch(g, c) = du * gain(c);  // d u_hat
                            }
-                           normalise_backward(&st.scratch(g, 0), &st.u_hat(g, 0), st.u_rstd(g), width, &d_routed(g, 0));
+                           detail::normalise_backward(&st.scratch(g, 0), &st.u_hat(g, 0), st.u_rstd(g), width, &d_routed(g, 0));
                          });
     const auto d_gain = d_ln_gain_, d_bias = d_ln_bias_;
     Kokkos::parallel_for("camex::SmearRouter[d_layer_norm]", Kokkos::RangePolicy<ExecSpace>(space, 0, width),
@@ -239,52 +284,13 @@ class SmearRouter {
                              d_cb(j, c) = static_cast<Scalar>(dv);
                              st.d_w_hat(j, c) = dv * cg(j, c);
                            }
-                           if (normalize) normalise_backward(&st.d_w_hat(j, 0), &st.w_hat(j, 0), st.w_rstd(j), width, &d_w(j, 0));
+                           if (normalize) detail::normalise_backward(&st.d_w_hat(j, 0), &st.w_hat(j, 0), st.w_rstd(j), width, &d_w(j, 0));
                          });
   }
 
-  // Public for nvcc (extended lambdas call these); not part of the API.
-  template <class U>
-  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
-  template <class U>
-  using Matrix2 = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
-  /// What forward leaves for backward, in double.
-  struct State {
-    Matrix2<double> u_hat, u, d_u, scratch;   // [G, C]
-    Matrix2<double> w_hat, v, d_w_hat;        // [N, C]
-    Matrix2<double> p, keep, score, d_logit;  // [G, N]
-    Array<double> u_rstd, normaliser;         // [G]
-    Array<double> w_rstd;                     // [N]
-  };
-
-  /// x_hat = (x - mean) / sqrt(var + eps) over `width` entries (biased variance); returns 1 / sqrt(var + eps).
-  template <class In>
-  KOKKOS_INLINE_FUNCTION static double normalise(const In* x, std::size_t width, double* x_hat) {
-    double mean = 0, var = 0;
-    for (std::size_t c = 0; c < width; ++c) mean += static_cast<double>(x[c]);
-    mean /= static_cast<double>(width);
-    for (std::size_t c = 0; c < width; ++c) var += (static_cast<double>(x[c]) - mean) * (static_cast<double>(x[c]) - mean);
-    var /= static_cast<double>(width);
-    const double rstd = 1.0 / math::sqrt(var + layer_norm_eps);
-    for (std::size_t c = 0; c < width; ++c) x_hat[c] = (static_cast<double>(x[c]) - mean) * rstd;
-    return rstd;
-  }
-
-  /// dx = rstd (dx_hat - mean(dx_hat) - x_hat mean(dx_hat x_hat)): the adjoint of normalise.
-  template <class Out>
-  KOKKOS_INLINE_FUNCTION static void normalise_backward(const double* dx_hat, const double* x_hat, double rstd,
-                                                        std::size_t width, Out* dx) {
-    double mean_d = 0, mean_dx = 0;
-    for (std::size_t c = 0; c < width; ++c) {
-      mean_d += dx_hat[c];
-      mean_dx += dx_hat[c] * x_hat[c];
-    }
-    mean_d /= static_cast<double>(width);
-    mean_dx /= static_cast<double>(width);
-    for (std::size_t c = 0; c < width; ++c) dx[c] = static_cast<Out>(rstd * (dx_hat[c] - mean_d - x_hat[c] * mean_dx));
-  }
-
  private:
+  using State = detail::SmearRouterState<ExecSpace>;
+
   State layout(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t g = max_groups_, n = experts_, c = channels_;
     State st;

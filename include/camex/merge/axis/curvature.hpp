@@ -27,6 +27,18 @@
 
 namespace camex {
 
+namespace detail {
+
+/// out = scale * in: the transform of a 1 x 1 tensor, whose single entry has no factor to hold its scale.
+template <class ExecSpace, class In, class Out>
+void scale_copy(const ExecSpace& space, const In& in, const Out& out, typename Out::value_type scale) {
+  const std::size_t cols = out.extent(1);
+  Kokkos::parallel_for("camex::CurvatureTransform[scale]", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0) * cols),
+                       KOKKOS_LAMBDA(std::size_t k) { out(k / cols, k % cols) = scale * in(k / cols, k % cols); });
+}
+
+}  // namespace detail
+
 /// How the factors start.
 enum class CurvatureInit {
   unit,              ///< every factor r^(-1/K) I over the K factored modes, so M_i = I: CA starts as its Euclidean twin
@@ -115,7 +127,7 @@ class CurvatureTransform {
     const auto s = scratch(carver);
     const std::size_t K = modes_.size();
     if (K == 0) {
-      scale_copy(space, x, y, static_cast<Scalar>(unfactored_scale_));
+      detail::scale_copy(space, x, y, static_cast<Scalar>(unfactored_scale_));
       return;
     }
     for (std::size_t rho = 0; rho < rank_; ++rho) {
@@ -139,7 +151,7 @@ class CurvatureTransform {
     const auto s = scratch(carver);
     const std::size_t K = modes_.size();
     if (K == 0) {
-      scale_copy(space, d_y, d_x, static_cast<Scalar>(unfactored_scale_));
+      detail::scale_copy(space, d_y, d_x, static_cast<Scalar>(unfactored_scale_));
       return;
     }
     const std::ptrdiff_t P = static_cast<std::ptrdiff_t>(params_);
@@ -171,15 +183,6 @@ class CurvatureTransform {
         v_stride = out_stride;
       }
     }
-  }
-
-  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
-  // functions; they are not part of the policy's interface.
-  template <class In, class Out>
-  static void scale_copy(const ExecSpace& space, const In& in, const Out& out, Scalar scale) {
-    const std::size_t cols = out.extent(1);
-    Kokkos::parallel_for("camex::CurvatureTransform[scale]", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0) * cols),
-                         KOKKOS_LAMBDA(std::size_t k) { out(k / cols, k % cols) = scale * in(k / cols, k % cols); });
   }
 
  private:

@@ -90,6 +90,37 @@ struct DareDraws {
   }
 };
 
+namespace detail {
+
+template <class T>
+KOKKOS_INLINE_FUNCTION double magnitude(T x) {
+  return x < 0 ? -static_cast<double>(x) : static_cast<double>(x);
+}
+
+/// DARE's L1 rescale: norms = [||tau_i||_1, S_i = ||keep .* tau_i||_1, c_i = ||tau_i||_1 / S_i, or 1 where either
+/// norm is below l1_rescale_floor].
+template <class ExecSpace, class Tau, class Keep, class Norms, class Partial>
+void dare_l1_norms(const ExecSpace& space, const Tau& tau, const Keep& keep, const Norms& norms, const Partial& partial) {
+  const std::size_t experts = tau.extent(0), params = tau.extent(1);
+  using Range = std::pair<std::size_t, std::size_t>;
+  detail::row_sums(
+      space, experts, params,
+      KOKKOS_LAMBDA(std::size_t i, std::size_t p) { return magnitude(tau(i, p)); }, partial,
+      Kokkos::subview(norms, Range(0, experts)));
+  detail::row_sums(
+      space, experts, params,
+      KOKKOS_LAMBDA(std::size_t i, std::size_t p) {
+        return keep(i, p) ? magnitude(tau(i, p)) : 0.0;
+      },
+      partial, Kokkos::subview(norms, Range(experts, 2 * experts)));
+  Kokkos::parallel_for("camex::DareMask[l1 ratio]", Kokkos::RangePolicy<ExecSpace>(space, 0, experts), KOKKOS_LAMBDA(std::size_t i) {
+    const double s = norms(experts + i);
+    norms(2 * experts + i) = s < l1_rescale_floor || norms(i) < l1_rescale_floor ? 1.0 : norms(i) / s;
+  });
+}
+
+}  // namespace detail
+
 struct DareMask {
   static constexpr double default_drop = 0.1;  ///< the CAMEx code's p
 
@@ -173,7 +204,7 @@ struct DareMask {
     State<ExecSpace> draws_only = state;
     draws_only.norms = {};
     const auto draws = element_factor(step, draws_only);
-    l1_norms(space, tau, [=] KOKKOS_FUNCTION(std::size_t i, std::size_t p) { return draws.kept(i, p); }, state.norms,
+    detail::dare_l1_norms(space, tau, [=] KOKKOS_FUNCTION(std::size_t i, std::size_t p) { return draws.kept(i, p); }, state.norms,
              state.partial);
   }
 
@@ -229,35 +260,6 @@ struct DareMask {
   ExpertDropFactor score_factor(const StepContext& step) const {
     const double p = drop_of(0);
     return {CounterRng(step.seed, step.step), step.stream, static_cast<float>(p), scale_at(p)};
-  }
-
-  // Kernel launchers below are public because nvcc does not allow extended (device) lambdas in private member
-  // functions; they are not part of the policy's interface.
-  template <class T>
-  KOKKOS_INLINE_FUNCTION static double magnitude(T x) {
-    return x < 0 ? -static_cast<double>(x) : static_cast<double>(x);
-  }
-
-  /// norms = [||tau_i||_1, S_i = ||keep .* tau_i||_1, c_i = ||tau_i||_1 / S_i, or 1 where either norm is below
-  /// l1_rescale_floor].
-  template <class ExecSpace, class Tau, class Keep, class Norms, class Partial>
-  static void l1_norms(const ExecSpace& space, const Tau& tau, const Keep& keep, const Norms& norms, const Partial& partial) {
-    const std::size_t experts = tau.extent(0), params = tau.extent(1);
-    using Range = std::pair<std::size_t, std::size_t>;
-    detail::row_sums(
-        space, experts, params,
-        KOKKOS_LAMBDA(std::size_t i, std::size_t p) { return magnitude(tau(i, p)); }, partial,
-        Kokkos::subview(norms, Range(0, experts)));
-    detail::row_sums(
-        space, experts, params,
-        KOKKOS_LAMBDA(std::size_t i, std::size_t p) {
-          return keep(i, p) ? magnitude(tau(i, p)) : 0.0;
-        },
-        partial, Kokkos::subview(norms, Range(experts, 2 * experts)));
-    Kokkos::parallel_for("camex::DareMask[l1 ratio]", Kokkos::RangePolicy<ExecSpace>(space, 0, experts), KOKKOS_LAMBDA(std::size_t i) {
-      const double s = norms(experts + i);
-      norms(2 * experts + i) = s < l1_rescale_floor || norms(i) < l1_rescale_floor ? 1.0 : norms(i) / s;
-    });
   }
 };
 
