@@ -133,7 +133,7 @@ void register_policy_benchmarks() {
   using std::make_unique;
   const Shape wide{"N=8/P=4194304", {2048, 2048}, 8};
   const Shape gpt2[] = {{"768x3072/n=7", {768, 3072}, 7}, {"3072x768/n=7", {3072, 768}, 7}};
-  const Composition half{.alpha = 0.5};  // alpha = 1 with scores summing to 1 would be the degenerate base
+  const MergeOptions half{.alpha = 0.5};  // alpha = 1 with scores summing to 1 would be the degenerate base
 
   struct Case {
     Shape shape;

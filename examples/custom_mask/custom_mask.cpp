@@ -155,7 +155,7 @@ int run() {
   const camex::RoutingLayout layout{.sequences = 2, .length = 4};  // one routing group per sequence
   const std::size_t groups = layout.groups(), tokens = layout.tokens();
   const BreadcrumbsMask mask{.density = 0.6, .gamma = 0.1};
-  const camex::Composition composition{.alpha = 0.8};
+  const camex::MergeOptions options{.alpha = 0.8};
   std::mt19937_64 gen(2026);
   std::uniform_real_distribution<double> uniform(-1, 1), positive(0.05, 1);
   const auto draw = [&](std::size_t count) {
@@ -166,14 +166,14 @@ int run() {
   std::vector<double> experts = draw(n * params), base = draw(params), x = draw(tokens * in), d_y = draw(tokens * out);
 
   // 1. The merge, through the driver every policy goes through, against the formula.
-  Breadcrumbs<double, Space> policy("Breadcrumbs", {n, groups, {out, in}}, composition, mask, {});
+  Breadcrumbs<double, Space> policy("Breadcrumbs", {n, groups, {out, in}}, options, mask, {});
   std::vector<double> scores(groups * n);
   for (auto& s : scores) s = positive(gen);
   camex::MergeDriver driver(policy);
   driver.prepare(Space{}, {}, device_matrix<double>(experts, n, params), device_matrix<double>(base, 1, params));
   camex::Matrix<double, Space> merged("merged", groups, params);
   driver.merge(Space{}, device_matrix<double>(scores, groups, n), merged);
-  const auto got = host_values(merged), want = reference_merge(mask, composition.alpha, experts, base, scores, n, groups, params);
+  const auto got = host_values(merged), want = reference_merge(mask, options.alpha, experts, base, scores, n, groups, params);
   double worst_merge = 0;
   for (std::size_t k = 0; k < got.size(); ++k) worst_merge = std::max(worst_merge, std::abs(got[k] - want[k]));
 

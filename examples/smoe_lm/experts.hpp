@@ -60,14 +60,14 @@ class ChainedPolicies {
   std::vector<std::unique_ptr<DynamicChain<T, Space>>> chains_;
 };
 
-/// Owns the routers (two per layer) and builds each layer's MergedMlp from `Store`'s policies.
+/// Builds each layer's MergedMlp from `Store`'s policies, and owns the routers they use (two per layer).
 template <class T, class Space, class Store, class Policy, class Router>
-class MergedExperts {
+class MergedMlpFactory {
  public:
   using Mlp = MergedMlp<T, Space, Policy, Router>;
   using RouterFactory = std::function<std::unique_ptr<Router>(std::size_t inputs, std::size_t layer_index)>;
 
-  MergedExperts(const GptShape& shape, const RoutingLayout& layout, Store& store, const RouterFactory& make_router,
+  MergedMlpFactory(const GptShape& shape, const RoutingLayout& layout, Store& store, const RouterFactory& make_router,
                 const EvaluationOptions& evaluation = {})
       : shape_(shape), layout_(layout), store_(store), evaluation_(evaluation) {
     for (std::size_t l = 0; l < shape.layers; ++l) {

@@ -42,9 +42,9 @@ template <class Store, class Policy, class Router>
 int train_merged(const TrainConfig& c, const LmData& data, Store& store,
                  const std::function<std::unique_ptr<Router>(std::size_t, std::size_t)>& make_router) {
   const GptShape shape = gpt_shape(c, data.vocab);
-  MergedExperts<TrainScalar, TrainSpace, Store, Policy, Router> parts(shape, routing_layout(c), store, make_router);
-  using Mlp = typename decltype(parts)::Mlp;
-  return train<Mlp>(c, data, [&](std::size_t l) { return parts(l); });
+  MergedMlpFactory<TrainScalar, TrainSpace, Store, Policy, Router> make_mlp(shape, routing_layout(c), store, make_router);
+  using Mlp = typename decltype(make_mlp)::Mlp;
+  return train<Mlp>(c, data, [&](std::size_t l) { return make_mlp(l); });
 }
 
 /// One independent policy per (layer, tensor), made by `make(problem)`.

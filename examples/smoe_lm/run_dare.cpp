@@ -7,7 +7,7 @@ int run_dare(const TrainConfig& c, const LmData& data) {
   using Policy = Dare<TrainScalar, TrainSpace>;
   return train_independent<Policy>(
       c, data, [&](const MergeProblem& p) {
-        return std::make_unique<Policy>(p, DareMask{.drop = c.drop}, Composition{.alpha = merge_step(c)});
+        return std::make_unique<Policy>(p, DareMask{.drop = c.drop}, MergeOptions{.alpha = merge_step(c)});
       },
       noisy_routers(c));
 }

@@ -11,7 +11,7 @@ int run_soft(const TrainConfig& c, const LmData& data) {
       c, data,
       [&](const MergeProblem& p) -> std::unique_ptr<Policy> {
         if (c.policy == "smoe") return std::make_unique<Euclidean<TrainScalar, TrainSpace>>(p);
-        return std::make_unique<Domain<TrainScalar, TrainSpace>>(p, Composition{.alpha = merge_step(c)});
+        return std::make_unique<Domain<TrainScalar, TrainSpace>>(p, MergeOptions{.alpha = merge_step(c)});
       },
       noisy_routers(c));
 }

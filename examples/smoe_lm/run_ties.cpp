@@ -9,7 +9,7 @@ int run_ties(const TrainConfig& c, const LmData& data) {
       c, data, [&](const MergeProblem& p) {
         TiesMask mask;
         mask.options.density = c.density;
-        return std::make_unique<Policy>(p, mask, Composition{.alpha = merge_step(c)});
+        return std::make_unique<Policy>(p, mask, MergeOptions{.alpha = merge_step(c)});
       },
       noisy_routers(c));
 }

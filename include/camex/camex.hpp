@@ -36,6 +36,7 @@
 #include "camex/merge/ties_mask.hpp"
 #include "camex/nn/camex_code_linear.hpp"
 #include "camex/nn/evaluation_order.hpp"
+#include "camex/nn/expert_tensors.hpp"
 #include "camex/nn/merged_affine.hpp"
 #include "camex/nn/merged_ffn.hpp"
 #include "camex/nn/merged_linear.hpp"

@@ -1,6 +1,9 @@
 // Compiled by nvcc only (scripts/check-cuda-build): the SMEAR router in a MergedLinear, the MergedFFN, the CAMEx
-// code's linear layer and a dynamic-merging chain's layer policy, in float.
+// code's linear layer and a dynamic-merging chain's layer policy, in float; a layer's tensors by name.
 #include "layers.hpp"
+
+#include <span>
+#include <vector>
 
 namespace camex::cuda_check {
 
@@ -27,6 +30,10 @@ void layers() {
   const StepContext step{.seed = 1, .step = 1, .stream = 0, .training = true};
   const double aux = ffn.forward(Space{}, step, x, {}, {e1, b1}, std::nullopt, {e2, b2}, std::nullopt, y, ws);
   ffn.backward(Space{}, y, aux, d_x, {e1, b1}, std::nullopt, {e2, b2}, std::nullopt, ws);
+  const auto named = ffn.tensors({e1, b1}, std::nullopt, {e2, b2}, std::nullopt);
+  const std::vector<float> ones(n * hidden * in, 1.0f);
+  named.load(Space{}, "fc.weight.experts", named.at("fc.weight.experts").shape, std::span<const float>(ones));
+  named.save(Space{}, "router.w_gate");
 }
 
 }  // namespace camex::cuda_check

@@ -346,10 +346,10 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
   require_argument_error([] { Domain<float, Space>({.experts = 2, .groups = 0, .shape = shape}); }, "problem.groups", {"0"});
   require_argument_error([] { Domain<float, Space>({.experts = 2, .groups = 1, .shape = {0, 3}}); }, "problem.shape",
                          {"0 x 3"});
-  require_argument_error([] { Domain<float, Space>(problem, {.alpha = std::nan("")}); }, "composition.alpha", {"finite"});
+  require_argument_error([] { Domain<float, Space>(problem, {.alpha = std::nan("")}); }, "options.alpha", {"finite"});
   require_argument_error([] { Domain<float, Space>(problem, {.base = BaseSource::expert, .base_expert = 3}); },
-                         "composition.base_expert", {"below 3", "given 3"});
-  require_argument_error([] { Domain<float, Space>(problem, {.base = BaseSource::propagated}); }, "composition.base",
+                         "options.base_expert", {"below 3", "given 3"});
+  require_argument_error([] { Domain<float, Space>(problem, {.base = BaseSource::propagated}); }, "options.base",
                          {"DynamicChain"});
   require_argument_error([] { Dare<float, Space>(problem, {.drop = 1.0}); }, "dare.drop", {"[0, 1)", "given 1"});
   require_argument_error(

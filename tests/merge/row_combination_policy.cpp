@@ -98,7 +98,7 @@ BOOST_AUTO_TEST_SUITE(row_combination_policy)
 BOOST_AUTO_TEST_CASE(rows_and_coefficients_reproduce_every_policy) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
-    const Composition half{.alpha = 0.7};
+    const MergeOptions half{.alpha = 0.7};
     const CurvatureOptions curvature{.rank = 2};
     { Euclidean<double, Space> p(problem); BOOST_TEST_CONTEXT("euclidean") check_policy(p, false, gen); }
     { Domain<double, Space> p(problem, half); BOOST_TEST_CONTEXT("domain") check_policy(p, true, gen); }

@@ -172,7 +172,7 @@ BOOST_AUTO_TEST_CASE(preset_is_the_camex_code_layer) {
   BOOST_TEST(layer.router().options().noisy);
   BOOST_TEST((layer.weight_policy().mask().variant == TiesVariant::sign_agreement));
   BOOST_TEST(layer.weight_policy().transform().rank() == 8u);
-  BOOST_TEST(layer.weight_policy().composition().alpha == 1.0);
+  BOOST_TEST(layer.weight_policy().merge_options().alpha == 1.0);
   BOOST_TEST(layer.bias_policy() != nullptr);
 }
 

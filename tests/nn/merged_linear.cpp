@@ -95,7 +95,7 @@ BOOST_AUTO_TEST_CASE(forward_is_the_merged_matrix_applied_per_group) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
     const std::size_t in = 5, out = 7, n = 3, groups = segments.groups();
-    const Composition half{.alpha = 0.5};
+    const MergeOptions half{.alpha = 0.5};
     Domain<double, Space> weights({n, groups, {out, in}}, half), bias({n, groups, {out, 1}}, half);
     NoisyTopKGate<double, Space> router(in, n, groups, {.init_std = 0.5}, 1);
     MergedLinear layer(weights, &bias, router, segments);
@@ -238,7 +238,7 @@ BOOST_AUTO_TEST_CASE(segment_routing_keeps_outputs_causal) {
   CAMEX_TEST_CONTEXT() {
     const RoutingLayout layout{.sequences = 2, .length = 9, .granularity = Granularity::causal_segment, .segment = 3};
     const std::size_t in = 4, out = 3, n = 3, groups = layout.groups();
-    const Composition half{.alpha = 0.5};
+    const MergeOptions half{.alpha = 0.5};
     Domain<double, Space> weights({n, groups, {out, in}}, half), bias({n, groups, {out, 1}}, half);
     NoisyTopKGate<double, Space> router(in, n, groups, {.init_std = 0.5}, 4);
     MergedLinear layer(weights, &bias, router, layout);
@@ -270,7 +270,7 @@ BOOST_AUTO_TEST_CASE(segment_routing_keeps_outputs_causal) {
 BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
   CAMEX_TEST_CONTEXT() {
     const std::size_t in = 4, out = 6, n = 3, groups = segments.groups();
-    const Composition half{.alpha = 0.5};
+    const MergeOptions half{.alpha = 0.5};
     Domain<float, Space> weights({n, groups, {out, in}}, half), bias({n, groups, {out, 1}}, half);
     Domain<float, Space> too_few_groups({n, groups - 1, {out, in}}, half), other_experts({n + 1, groups, {out, in}}, half);
     Domain<float, Space> wrong_bias({n, groups, {out + 1, 1}}, half);

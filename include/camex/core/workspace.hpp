@@ -77,4 +77,10 @@ class WorkspaceCarver {
   std::size_t used_ = 0;
 };
 
+/// The arrays and row-major matrices a carver hands out, for the structs that keep a step's state in a workspace.
+template <class T, class ExecSpace>
+using WorkspaceArray = typename WorkspaceCarver<ExecSpace>::template Array<T>;
+template <class T, class ExecSpace>
+using WorkspaceMatrix = typename WorkspaceCarver<ExecSpace>::template Matrix<T>;
+
 }  // namespace camex

@@ -184,8 +184,10 @@ struct SelectPass {
   SelectState<ExecSpace, T> st;
   ExecSpace space;
 
-  Kokkos::RangePolicy<ExecSpace> per_chunk() const { return {space, 0, rows * chunking.chunks}; }
-  Kokkos::RangePolicy<ExecSpace> per_row() const { return {space, 0, rows}; }
+  Kokkos::RangePolicy<ExecSpace> per_chunk() const {
+    return Kokkos::RangePolicy<ExecSpace>(space, 0, rows * chunking.chunks);
+  }
+  Kokkos::RangePolicy<ExecSpace> per_row() const { return Kokkos::RangePolicy<ExecSpace>(space, 0, rows); }
 };
 
 /// Every row starts with an empty prefix, all P entries matching it and k ranks to place.

@@ -53,8 +53,9 @@ enum class DegenerateBase {
   accept,  ///< go on: the caller knows the base is inert
 };
 
-/// The scalar knobs of a composition.
-struct Composition {
+/// The options every composed policy has beside its mask and transform: the step along the merged deltas, where the
+/// base comes from, and what to do when the base cannot matter.
+struct MergeOptions {
   double alpha = 1.0;                ///< step along the merged deltas
   BaseSource base = BaseSource::parameter;
   std::size_t base_expert = 0;       ///< the expert used as base when base == BaseSource::expert
@@ -79,9 +80,9 @@ class ComposedPolicy {
   using transform_type = Transform;
   static constexpr std::uint32_t random_streams = 1;  ///< the mask's draws (DARE), keyed by (stream, expert, element)
 
-  ComposedPolicy(const char* name, const MergeProblem& problem, const Composition& composition, Mask mask,
+  ComposedPolicy(const char* name, const MergeProblem& problem, const MergeOptions& options, Mask mask,
                  Transform transform)
-      : name_(name), problem_(problem), composition_(composition), mask_(std::move(mask)), transform_(std::move(transform)) {
+      : name_(name), problem_(problem), options_(options), mask_(std::move(mask)), transform_(std::move(transform)) {
     if (problem.experts == 0)
       throw argument_error(name_, "problem.experts", "at least one expert", "0");
     if (problem.groups == 0)
@@ -89,23 +90,23 @@ class ComposedPolicy {
     if (problem.shape.params() == 0)
       throw argument_error(name_, "problem.shape", "a non-empty tensor shape",
                            concat(problem.shape.rows, " x ", problem.shape.cols));
-    if (!std::isfinite(composition.alpha))
-      throw argument_error(name_, "composition.alpha", "a finite step", concat(composition.alpha));
+    if (!std::isfinite(options.alpha))
+      throw argument_error(name_, "options.alpha", "a finite step", concat(options.alpha));
     if constexpr (requires { mask_.check(name, problem); }) mask_.check(name, problem);
-    if (composition.base == BaseSource::propagated)
-      throw argument_error(name_, "composition.base", "none, parameter or expert (a propagated base comes from a DynamicChain)",
+    if (options.base == BaseSource::propagated)
+      throw argument_error(name_, "options.base", "none, parameter or expert (a propagated base comes from a DynamicChain)",
                            "BaseSource::propagated");
-    if (composition.base == BaseSource::expert && composition.base_expert >= problem.experts)
-      throw argument_error(name_, "composition.base_expert", concat("an expert index below ", problem.experts),
-                           concat(composition.base_expert));
+    if (options.base == BaseSource::expert && options.base_expert >= problem.experts)
+      throw argument_error(name_, "options.base_expert", concat("an expert index below ", problem.experts),
+                           concat(options.base_expert));
     backward_scratch_bytes_ = most_backward_scratch(problem, row_count());
   }
 
   const MergeProblem& problem() const { return problem_; }
-  BaseSource base_source() const { return composition_.base; }
-  const Composition& composition() const { return composition_; }
+  BaseSource base_source() const { return options_.base; }
+  const MergeOptions& merge_options() const { return options_; }
   /// m, the number of rows a merge combines: the n deltas, and the base where there is one.
-  std::size_t row_count() const { return problem_.experts + (composition_.base != BaseSource::none ? 1 : 0); }
+  std::size_t row_count() const { return problem_.experts + (options_.base != BaseSource::none ? 1 : 0); }
   const Mask& mask() const { return mask_; }
   Transform& transform() { return transform_; }
   const Transform& transform() const { return transform_; }
@@ -325,7 +326,7 @@ class ComposedPolicy {
                      const Matrix<Scalar, ExecSpace>& d_experts, const Matrix<Scalar, ExecSpace>& d_base,
                      const UpstreamAdjoint<Scalar, ExecSpace>& upstream, const Buffers& buffers,
                      WorkspaceCarver<ExecSpace>& carver) {
-    detail::coefficients_backward(space, d_coef, composition_.alpha, mask_.score_factor_active(step_),
+    detail::coefficients_backward(space, d_coef, options_.alpha, mask_.score_factor_active(step_),
                                   mask_.score_factor(step_), d_scores);
     if (bare()) {
       if (upstream.d_next.size() != 0)
@@ -357,8 +358,8 @@ class ComposedPolicy {
         transform_.backward(space, transform_input(buffers), d_delta, d_experts, carver);
       }
     }
-    if (composition_.base != BaseSource::none)
-      detail::base_gradient(space, d_rows, d_experts, composition_.base == BaseSource::expert, composition_.base_expert,
+    if (options_.base != BaseSource::none)
+      detail::base_gradient(space, d_rows, d_experts, options_.base == BaseSource::expert, options_.base_expert,
                             d_base.data());
   }
 
@@ -367,7 +368,7 @@ class ComposedPolicy {
       Transform::is_identity && static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
 
   /// No base, no mask, no transform: the rows are the experts themselves.
-  bool bare() const { return composition_.base == BaseSource::none && !has_mask && Transform::is_identity; }
+  bool bare() const { return options_.base == BaseSource::none && !has_mask && Transform::is_identity; }
 
   /// Whether merge generates the rows tile by tile instead of reading them from the workspace.
   bool generates_rows() const {
@@ -378,7 +379,7 @@ class ComposedPolicy {
   /// transient scratch.
   Buffers layout(WorkspaceCarver<ExecSpace>& carver) const {
     const std::size_t n = problem_.experts, params = problem_.shape.params(), groups = problem_.groups;
-    const bool has_base = composition_.base != BaseSource::none;
+    const bool has_base = options_.base != BaseSource::none;
     const std::size_t nrows = row_count();
     const bool pre = !Transform::is_identity && has_mask && mask_.placement() == MaskPlacement::on_delta;
     Buffers b;
@@ -415,7 +416,7 @@ class ComposedPolicy {
   auto delta_source(const Buffers& b, bool masked, bool with_base_row, detail::NonFiniteScan scan = {}) const {
     return detail::DeltaRows<Scalar, decltype(mask_.element_factor(step_, b.mask))>{
         experts_.data(), row_stride(experts_), static_cast<int>(problem_.experts), base_row(),
-        with_base_row && composition_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask),
+        with_base_row && options_.base != BaseSource::none, masked, mask_.element_factor(step_, b.mask),
         scan, problem_.shape.params()};
   }
 
@@ -436,10 +437,10 @@ class ComposedPolicy {
         ensure_factor(space, buffers);
         detail::multiply_elementwise(space, buffers.factor, d, d);
       }
-      if (composition_.base != BaseSource::none) {
-        const std::size_t n = problem_.experts, j = composition_.base == BaseSource::parameter ? 0 : composition_.base_expert;
+      if (options_.base != BaseSource::none) {
+        const std::size_t n = problem_.experts, j = options_.base == BaseSource::parameter ? 0 : options_.base_expert;
         const auto base_out = Kokkos::subview(buffers.rows, std::pair<std::size_t, std::size_t>(n, n + 1), Kokkos::ALL);
-        const auto base_in = Kokkos::subview(composition_.base == BaseSource::parameter ? base_ : experts_,
+        const auto base_in = Kokkos::subview(options_.base == BaseSource::parameter ? base_ : experts_,
                                              std::pair<std::size_t, std::size_t>(j, j + 1), Kokkos::ALL);
         copy_matrix(space, base_out, base_in);
       }
@@ -470,8 +471,8 @@ class ComposedPolicy {
     const double e = row < n ? detail::read_entry(space, experts_, row, p) : 0.0;
     if (!std::isfinite(e))
       throw argument_error(fn.c_str(), "experts", "finite values", concat("experts(", row, ", ", p, ") = ", e));
-    const bool from_expert = composition_.base == BaseSource::expert;
-    const std::size_t j = composition_.base_expert;
+    const bool from_expert = options_.base == BaseSource::expert;
+    const std::size_t j = options_.base_expert;
     const double b = from_expert ? detail::read_entry(space, experts_, j, p) : detail::read_entry(space, base_, 0, p);
     if (!std::isfinite(b))
       throw argument_error(fn.c_str(), from_expert ? "experts" : "base", "finite values",
@@ -481,7 +482,7 @@ class ComposedPolicy {
   }
 
   void ensure_deltas(const ExecSpace& space, const Buffers& b) {
-    if (cache_.has(Piece::deltas) || composition_.base == BaseSource::none) return;
+    if (cache_.has(Piece::deltas) || options_.base == BaseSource::none) return;
     detail::materialise_rows(space, delta_source(b, false, false, cache_.pending_scan()), b.tau.data(),
                              row_stride(b.tau), problem_.shape.params());
     cache_.mark(Piece::deltas);
@@ -510,7 +511,7 @@ class ComposedPolicy {
   }
 
   ConstMatrix<Scalar, ExecSpace> deltas(const Buffers& b) const {
-    if (composition_.base == BaseSource::none) return experts_;
+    if (options_.base == BaseSource::none) return experts_;
     return b.tau;
   }
 
@@ -530,9 +531,9 @@ class ComposedPolicy {
   }
 
   const Scalar* base_row() const {
-    switch (composition_.base) {
+    switch (options_.base) {
       case BaseSource::parameter: return base_.data();
-      case BaseSource::expert: return experts_.data() + composition_.base_expert * row_stride(experts_);
+      case BaseSource::expert: return experts_.data() + options_.base_expert * row_stride(experts_);
       case BaseSource::none:
       case BaseSource::propagated: break;
     }
@@ -544,7 +545,7 @@ class ComposedPolicy {
     const std::size_t params = problem_.shape.params();
     require_shape(fn, "experts", experts, problem_.experts, params,
                           "[n, P] with n = problem().experts, P = problem().shape.params()");
-    detail::require_base_operand(fn, "base", base, composition_.base, params);
+    detail::require_base_operand(fn, "base", base, options_.base, params);
   }
 
   void check_scores(const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores) const {
@@ -560,7 +561,7 @@ class ComposedPolicy {
     const std::size_t n = problem_.experts, params = problem_.shape.params();
     require_shape(fn, "d_scores", d_scores, scores.extent(0), n, "[B, n], the shape of scores");
     require_shape(fn, "d_experts", d_experts, n, params, "[n, P], the shape of experts");
-    detail::require_base_operand(fn, "d_base", d_base, composition_.base, params);
+    detail::require_base_operand(fn, "d_base", d_base, options_.base, params);
   }
 
   /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the execution space. The step's status
@@ -571,7 +572,7 @@ class ComposedPolicy {
     const std::size_t groups = scores.extent(0), n = problem_.experts;
     const Buffer<Scalar> coef(b.coef.data(), groups, b.coef.extent(1));
     const bool kappa = mask_.score_factor_active(step_);
-    detail::build_coefficients(space, scores, composition_.alpha, kappa, mask_.score_factor(step_), coef, b.status.data(),
+    detail::build_coefficients(space, scores, options_.alpha, kappa, mask_.score_factor(step_), coef, b.status.data(),
                                64 * std::numeric_limits<Scalar>::epsilon() * static_cast<double>(n));
     const bool checked = !host_memory && cache_.checked(scores.data(), groups, scores.extent(1));
     if (checked && !cache_.operands_unread()) return coef;
@@ -585,24 +586,24 @@ class ComposedPolicy {
       throw argument_error(fn, "scores", "finite routing scores",
                            concat("scores(", g, ", ", i, ") = ", detail::read_entry(space, scores, g, i)));
     }
-    if (degenerate_composition() && !kappa && status.rows_summing_to_one == groups &&
-        composition_.on_degenerate == DegenerateBase::reject)
+    if (degenerate_merge_options() && !kappa && status.rows_summing_to_one == groups &&
+        options_.on_degenerate == DegenerateBase::reject)
       throw argument_error(fn, "scores",
                            "scores whose rows do not all sum to 1, since with alpha = 1, no mask and no transform the "
                            "base cancels (merged = sum_i s_i E_i and the base gets no gradient); use camex::Euclidean, "
-                           "change alpha, or set Composition::on_degenerate = DegenerateBase::accept",
+                           "change alpha, or set MergeOptions::on_degenerate = DegenerateBase::accept",
                            "every row summing to 1");
     cache_.remember_checked(scores.data(), groups, scores.extent(1));
     return coef;
   }
 
-  bool degenerate_composition() const {
-    return composition_.base != BaseSource::none && !has_mask && Transform::is_identity && composition_.alpha == 1.0;
+  bool degenerate_merge_options() const {
+    return options_.base != BaseSource::none && !has_mask && Transform::is_identity && options_.alpha == 1.0;
   }
 
   std::string name_;
   MergeProblem problem_;
-  Composition composition_;
+  MergeOptions options_;
   Mask mask_;
   Transform transform_;
   std::size_t backward_scratch_bytes_ = 0;

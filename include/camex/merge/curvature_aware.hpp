@@ -16,9 +16,9 @@ template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecution
 class CurvatureAware : public ComposedPolicy<Scalar, ExecSpace, NoMask, CurvatureTransform<Scalar, ExecSpace>> {
  public:
   explicit CurvatureAware(const MergeProblem& problem, const CurvatureOptions& curvature = {},
-                          const Composition& composition = {})
+                          const MergeOptions& options = {})
       : ComposedPolicy<Scalar, ExecSpace, NoMask, CurvatureTransform<Scalar, ExecSpace>>(
-            "camex::CurvatureAware", problem, composition, {}, CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
+            "camex::CurvatureAware", problem, options, {}, CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
 };
 
 }  // namespace camex

@@ -16,8 +16,8 @@ namespace camex {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 class Dare : public ComposedPolicy<Scalar, ExecSpace, DareMask, IdentityTransform> {
  public:
-  explicit Dare(const MergeProblem& problem, DareMask mask = {}, const Composition& composition = {})
-      : ComposedPolicy<Scalar, ExecSpace, DareMask, IdentityTransform>("camex::Dare", problem, composition,
+  explicit Dare(const MergeProblem& problem, DareMask mask = {}, const MergeOptions& options = {})
+      : ComposedPolicy<Scalar, ExecSpace, DareMask, IdentityTransform>("camex::Dare", problem, options,
                                                                         std::move(mask), {}) {}
 };
 
@@ -27,9 +27,9 @@ template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecution
 class DareCA : public ComposedPolicy<Scalar, ExecSpace, DareMask, CurvatureTransform<Scalar, ExecSpace>> {
  public:
   explicit DareCA(const MergeProblem& problem, DareMask mask = {}, const CurvatureOptions& curvature = {},
-                  const Composition& composition = {})
+                  const MergeOptions& options = {})
       : ComposedPolicy<Scalar, ExecSpace, DareMask, CurvatureTransform<Scalar, ExecSpace>>(
-            "camex::DareCA", problem, composition, std::move(mask), CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
+            "camex::DareCA", problem, options, std::move(mask), CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
 };
 
 }  // namespace camex

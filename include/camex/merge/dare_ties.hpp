@@ -19,8 +19,8 @@ using DareTiesMask = MaskSequence<DareMask, TiesMask>;
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 class DareTies : public ComposedPolicy<Scalar, ExecSpace, DareTiesMask, IdentityTransform> {
  public:
-  explicit DareTies(const MergeProblem& problem, DareTiesMask mask = {}, const Composition& composition = {})
-      : ComposedPolicy<Scalar, ExecSpace, DareTiesMask, IdentityTransform>("camex::DareTies", problem, composition,
+  explicit DareTies(const MergeProblem& problem, DareTiesMask mask = {}, const MergeOptions& options = {})
+      : ComposedPolicy<Scalar, ExecSpace, DareTiesMask, IdentityTransform>("camex::DareTies", problem, options,
                                                                             std::move(mask), {}) {}
 };
 

@@ -1,7 +1,7 @@
 #pragma once
 // Domain-specific merging (docs/algorithms.md §4.2): merged_b = base + alpha sum_i s[b, i] (E_i - base).
 // With alpha = 1 and scores summing to 1 the base cancels; merge and backward reject that case unless
-// Composition::on_degenerate says to accept it.
+// MergeOptions::on_degenerate says to accept it.
 
 #include <Kokkos_Core.hpp>
 
@@ -14,8 +14,8 @@ namespace camex {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 class Domain : public ComposedPolicy<Scalar, ExecSpace, NoMask, IdentityTransform> {
  public:
-  explicit Domain(const MergeProblem& problem, const Composition& composition = {})
-      : ComposedPolicy<Scalar, ExecSpace, NoMask, IdentityTransform>("camex::Domain", problem, composition, {}, {}) {}
+  explicit Domain(const MergeProblem& problem, const MergeOptions& options = {})
+      : ComposedPolicy<Scalar, ExecSpace, NoMask, IdentityTransform>("camex::Domain", problem, options, {}, {}) {}
 };
 
 }  // namespace camex

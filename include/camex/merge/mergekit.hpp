@@ -153,29 +153,29 @@ void merge(Method method, const ExecSpace& space, const Base& base, const Tensor
   camex::require_shape(fn, "merged", merged, 1, params, "[1, P] with P = tensors.extent(1)");
   const Settings s = resolve(method, models, options, n);
   const MergeProblem problem{.experts = n, .groups = 1, .shape = {1, params}};
-  const Composition composition{.alpha = s.lambda, .on_degenerate = DegenerateBase::accept};
+  const MergeOptions merge{.alpha = s.lambda, .on_degenerate = DegenerateBase::accept};
   const StepContext step{.seed = options.seed, .step = 0, .stream = options.stream, .training = false};
   const auto w = scores(method, s);
   const TiesOptions election{.normalize = s.normalize};
   switch (method) {
     case Method::task_arithmetic: {
-      Domain<T, ExecSpace> policy(problem, composition);
+      Domain<T, ExecSpace> policy(problem, merge);
       run(fn, policy, space, step, base, tensors, w, merged);
       return;
     }
     case Method::ties: {
       Ties<T, ExecSpace> policy(problem, {.options = election, .election_weights = s.weights, .densities = s.densities},
-                                composition);
+                                merge);
       run(fn, policy, space, step, base, tensors, w, merged);
       return;
     }
     case Method::dare_linear: {
-      Dare<T, ExecSpace> policy(problem, dare_mask(s), composition);
+      Dare<T, ExecSpace> policy(problem, dare_mask(s), merge);
       run(fn, policy, space, step, base, tensors, w, merged);
       return;
     }
     case Method::dare_ties: {
-      DareTies<T, ExecSpace> policy(problem, {dare_mask(s), {.options = election, .election_weights = s.weights}}, composition);
+      DareTies<T, ExecSpace> policy(problem, {dare_mask(s), {.options = election, .election_weights = s.weights}}, merge);
       run(fn, policy, space, step, base, tensors, w, merged);
       return;
     }

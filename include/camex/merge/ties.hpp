@@ -19,8 +19,8 @@ class Ties : public ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransfor
   using Base = ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransform>;
 
  public:
-  explicit Ties(const MergeProblem& problem, TiesMask mask = {}, const Composition& composition = {})
-      : Base("camex::Ties", problem, composition, std::move(mask), {}) {}
+  explicit Ties(const MergeProblem& problem, TiesMask mask = {}, const MergeOptions& options = {})
+      : Base("camex::Ties", problem, options, std::move(mask), {}) {}
 
   /// This step's trim [n, P] (1: among the expert's kept magnitudes), in the workspace. Valid after prepare, for
   /// the standard variant.
@@ -63,9 +63,9 @@ template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecution
 class TiesCA : public ComposedPolicy<Scalar, ExecSpace, TiesMask, CurvatureTransform<Scalar, ExecSpace>> {
  public:
   explicit TiesCA(const MergeProblem& problem, TiesMask mask = {}, const CurvatureOptions& curvature = {},
-                  const Composition& composition = {})
+                  const MergeOptions& options = {})
       : ComposedPolicy<Scalar, ExecSpace, TiesMask, CurvatureTransform<Scalar, ExecSpace>>(
-            "camex::TiesCA", problem, composition, std::move(mask), CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
+            "camex::TiesCA", problem, options, std::move(mask), CurvatureTransform<Scalar, ExecSpace>(problem, curvature)) {}
 };
 
 }  // namespace camex

@@ -58,7 +58,7 @@ class CamexCodeLinear {
   static CurvatureOptions curvature(const CamexCodeOptions& o) {
     return {.rank = o.rank, .init = CurvatureInit::identity_factors};
   }
-  static Composition composition() { return {.alpha = 1.0, .base = BaseSource::parameter}; }
+  static MergeOptions merge_options() { return {.alpha = 1.0, .base = BaseSource::parameter}; }
   static NoisyTopKOptions router_options(const CamexCodeOptions& o) {
     return {.k = 0, .noisy = true, .noise_floor = 0.01, .balance_coefficient = o.balance_coefficient, .trainable = true,
             .init_std = 0.02};
@@ -73,9 +73,9 @@ class CamexCodeLinear {
   CamexCodeLinear(std::size_t outputs, std::size_t inputs, std::size_t experts, std::size_t sequences, std::size_t length,
                   const CamexCodeOptions& options = {}, std::uint64_t router_seed = 0)
       : layout_(checked_layout(sequences, length, options)),
-        weights_({experts, layout_.groups(), {outputs, inputs}}, mask(), curvature(options), composition()),
+        weights_({experts, layout_.groups(), {outputs, inputs}}, mask(), curvature(options), merge_options()),
         bias_(options.bias ? std::optional<Policy>(std::in_place, MergeProblem{experts, layout_.groups(), {outputs, 1}},
-                                                   mask(), curvature(options), composition())
+                                                   mask(), curvature(options), merge_options())
                            : std::nullopt),
         router_(inputs, experts, layout_.groups(), router_options(options), router_seed),
         layer_(weights_, bias_ ? &*bias_ : nullptr, router_, layout_) {}

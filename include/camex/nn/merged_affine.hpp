@@ -26,23 +26,10 @@
 #include "camex/merge/concepts.hpp"
 #include "camex/merge/row_combination_policy.hpp"
 #include "camex/nn/evaluation_order.hpp"
+#include "camex/nn/expert_tensors.hpp"
 #include "camex/nn/named_tensors.hpp"
 
 namespace camex {
-
-/// The operands of one merged tensor: experts [n, P] and base [1, P] (empty when the policy has none).
-template <class Scalar, class ExecSpace>
-struct ExpertTensors {
-  ConstMatrix<Scalar, ExecSpace> experts;
-  ConstMatrix<Scalar, ExecSpace> base;
-};
-
-/// Their gradients, same shapes.
-template <class Scalar, class ExecSpace>
-struct ExpertGradients {
-  Matrix<Scalar, ExecSpace> experts;
-  Matrix<Scalar, ExecSpace> base;
-};
 
 namespace detail {
 

@@ -22,6 +22,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
+#include "camex/nn/expert_tensors.hpp"
 #include "camex/nn/merged_affine.hpp"
 #include "camex/nn/named_tensors.hpp"
 #include "camex/merge/concepts.hpp"

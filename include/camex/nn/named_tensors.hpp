@@ -3,6 +3,7 @@
 // policies' parameters and the router's, each a flat view of its entries with its logical shape. Weights from a
 // checkpoint or another framework go in by name and come out by name, shape-checked, without knowing where the
 // layer keeps what. The views alias the model's, the policies' and the router's own memory: loading writes there.
+// A layer's tensors() takes the model's storage of each merged tensor as an ExpertStorage (nn/expert_tensors.hpp).
 
 #include <Kokkos_Core.hpp>
 
@@ -21,14 +22,6 @@
 #include "camex/core/views.hpp"
 
 namespace camex {
-
-/// The model's own storage of one merged tensor, writable: experts [n, P] and base [1, P] (empty where the policy
-/// has none). What a layer's tensors() names, and what loading by name writes into.
-template <class Scalar, class ExecSpace>
-struct ExpertStorage {
-  Matrix<Scalar, ExecSpace> experts;
-  Matrix<Scalar, ExecSpace> base;
-};
 
 template <class Scalar, class ExecSpace>
 class NamedTensors {

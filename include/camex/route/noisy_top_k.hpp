@@ -43,14 +43,11 @@ namespace detail {
 /// What a noisy top-k gate's forward leaves for its backward, in double ([G, n] unless said).
 template <class ExecSpace>
 struct NoisyTopKState {
-  template <class U>
-  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
-  template <class U>
-  using Matrix = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
-  Matrix<double> clean, raw, sigma, eps, noisy, score, in_top_k, d_clean, d_raw;
-  Array<int> threshold_in, threshold_out;  // [G]: the experts whose noisy logits are theta_in and theta_out
-  Array<double> d_importance, d_load;      // [n]: coefficient * d cv² / d v_j
-  Array<double> loss;                      // [1]
+  WorkspaceMatrix<double, ExecSpace> clean, raw, sigma, eps, noisy, score, in_top_k, d_clean, d_raw;
+  // [G]: the experts whose noisy logits are theta_in and theta_out
+  WorkspaceArray<int, ExecSpace> threshold_in, threshold_out;
+  WorkspaceArray<double, ExecSpace> d_importance, d_load;  // [n]: coefficient * d cv² / d v_j
+  WorkspaceArray<double, ExecSpace> loss;                  // [1]
 };
 
 KOKKOS_INLINE_FUNCTION double softplus(double x) { return (x > 0 ? x : 0.0) + math::log1p(math::exp(-(x > 0 ? x : -x))); }

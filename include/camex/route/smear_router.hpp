@@ -36,15 +36,11 @@ namespace detail {
 /// What a SMEAR router's forward leaves for its backward, in double.
 template <class ExecSpace>
 struct SmearRouterState {
-  template <class U>
-  using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
-  template <class U>
-  using Matrix = typename WorkspaceCarver<ExecSpace>::template Matrix<U>;
-  Matrix<double> u_hat, u, d_u, scratch;   // [G, C]
-  Matrix<double> w_hat, v, d_w_hat;        // [N, C]
-  Matrix<double> p, keep, score, d_logit;  // [G, N]
-  Array<double> u_rstd, normaliser;         // [G]
-  Array<double> w_rstd;                     // [N]
+  WorkspaceMatrix<double, ExecSpace> u_hat, u, d_u, scratch;   // [G, C]
+  WorkspaceMatrix<double, ExecSpace> w_hat, v, d_w_hat;        // [N, C]
+  WorkspaceMatrix<double, ExecSpace> p, keep, score, d_logit;  // [G, N]
+  WorkspaceArray<double, ExecSpace> u_rstd, normaliser;        // [G]
+  WorkspaceArray<double, ExecSpace> w_rstd;                    // [N]
 };
 
 /// x_hat = (x - mean) / sqrt(var + eps) over `width` entries (biased variance); returns 1 / sqrt(var + eps).

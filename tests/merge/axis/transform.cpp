@@ -127,7 +127,7 @@ BOOST_AUTO_TEST_CASE(a_users_transform_composes_and_differentiates) {
           factor = to_host(f);
         }
         const std::vector<double> gain = host_values(policy.transform().parameters()[0].value);
-        const HostMatrix got = merged_now(), want = reference(experts, base, scores, gain, policy.composition().alpha, factor);
+        const HostMatrix got = merged_now(), want = reference(experts, base, scores, gain, policy.merge_options().alpha, factor);
         // A handful of products and sums in double per entry.
         BOOST_TEST((got - want).cwiseAbs().maxCoeff() <= 1e-13 * (1 + want.cwiseAbs().maxCoeff()));
 
