@@ -60,6 +60,11 @@ void check_type(std::mt19937_64& gen) {
     for (std::size_t k : {std::size_t{1}, std::max<std::size_t>(1, params / 5), params - params / 3, params}) {
       check_rows(random_rows<T>(3, params, gen, 0), k, "distinct magnitudes");
       check_rows(random_rows<T>(3, params, gen, 3), k, "many ties");
+      // Rows decide apart when their candidates fit the list: a row of distinct magnitudes is listed after a digit
+      // or two, one of few magnitudes never (its ties at the threshold outnumber the list).
+      auto mixed = random_rows<T>(3, params, gen, 0);
+      mixed[1] = random_rows<T>(1, params, gen, 3)[0];
+      check_rows(mixed, k, "one row never listed between listed ones");
     }
   // Signed zeros tie with each other; subnormals and infinities order like any magnitude.
   const T inf = std::numeric_limits<T>::infinity(), tiny = std::numeric_limits<T>::denorm_min();

@@ -3,11 +3,13 @@
 // entries with the largest |value|). An O(P) radix select on the bits of |x| (for IEEE floats, |x| read as an
 // unsigned integer orders like |x|), not a sort. Digits are taken most significant first: 12 bits, then 11 at a
 // time. Each digit is found by a histogram over the entries that match the digits found so far; while those are
-// many, that is a pass over the whole row, and as soon as they fit a candidate list of P/16 entries they are
-// compacted (in index order), every entry outside the list is marked in the same pass, and the remaining digits
-// only look at the list. On typical data (one 12-bit digit leaves a few percent of the entries) that is two passes
-// over the row: a histogram, then compaction with marking. Each pass is a launcher of its own (detail::select_*,
-// one per pass as CUB's agents are), and top_k_by_magnitude only checks its operands and sequences them.
+// many, that is a pass over the whole row, and as soon as a row's fit a candidate list of P/16 entries they are
+// compacted (in index order), every entry outside the list is marked in the same pass, and the row's remaining
+// digits only look at the list. On typical data (one 12-bit digit leaves a few percent of the entries) that is two
+// passes over the row: a histogram, then compaction with marking. Each row decides on the execution space when it
+// is listed, so the host launches the same passes whatever the data and reads back nothing but the count of
+// infinities and NaNs. Each pass is a launcher of its own (detail::select_*, one per pass as CUB's agents are), and
+// top_k_by_magnitude only checks its operands and sequences them.
 //
 // Ties: where several entries share the k-th largest magnitude, the ones with the lowest indices are kept, so
 // the mask is a function of the values alone (PyTorch's topk and mergekit leave this unspecified).
@@ -120,6 +122,7 @@ struct SelectState {
   Array<std::uint64_t> matches;          // per row: entries matching the prefix
   Array<Candidate<T>> candidates;        // [rows, capacity]: entries matching the prefix, ascending index
   Array<std::uint64_t> equal;            // [rows, chunks]: ties per chunk, then their offsets
+  Array<std::uint8_t> listed;            // per row: 1 once its matching entries are in the candidate list
   Array<std::uint64_t> nan_count;        // [1]: entries whose magnitude is +inf or NaN
 
   SelectState(WorkspaceCarver<ExecSpace>& carver, std::size_t rows, const SelectChunking& chunking)
@@ -129,6 +132,7 @@ struct SelectState {
         matches(carver.template take<std::uint64_t>(rows)),
         candidates(carver.template take<Candidate<T>>(rows * chunking.capacity)),
         equal(carver.template take<std::uint64_t>(rows * chunking.chunks)),
+        listed(carver.template take<std::uint8_t>(rows)),
         nan_count(carver.template take<std::uint64_t>(1)) {}
 };
 
@@ -190,7 +194,7 @@ struct SelectPass {
   Kokkos::RangePolicy<ExecSpace> per_row() const { return Kokkos::RangePolicy<ExecSpace>(space, 0, rows); }
 };
 
-/// Every row starts with an empty prefix, all P entries matching it and k ranks to place.
+/// Every row starts with an empty prefix, all P entries matching it, k ranks to place, and no list.
 template <class ExecSpace, class T>
 void select_start(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
   const auto st = pass.st;
@@ -200,11 +204,12 @@ void select_start(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
     st.prefix(r) = 0;
     st.remaining(r) = k;
     st.matches(r) = params;
+    st.listed(r) = 0;
   });
 }
 
-/// Per chunk, the histogram of digit `digit` over the entries that match the row's prefix (every entry for the
-/// first digit, which also counts the infinities and NaNs into st.nan_count).
+/// Per chunk of a row not yet listed, the histogram of digit `digit` over the entries that match the row's prefix
+/// (every entry for the first digit, which also counts the infinities and NaNs into st.nan_count).
 template <class ExecSpace, class T>
 void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
@@ -221,6 +226,7 @@ void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
   const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
   Kokkos::parallel_for("camex::top_k[histogram]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
+    if (st.listed(r)) return;
     const T* row = data + r * stride;
     std::uint32_t local[max_digit_bins] = {};
     const std::size_t end = chunk_end(c, chunk, params);
@@ -259,8 +265,8 @@ void select_reject_nan(const char* fn, const SelectPass<ExecSpace, T>& pass, con
                          concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
 }
 
-/// Per row, the bin of the chunk histograms that holds the remaining rank: the digit joins the prefix, the
-/// ranks in higher bins are placed, and the bin's population is the new count of matching entries.
+/// Per row not yet listed, the bin of the chunk histograms that holds the remaining rank: the digit joins the
+/// prefix, the ranks in higher bins are placed, and the bin's population is the new count of matching entries.
 template <class ExecSpace, class T>
 void select_pick_digit(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
@@ -269,6 +275,7 @@ void select_pick_digit(const SelectPass<ExecSpace, T>& pass, int digit) {
   const auto st = pass.st;
   const std::size_t chunks = pass.chunking.chunks;
   Kokkos::parallel_for("camex::top_k[pick digit]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    if (st.listed(r)) return;
     std::uint64_t left = st.remaining(r), population = 0;
     const int d = pick_bin(bins, left, population, [&](int bin) {
       std::uint64_t count = 0;
@@ -281,20 +288,9 @@ void select_pick_digit(const SelectPass<ExecSpace, T>& pass, int digit) {
   });
 }
 
-/// The most entries any row still has matching its prefix: whether they fit the candidate list.
-template <class ExecSpace, class T>
-std::uint64_t select_most_matches(const SelectPass<ExecSpace, T>& pass) {
-  const auto st = pass.st;
-  std::uint64_t most = 0;
-  Kokkos::parallel_reduce("camex::top_k[largest candidate set]", pass.per_row(),
-                          KOKKOS_LAMBDA(std::size_t r, std::uint64_t& m) { m = st.matches(r) > m ? st.matches(r) : m; },
-                          Kokkos::Max<std::uint64_t>(most));
-  return most;
-}
-
-/// Lists the entries that match the prefix after digit `digit`, in index order, at offsets given by the chunk
-/// histograms; every other entry is decided now (kept if its leading digits are above the prefix), so this pass
-/// also writes the mask.
+/// For every row not yet listed whose entries matching the prefix after digit `digit` now fit the candidate list:
+/// lists them, in index order, at offsets given by the chunk histograms, and decides every other entry (kept if its
+/// leading digits are above the prefix), so this pass also writes the mask; then marks those rows listed.
 template <class ExecSpace, class T>
 void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
@@ -309,6 +305,7 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
   const std::size_t capacity = pass.chunking.capacity;
   Kokkos::parallel_for("camex::top_k[compact]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
+    if (st.listed(r) || st.matches(r) > capacity) return;
     const T* row = data + r * stride;
     const Key want = st.prefix(r);
     const int bin = static_cast<int>((want >> shift) & (bins - 1));
@@ -329,10 +326,14 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
       at += count;
     }
   });
+  // After every chunk of the pass: a row's chunks must all see it unlisted.
+  Kokkos::parallel_for("camex::top_k[listed]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    if (st.matches(r) <= capacity) st.listed(r) = 1;
+  });
 }
 
-/// Digit `digit` found from the candidate list alone, per row: entries above it are marked, the list keeps the
-/// entries that still match.
+/// Digit `digit` found from the candidate list alone, for every listed row: entries above it are marked, the list
+/// keeps the entries that still match.
 template <class ExecSpace, class T>
 void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
@@ -343,6 +344,7 @@ void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
   const auto out_stride = pass.out_stride;
   const std::size_t capacity = pass.chunking.capacity;
   Kokkos::parallel_for("camex::top_k[candidates]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    if (!st.listed(r)) return;
     Candidate<T>* list = &st.candidates(r * capacity);
     const std::size_t count = st.matches(r);
     std::uint32_t local[max_digit_bins / 2] = {};
@@ -361,8 +363,8 @@ void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
   });
 }
 
-/// With a candidate list: everything but the ties is marked, and the list holds exactly the ties, ascending;
-/// keeps the first remaining(r) of them.
+/// For a listed row, everything but the ties is marked and the list holds exactly the ties, ascending: keeps the
+/// first remaining(r) of them.
 template <class ExecSpace, class T>
 void select_mark_listed_ties(const SelectPass<ExecSpace, T>& pass) {
   const auto st = pass.st;
@@ -370,13 +372,14 @@ void select_mark_listed_ties(const SelectPass<ExecSpace, T>& pass) {
   const auto out_stride = pass.out_stride;
   const std::size_t capacity = pass.chunking.capacity;
   Kokkos::parallel_for("camex::top_k[mark ties]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    if (!st.listed(r)) return;
     const Candidate<T>* list = &st.candidates(r * capacity);
     for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j].index] = 1;
   });
 }
 
-/// Without a list (too many ties for it): counts the ties per chunk, turns the counts into offsets, and marks
-/// every entry, keeping a tie by its rank among the row's ties.
+/// For a row never listed (too many ties for the list): counts the ties per chunk, turns the counts into offsets,
+/// and marks every entry, keeping a tie by its rank among the row's ties.
 template <class ExecSpace, class T>
 void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
   using Key = magnitude_key<T>;
@@ -387,6 +390,7 @@ void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
   const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
   Kokkos::parallel_for("camex::top_k[count ties]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
+    if (st.listed(r)) return;
     const T* row = data + r * stride;
     const std::size_t end = chunk_end(c, chunk, params);
     std::uint64_t ties = 0;
@@ -394,6 +398,7 @@ void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
     st.equal(i) = ties;
   });
   Kokkos::parallel_for("camex::top_k[tie offsets]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
+    if (st.listed(r)) return;
     std::uint64_t offset = 0;
     for (std::size_t c = 0; c < chunks; ++c) {
       const std::uint64_t ties = st.equal(r * chunks + c);
@@ -403,6 +408,7 @@ void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
   });
   Kokkos::parallel_for("camex::top_k[mark with ranks]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
+    if (st.listed(r)) return;
     const T* row = data + r * stride;
     std::uint8_t* mask = out + r * out_stride;
     const std::size_t end = chunk_end(c, chunk, params);
@@ -426,6 +432,40 @@ std::size_t top_k_workspace_bytes(std::size_t rows, std::size_t params) {
   return carver.bytes();
 }
 
+namespace detail {
+
+/// The selection of top_k_by_magnitude, for a caller that has checked its operands. With `nan_check` (the calling
+/// function's name) the count of infinities and NaNs is read back after the first pass and a NaN is reported as
+/// that function's argument_error; without it nothing is read back, for values the caller knows finite (a NaN
+/// then selects like a magnitude above infinity: the mask is garbage, the call still ends).
+template <class ExecSpace, class Values, class Keep>
+void select_top_k(const ExecSpace& space, const Values& values, std::size_t k, const Keep& keep,
+                  const Workspace<ExecSpace>& workspace, const char* nan_check) {
+  using T = typename Values::non_const_value_type;
+  const std::size_t rows = values.extent(0), params = values.extent(1);
+  const SelectChunking chunking(params);
+  WorkspaceCarver<ExecSpace> carver("camex::top_k_by_magnitude", workspace);
+  const SelectPass<ExecSpace, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), rows, params,
+                                      chunking, SelectState<ExecSpace, T>(carver, rows, chunking), space};
+  select_start(pass, k);
+  // Digits most significant first: full passes over a row until its entries matching the prefix fit the candidate
+  // list, then passes over its list alone.
+  constexpr DigitPlan<T> plan;
+  for (int digit = 0; digit < plan.count; ++digit) {
+    if (digit > 0) select_refine_candidates(pass, digit);
+    select_histogram(pass, digit);
+    if (digit == 0 && nan_check) select_reject_nan(nan_check, pass, values);
+    select_pick_digit(pass, digit);
+    if (digit + 1 < plan.count) select_compact(pass, digit);
+  }
+  // prefix(r) is now the k-th largest key and remaining(r) how many entries equal to it are kept: the first ones
+  // in index order.
+  select_mark_listed_ties(pass);
+  select_mark_by_rank(pass);
+}
+
+}  // namespace detail
+
 /// keep(r, p) = 1 for the k entries of row r of `values` with the largest magnitude, 0 for the others; among
 /// entries tied at the k-th largest magnitude the lowest indices are kept. 1 <= k <= P < 2^32. NaN values are
 /// rejected (argument_error naming the first one); infinities are ordinary large magnitudes.
@@ -434,7 +474,6 @@ template <class ExecSpace, MatrixOn<ExecSpace> Values, MatrixOn<ExecSpace> Keep>
            std::floating_point<typename Values::non_const_value_type>
 void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_t k, const Keep& keep,
                         const Workspace<ExecSpace>& workspace) {
-  using T = typename Values::non_const_value_type;
   constexpr const char* fn = "camex::top_k_by_magnitude";
   require_nonempty(fn, "values", values, "[R, P] matrix");
   const std::size_t rows = values.extent(0), params = values.extent(1);
@@ -443,35 +482,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
   require_shape(fn, "keep", keep, rows, params, "[R, P], the shape of values");
   if (k < 1 || k > params)
     throw argument_error(fn, "k", concat("a count in [1, ", params, "] (P = values.extent(1))"), concat(k));
-
-  const detail::SelectChunking chunking(params);
-  WorkspaceCarver<ExecSpace> carver(fn, workspace);
-  const detail::SelectPass<ExecSpace, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), rows,
-                                              params, chunking, detail::SelectState<ExecSpace, T>(carver, rows, chunking),
-                                              space};
-  detail::select_start(pass, k);
-  // Digits most significant first: full passes over the rows until the entries matching the prefix fit the
-  // candidate list, then passes over the list alone.
-  constexpr detail::DigitPlan<T> plan;
-  bool listed = false;
-  for (int digit = 0; digit < plan.count; ++digit) {
-    if (listed) {
-      detail::select_refine_candidates(pass, digit);
-      continue;
-    }
-    detail::select_histogram(pass, digit);
-    if (digit == 0) detail::select_reject_nan(fn, pass, values);
-    detail::select_pick_digit(pass, digit);
-    if (digit + 1 == plan.count || detail::select_most_matches(pass) > chunking.capacity) continue;
-    detail::select_compact(pass, digit);
-    listed = true;
-  }
-  // prefix(r) is now the k-th largest key and remaining(r) how many entries equal to it are kept: the first ones
-  // in index order.
-  if (listed)
-    detail::select_mark_listed_ties(pass);
-  else
-    detail::select_mark_by_rank(pass);
+  detail::select_top_k(space, values, k, keep, workspace, fn);
 }
 
 }  // namespace camex

@@ -148,7 +148,7 @@ class ComposedPolicy {
     if (!bare()) {
       if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
       if (factor_active_) {
-        if (mask_.needs_deltas(step)) finish_scan(space, false, true);
+        if (mask_.needs_deltas(step)) finish_scan(space);
         mask_.prepare(space, step, deltas(buffers), buffers.mask);
       }
       prepare_rows(space, buffers, carver);
@@ -449,16 +449,17 @@ class ComposedPolicy {
   }
 
   /// Ends the scan of the operands, scanning them first unless `scanned` (a pass that read them has just run). Where
-  /// the host reads the execution space's memory, or with `now`, reads the result and throws on a bad operand; on
-  /// a device the result waits in the step's status for its one read-back (build_coefficients).
-  void finish_scan(const ExecSpace& space, bool scanned = false, bool now = host_memory) const {
+  /// the host reads the execution space's memory it reads the result and throws on a bad operand; on a device the
+  /// result waits in the step's status for its one read-back (build_coefficients), and a mask that reads the deltas
+  /// in the meantime works on whatever they hold, its output unread until then.
+  void finish_scan(const ExecSpace& space, bool scanned = false) const {
     const auto scan = cache_.end_scan();
     if (scan && !scanned) {
       const std::size_t n = problem_.experts, params = problem_.shape.params();
       detail::scan_rows(space, scan, experts_.data(), row_stride(experts_), static_cast<int>(n), params);
       if (base_.size() != 0) detail::scan_rows(space, scan, base_.data(), 0, 1, params, n * params);
     }
-    if (cache_.operands_unread() && now) report_bad_operand(space, detail::first_non_finite(space, cache_.read_operands()));
+    if (cache_.operands_unread() && host_memory) report_bad_operand(space, detail::first_non_finite(space, cache_.read_operands()));
   }
 
   /// Throws argument_error naming the operand of prepare at position `first` of [experts; base] (or of the deltas

@@ -77,7 +77,9 @@ inline std::size_t check_ties_options(const char* fn, std::span<const double> we
 }
 
 /// The trim (keep = the top kept_count(i) entries of expert i by magnitude, or all) and the weights (empty: all
-/// 1), on the device; the weights travel as kernel arguments, so a step copies nothing.
+/// 1), on the device; the weights travel as kernel arguments, so a step copies nothing. The deltas are finite:
+/// every caller has scanned them (ties_mask, or the composed policy's operand check), so the selections read back
+/// nothing.
 template <class ExecSpace, class Deltas, class KeptCount>
 void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const double> weights,
                const KeptCount& kept_count, const TiesMaskState<ExecSpace>& st) {
@@ -94,7 +96,7 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   for (std::size_t i = 1; i < experts; ++i) one_k = one_k && kept_count(i) == kept_count(0);
   if (one_k) {
     if (kept_count(0) < params)
-      top_k_by_magnitude(space, deltas, kept_count(0), keep, st.select);
+      select_top_k(space, deltas, kept_count(0), keep, st.select, nullptr);
     else
       Kokkos::deep_copy(space, keep, std::uint8_t{1});
     return;
@@ -103,7 +105,7 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
     const std::pair<std::size_t, std::size_t> row(i, i + 1);
     const auto keep_row = Kokkos::subview(keep, row, Kokkos::ALL);
     if (kept_count(i) < params)
-      top_k_by_magnitude(space, Kokkos::subview(deltas, row, Kokkos::ALL), kept_count(i), keep_row, st.select);
+      select_top_k(space, Kokkos::subview(deltas, row, Kokkos::ALL), kept_count(i), keep_row, st.select, nullptr);
     else
       Kokkos::deep_copy(space, keep_row, std::uint8_t{1});
   }
