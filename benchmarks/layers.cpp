@@ -126,8 +126,8 @@ struct LayerShape {
 /// TIES-CA with perturbed factors (the case), or Domain(0.5): no transform, so the evaluation order is
 /// what the time depends on.
 template <class Policy>
-Policy make_policy(const LayerShape& s, std::size_t groups, std::size_t cols) {
-  const MergeProblem problem{.experts = s.experts, .groups = groups, .shape = {s.outputs, cols}};
+Policy make_policy(const LayerShape& s, const RoutingLayout& layout, std::size_t cols) {
+  const MergeProblem problem = layer_problem(layout, s.experts, {s.outputs, cols});
   if constexpr (std::is_same_v<Policy, TiesCA<T, Space>>) {
     Policy policy(problem, {}, {.rank = s.rank});
     perturb_factors(policy);
@@ -143,8 +143,8 @@ void merged_linear_step(benchmark::State& state, const LayerShape& s) {
                              .segment = s.segment};
   const std::size_t n = s.experts, groups = layout.groups(), tokens = layout.tokens();
   const std::size_t params = s.outputs * s.inputs;
-  Policy weights = make_policy<Policy>(s, groups, s.inputs), bias = make_policy<Policy>(s, groups, 1);
-  NoisyTopKGate<T, Space> router(s.inputs, n, groups, {.balance_coefficient = 1e-5}, 1);
+  Policy weights = make_policy<Policy>(s, layout, s.inputs), bias = make_policy<Policy>(s, layout, 1);
+  NoisyTopKGate<T, Space> router(s.inputs, n, layout, {.balance_coefficient = 1e-5}, 1);
   MergedLinear layer(weights, &bias, router, layout, {.order = s.order});
   View x("x", tokens, s.inputs), y("y", tokens, s.outputs), d_y("d_y", tokens, s.outputs), d_x("d_x", tokens, s.inputs);
   View ew("experts_w", n, params), bw("base_w", 1, params), eb("experts_b", n, s.outputs), bb("base_b", 1, s.outputs);

@@ -166,7 +166,7 @@ int run() {
   std::vector<double> experts = draw(n * params), base = draw(params), x = draw(tokens * in), d_y = draw(tokens * out);
 
   // 1. The merge, through the driver every policy goes through, against the formula.
-  Breadcrumbs<double, Space> policy("Breadcrumbs", {n, groups, {out, in}}, options, mask, {});
+  Breadcrumbs<double, Space> policy("Breadcrumbs", camex::layer_problem(layout, n, {out, in}), options, mask, {});
   std::vector<double> scores(groups * n);
   for (auto& s : scores) s = positive(gen);
   camex::MergeDriver driver(policy);
@@ -178,7 +178,7 @@ int run() {
   for (std::size_t k = 0; k < got.size(); ++k) worst_merge = std::max(worst_merge, std::abs(got[k] - want[k]));
 
   // 2. Inside a merged linear layer: L = <y, d_y> + aux; every gradient against central differences.
-  camex::NoisyTopKGate<double, Space> router(in, n, groups, {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 7);
+  camex::NoisyTopKGate<double, Space> router(in, n, layout, {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 7);
   camex::MergedLinear layer(policy, nullptr, router, layout);
   const auto workspace = camex::make_workspace<Space>(layer.workspace_bytes());
   const camex::StepContext step{.seed = 11, .step = 1, .stream = 0, .training = true};

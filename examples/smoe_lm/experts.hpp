@@ -20,14 +20,14 @@ enum class MlpTensor { fc_weight, fc_bias, proj_weight, proj_bias };
 inline constexpr std::array<MlpTensor, 4> mlp_tensors{MlpTensor::fc_weight, MlpTensor::fc_bias, MlpTensor::proj_weight,
                                                       MlpTensor::proj_bias};
 
-/// The merge problem of one MLP tensor: n experts, G groups, [H, C], [H, 1], [C, H] or [C, 1].
-inline MergeProblem mlp_problem(MlpTensor tensor, const GptShape& shape, std::size_t experts, std::size_t groups) {
+/// The merge problem of one MLP tensor: n experts over the layout's groups, [H, C], [H, 1], [C, H] or [C, 1].
+inline MergeProblem mlp_problem(MlpTensor tensor, const GptShape& shape, std::size_t experts, const RoutingLayout& layout) {
   const std::size_t c = shape.channels, h = shape.hidden;
   switch (tensor) {
-    case MlpTensor::fc_weight: return {experts, groups, {h, c}};
-    case MlpTensor::fc_bias: return {experts, groups, {h, 1}};
-    case MlpTensor::proj_weight: return {experts, groups, {c, h}};
-    default: return {experts, groups, {c, 1}};
+    case MlpTensor::fc_weight: return layer_problem(layout, experts, {h, c});
+    case MlpTensor::fc_bias: return layer_problem(layout, experts, {h, 1});
+    case MlpTensor::proj_weight: return layer_problem(layout, experts, {c, h});
+    default: return layer_problem(layout, experts, {c, 1});
   }
 }
 
@@ -35,9 +35,9 @@ template <class Policy>
 class IndependentPolicies {
  public:
   using Factory = std::function<std::unique_ptr<Policy>(MlpTensor, const MergeProblem&)>;
-  IndependentPolicies(const GptShape& shape, std::size_t experts, std::size_t groups, const Factory& make) {
+  IndependentPolicies(const GptShape& shape, std::size_t experts, const RoutingLayout& layout, const Factory& make) {
     for (std::size_t l = 0; l < shape.layers; ++l)
-      for (const MlpTensor t : mlp_tensors) policies_.push_back(make(t, mlp_problem(t, shape, experts, groups)));
+      for (const MlpTensor t : mlp_tensors) policies_.push_back(make(t, mlp_problem(t, shape, experts, layout)));
   }
   Policy& at(std::size_t layer, MlpTensor tensor) { return *policies_.at(4 * layer + static_cast<std::size_t>(tensor)); }
 
@@ -48,9 +48,9 @@ class IndependentPolicies {
 template <class T, class Space>
 class ChainedPolicies {
  public:
-  ChainedPolicies(const GptShape& shape, std::size_t experts, std::size_t groups, const DynamicOptions& options) {
+  ChainedPolicies(const GptShape& shape, std::size_t experts, const RoutingLayout& layout, const DynamicOptions& options) {
     for (const MlpTensor t : mlp_tensors)
-      chains_.push_back(std::make_unique<DynamicChain<T, Space>>(shape.layers, mlp_problem(t, shape, experts, groups), options));
+      chains_.push_back(std::make_unique<DynamicChain<T, Space>>(shape.layers, mlp_problem(t, shape, experts, layout), options));
   }
   typename DynamicChain<T, Space>::Layer& at(std::size_t layer, MlpTensor tensor) {
     return chains_.at(static_cast<std::size_t>(tensor))->layer(layer);

@@ -33,7 +33,7 @@ inline std::function<std::unique_ptr<NoisyTopKGate<TrainScalar, TrainSpace>>(std
   const std::size_t k = c.policy == "smoe" && c.top_k == 0 ? 2 : c.top_k;
   return [c, k](std::size_t inputs, std::size_t index) {
     return std::make_unique<NoisyTopKGate<TrainScalar, TrainSpace>>(
-        inputs, c.experts, routing_layout(c).groups(),
+        inputs, c.experts, routing_layout(c),
         NoisyTopKOptions{.k = k, .noisy = c.router_noise, .balance_coefficient = c.aux}, router_seed(c, index));
   };
 }
@@ -52,7 +52,7 @@ template <class Policy, class Router = NoisyTopKGate<TrainScalar, TrainSpace>>
 int train_independent(const TrainConfig& c, const LmData& data,
                       const std::function<std::unique_ptr<Policy>(const MergeProblem&)>& make,
                       const std::function<std::unique_ptr<Router>(std::size_t, std::size_t)>& make_router) {
-  IndependentPolicies<Policy> store(gpt_shape(c, data.vocab), c.experts, routing_layout(c).groups(),
+  IndependentPolicies<Policy> store(gpt_shape(c, data.vocab), c.experts, routing_layout(c),
                                     [&](MlpTensor, const MergeProblem& problem) { return make(problem); });
   return train_merged<IndependentPolicies<Policy>, Policy, Router>(c, data, store, make_router);
 }

@@ -143,20 +143,25 @@ class Gpt {
     inputs_ = inputs;
     targets_ = targets;
     LossParts loss;
-    embedding_forward(space, inputs, value(wte_), value(wpe_), blocks_[0].residual);
-    for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      Block& b = blocks_[l];
-      layer_norm_forward(space, b.residual, vector(b.ln1_w), vector(b.ln1_b), b.ln1, b.ln1_mean, b.ln1_rstd);
-      linear_forward(space, b.ln1, value(b.attn_w), vector(b.attn_b), b.qkv);
-      b.attention.forward(space, b.qkv, b.attended);
-      linear_forward(space, b.attended, value(b.attn_proj_w), vector(b.attn_proj_b), branch_);
-      residual_add(space, b.residual, branch_, b.mid);
-      layer_norm_forward(space, b.mid, vector(b.ln2_w), vector(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd);
-      loss.aux += b.mlp->forward(space, step.substream(b.mlp_stream), b.ln2, branch_);
-      residual_add(space, b.mid, branch_, l + 1 < blocks_.size() ? blocks_[l + 1].residual : final_);
-    }
-    layer_norm_forward(space, final_, vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
-    loss.cross_entropy = tied_head_forward(space, lnf_, value(wte_), targets, probabilities_);
+    // Every block's checks and balancing losses are read back together, once the step's forward is queued.
+    loss.aux = with_step_read_backs(space, step, read_backs_, [&](const StepContext& batched) {
+      double aux = 0;
+      embedding_forward(space, inputs, value(wte_), value(wpe_), blocks_[0].residual);
+      for (std::size_t l = 0; l < blocks_.size(); ++l) {
+        Block& b = blocks_[l];
+        layer_norm_forward(space, b.residual, vector(b.ln1_w), vector(b.ln1_b), b.ln1, b.ln1_mean, b.ln1_rstd);
+        linear_forward(space, b.ln1, value(b.attn_w), vector(b.attn_b), b.qkv);
+        b.attention.forward(space, b.qkv, b.attended);
+        linear_forward(space, b.attended, value(b.attn_proj_w), vector(b.attn_proj_b), branch_);
+        residual_add(space, b.residual, branch_, b.mid);
+        layer_norm_forward(space, b.mid, vector(b.ln2_w), vector(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd);
+        aux += b.mlp->forward(space, batched.substream(b.mlp_stream), b.ln2, branch_);
+        residual_add(space, b.mid, branch_, l + 1 < blocks_.size() ? blocks_[l + 1].residual : final_);
+      }
+      layer_norm_forward(space, final_, vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
+      loss.cross_entropy = tied_head_forward(space, lnf_, value(wte_), targets, probabilities_);
+      return aux;
+    });
     return loss;
   }
 
@@ -218,6 +223,7 @@ class Gpt {
   TokenIds<Space> inputs_, targets_;
   Mat<T, Space> final_, lnf_, probabilities_, branch_, d_residual_, d_normed_, d_attended_, d_qkv_;
   Vec<T, Space> lnf_mean_, lnf_rstd_;
+  ReadBackBatch<Space> read_backs_;
 };
 
 }  // namespace camex::examples

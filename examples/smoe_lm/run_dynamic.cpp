@@ -6,7 +6,7 @@ namespace camex::examples {
 
 int run_dynamic(const TrainConfig& c, const LmData& data) {
   using Store = ChainedPolicies<TrainScalar, TrainSpace>;
-  Store chains(gpt_shape(c, data.vocab), c.experts, routing_layout(c).groups(),
+  Store chains(gpt_shape(c, data.vocab), c.experts, routing_layout(c),
                DynamicOptions{.gamma = c.gamma, .alpha = merge_step(c), .curvature = {.rank = c.rank}});
   return train_merged<Store, DynamicChain<TrainScalar, TrainSpace>::Layer>(c, data, chains, noisy_routers(c));
 }

@@ -10,7 +10,7 @@ int run_smear(const TrainConfig& c, const LmData& data) {
   return train_independent<Policy, Router>(
       c, data, [](const MergeProblem& p) -> std::unique_ptr<Policy> { return std::make_unique<Euclidean<TrainScalar, TrainSpace>>(p); },
       [c](std::size_t inputs, std::size_t index) {
-        return std::make_unique<Router>(inputs, c.experts, routing_layout(c).groups(), SmearRouterOptions{}, router_seed(c, index));
+        return std::make_unique<Router>(inputs, c.experts, routing_layout(c), SmearRouterOptions{}, router_seed(c, index));
       });
 }
 

@@ -313,9 +313,9 @@ int train(const TrainConfig& c, const LmData& data, const std::function<std::uni
       loss = model.forward(space, {.seed = c.seed, .step = step, .stream = 0, .training = true}, batch.inputs(),
                            batch.targets());
     } catch (const argument_error& e) {
-      // The merged layers reject non-finite routing scores: the model's own activations, computed from finite
-      // parameters, overflowed.
-      if (e.argument() != "scores") throw;
+      // The merged layers reject non-finite tokens (their routing means) and routing scores: the model's own
+      // activations, computed from finite parameters, overflowed.
+      if (e.argument() != "x" && e.argument() != "scores") throw;
       diverged(c, step, std::string("the activations became non-finite (") + e.what() + ")", last_checkpoint, checkpointed);
     }
     if (!std::isfinite(loss.cross_entropy) || !std::isfinite(loss.aux))

@@ -3,6 +3,7 @@
 
 #include "camex/core/error.hpp"
 #include "camex/core/random.hpp"
+#include "camex/core/read_backs.hpp"
 #include "camex/core/schedule.hpp"
 #include "camex/core/step.hpp"
 #include "camex/core/transfer.hpp"
@@ -37,6 +38,7 @@
 #include "camex/nn/camex_code_linear.hpp"
 #include "camex/nn/evaluation_order.hpp"
 #include "camex/nn/expert_tensors.hpp"
+#include "camex/nn/layer_problem.hpp"
 #include "camex/nn/merged_affine.hpp"
 #include "camex/nn/merged_ffn.hpp"
 #include "camex/nn/merged_linear.hpp"

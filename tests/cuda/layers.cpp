@@ -10,7 +10,7 @@ namespace camex::cuda_check {
 void layers() {
   using T = float;
   const std::size_t n = 3, in = 4, hidden = 8, out = 6;
-  SmearRouter<T, Space> smear(in, n, segments.groups(), {.expert_dropout = 0.1});
+  SmearRouter<T, Space> smear(in, n, segments, {.expert_dropout = 0.1});
   merged_linear<Domain<T, Space>>(smear, [&](TensorShape s) { return Domain<T, Space>(problem(n, s)); });
 
   DynamicChain<T, Space> chain(2, problem(n, {out, in}), {});

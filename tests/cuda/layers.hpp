@@ -38,9 +38,9 @@ void merged_linear(Router& router, const Make& make) {
 
 template <class Scalar>
 NoisyTopKGate<Scalar, Space> noisy_top_k(std::size_t experts) {
-  return NoisyTopKGate<Scalar, Space>(4, experts, segments.groups(), {.k = 2});
+  return NoisyTopKGate<Scalar, Space>(4, experts, segments, {.k = 2});
 }
 
-inline MergeProblem problem(std::size_t experts, const TensorShape& shape) { return {experts, segments.groups(), shape}; }
+inline MergeProblem problem(std::size_t experts, const TensorShape& shape) { return layer_problem(segments, experts, shape); }
 
 }  // namespace camex::cuda_check

@@ -422,6 +422,53 @@ BOOST_AUTO_TEST_CASE(workspace_bytes_is_the_longest_carve) {
       "workspace", {"camex::Euclidean", concat("at least ", bytes, " bytes"), concat("given ", bytes - 1, " bytes")});
 }
 
+// With a read-back batch on the step, a merge queues its status: the same errors come from the batch's read, a
+// merge given other scores settles the queued check at once, a discarded check is forgotten, and the backward
+// given the checked scores queues nothing.
+BOOST_AUTO_TEST_CASE(a_step_with_a_batch_reports_at_its_read) {
+  std::mt19937_64 gen(test_seed());
+  const auto in = random_inputs(gen);
+  Domain<float, Space> policy(problem, {.alpha = 0.5});
+  const auto workspace = make_workspace<Space>(policy.workspace_bytes());
+  const auto experts = to_device<float>(in.experts), base = to_device<float>(in.base), scores = to_device<float>(in.scores);
+  HostMatrix bad = in.scores;
+  bad(1, 2) = std::nan("");
+  const auto bad_scores = to_device<float>(bad);
+  Matrix<float, Space> merged("merged", groups, shape.params());
+  ReadBackBatch<Space> batch;
+  const StepContext step{.seed = 5, .read_backs = &batch};
+
+  policy.prepare(Space{}, step, experts, base, workspace);
+  policy.merge(Space{}, bad_scores, merged, workspace);
+  BOOST_TEST(batch.pending() == 1u, "the status waits for the read");
+  require_argument_error([&] { batch.read(Space{}); }, "scores",
+                         {"camex::Domain::merge", "finite routing scores", "scores(1, 2) = nan"});
+
+  policy.prepare(Space{}, step, experts, base, workspace);
+  policy.merge(Space{}, bad_scores, merged, workspace);
+  require_argument_error([&] { policy.merge(Space{}, scores, merged, workspace); }, "scores", {"scores(1, 2) = nan"});
+  batch.read(Space{});  // the early settle left nothing for the read
+
+  policy.prepare(Space{}, step, experts, base, workspace);
+  policy.merge(Space{}, bad_scores, merged, workspace);
+  batch.discard();
+  policy.prepare(Space{}, step, experts, base, workspace);  // the discarded check is not settled here
+  policy.merge(Space{}, scores, merged, workspace);
+  Matrix<float, Space> d_scores("d_scores", groups, n), d_experts("d_experts", n, shape.params()), d_base("d_base", 1, shape.params());
+  policy.backward(Space{}, scores, merged, d_scores, d_experts, d_base, workspace);
+  BOOST_TEST(batch.pending() == 1u, "the backward given the merge's scores queues nothing");
+  batch.read(Space{});
+  require_close<float>(to_host(merged), reference_merge(in, 0.5, ones(n, shape.params()), ones(groups, n)), 2.0,
+                       "the merge of a step whose checks were queued");
+
+  HostMatrix stochastic = in.scores;
+  for (Eigen::Index b = 0; b < stochastic.rows(); ++b) stochastic.row(b) /= stochastic.row(b).sum();
+  Domain<float, Space> strict(problem);
+  strict.prepare(Space{}, step, experts, base, workspace);
+  strict.merge(Space{}, to_device<float>(stochastic), merged, workspace);
+  require_argument_error([&] { batch.read(Space{}); }, "scores", {"the base cancels"});
+}
+
 BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {
   std::mt19937_64 gen(test_seed());
   const auto in = random_inputs(gen), no_base = random_inputs(gen, false);

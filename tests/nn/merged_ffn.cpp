@@ -62,9 +62,9 @@ double reference_activation(Activation act, double h) {
 
 struct Block {
   RoutingLayout layout;
-  Policy fc{{n, layout.groups(), {hid, in}}, {.alpha = 0.5}}, fc_bias{{n, layout.groups(), {hid, 1}}, {.alpha = 0.5}};
-  Policy proj{{n, layout.groups(), {out, hid}}, {.alpha = 0.5}}, proj_bias{{n, layout.groups(), {out, 1}}, {.alpha = 0.5}};
-  Gate router{in, n, layout.groups(), {.k = 2, .balance_coefficient = 0.4, .init_std = 0.5}, 5};
+  Policy fc{layer_problem(layout, n, {hid, in}), {.alpha = 0.5}}, fc_bias{layer_problem(layout, n, {hid, 1}), {.alpha = 0.5}};
+  Policy proj{layer_problem(layout, n, {out, hid}), {.alpha = 0.5}}, proj_bias{layer_problem(layout, n, {out, 1}), {.alpha = 0.5}};
+  Gate router{in, n, layout, {.k = 2, .balance_coefficient = 0.4, .init_std = 0.5}, 5};
   MergedFFN<Policy, Gate> layer;
   Workspace<Space> ws;
   explicit Block(Activation act, const EvaluationOptions& evaluation = {}, const RoutingLayout& routing = sequences)

@@ -267,6 +267,42 @@ BOOST_AUTO_TEST_CASE(segment_routing_keeps_outputs_causal) {
   }
 }
 
+// What the host must learn in a step (both policies' statuses, the gate's loss) is read once at the end of
+// forward, or left on a caller's batch: the same outputs and loss either way, and a non-finite token reported
+// from forward, after which the layer runs on.
+BOOST_AUTO_TEST_CASE(forward_reads_back_once_or_leaves_it_to_the_caller) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t in = 4, out = 5, n = 3, groups = segments.groups();
+    Domain<double, Space> weights({n, groups, {out, in}}, {.alpha = 0.5}), bias({n, groups, {out, 1}}, {.alpha = 0.5});
+    NoisyTopKGate<double, Space> router(in, n, groups, {.k = 2, .balance_coefficient = 0.3, .init_std = 0.5}, 4);
+    MergedLinear layer(weights, &bias, router, segments);
+    const auto ws = make_workspace<Space>(layer.workspace_bytes());
+    Tensors t = random_tensors(segments.tokens(), in, out, n, gen);
+    const StepContext step{.seed = 9, .step = 3};
+    const auto [y, aux] = run(layer, step, t, ws);
+    BOOST_TEST(aux > 0.0);
+
+    ReadBackBatch<Space> batch;
+    StepContext carried = step;
+    carried.read_backs = &batch;
+    const auto [y_carried, aux_carried] = run(layer, carried, t, ws);
+    BOOST_TEST(aux_carried == 0.0, "the gate's loss waits on the caller's batch");
+    BOOST_TEST(batch.pending() == 4u, "the tokens' check, two statuses and the loss");
+    batch.read(Space{});
+    BOOST_TEST(batch.loss() == aux);
+    BOOST_TEST((y_carried - y).cwiseAbs().maxCoeff() == 0.0);
+
+    Tensors bad = t;
+    bad.x(4, 1) = std::nan("");
+    require_argument_error([&] { run(layer, step, bad, ws); }, "x",
+                           {"camex::RoutingStage::forward", "finite tokens", "sequence 0, positions 3 to 5", "rows 3 to 5 of x"});
+    const auto [y_again, aux_again] = run(layer, step, t, ws);
+    BOOST_TEST((y_again - y).cwiseAbs().maxCoeff() == 0.0, "the failed step leaves nothing behind");
+    BOOST_TEST(aux_again == aux);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
   CAMEX_TEST_CONTEXT() {
     const std::size_t in = 4, out = 6, n = 3, groups = segments.groups();

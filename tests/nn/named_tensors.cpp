@@ -52,9 +52,9 @@ ExpertStorage<double, Space> storage(std::size_t rows, std::size_t cols) {
 }
 
 struct Linear {
-  Policy weights{{n, layout.groups(), {out, in}}, {.rank = 2}};
-  Policy bias{{n, layout.groups(), {out, 1}}, {.rank = 1}};
-  Gate router{in, n, layout.groups(), {.k = 2}, 7};
+  Policy weights{layer_problem(layout, n, {out, in}), {.rank = 2}};
+  Policy bias{layer_problem(layout, n, {out, 1}), {.rank = 1}};
+  Gate router{in, n, layout, {.k = 2}, 7};
   MergedLinear<Policy, Gate> layer{weights, &bias, router, layout};
   ExpertStorage<double, Space> w = storage(out, in), b = storage(out, 1);
 };
@@ -121,9 +121,9 @@ BOOST_AUTO_TEST_CASE(loading_by_name_writes_what_the_layer_reads) {
 
 BOOST_AUTO_TEST_CASE(merged_ffn_names_both_maps_and_the_router) {
   using Ffn = MergedFFN<Policy, Gate>;
-  Policy fc{{n, layout.groups(), {hidden, in}}, {.rank = 1}}, fc_bias{{n, layout.groups(), {hidden, 1}}, {.rank = 1}};
-  Policy proj{{n, layout.groups(), {out, hidden}}, {.rank = 1}};
-  Gate router{in, n, layout.groups(), {.k = 2}, 7};
+  Policy fc{layer_problem(layout, n, {hidden, in}), {.rank = 1}}, fc_bias{layer_problem(layout, n, {hidden, 1}), {.rank = 1}};
+  Policy proj{layer_problem(layout, n, {out, hidden}), {.rank = 1}};
+  Gate router{in, n, layout, {.k = 2}, 7};
   Ffn layer(fc, &fc_bias, proj, nullptr, router, layout);
   const auto fc_w = storage(hidden, in), fc_b = storage(hidden, 1), proj_w = storage(out, hidden);
   const auto named = layer.tensors(fc_w, fc_b, proj_w, std::nullopt);

@@ -226,6 +226,14 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
     require_argument_error([] { Gate(3, 4, 2, {.noise_floor = 0}); }, "options.noise_floor", {"positive"});
     require_argument_error([] { Gate(3, 4, 2, {.balance_coefficient = -1}); }, "options.balance_coefficient", {"-1"});
     require_argument_error([] { Gate(3, 4, 2, {.init_std = NAN}); }, "options.init_std", {"nan"});
+    {  // a gate for a layout takes its groups from it: S = 2 sequences of 2 segments
+      const RoutingLayout layout{.sequences = 2, .length = 6, .granularity = Granularity::causal_segment, .segment = 3};
+      Gate for_layout(3, 4, layout);
+      const auto ws = make_workspace<Space>(for_layout.workspace_bytes());
+      Matrix<float, Space> scores("scores", 5, 4);
+      require_argument_error([&] { for_layout.forward(Space{}, {}, Matrix<float, Space>("x", 5, 3), scores, ws); },
+                             "routed", {"at most max_groups = 4 rows"});
+    }
 
     Gate gate(3, 4, 2);
     const auto workspace = make_workspace<Space>(gate.workspace_bytes());

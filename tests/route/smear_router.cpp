@@ -166,6 +166,13 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
     require_argument_error([] { R(3, 4, 2, {.expert_dropout = 1}); }, "options.expert_dropout", {"[0, 1)", "1"});
     require_argument_error([] { R(3, 4, 2, {.init_std = -1}); }, "options.init_std", {"-1"});
     require_argument_error([] { R(3, 4, 2, {.column_gain = INFINITY}); }, "options.column_gain", {"inf"});
+    {  // a router for a layout takes its groups from it: 3 sequences, one group each
+      R for_layout(3, 4, RoutingLayout{.sequences = 3, .length = 5});
+      const auto ws = make_workspace<Space>(for_layout.workspace_bytes());
+      Matrix<float, Space> scores("scores", 4, 4);
+      require_argument_error([&] { for_layout.forward(Space{}, {}, Matrix<float, Space>("z", 4, 3), scores, ws); },
+                             "routed", {"at most max_groups = 3 rows"});
+    }
     R router(3, 4, 2);
     const auto workspace = make_workspace<Space>(router.workspace_bytes());
     Matrix<float, Space> z("z", 2, 3), scores("scores", 2, 4), d_z("d_z", 2, 3);

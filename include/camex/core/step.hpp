@@ -8,17 +8,22 @@
 #include <string>
 #include <utility>
 
+#include "camex/core/read_backs.hpp"
+
 namespace camex {
 
 /// What a step is: random draws (DARE masks, router noise, expert dropout) are keyed by (seed, step, stream,
 /// expert, element), where `stream`, the draw-stream id, tells apart the components of a model that draw: each
 /// component declares how many consecutive streams it uses from `stream` on (`random_streams`) and derives its
 /// parts' with substream; a model hands out the ranges with DrawStreams. `training` switches train-only behaviour.
+/// `read_backs`, where set, is the batch the step's components queue the values the host must learn on, instead of
+/// reading each at once (core/read_backs.hpp); whoever sets it reads it before the step's backward.
 struct StepContext {
   std::uint64_t seed = 0;
   std::uint64_t step = 0;
   std::uint32_t stream = 0;
   bool training = true;
+  StepReadBacks* read_backs = nullptr;
 
   /// This step as seen by the part of a component that draws from the component's k-th stream.
   StepContext substream(std::uint32_t k) const {
@@ -27,6 +32,25 @@ struct StepContext {
     return s;
   }
 };
+
+/// Runs `work(step)` so that the step's reads are read once: where `step` carries no batch, with `batch` set on it,
+/// reading `batch` after `work` and adding its loss to what `work` returned; where it carries one, as it is (its
+/// owner reads it). An exception discards what `work` queued on `batch`.
+template <class ExecSpace, class Work>
+double with_step_read_backs(const ExecSpace& space, const StepContext& step, ReadBackBatch<ExecSpace>& batch, Work&& work) {
+  if (step.read_backs != nullptr) return work(step);
+  StepContext batched = step;
+  batched.read_backs = &batch;
+  double value;
+  try {
+    value = work(static_cast<const StepContext&>(batched));
+    batch.read(space);
+  } catch (...) {
+    batch.discard();
+    throw;
+  }
+  return value + batch.loss();
+}
 
 /// Consecutive draw-stream ranges handed out in order: a model takes each component's declared count once, at
 /// construction, and gives the component its first stream in every step (step.substream(first)).

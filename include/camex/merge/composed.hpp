@@ -24,6 +24,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <type_traits>
@@ -136,6 +137,7 @@ class ComposedPolicy {
                const ConstMatrix<Scalar, ExecSpace>& base, const Workspace<ExecSpace>& workspace) {
     const std::string fn = name_ + "::prepare";
     check_operands(fn.c_str(), experts, base);
+    if (pending_.queued) settle_pending(space);  // the last step's batch was never read
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     step_ = step;
@@ -566,22 +568,46 @@ class ComposedPolicy {
   }
 
   /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the execution space. The step's status
-  /// is then read back, once: it reports operands of prepare still unchecked, non-finite scores and the
-  /// degenerate base. On a device a later call of the step given the same scores view skips the read-back.
+  /// then reports operands of prepare still unchecked, non-finite scores and the degenerate base: read at once, or,
+  /// where the step carries a read-back batch, queued on it and settled when the batch is read. On a device, or
+  /// with a batch, a later call of the step given the same scores view reads nothing.
   Buffer<Scalar> build_coefficients(const ExecSpace& space, const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores,
                                     const Buffers& b) const {
     const std::size_t groups = scores.extent(0), n = problem_.experts;
     const Buffer<Scalar> coef(b.coef.data(), groups, b.coef.extent(1));
     const bool kappa = mask_.score_factor_active(step_);
+    const bool same_scores = cache_.checked(scores.data(), groups, scores.extent(1));
+    // The status cell is about to be rewritten: a check still queued for other scores is settled first.
+    if (pending_.queued && !same_scores) settle_pending(space);
     detail::build_coefficients(space, scores, options_.alpha, kappa, mask_.score_factor(step_), coef, b.status.data(),
                                64 * std::numeric_limits<Scalar>::epsilon() * static_cast<double>(n));
-    const bool checked = !host_memory && cache_.checked(scores.data(), groups, scores.extent(1));
-    if (checked && !cache_.operands_unread()) return coef;
-    const auto status = read_back(space, b.status.data());
-    if (cache_.operands_unread()) {
-      cache_.read_operands();
-      report_bad_operand(space, status.first_bad_operand);
+    const bool deferring = step_.read_backs != nullptr;
+    if ((deferring || !host_memory) && same_scores && !cache_.operands_unread()) return coef;
+    const bool operands = cache_.operands_unread();
+    if (operands) cache_.read_operands();
+    if (deferring) {
+      pending_.policy = this;
+      pending_.queued = true;
+      pending_.space = space;
+      pending_.fn = fn;
+      pending_.scores = scores;
+      pending_.kappa = kappa;
+      pending_.operands = operands;
+      pending_.status = b.status.data();
+      step_.read_backs->defer(b.status.data(), sizeof(detail::StepStatus), &settle_queued, &pending_);
+    } else {
+      settle_status(space, fn, scores, kappa, operands, read_back(space, b.status.data()));
     }
+    cache_.remember_checked(scores.data(), groups, scores.extent(1));
+    return coef;
+  }
+
+  /// Throws for what a step's status reports: a non-finite operand of prepare (where `operands`), a non-finite
+  /// score, the degenerate base.
+  void settle_status(const ExecSpace& space, const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores, bool kappa,
+                     bool operands, const detail::StepStatus& status) const {
+    const std::size_t groups = scores.extent(0), n = problem_.experts;
+    if (operands) report_bad_operand(space, status.first_bad_operand);
     if (status.first_bad_score != detail::no_position) {
       const std::size_t g = status.first_bad_score / n, i = status.first_bad_score % n;
       throw argument_error(fn, "scores", "finite routing scores",
@@ -594,8 +620,35 @@ class ComposedPolicy {
                            "base cancels (merged = sum_i s_i E_i and the base gets no gradient); use camex::Euclidean, "
                            "change alpha, or set MergeOptions::on_degenerate = DegenerateBase::accept",
                            "every row summing to 1");
-    cache_.remember_checked(scores.data(), groups, scores.extent(1));
-    return coef;
+  }
+
+  /// A status check queued on a step's read-back batch: what settling it needs.
+  struct PendingCheck {
+    const ComposedPolicy* policy = nullptr;
+    bool queued = false;
+    ExecSpace space{};
+    std::string fn;
+    ConstMatrix<Scalar, ExecSpace> scores;
+    bool kappa = false;
+    bool operands = false;
+    const detail::StepStatus* status = nullptr;
+  };
+
+  static void settle_queued(void* owner, const unsigned char* value) {
+    auto& pending = *static_cast<PendingCheck*>(owner);
+    if (!pending.queued) return;  // settled early, before its cell was rewritten
+    pending.queued = false;
+    if (value == nullptr) return;  // discarded with its step
+    detail::StepStatus status;
+    std::memcpy(&status, value, sizeof status);
+    pending.policy->settle_status(pending.space, pending.fn.c_str(), pending.scores, pending.kappa, pending.operands, status);
+  }
+
+  /// Settles the queued check now, with a read-back of its own: its cell is needed again before the batch is read.
+  void settle_pending(const ExecSpace& space) const {
+    pending_.queued = false;
+    settle_status(space, pending_.fn.c_str(), pending_.scores, pending_.kappa, pending_.operands,
+                  read_back(space, pending_.status));
   }
 
   bool degenerate_merge_options() const {
@@ -612,8 +665,9 @@ class ComposedPolicy {
   bool factor_active_ = false;
   static constexpr bool host_memory =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, typename ExecSpace::memory_space>::accessible;
-  // Mutable: a merge (const) reads the status back and so settles the step's checks.
+  // Mutable: a merge (const) reads the status back, or queues it, and so settles the step's checks.
   mutable detail::StepCache cache_;
+  mutable PendingCheck pending_;
   ConstMatrix<Scalar, ExecSpace> experts_, base_;
 };
 

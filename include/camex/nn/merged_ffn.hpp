@@ -23,6 +23,7 @@
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
 #include "camex/nn/expert_tensors.hpp"
+#include "camex/nn/layer_problem.hpp"
 #include "camex/nn/merged_affine.hpp"
 #include "camex/nn/named_tensors.hpp"
 #include "camex/merge/concepts.hpp"
@@ -58,6 +59,21 @@ KOKKOS_INLINE_FUNCTION double activate(Activation act, double h, double* derivat
     }
   }
 }
+
+namespace detail {
+
+/// activated = act(hidden), elementwise.
+template <class ExecSpace, class Hidden, class Activated>
+void activate_hidden(const ExecSpace& space, Activation act, const Hidden& hidden, const Activated& activated) {
+  using Scalar = typename Activated::value_type;
+  Kokkos::parallel_for("camex::MergedFFN[activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         double unused;
+                         activated.data()[w] = static_cast<Scalar>(activate(act, static_cast<double>(hidden.data()[w]), &unused));
+                       });
+}
+
+}  // namespace detail
 
 template <MergePolicy Policy, RouterFor<Policy> RouterType>
 class MergedFFN {
@@ -105,7 +121,8 @@ class MergedFFN {
     return carver.bytes();
   }
 
-  /// y [S·L, O] for tokens x [S·L, I] (padding [S, L] or empty); returns the router's auxiliary loss.
+  /// y [S·L, O] for tokens x [S·L, I] (padding [S, L] or empty); returns the router's auxiliary loss. The host's
+  /// reads are taken once, at the end, or queued on the step's batch where it carries one (as MergedLinear::forward).
   double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding, const Tensors& fc,
                  const std::optional<Tensors>& fc_bias, const Tensors& proj, const std::optional<Tensors>& proj_bias,
                  const Out& y, const Workspace<ExecSpace>& workspace) {
@@ -118,20 +135,15 @@ class MergedFFN {
     const auto b = carve(carver);
     x_ = x;
     forwarded_ = true;
-    const double aux = routing_.forward(space, step.substream(2 * detail::MergedAffine<Policy>::random_streams), x,
-                                        padding, b.scores, b.routing);
-    fc_.forward(space, step, b.scores, x, fc, fc_bias, b.hidden, b.fc);
-    const auto hidden = b.hidden, activated = b.activated;
-    const Activation act = activation_;
-    Kokkos::parallel_for("camex::MergedFFN[activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           double unused;
-                           activated.data()[w] =
-                               static_cast<Scalar>(activate(act, static_cast<double>(hidden.data()[w]), &unused));
-                         });
-    proj_.forward(space, step.substream(detail::MergedAffine<Policy>::random_streams), b.scores, b.activated, proj,
-                  proj_bias, y, b.proj);
-    return aux;
+    return with_step_read_backs(space, step, read_backs_, [&](const StepContext& batched) {
+      const double aux = routing_.forward(space, batched.substream(2 * detail::MergedAffine<Policy>::random_streams), x,
+                                          padding, b.scores, b.routing);
+      fc_.forward(space, batched, b.scores, x, fc, fc_bias, b.hidden, b.fc);
+      detail::activate_hidden(space, activation_, b.hidden, b.activated);
+      proj_.forward(space, batched.substream(detail::MergedAffine<Policy>::random_streams), b.scores, b.activated, proj,
+                    proj_bias, y, b.proj);
+      return aux;
+    });
   }
 
   /// d_x and every tensor's gradient (overwritten), the policies' and router's parameter gradients (overwritten by
@@ -209,6 +221,7 @@ class MergedFFN {
   RoutingStage<RouterType> routing_;
   RoutingLayout layout_;
   Activation activation_;
+  ReadBackBatch<ExecSpace> read_backs_;
   In x_;
   bool forwarded_ = false;
 };

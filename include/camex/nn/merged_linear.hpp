@@ -30,6 +30,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/nn/expert_tensors.hpp"
+#include "camex/nn/layer_problem.hpp"
 #include "camex/nn/merged_affine.hpp"
 #include "camex/nn/named_tensors.hpp"
 #include "camex/merge/concepts.hpp"
@@ -75,7 +76,9 @@ class MergedLinear {
   }
 
   /// y [S·L, O] for tokens x [S·L, I] (padding [S, L] or empty); returns the router's auxiliary loss. x and the
-  /// tensors must keep their values until backward has run.
+  /// tensors must keep their values until backward has run. What the host must learn (the policies' statuses, the
+  /// loss) is read back once, at the end (core/read_backs.hpp); where `step` carries a read-back batch the layer
+  /// queues it there instead, and the loss of a router that queues it arrives in the batch's loss().
   double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding,
                  const ExpertTensors<Scalar, ExecSpace>& weights, const std::optional<ExpertTensors<Scalar, ExecSpace>>& bias,
                  const Out& y, const Workspace<ExecSpace>& workspace) {
@@ -87,10 +90,12 @@ class MergedLinear {
     const auto b = carve(carver);
     x_ = x;
     forwarded_ = true;
-    const double aux = routing_.forward(space, step.substream(detail::MergedAffine<Policy>::random_streams), x, padding,
-                                        b.scores, b.routing);
-    affine_.forward(space, step, b.scores, x, weights, bias, y, b.affine);
-    return aux;
+    return with_step_read_backs(space, step, read_backs_, [&](const StepContext& batched) {
+      const double aux = routing_.forward(space, batched.substream(detail::MergedAffine<Policy>::random_streams), x,
+                                          padding, b.scores, b.routing);
+      affine_.forward(space, batched, b.scores, x, weights, bias, y, b.affine);
+      return aux;
+    });
   }
 
   /// d_x [S·L, I] and the gradients of the experts and bases (all overwritten), of the policies' and the router's
@@ -145,6 +150,7 @@ class MergedLinear {
   detail::MergedAffine<Policy> affine_;
   RoutingStage<RouterType> routing_;
   RoutingLayout layout_;
+  ReadBackBatch<ExecSpace> read_backs_;
   In x_;
   bool forwarded_ = false;
 };

@@ -5,7 +5,10 @@
 //
 //   bytes = r.workspace_bytes()                              once; allocate that much
 //   loss  = r.forward(space, step, routed, scores, ws)       routed [G, I] -> scores [G, n], and the router's
-//                                                            auxiliary (balancing) loss, 0 if it has none
+//                                                            auxiliary (balancing) loss, 0 if it has none; a
+//                                                            router may instead queue a loss it would have to read
+//                                                            back on step.read_backs (core/read_backs.hpp) and
+//                                                            return 0: callers add the batch's loss()
 //   r.backward(space, d_scores, d_loss, d_routed, ws)        overwrites d_routed [G, I] and the gradients of
 //                                                            parameters(), for the last forward with that ws
 //

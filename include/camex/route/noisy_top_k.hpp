@@ -34,6 +34,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
+#include "camex/route/groups.hpp"
 #include "camex/route/operands.hpp"
 
 namespace camex {
@@ -97,6 +98,11 @@ class NoisyTopKGate {
 
   /// Largest expert count: a group's logits are sorted in registers of one work item.
   static constexpr std::size_t max_experts = 64;
+
+  /// The router of a layer routed as `layout`: at most layout.groups() groups per call, so the layout states the
+  /// number once.
+  NoisyTopKGate(std::size_t inputs, std::size_t experts, const RoutingLayout& layout, NoisyTopKOptions options = {}, std::uint64_t init_seed = 0)
+      : NoisyTopKGate(inputs, experts, layout.groups(), options, init_seed) {}
 
   /// A gate for router inputs of `inputs` entries over `experts` experts, for at most `max_groups` groups per
   /// call; weights drawn from CounterRng(init_seed, 0) at sites (0 for W_gate or 1 for W_noise, expert, input).
@@ -163,8 +169,9 @@ class NoisyTopKGate {
     return carver.bytes();
   }
 
-  /// scores [G, n] for the router inputs `routed` [G, I], G <= max_groups; returns the balancing loss. `routed`
-  /// must keep its values until backward has run.
+  /// scores [G, n] for the router inputs `routed` [G, I], G <= max_groups; returns the balancing loss, or, where
+  /// the step carries a read-back batch, queues it there (the batch's loss()) and returns 0. `routed` must keep its
+  /// values until backward has run.
   double forward(const ExecSpace& space, const StepContext& step, const ConstMatrix<Scalar, ExecSpace>& routed,
                  const Matrix<Scalar, ExecSpace>& scores, const Workspace<ExecSpace>& workspace) {
     constexpr const char* fn = "camex::NoisyTopKGate::forward";
@@ -243,7 +250,9 @@ class NoisyTopKGate {
                              st.d_load(j) *= coefficient;
                            }
                          });
-    return read_back(space, st.loss.data());
+    if (step.read_backs == nullptr) return read_back(space, st.loss.data());
+    step.read_backs->defer_loss(st.loss.data());
+    return 0;
   }
 
   /// d_routed [G, I] (overwritten) and the weights' gradients (overwritten) from d_scores [G, n] and the

@@ -10,16 +10,22 @@
 //              d_x     += routing_inputs_backward(d_routed)
 //
 // so every merged layer (nn/merged_linear.hpp, nn/merged_ffn.hpp, a user's own) routes by the same conventions.
-// The stage keeps a reference to the router; its arrays live in the caller's workspace.
+// The stage keeps a reference to the router; its arrays live in the caller's workspace. Non-finite tokens are
+// found in the routing means (a bad value in a token a mean counts makes the mean non-finite; padding the means
+// leave out is not looked at) and reported as bad x, read at once or queued on the step's read-back batch.
 
 #include <Kokkos_Core.hpp>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
+#include "camex/core/error.hpp"
 #include "camex/core/step.hpp"
+#include "camex/core/transfer.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
+#include "camex/kernels/non_finite.hpp"
 #include "camex/route/concepts.hpp"
 #include "camex/route/groups.hpp"
 
@@ -49,6 +55,7 @@ class RoutingStage {
   struct Buffers {
     Buffer<Scalar> routed, gates, d_gates, d_routed;
     Workspace<ExecSpace> router;
+    typename WorkspaceCarver<ExecSpace>::template Array<std::size_t> bad_routed;  ///< the scan's cell
   };
 
   Buffers carve(WorkspaceCarver<ExecSpace>& carver) const {
@@ -60,6 +67,7 @@ class RoutingStage {
     b.d_routed = carver.template take_matrix<Scalar>(g, inputs_);
     const auto raw = carver.template take<unsigned char>(router_.workspace_bytes());
     b.router = Workspace<ExecSpace>(raw.data(), raw.extent(0));
+    b.bad_routed = carver.template take<std::size_t>(1);
     return b;
   }
 
@@ -83,11 +91,13 @@ class RoutingStage {
   }
 
   /// scores [G, n] of every routing group for tokens x [S·L, I] (padding [S, L] or empty); returns the router's
-  /// balancing loss. `padding` must keep its values until backward has run.
+  /// balancing loss (or 0 where the router queues it on step.read_backs). `padding` must keep its values until
+  /// backward has run.
   double forward(const ExecSpace& space, const StepContext& step, const In& x, const PaddingFlags& padding, const Out& scores,
                  const Buffers& b) {
     padding_ = padding;
     routing_inputs(space, layout_, x, padding, b.routed);
+    check_routed(space, step, b);
     const double loss = router_.forward(space, step, b.routed, b.gates, b.router);
     merge_scores(space, layout_, b.gates, scores);
     return loss;
@@ -102,10 +112,54 @@ class RoutingStage {
   }
 
  private:
+  /// Scans the routing means for a non-finite value; reports it at once, or queues the scan's cell on the step's
+  /// batch.
+  void check_routed(const ExecSpace& space, const StepContext& step, const Buffers& b) {
+    if (pending_.queued) {  // the last step's batch was never read
+      pending_.queued = false;
+      settle(this, read_back(space, pending_.cell));
+    }
+    const auto scan = detail::arm_scan(space, b.bad_routed.data());
+    detail::scan_rows(space, scan, b.routed.data(), row_stride(b.routed), static_cast<int>(b.routed.extent(0)), inputs_);
+    if (step.read_backs == nullptr) return settle(this, read_back(space, b.bad_routed.data()));
+    pending_ = {this, true, b.bad_routed.data()};
+    step.read_backs->defer(b.bad_routed.data(), sizeof(std::size_t), &settle_queued, &pending_);
+  }
+
+  /// Throws where the scan found a non-finite mean: names the tokens that mean averages.
+  static void settle(const RoutingStage* stage, std::size_t first) {
+    if (first == detail::no_position) return;
+    const RoutingLayout& layout = stage->layout_;
+    const std::size_t row = first / stage->inputs_, group = layout.router_source(row);
+    const std::size_t sequence = group / layout.segments(), from = group % layout.segments() * layout.group_length();
+    throw argument_error("camex::RoutingStage::forward", "x", "finite tokens",
+                         concat("a NaN or infinity among the tokens of sequence ", sequence, ", positions ", from,
+                                " to ", from + layout.group_length() - 1, " (rows ", sequence * layout.length + from,
+                                " to ", sequence * layout.length + from + layout.group_length() - 1,
+                                " of x): router row ", row, "'s mean of them is not finite"));
+  }
+
+  struct PendingCheck {
+    const RoutingStage* stage = nullptr;
+    bool queued = false;
+    const std::size_t* cell = nullptr;
+  };
+
+  static void settle_queued(void* owner, const unsigned char* value) {
+    auto& pending = *static_cast<PendingCheck*>(owner);
+    if (!pending.queued) return;
+    pending.queued = false;
+    if (value == nullptr) return;
+    std::size_t first;
+    std::memcpy(&first, value, sizeof first);
+    settle(pending.stage, first);
+  }
+
   RouterType& router_;
   RoutingLayout layout_;
   std::size_t inputs_;
   PaddingFlags padding_;
+  PendingCheck pending_;
 };
 
 }  // namespace camex

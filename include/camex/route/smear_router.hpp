@@ -27,6 +27,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
+#include "camex/route/groups.hpp"
 #include "camex/route/operands.hpp"
 
 namespace camex {
@@ -88,6 +89,11 @@ class SmearRouter {
 
   static constexpr double layer_norm_eps = 1e-5;
   static constexpr std::size_t max_experts = 64;
+
+  /// The router of a layer routed as `layout`: at most layout.groups() groups per call, so the layout states the
+  /// number once.
+  SmearRouter(std::size_t channels, std::size_t experts, const RoutingLayout& layout, SmearRouterOptions options = {}, std::uint64_t init_seed = 0)
+      : SmearRouter(channels, experts, layout.groups(), options, init_seed) {}
 
   /// A router for inputs of `channels` entries over `experts` experts, at most `max_groups` groups per call;
   /// router weights drawn from CounterRng(init_seed, 0) at sites (2, expert, channel).

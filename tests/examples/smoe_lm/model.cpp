@@ -87,12 +87,12 @@ BOOST_AUTO_TEST_CASE(ties_ca_gpt_gradients) {
   CAMEX_TEST_CONTEXT() {
     using Policy = TiesCA<double, Space>;
     using Router = NoisyTopKGate<double, Space>;
-    IndependentPolicies<Policy> policies(shape, experts, layout.groups(), [](MlpTensor, const MergeProblem& problem) {
+    IndependentPolicies<Policy> policies(shape, experts, layout, [](MlpTensor, const MergeProblem& problem) {
       return std::make_unique<Policy>(problem, TiesMask{.options = {.density = 0.2}}, CurvatureOptions{.rank = 2});
     });
     MergedMlpFactory<double, Space, IndependentPolicies<Policy>, Policy, Router> make_mlp(
         shape, layout, policies, [](std::size_t inputs, std::size_t index) {
-          return std::make_unique<Router>(inputs, experts, layout.groups(), NoisyTopKOptions{.balance_coefficient = 0.1}, index);
+          return std::make_unique<Router>(inputs, experts, layout, NoisyTopKOptions{.balance_coefficient = 0.1}, index);
         });
     Gpt<double, Space, MergedMlp<double, Space, Policy, Router>> model(shape, [&](std::size_t l) { return make_mlp(l); });
     check_model_gradients(model, gen);
@@ -105,9 +105,9 @@ BOOST_AUTO_TEST_CASE(dynamic_gpt_gradients) {
     using Store = ChainedPolicies<double, Space>;
     using Policy = DynamicChain<double, Space>::Layer;
     using Router = NoisyTopKGate<double, Space>;
-    Store chains(shape, experts, layout.groups(), DynamicOptions{.gamma = 0.5, .alpha = 0.8, .curvature = {.rank = 2}});
+    Store chains(shape, experts, layout, DynamicOptions{.gamma = 0.5, .alpha = 0.8, .curvature = {.rank = 2}});
     MergedMlpFactory<double, Space, Store, Policy, Router> make_mlp(shape, layout, chains, [](std::size_t inputs, std::size_t index) {
-      return std::make_unique<Router>(inputs, experts, layout.groups(), NoisyTopKOptions{.balance_coefficient = 0.1}, index);
+      return std::make_unique<Router>(inputs, experts, layout, NoisyTopKOptions{.balance_coefficient = 0.1}, index);
     });
     Gpt<double, Space, MergedMlp<double, Space, Policy, Router>> model(shape, [&](std::size_t l) { return make_mlp(l); });
     check_model_gradients(model, gen);
