@@ -20,6 +20,14 @@ inline benchmark::internal::Benchmark* timed(benchmark::internal::Benchmark* b) 
   });
 }
 
+/// The least memory traffic a case must move, read and written apart (bytes): the report's GB/s counts their sum,
+/// its roofline the time to read `read` bytes at the read ceiling and write `written` at the write ceiling.
+inline void traffic(benchmark::State& state, double read, double written) {
+  state.counters["bytes"] = read + written;
+  state.counters["bytes_read"] = read;
+  state.counters["bytes_written"] = written;
+}
+
 /// Curvature factors drawn around their initial value, so no product is special (identity, zeros).
 template <class Policy>
 void perturb_factors(Policy& policy) {

@@ -1,5 +1,5 @@
-// The machine's ceilings, measured in the same run as the kernels they judge: STREAM copy and triad and the
-// streaming write rate on the default Kokkos execution space, and a large SGEMM twice: through the system BLAS
+// The machine's ceilings, measured in the same run as the kernels they judge: STREAM copy and triad, the
+// streaming write rate and the read rate on the default Kokkos execution space, and a large SGEMM twice: through the system BLAS
 // (OpenBLAS here, the GEMM PyTorch calls; Debian's 0.3.21 runs its Haswell AVX2 kernel on CPUs it does not know)
 // and through Eigen compiled for this CPU (the compute ceiling camex's own kernels are judged against). Prints JSON.
 #include <camex/perf/stream.hpp>
@@ -28,9 +28,9 @@ int main() {
   };
   const double blas = gflops(sgemm), native = gflops(native_sgemm);
 
-  std::printf("{\"stream_copy_GBps\": %.3f, \"stream_triad_GBps\": %.3f, \"stream_write_GBps\": %.3f, \"sgemm_GFLOPs\": %.3f, "
-              "\"sgemm_native_GFLOPs\": %.3f, \"sgemm_n\": %d, \"execution_space\": \"%s\", \"concurrency\": %d}\n",
-              stream.copy_GBps, stream.triad_GBps, stream.write_GBps, blas, native, n, Kokkos::DefaultExecutionSpace::name(),
+  std::printf("{\"stream_copy_GBps\": %.3f, \"stream_triad_GBps\": %.3f, \"stream_write_GBps\": %.3f, \"stream_read_GBps\": %.3f, "
+              "\"sgemm_GFLOPs\": %.3f, \"sgemm_native_GFLOPs\": %.3f, \"sgemm_n\": %d, \"execution_space\": \"%s\", \"concurrency\": %d}\n",
+              stream.copy_GBps, stream.triad_GBps, stream.write_GBps, stream.read_GBps, blas, native, n, Kokkos::DefaultExecutionSpace::name(),
               static_cast<int>(Kokkos::DefaultExecutionSpace().concurrency()));
   return 0;
 }

@@ -36,7 +36,7 @@ void forward(benchmark::State& state, int groups) {
     camex::soft_merge(Space{}, scores, w, merged);
     Space().fence();
   }
-  state.counters["bytes"] = 4.0 * (experts + groups) * params;
+  camex::bench::traffic(state, 4.0 * experts * params, 4.0 * groups * params);
   state.counters["flops"] = 2.0 * groups * experts * params;
 }
 
@@ -53,7 +53,7 @@ void backward(benchmark::State& state, int groups) {
     camex::soft_merge_backward(Space{}, scores, w, d_merged, d_scores, d_w, workspace);
     Space().fence();
   }
-  state.counters["bytes"] = 4.0 * (2 * experts + groups) * params;
+  camex::bench::traffic(state, 4.0 * (experts + groups) * params, 4.0 * experts * params);
   state.counters["flops"] = 4.0 * groups * experts * params;
 }
 
@@ -68,7 +68,7 @@ void non_finite_scan(benchmark::State& state) {
     camex::detail::scan_rows(Space{}, scan, w.data(), camex::row_stride(w), experts, params);
     benchmark::DoNotOptimize(camex::detail::first_non_finite(Space{}, scan));
   }
-  state.counters["bytes"] = 4.0 * experts * params;
+  camex::bench::traffic(state, 4.0 * experts * params, 0);
   state.counters["flops"] = 0;
 }
 
@@ -83,7 +83,7 @@ void ties_top_k(benchmark::State& state) {
     camex::top_k_by_magnitude(Space{}, deltas, k, keep, workspace);
     Space().fence();
   }
-  state.counters["bytes"] = (4.0 + 1.0) * experts * params;  // read every delta once, write one mask byte each
+  camex::bench::traffic(state, 4.0 * experts * params, 1.0 * experts * params);  // every delta read, one mask byte written
   state.counters["flops"] = 0;
 }
 
@@ -100,7 +100,7 @@ void ties_mask(benchmark::State& state) {
     Space().fence();
   }
   // Minimum traffic: read the deltas (for the trim and the election) and write the factors.
-  state.counters["bytes"] = 2.0 * 4.0 * experts * params;
+  camex::bench::traffic(state, 4.0 * experts * params, 4.0 * experts * params);
   state.counters["flops"] = 0;
 }
 

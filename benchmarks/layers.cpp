@@ -186,7 +186,8 @@ void merged_linear_step(benchmark::State& state, const LayerShape& s) {
   // The merge-then-apply count (docs/algorithms.md §9: the cheaper order's work whichever order runs).
   state.counters["flops"] = 6.0 * tokens * params + 3 * transform + 3 * 2.0 * groups * (n + 1) * (params + s.outputs);
   // Minimum traffic: experts and bases read and their gradients written, x and d_y read, y and d_x written.
-  state.counters["bytes"] = 4.0 * (2 * (n + 1) * (params + s.outputs) + 2 * tokens * (s.inputs + s.outputs));
+  const double each_way = 4.0 * ((n + 1) * (params + s.outputs) + tokens * (s.inputs + s.outputs));
+  traffic(state, each_way, each_way);
   if (!clock) return;
   const double steps = static_cast<double>(state.iterations());
   double accounted = 0;

@@ -15,18 +15,23 @@ def main():
         report = json.load(f)
     c = report["ceilings"]
     write = f", streaming write {c['stream_write_GBps']:.1f} GB/s" if "stream_write_GBps" in c else ""
-    print(f"Ceilings in this run: STREAM triad {c['stream_triad_GBps']:.1f} GB/s, copy {c['stream_copy_GBps']:.1f} GB/s{write}; "
+    read = f", read {c['stream_read_GBps']:.1f} GB/s" if "stream_read_GBps" in c else ""
+    roofline = "fraction_of_roofline" in report["cases"][0] if report["cases"] else False
+    print(f"Ceilings in this run: STREAM triad {c['stream_triad_GBps']:.1f} GB/s, copy {c['stream_copy_GBps']:.1f} GB/s{read}{write}; "
           f"SGEMM {c['sgemm_native_GFLOPs']:.1f} GFLOP/s (Eigen, native), {c['sgemm_GFLOPs']:.1f} GFLOP/s (system BLAS).")
     print()
-    print("| case | camex ms | GB/s | % triad | GFLOP/s | % SGEMM | torch ms | × torch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    # % roofline: the time the case's reads take at the read ceiling plus its writes at the write ceiling, over its
+    # time (reports written before the read ceiling was measured have no such column).
+    print("| case | camex ms | GB/s | % triad |" + (" % roofline |" if roofline else "") + " GFLOP/s | % SGEMM | torch ms | × torch |")
+    print("|---|---:|---:|---:|" + ("---:|" if roofline else "") + "---:|---:|---:|---:|")
     pattern = re.compile(args.filter)
     for r in report["cases"]:
         if not pattern.search(r["name"]):
             continue
         torch_ms = f"{r['torch_s'] * 1e3:.1f}" if r["torch_s"] else "–"
         speedup = f"{r['speedup_vs_torch']:.1f}" if r["speedup_vs_torch"] else "–"
-        print(f"| {r['name']} | {r['camex_s'] * 1e3:.2f} | {r['camex_GBps']:.1f} | {100 * r['fraction_of_triad']:.0f} | "
+        roof = f"{100 * r['fraction_of_roofline']:.0f} | " if roofline else ""
+        print(f"| {r['name']} | {r['camex_s'] * 1e3:.2f} | {r['camex_GBps']:.1f} | {100 * r['fraction_of_triad']:.0f} | {roof}"
               f"{r['camex_GFLOPs']:.1f} | {100 * r['fraction_of_sgemm']:.0f} | {torch_ms} | {speedup} |")
     broken_down = [r for r in report["cases"] if pattern.search(r["name"]) and r.get("breakdown_ms")]
     if broken_down:

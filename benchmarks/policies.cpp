@@ -82,9 +82,9 @@ void step(benchmark::State& state, Policy& policy, const Shape& s, std::size_t g
   one_step();
   for (auto _ : state) one_step();
   const double rows = n + (with_base ? 1 : 0);
-  // The backward adds d_merged read and d_experts, d_base written; its flops are d_R = C^T d_merged and
-  // d_C = d_merged R^T.
-  state.counters["bytes"] = 4.0 * (rows + groups) * params * (with_backward ? 2 : 1);
+  // The merge reads the rows and writes the merged; the backward adds d_merged read and d_experts, d_base written;
+  // its flops are d_R = C^T d_merged and d_C = d_merged R^T.
+  traffic(state, 4.0 * (rows + (with_backward ? groups : 0)) * params, 4.0 * (groups + (with_backward ? rows : 0)) * params);
   state.counters["flops"] = 2.0 * groups * rows * params * (with_backward ? 3 : 1) + extra_flops;
 }
 
@@ -123,7 +123,7 @@ void dynamic_step(benchmark::State& state, const Shape& s, std::size_t groups) {
   };
   one_step();  // the workspaces' first touch, as in step()
   for (auto _ : state) one_step();
-  state.counters["bytes"] = 4.0 * (2 * (n + groups) + 1) * params;
+  traffic(state, 4.0 * (2 * n + 1) * params, 4.0 * 2 * groups * params);  // both layers' experts and the base; two merges
   state.counters["flops"] = 2 * (2.0 * groups * (n + 1) * params + transform_flops(s, 8));
 }
 

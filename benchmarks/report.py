@@ -19,7 +19,8 @@ def camex_cases(path):
         if statistic not in ("min", "median", "single"):
             continue
         name = bench.get("run_name", bench["name"]).removesuffix("/real_time")
-        case = cases.setdefault(name, {"bytes": bench["bytes"], "flops": bench["flops"]})
+        case = cases.setdefault(name, {"bytes": bench["bytes"], "bytes_read": bench["bytes_read"],
+                                       "bytes_written": bench["bytes_written"], "flops": bench["flops"]})
         seconds = bench["real_time"] * scale[bench["time_unit"]]
         if statistic in ("min", "single"):
             case["camex_s"] = seconds
@@ -63,6 +64,7 @@ def main():
     torch_by_name = {c["name"]: c for c in torch["cases"]}
 
     triad = ceilings["stream_triad_GBps"]
+    read_ceiling, write_ceiling = ceilings["stream_read_GBps"], ceilings["stream_write_GBps"]
     sgemm = ceilings["sgemm_GFLOPs"]
     gemm_ceiling = ceilings["sgemm_native_GFLOPs"]
     rows = []
@@ -70,30 +72,35 @@ def main():
         t = torch_by_name.get(name)
         row = {"name": name, "camex_s": c["camex_s"], "camex_median_s": c["camex_median_s"],
                "torch_s": t["seconds"] if t else None, "torch_median_s": t["median_seconds"] if t else None,
-               "torch_out_s": t["out_seconds"] if t else None, "bytes": c["bytes"], "flops": c["flops"]}
+               "torch_out_s": t["out_seconds"] if t else None, "bytes": c["bytes"], "bytes_read": c["bytes_read"],
+               "bytes_written": c["bytes_written"], "flops": c["flops"]}
         if "breakdown_ms" in c:
             row["breakdown_ms"] = c["breakdown_ms"]
         row["camex_GBps"] = c["bytes"] / c["camex_s"] * 1e-9
         row["camex_GFLOPs"] = c["flops"] / c["camex_s"] * 1e-9
         row["fraction_of_triad"] = row["camex_GBps"] / triad
+        # The roofline of this run: the case's reads at the read ceiling, then its writes at the write ceiling.
+        row["roofline_s"] = (c["bytes_read"] / read_ceiling + c["bytes_written"] / write_ceiling) * 1e-9
+        row["fraction_of_roofline"] = row["roofline_s"] / c["camex_s"]
         row["fraction_of_sgemm"] = row["camex_GFLOPs"] / gemm_ceiling
         row["speedup_vs_torch"] = row["torch_s"] / c["camex_s"] if t else None
         row["speedup_vs_torch_out"] = row["torch_out_s"] / c["camex_s"] if row["torch_out_s"] else None
         rows.append(row)
 
     print(f"ceilings: STREAM copy {ceilings['stream_copy_GBps']:.1f} GB/s, triad {triad:.1f} GB/s, "
-          f"streaming write {ceilings['stream_write_GBps']:.1f} GB/s, "
+          f"read {read_ceiling:.1f} GB/s, streaming write {write_ceiling:.1f} GB/s, "
           f"SGEMM {gemm_ceiling:.1f} GFLOP/s (Eigen, native; the system BLAS PyTorch calls: {sgemm:.1f}) "
           f"({ceilings['execution_space']}, concurrency {ceilings['concurrency']})")
     print(f"torch {torch['torch_version']}, {torch['threads']} threads, BLAS loaded: "
           f"{', '.join(torch['blas_loaded']) or 'none found'}")
     print(f"  {torch['blas_config'][:160]}")
-    header = f"{'case':<52} {'camex ms':>9} {'GB/s':>7} {'%triad':>7} {'GFLOP/s':>8} {'%sgemm':>7} {'torch ms':>9} {'x torch':>8} {'torch out= ms':>13} {'x out=':>7}"
+    header = f"{'case':<52} {'camex ms':>9} {'GB/s':>7} {'%triad':>7} {'%roof':>6} {'GFLOP/s':>8} {'%sgemm':>7} {'torch ms':>9} {'x torch':>8} {'torch out= ms':>13} {'x out=':>7}"
     print(header)
     print("-" * len(header))
     fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.split(".")[0])
     for r in rows:
         print(f"{r['name']:<52} {r['camex_s'] * 1e3:>9.3f} {r['camex_GBps']:>7.1f} {100 * r['fraction_of_triad']:>6.0f}% "
+              f"{100 * r['fraction_of_roofline']:>5.0f}% "
               f"{r['camex_GFLOPs']:>8.1f} {100 * r['fraction_of_sgemm']:>6.0f}% {fmt(r['torch_s'] and r['torch_s'] * 1e3, '>9.3f')} "
               f"{fmt(r['speedup_vs_torch'], '>7.2f')}x {fmt(r['torch_out_s'] and r['torch_out_s'] * 1e3, '>13.3f')} "
               f"{fmt(r['speedup_vs_torch_out'], '>6.2f')}x")
@@ -103,7 +110,8 @@ def main():
             parts = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["breakdown_ms"].items(), key=lambda kv: -kv[1]))
             print(f"{r['name']}: median step {r['camex_median_s'] * 1e3:.1f} ms = {parts} (ms)")
 
-    report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "stream_write_GBps", "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
+    report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "stream_write_GBps", "stream_read_GBps",
+                                                    "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
               "machine": {"execution_space": ceilings["execution_space"], "concurrency": ceilings["concurrency"],
                           "cpu": context.get("host_name"), "num_cpus": context.get("num_cpus"),
                           "mhz_per_cpu": context.get("mhz_per_cpu")},

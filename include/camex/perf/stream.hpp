@@ -6,7 +6,9 @@
 // A third figure, write, is the rate at which memory takes a stream of stores the way camex writes outputs larger
 // than the caches: on host spaces finished in L1 and sent with non-temporal stores (no read-for-ownership), on
 // device spaces plain coalesced stores. A merge into many routing groups writes far more than it reads, so this,
-// not triad, is the bound it approaches.
+// not triad, is the bound it approaches. A fourth, read, is a pure read stream (each work item folds a run of
+// 4096 values into one word, a loop the compiler vectorises): with write it makes the roofline a kernel that reads
+// R bytes and writes W bytes is judged against, R / read + W / write seconds.
 
 #include <Kokkos_Core.hpp>
 
@@ -14,6 +16,8 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace camex::perf {
@@ -22,6 +26,7 @@ struct StreamBandwidth {
   double copy_GBps = 0;
   double triad_GBps = 0;
   double write_GBps = 0;
+  double read_GBps = 0;
 };
 
 /// Seconds of the fastest of `repeats` runs of `run()`, each fenced on `space`.
@@ -38,7 +43,7 @@ double best_seconds(const ExecSpace& space, int repeats, Run&& run) {
   return best;
 }
 
-/// STREAM copy and triad, and the write rate, on `space` with three float arrays of `elements` each (default 2^25: 128 MiB per array,
+/// STREAM copy and triad, and the write and read rates, on `space` with three float arrays of `elements` each (default 2^25: 128 MiB per array,
 /// four times the largest L3 camex has met).
 template <class ExecSpace = Kokkos::DefaultExecutionSpace>
 StreamBandwidth measure_stream(const ExecSpace& space = ExecSpace{}, std::size_t elements = std::size_t{1} << 25,
@@ -80,8 +85,24 @@ StreamBandwidth measure_stream(const ExecSpace& space = ExecSpace{}, std::size_t
       Kokkos::parallel_for("camex::stream::write", range, KOKKOS_LAMBDA(std::size_t i) { a(i) = scalar; });
     });
   }
+  constexpr std::size_t run = 4096;
+  const std::size_t runs = (elements + run - 1) / run;
+  Kokkos::View<std::uint32_t*, typename ExecSpace::memory_space> folded("camex::stream::folded", runs);
+  const double read_s = best_seconds(space, repeats, [&] {
+    Kokkos::parallel_for("camex::stream::read", Kokkos::RangePolicy<ExecSpace>(space, 0, runs), KOKKOS_LAMBDA(std::size_t r) {
+      const float* values = b.data() + r * run;
+      const std::size_t length = r + 1 < runs ? run : elements - r * run;
+      std::uint32_t fold = 0;  // an OR of integers: the compiler vectorises the reduction without a hint
+      for (std::size_t i = 0; i < length; ++i) {
+        std::uint32_t bits;
+        std::memcpy(&bits, values + i, sizeof bits);
+        fold |= bits;
+      }
+      folded(r) = fold;
+    });
+  });
   const double bytes = static_cast<double>(elements) * sizeof(float);
-  return {2 * bytes / copy_s * 1e-9, 3 * bytes / triad_s * 1e-9, bytes / write_s * 1e-9};
+  return {2 * bytes / copy_s * 1e-9, 3 * bytes / triad_s * 1e-9, bytes / write_s * 1e-9, bytes / read_s * 1e-9};
 }
 
 }  // namespace camex::perf
