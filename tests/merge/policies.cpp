@@ -12,6 +12,9 @@
 #include "testing.hpp"
 
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <utility>
 #include <vector>
 
 using namespace camex;
@@ -467,6 +470,61 @@ BOOST_AUTO_TEST_CASE(a_step_with_a_batch_reports_at_its_read) {
   strict.prepare(Space{}, step, experts, base, workspace);
   strict.merge(Space{}, to_device<float>(stochastic), merged, workspace);
   require_argument_error([&] { batch.read(Space{}); }, "scores", {"the base cancels"});
+}
+
+/// Where prepare makes no pass over the operands (an evaluation step of a policy without a mask), the merge checks
+/// them as it reads them, and a call of the step that reads none of them before handing them on (the
+/// coefficients, the rows, a backward with no merge before it) scans them itself: whichever call comes first
+/// reports the first bad entry. The tensor spans several tiles of the merge, so entries past the first tile count.
+BOOST_AUTO_TEST_CASE(the_first_call_that_reads_the_operands_checks_them) {
+  const TensorShape long_shape{64, 100};
+  const MergeProblem long_problem{.experts = n, .groups = groups, .shape = long_shape};
+  const std::size_t params = long_shape.params(), last = params - 1;
+  std::mt19937_64 gen(test_seed());
+  const HostMatrix experts = random_matrix(n, params, gen), base = random_matrix(1, params, gen);
+  const HostMatrix scores = random_matrix(groups, n, gen, 0.05, 1.0);
+  const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
+  HostMatrix bad_experts = experts;
+  bad_experts(2, last) = inf;
+  bad_experts(2, last - 7) = nan;
+  bad_experts(1, 0) = 1.5;  // finite: the first bad entry is the NaN
+  HostMatrix bad_base = base;
+  bad_base(0, last - 1) = -inf;
+  const std::string expert_entry = concat("experts(2, ", last - 7, ") = nan");
+
+  const auto check = [&](auto& policy, const HostMatrix& base_in, const HostMatrix& experts_in, const char* argument,
+                         const std::string& entry) {
+    using P = std::remove_reference_t<decltype(policy)>;
+    using T = typename P::scalar_type;
+    const auto workspace = make_workspace<Space>(policy.workspace_bytes());
+    const auto device_experts = to_device<T>(experts_in);
+    const auto device_base = device_or_empty<P>(base_in);
+    const auto all_scores = to_device<T>(scores);
+    const auto one_group = to_device<T>(HostMatrix(scores.topRows(1)));
+    Matrix<T, Space> merged("merged", groups, params), d_scores("d_scores", groups, n), d_experts("d_experts", n, params),
+        d_base("d_base", base_in.size() ? 1 : 0, base_in.size() ? params : 0);
+    Matrix<T, Space> merged_one("merged_one", 1, params);
+    const std::vector<std::pair<const char*, std::function<void()>>> calls = {
+        {"merge of one group", [&] { policy.merge(Space{}, one_group, merged_one, workspace); }},
+        {"merge of every group", [&] { policy.merge(Space{}, all_scores, merged, workspace); }},
+        {"coefficients", [&] { policy.coefficients(Space{}, all_scores, workspace); }},
+        {"prepared_rows", [&] { policy.prepared_rows(Space{}, workspace); }},
+        {"backward", [&] { policy.backward(Space{}, all_scores, merged, d_scores, d_experts, d_base, workspace); }},
+    };
+    for (const auto& [what, call] : calls) {
+      BOOST_TEST_CONTEXT(what) {
+        policy.prepare(Space{}, StepContext{.seed = 1, .step = 2, .training = false}, device_experts, device_base, workspace);
+        require_argument_error(call, argument, {"::prepare", "finite values", entry});
+      }
+    }
+  };
+  Euclidean<float, Space> euclidean(long_problem);
+  check(euclidean, HostMatrix(), bad_experts, "experts", expert_entry);
+  Domain<float, Space> domain(long_problem, {.alpha = 0.5});
+  check(domain, base, bad_experts, "experts", expert_entry);
+  check(domain, bad_base, experts, "base", concat("base(0, ", last - 1, ") = -inf"));
+  Domain<double, Space> from_expert(long_problem, {.alpha = 0.5, .base = BaseSource::expert, .base_expert = 2});
+  check(from_expert, HostMatrix(), bad_experts, "experts", expert_entry);
 }
 
 BOOST_AUTO_TEST_CASE(rejects_non_finite_experts_and_base) {

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "camex/core/schedule.hpp"
+#include "camex/kernels/non_finite.hpp"
 #include "camex/platform/streaming_store.hpp"
 #include "camex/platform/vectorize.hpp"
 
@@ -246,6 +247,8 @@ KOKKOS_INLINE_FUNCTION std::size_t chunk_end(std::size_t c, std::size_t chunk, s
 
 /// out[o, p] = sum_k coef(o, k) * rows[k, p] for o < out_rows, k < in_rows, p < length; with a centre row,
 /// out[o, p] = centre[p] + sum_k coef(o, k) * (rows[k, p] - centre[p]) (a merge of deltas that never stores them).
+/// With an armed scan the inputs are checked as they are read: rows[k, p] at position k * length + p, the centre's
+/// entry p at centre_position + p.
 template <class T>
 struct RowCombination {
   Coefficients<T> coef;
@@ -257,7 +260,19 @@ struct RowCombination {
   int out_rows;
   std::size_t length;
   const T* centre = nullptr;
+  NonFiniteScan scan{};
+  std::size_t centre_position = 0;
 };
+
+/// The scan of one tile's inputs, run once the first output row of the tile has read them from memory: they are in
+/// L1 then, so the check adds comparisons but no traffic, and it leaves the combination's stream from memory, which
+/// overlaps loads with arithmetic, as it is (a scan ahead of it would read each tile alone, the core waiting).
+template <class T>
+KOKKOS_INLINE_FUNCTION void check_tile_inputs(const RowCombination<T>& op, std::size_t p0, int len) {
+  for (int k = 0; k < op.in_rows; ++k)
+    op.scan.check(op.rows + k * op.row_stride + p0, len, static_cast<std::size_t>(k) * op.length + p0);
+  if (op.centre) op.scan.check(op.centre + p0, len, op.centre_position + p0);
+}
 
 template <class T>
 struct TiledRowCombination {
@@ -267,9 +282,11 @@ struct TiledRowCombination {
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = tile_extent(p0, op.length, tile);
-    for (int o = 0; o < op.out_rows; ++o)
+    for (int o = 0; o < op.out_rows; ++o) {
       combine_rows(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len,
                    op.centre ? op.centre + p0 : nullptr);
+      if (o == 0 && op.scan) check_tile_inputs(op, p0, len);
+    }
   }
 };
 
@@ -283,9 +300,11 @@ struct StreamingTiledRowCombination {
   void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = tile_extent(p0, op.length, tile);
-    for (int o = 0; o < op.out_rows; ++o)
+    for (int o = 0; o < op.out_rows; ++o) {
       combine_rows_streaming(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len,
                              op.centre ? op.centre + p0 : nullptr);
+      if (o == 0 && op.scan) check_tile_inputs(op, p0, len);
+    }
     streaming_fence();
   }
 };
@@ -295,6 +314,7 @@ struct LaneRowCombination {
   RowCombination<T> op;
 
   KOKKOS_INLINE_FUNCTION void operator()(std::size_t p) const {
+    if (op.scan) check_tile_inputs(op, p, 1);
     const T centre = op.centre ? op.centre[p] : T(0);
     for (int o = 0; o < op.out_rows; ++o) {
       T acc = 0;

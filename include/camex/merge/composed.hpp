@@ -14,8 +14,9 @@
 // space, R is never stored: the merge generates each tile of R (experts minus base, times the mask's factor) in
 // L1 and combines it there, so an evaluation step reads the experts once. A training step (whose backward needs
 // R), a transform (compute-bound, and read by every merge) or a device space materialises R in `prepare`. Either
-// way `prepare` gathers the mask's whole-tensor statistics (the TIES trim, the L1 norms) once per step, and checks
-// that the experts and the base are finite.
+// way `prepare` gathers the mask's whole-tensor statistics (the TIES trim, the L1 norms) once per step. That the
+// experts and the base are finite is checked by the first pass of the step that reads them: prepare's where it
+// has one, else the merge's own read; only a call that reads no operand before handing them on scans them alone.
 
 #include <Kokkos_Core.hpp>
 
@@ -144,8 +145,8 @@ class ComposedPolicy {
     experts_ = experts;
     base_ = base;
     factor_active_ = mask_.factor_active(step);
-    // Non-finite experts or base are caught by the first pass over them (materialising the deltas or the rows),
-    // before anything reads that pass's output; where prepare has no such pass, by a scan of their own.
+    // Non-finite experts or base are caught by the first pass over them (materialising the deltas or the rows, or
+    // the merge), before anything reads that pass's output.
     cache_.begin(detail::arm_scan(space, &buffers.status.data()->first_bad_operand));
     if (!bare()) {
       if (!Transform::is_identity || (factor_active_ && mask_.needs_deltas(step))) ensure_deltas(space, buffers);
@@ -155,7 +156,6 @@ class ComposedPolicy {
       }
       prepare_rows(space, buffers, carver);
     }
-    finish_scan(space);
     cache_.end_prepare();
   }
 
@@ -169,33 +169,11 @@ class ComposedPolicy {
                           "[B, P] with B = scores.extent(0), P = problem().shape.params()");
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
-    const auto coef = build_coefficients(space, fn.c_str(), scores, buffers);
-    if constexpr (generation_possible) {
-      if (generates_rows() && !cache_.has(Piece::rows)) {
-        require_operands_unchanged(fn.c_str(), merged);
-        const detail::Coefficients<Scalar> c{coef.data(), row_stride(coef), 1};
-        if (!factor_active_ && base_row() != nullptr && scores.extent(0) == 1) {
-          // Unmasked, one group: base + sum_i c_i (E_i - base) straight from the experts, nothing generated. With
-          // more groups the generated tile is cheaper: it subtracts the base once per tile, not once per group.
-          detail::row_combination(space, Schedule::automatic,
-                                  detail::RowCombination<Scalar>{.coef = c,
-                                                                 .rows = experts_.data(),
-                                                                 .row_stride = row_stride(experts_),
-                                                                 .in_rows = static_cast<int>(problem_.experts),
-                                                                 .out = merged.data(),
-                                                                 .out_stride = row_stride(merged),
-                                                                 .out_rows = static_cast<int>(scores.extent(0)),
-                                                                 .length = problem_.shape.params(),
-                                                                 .centre = base_row()});
-          return;
-        }
-        detail::generated_row_combination(space, c, delta_source(buffers, factor_active_, true), merged.data(),
-                                          row_stride(merged), static_cast<int>(scores.extent(0)),
-                                          problem_.shape.params());
-        return;
-      }
-    }
-    detail::launch_soft_merge(space, coef, merge_rows(buffers), merged);
+    const auto coef = write_coefficients(space, scores, buffers);
+    merge_rows_into(space, coef, buffers, merged, fn.c_str());
+    // The operands were read by the merge if no earlier pass of the step read them: their check ends here.
+    finish_scan(space, true);
+    report_status(space, fn.c_str(), scores, buffers);
   }
 
   void backward(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
@@ -219,6 +197,7 @@ class ComposedPolicy {
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
+    finish_scan(space);  // a bare step's operands, where no merge has read them
     const auto rows = merge_rows(buffers);
     const std::size_t nrows = rows.extent(0);
     const auto coef = build_coefficients(space, fn, scores, buffers);
@@ -241,6 +220,7 @@ class ComposedPolicy {
                                               const Workspace<ExecSpace>& workspace) const {
     const std::string fn = name_ + "::coefficients";
     check_scores(fn.c_str(), scores);
+    finish_scan(space);  // the caller applies the rows itself: the operands are checked before it reads them
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     return build_coefficients(space, fn.c_str(), scores, layout(carver));
   }
@@ -260,6 +240,7 @@ class ComposedPolicy {
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
+    finish_scan(space);
     rows_backward(fn, space, d_coef, d_rows, d_scores, d_experts, d_base, upstream, buffers, carver);
   }
 
@@ -275,6 +256,7 @@ class ComposedPolicy {
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     ensure_factor(space, buffers);
+    finish_scan(space);
     return buffers.factor;
   }
 
@@ -286,6 +268,7 @@ class ComposedPolicy {
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     ensure_deltas(space, buffers);
+    finish_scan(space);
     return deltas(buffers);
   }
 
@@ -303,6 +286,7 @@ class ComposedPolicy {
     auto carver = WorkspaceCarver<ExecSpace>(name_.c_str(), workspace);
     const auto buffers = layout(carver);
     if (!bare()) ensure_rows(space, buffers);
+    finish_scan(space);
     return merge_rows(buffers);
   }
 
@@ -363,6 +347,48 @@ class ComposedPolicy {
     if (options_.base != BaseSource::none)
       detail::base_gradient(space, d_rows, d_experts, options_.base == BaseSource::expert, options_.base_expert,
                             d_base.data());
+  }
+
+  /// merged = C R: the rows generated tile by tile from the operands, or read where prepare materialised them or
+  /// where they are the experts. The operands' scan, if still armed, rides on that read.
+  void merge_rows_into(const ExecSpace& space, const Buffer<Scalar>& coef, const Buffers& buffers,
+                       const Matrix<Scalar, ExecSpace>& merged, const char* fn) const {
+    if constexpr (generation_possible) {
+      if (generates_rows() && !cache_.has(Piece::rows)) {
+        require_operands_unchanged(fn, merged);
+        const detail::Coefficients<Scalar> c{coef.data(), row_stride(coef), 1};
+        if (!factor_active_ && base_row() != nullptr && coef.extent(0) == 1) {
+          // Unmasked, one group: base + sum_i c_i (E_i - base) straight from the experts, nothing generated. With
+          // more groups the generated tile is cheaper: it subtracts the base once per tile, not once per group.
+          detail::row_combination(space, Schedule::automatic,
+                                  detail::RowCombination<Scalar>{.coef = c,
+                                                                 .rows = experts_.data(),
+                                                                 .row_stride = row_stride(experts_),
+                                                                 .in_rows = static_cast<int>(problem_.experts),
+                                                                 .out = merged.data(),
+                                                                 .out_stride = row_stride(merged),
+                                                                 .out_rows = static_cast<int>(coef.extent(0)),
+                                                                 .length = problem_.shape.params(),
+                                                                 .centre = base_row(),
+                                                                 .scan = cache_.pending_scan(),
+                                                                 .centre_position = base_position()});
+          return;
+        }
+        detail::generated_row_combination(space, c, delta_source(buffers, factor_active_, true, cache_.pending_scan()),
+                                          merged.data(), row_stride(merged), static_cast<int>(coef.extent(0)),
+                                          problem_.shape.params());
+        return;
+      }
+    }
+    // The rows are materialised (their pass checked the operands) or are the experts (checked here).
+    detail::launch_soft_merge(space, coef, merge_rows(buffers), merged, cache_.pending_scan());
+  }
+
+  /// Position of the base's first entry in the operands' scan: the row after the experts for a parameter, the
+  /// expert's own row for an expert base.
+  std::size_t base_position() const {
+    const std::size_t row = options_.base == BaseSource::expert ? options_.base_expert : problem_.experts;
+    return row * problem_.shape.params();
   }
 
   static constexpr bool has_mask = !std::is_same_v<Mask, NoMask>;
@@ -567,22 +593,38 @@ class ComposedPolicy {
     detail::require_base_operand(fn, "d_base", d_base, options_.base, params);
   }
 
-  /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the execution space. The step's status
-  /// then reports operands of prepare still unchecked, non-finite scores and the degenerate base: read at once, or,
-  /// where the step carries a read-back batch, queued on it and settled when the batch is read. On a device, or
-  /// with a batch, a later call of the step given the same scores view reads nothing.
+  /// C[b, i] = alpha kappa[b, i] scores[b, i] and C[b, n] = 1, built on the execution space, then the step's status
+  /// reported (report_status).
   Buffer<Scalar> build_coefficients(const ExecSpace& space, const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores,
+                                    const Buffers& b) const {
+    const auto coef = write_coefficients(space, scores, b);
+    report_status(space, fn, scores, b);
+    return coef;
+  }
+
+  /// The coefficients, with the status fields of the scores written beside them on the execution space.
+  Buffer<Scalar> write_coefficients(const ExecSpace& space, const ConstMatrix<Scalar, ExecSpace>& scores,
                                     const Buffers& b) const {
     const std::size_t groups = scores.extent(0), n = problem_.experts;
     const Buffer<Scalar> coef(b.coef.data(), groups, b.coef.extent(1));
+    // The status cell is about to be rewritten: a check still queued for other scores is settled first.
+    if (pending_.queued && !cache_.checked(scores.data(), groups, scores.extent(1))) settle_pending(space);
+    detail::build_coefficients(space, scores, options_.alpha, mask_.score_factor_active(step_), mask_.score_factor(step_),
+                               coef, b.status.data(), 64 * std::numeric_limits<Scalar>::epsilon() * static_cast<double>(n));
+    return coef;
+  }
+
+  /// The step's status after the coefficients were written: operands of prepare still unchecked, non-finite
+  /// scores and the degenerate base, read at once, or, where the step carries a read-back batch, queued on it and
+  /// settled when the batch is read. On a device, or with a batch, a later call of the step given the same scores
+  /// view reads nothing.
+  void report_status(const ExecSpace& space, const char* fn, const ConstMatrix<Scalar, ExecSpace>& scores,
+                     const Buffers& b) const {
+    const std::size_t groups = scores.extent(0);
     const bool kappa = mask_.score_factor_active(step_);
     const bool same_scores = cache_.checked(scores.data(), groups, scores.extent(1));
-    // The status cell is about to be rewritten: a check still queued for other scores is settled first.
-    if (pending_.queued && !same_scores) settle_pending(space);
-    detail::build_coefficients(space, scores, options_.alpha, kappa, mask_.score_factor(step_), coef, b.status.data(),
-                               64 * std::numeric_limits<Scalar>::epsilon() * static_cast<double>(n));
     const bool deferring = step_.read_backs != nullptr;
-    if ((deferring || !host_memory) && same_scores && !cache_.operands_unread()) return coef;
+    if ((deferring || !host_memory) && same_scores && !cache_.operands_unread()) return;
     const bool operands = cache_.operands_unread();
     if (operands) cache_.read_operands();
     if (deferring) {
@@ -599,7 +641,6 @@ class ComposedPolicy {
       settle_status(space, fn, scores, kappa, operands, read_back(space, b.status.data()));
     }
     cache_.remember_checked(scores.data(), groups, scores.extent(1));
-    return coef;
   }
 
   /// Throws for what a step's status reports: a non-finite operand of prepare (where `operands`), a non-finite

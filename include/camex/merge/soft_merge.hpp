@@ -17,6 +17,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
+#include "camex/kernels/non_finite.hpp"
 #include "camex/kernels/row_combination.hpp"
 
 namespace camex {
@@ -115,10 +116,10 @@ std::size_t soft_merge_backward_workspace_bytes(std::size_t groups, std::size_t 
 namespace detail {
 
 /// The launch of soft_merge, for callers that have checked the operands (a policy checks its scores as it builds
-/// them on the execution space).
+/// them on the execution space); an armed `scan` checks the experts as the merge reads them.
 template <class ExecSpace, class ScoresView, class ExpertsView, class MergedView>
 void launch_soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
-                       const MergedView& merged, Schedule schedule = Schedule::automatic) {
+                       const MergedView& merged, NonFiniteScan scan = {}, Schedule schedule = Schedule::automatic) {
   using T = typename MergedView::value_type;
   detail::row_combination(space, schedule,
                           detail::RowCombination<T>{.coef = {scores.data(), row_stride(scores), 1},
@@ -128,7 +129,8 @@ void launch_soft_merge(const ExecSpace& space, const ScoresView& scores, const E
                                                     .out = merged.data(),
                                                     .out_stride = row_stride(merged),
                                                     .out_rows = static_cast<int>(scores.extent(0)),
-                                                    .length = experts.extent(1)});
+                                                    .length = experts.extent(1),
+                                                    .scan = scan});
 }
 
 }  // namespace detail
@@ -150,7 +152,7 @@ void soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsV
   require_shape(fn, "merged", merged, e.groups, e.params, "[B, P] with B = scores.extent(0), P = experts.extent(1)");
   require_disjoint(fn, "merged", merged, "experts", experts);
   require_disjoint(fn, "merged", merged, "scores", scores);
-  detail::launch_soft_merge(space, scores, experts, merged, schedule);
+  detail::launch_soft_merge(space, scores, experts, merged, {}, schedule);
 }
 
 namespace detail {
