@@ -104,6 +104,32 @@ void ties_mask(benchmark::State& state) {
   state.counters["flops"] = 0;
 }
 
+/// The election and factor pass of the TIES mask alone, the trim given, over deltas that stay in L2 (N = 8,
+/// P = 8192: 256 KiB, plus the keep bytes and the factors): its compute, which the full-size cases hide behind
+/// memory on a machine whose bandwidth varies run to run.
+void ties_election(benchmark::State& state) {
+  constexpr std::size_t resident = std::size_t{1} << 13;
+  camex::Matrix<float, Space> deltas("deltas", experts, resident), factor("factor", experts, resident);
+  fill(deltas, 4, -1, 1);
+  fill(factor, 5, 0, 0);
+  Kokkos::View<std::uint8_t*, Space::memory_space> keep("keep", experts * resident);
+  Kokkos::View<double*, Space::memory_space> weights("weights", experts);
+  Kokkos::deep_copy(weights, 1.0);
+  Kokkos::parallel_for("bench::keep", Kokkos::RangePolicy<Space>(0, keep.extent(0)),
+                       KOKKOS_LAMBDA(std::size_t i) { keep(i) = (i * 2654435761u >> 7) % 5 == 0; });  // about 1 in 5 kept
+  const camex::detail::TiesElection election{keep.data(), resident, weights.data(), experts, true, true, 1.0};
+  const float* tau = deltas.data();
+  float* f = factor.data();
+  Space().fence();
+  for (auto _ : state) {
+    camex::detail::for_each_tile(Space{}, "bench::ties_election", resident, camex::detail::TiesElection::chunk,
+                                 [=](std::size_t p0, int len) { election.apply<false>(p0, len, tau + p0, resident, f + p0, resident); });
+    Space().fence();
+  }
+  camex::bench::traffic(state, 5.0 * experts * resident, 4.0 * experts * resident);
+  state.counters["flops"] = 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -117,6 +143,7 @@ int main(int argc, char** argv) {
   camex::bench::timed(benchmark::RegisterBenchmark("non_finite_scan/N=8/P=4194304", non_finite_scan));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask));
+  camex::bench::timed(benchmark::RegisterBenchmark("ties_election/N=8/P=8192", ties_election));
   camex::bench::register_policy_benchmarks();
   camex::bench::register_layer_benchmarks();
   benchmark::RunSpecifiedBenchmarks();

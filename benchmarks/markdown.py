@@ -20,8 +20,9 @@ def main():
     print(f"Ceilings in this run: STREAM triad {c['stream_triad_GBps']:.1f} GB/s, copy {c['stream_copy_GBps']:.1f} GB/s{read}{write}; "
           f"SGEMM {c['sgemm_native_GFLOPs']:.1f} GFLOP/s (Eigen, native), {c['sgemm_GFLOPs']:.1f} GFLOP/s (system BLAS).")
     print()
-    # % roofline: the time the case's reads take at the read ceiling plus its writes at the write ceiling, over its
-    # time (reports written before the read ceiling was measured have no such column).
+    # % roofline: the time the case's reads take at the read ceiling plus its writes at the write ceiling (or, marked
+    # "(compute)", its flops at the native SGEMM rate where that is longer), over its time. Reports written before
+    # the read ceiling was measured have no such column, and those before the compute roof no mark.
     print("| case | camex ms | GB/s | % triad |" + (" % roofline |" if roofline else "") + " GFLOP/s | % SGEMM | torch ms | × torch |")
     print("|---|---:|---:|---:|" + ("---:|" if roofline else "") + "---:|---:|---:|---:|")
     pattern = re.compile(args.filter)
@@ -30,7 +31,8 @@ def main():
             continue
         torch_ms = f"{r['torch_s'] * 1e3:.1f}" if r["torch_s"] else "–"
         speedup = f"{r['speedup_vs_torch']:.1f}" if r["speedup_vs_torch"] else "–"
-        roof = f"{100 * r['fraction_of_roofline']:.0f} | " if roofline else ""
+        bound = " (compute)" if r.get("roofline_bound") == "compute" else ""
+        roof = f"{100 * r['fraction_of_roofline']:.0f}{bound} | " if roofline else ""
         print(f"| {r['name']} | {r['camex_s'] * 1e3:.2f} | {r['camex_GBps']:.1f} | {100 * r['fraction_of_triad']:.0f} | {roof}"
               f"{r['camex_GFLOPs']:.1f} | {100 * r['fraction_of_sgemm']:.0f} | {torch_ms} | {speedup} |")
     broken_down = [r for r in report["cases"] if pattern.search(r["name"]) and r.get("breakdown_ms")]

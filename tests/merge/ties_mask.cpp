@@ -6,6 +6,8 @@
 #include "reference.hpp"
 #include "testing.hpp"
 
+#include <cmath>
+
 #include <limits>
 #include <vector>
 
@@ -108,6 +110,36 @@ BOOST_AUTO_TEST_CASE(matches_host_reference) {
       for (std::size_t i = 0; i < n; ++i)
         for (std::size_t j = 0; j < p; ++j) mismatches += got[i][j] != expected[i][j];
       BOOST_TEST(mismatches == 0u, "density " << options.density << ": " << mismatches << " factors differ");
+    }
+  }
+}
+
+// The agreement test decides sign(w) tau e > 0 in T for weights of at least 2^-925 in magnitude and on the double
+// product w tau e below that, where the product of a tiny weight and a tiny delta can round to 0 and so not agree:
+// weights of both signs, 0, and either side of the boundary, with deltas from 1e-44 to 1e30 in magnitude, against
+// the host reference, which always forms the double product.
+BOOST_AUTO_TEST_CASE(weights_of_any_sign_and_magnitude) {
+  std::mt19937_64 gen(test_seed());
+  BOOST_TEST_CONTEXT("backend " << space_name << ", CAMEX_TEST_SEED=" << test_seed()) {
+    const std::vector<double> w = {1.3, -0.7, 0.0, 1e-300, -0x1p-925, 0x1p-926, -1e-310};
+    const std::size_t n = w.size(), p = 2000;
+    std::uniform_real_distribution<double> exponent(-44.0, 30.0);
+    std::bernoulli_distribution negative(0.5);
+    std::vector<std::vector<double>> deltas(n, std::vector<double>(p));
+    for (auto& row : deltas)
+      for (auto& x : row) x = static_cast<float>((negative(gen) ? -1.0 : 1.0) * std::pow(10.0, exponent(gen)));
+    for (const auto& options : {TiesOptions{.density = 0.6}, TiesOptions{.density = 0.6, .election = SignElection::count},
+                                TiesOptions{.density = 1.0, .normalize = false}}) {
+      const auto got = factors<float>(deltas, w, options);
+      const auto expected = reference_ties_factors<float>(deltas, w, options);
+      std::size_t mismatches = 0, agreeing_tiny = 0;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < p; ++j) {
+          mismatches += got[i][j] != expected[i][j];
+          agreeing_tiny += i >= 3 && expected[i][j] != 0;
+        }
+      BOOST_TEST(mismatches == 0u, "density " << options.density << ": " << mismatches << " factors differ");
+      BOOST_TEST(agreeing_tiny > 0u, "the tiny weights' experts agree somewhere, so both paths are exercised");
     }
   }
 }

@@ -127,20 +127,22 @@ struct TiesElection {
   KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
                                     std::ptrdiff_t out_stride) const {
     // Every pass over an expert is one vectorisable loop: no calls, masks instead of branches.
-    // The weighted delta d of a trimmed entry is 0 and so never agrees; with the elected sign e = +-1, d agrees
-    // exactly when d e > 0.
     for (int c0 = 0; c0 < len; c0 += chunk) {
       const int n = len - c0 < chunk ? len - c0 : chunk;
       double sign[chunk], scale[chunk];
       elect(p0 + c0, n, tau + c0, tau_stride, sign);
-      for (int q = 0; q < n; ++q) scale[q] = 0;
-      each_weighted_delta(p0 + c0, n, tau + c0, tau_stride,
-                          [&](int, int q, double w, double d) { scale[q] += d * sign[q] > 0 ? w : 0.0; });
+      T elected[chunk];
+      for (int q = 0; q < n; ++q) {
+        elected[q] = static_cast<T>(sign[q]);
+        scale[q] = 0;
+      }
+      each_agreement(p0 + c0, n, tau + c0, tau_stride, elected,
+                     [&](int, int q, double w, bool agrees) { scale[q] += value_or_zero(agrees, w); });
       // scale[] held the agreeing weight; from here on, the factor of an agreeing entry.
       CAMEX_IVDEP
       for (int q = 0; q < n; ++q) scale[q] = lambda / (normalize && scale[q] != 0 ? scale[q] : 1.0);
-      each_weighted_delta(p0 + c0, n, tau + c0, tau_stride, [&](int i, int q, double, double d) {
-        const T f = static_cast<T>(value_or_zero(d * sign[q] > 0, scale[q]));
+      each_agreement(p0 + c0, n, tau + c0, tau_stride, elected, [&](int i, int q, double, bool agrees) {
+        const T f = static_cast<T>(value_or_zero(agrees, scale[q]));
         T* y = out + i * out_stride + c0;
         y[q] = Multiply ? f * tau[i * tau_stride + c0 + q] : f;
       });
@@ -151,14 +153,15 @@ struct TiesElection {
   /// (or vote) of exactly 0 elects +.
   template <class T>
   KOKKOS_INLINE_FUNCTION void elect(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride, double* sign) const {
-    double sum[chunk];
-    for (int q = 0; q < n; ++q) sum[q] = sign[q] = 0;
-    each_weighted_delta(p, n, tau, tau_stride, [&](int, int q, double, double d) {
-      sum[q] += d;
-      sign[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
-    });
+    for (int q = 0; q < n; ++q) sign[q] = 0;
+    if (by_sum)
+      each_weighted_delta(p, n, tau, tau_stride, [&](int, int q, double, double d) { sign[q] += d; });
+    else
+      each_weighted_delta(p, n, tau, tau_stride, [&](int, int q, double, double d) {
+        sign[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
+      });
     CAMEX_IVDEP
-    for (int q = 0; q < n; ++q) sign[q] = (by_sum ? sum[q] : sign[q]) >= 0 ? 1.0 : -1.0;
+    for (int q = 0; q < n; ++q) sign[q] = sign[q] >= 0 ? 1.0 : -1.0;
   }
 
   /// visit(i, q, w_i, d) for every expert i and entry q < n of a run starting at parameter p and at tau: d is the
@@ -172,6 +175,33 @@ struct TiesElection {
       const double w = weights[i];
       CAMEX_IVDEP
       for (int q = 0; q < n; ++q) visit(i, q, w, value_or_zero(kept[q] != 0, w * static_cast<double>(x[q])));
+    }
+  }
+
+  /// Weights at least this large in magnitude give every nonzero float or double delta a nonzero weighted delta:
+  /// |w tau| >= 2^-925 2^-149 = 2^-1074, the smallest double.
+  static constexpr double sign_exact_weight = 0x1p-925;
+
+  /// visit(i, q, w_i, agrees) for every expert i and entry q < n: whether the weighted delta w_i tau_i of an entry
+  /// the trim kept has the elected sign (`elected`, +-1 in T), i.e. w_i tau_i e > 0. Where |w_i| >= sign_exact_weight
+  /// that is sign(w_i) tau_i e > 0, decided in T without forming the double product: both factors are +-1, so the
+  /// product is exact, and as fast as the T lanes allow; a smaller weight decides on the double product itself.
+  template <class T, class Visit>
+  KOKKOS_FORCEINLINE_FUNCTION void each_agreement(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride,
+                                                  const T* elected, const Visit& visit) const {
+    for (int i = 0; i < experts; ++i) {
+      const std::uint8_t* kept = keep + i * params + p;
+      const T* x = tau + i * tau_stride;
+      const double w = weights[i];
+      if (w >= sign_exact_weight || w <= -sign_exact_weight) {
+        const T w_sign = w > 0 ? T(1) : T(-1);
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q) visit(i, q, w, (kept[q] != 0) & (x[q] * w_sign * elected[q] > T(0)));
+      } else {
+        CAMEX_IVDEP
+        for (int q = 0; q < n; ++q)
+          visit(i, q, w, (kept[q] != 0) & (w * static_cast<double>(x[q]) * static_cast<double>(elected[q]) > 0));
+      }
     }
   }
 };
