@@ -142,3 +142,59 @@ BOOST_AUTO_TEST_CASE(streaming_schedule_matches_the_plain_combination) {
     }
   }
 }
+
+// The register-blocked dot products of the backward: every block shape tile_dots takes (4, 2 and 1 rows of `a`
+// against 4, 2 and 1 rows) gives, bit for bit, the single product dot_block<1, 1>, which the lane schedule runs;
+// and each product is within the bound of its summation (len roundings of the sum of |a||row|) of the double one.
+// Host code: the blocks are what the host schedule runs.
+BOOST_AUTO_TEST_CASE(blocked_dot_products_are_the_single_products) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const int a_count = 7, k_count = 11;
+    for (const int len : {1, 15, 16, 17, 1000, 1029}) {
+      BOOST_TEST_CONTEXT("len " << len) {
+        const HostMatrix a = rounded<float>(random_matrix(a_count, len, gen)),
+                         rows = rounded<float>(random_matrix(k_count, len, gen));
+        const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> af = a.cast<float>(),
+                                                                                     rf = rows.cast<float>();
+        std::vector<double> blocked(a_count * k_count, 0.5), single(a_count * k_count, 0.5);
+        detail::tile_dots<float>(a_count, af.data(), len, k_count, rf.data(), len, len, blocked.data());
+        double worst_ratio = 0;
+        for (int m = 0; m < a_count; ++m)
+          for (int k = 0; k < k_count; ++k) {
+            detail::dot_block<1, 1, float>(af.data() + m * len, 0, rf.data() + k * len, 0, len, &single[m * k_count + k], 0);
+            const double exact = a.row(m).dot(rows.row(k)) + 0.5;
+            const double magnitude = (a.row(m).cwiseAbs().array() * rows.row(k).cwiseAbs().array()).sum();
+            worst_ratio = std::max(worst_ratio, std::abs(blocked[m * k_count + k] - exact) /
+                                                    ((len + 1) * unit_roundoff<float> * magnitude));
+          }
+        BOOST_TEST((blocked == single));
+        BOOST_TEST(worst_ratio <= 1.0);
+      }
+    }
+  }
+}
+
+// The streaming blocked combination (the backward's d_experts on host spaces) writes what the cached one writes,
+// bit for bit: out_rows past one group of 16, lengths that end inside a staged piece and inside a vector.
+BOOST_AUTO_TEST_CASE(streaming_blocked_combination_is_the_blocked_one) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    for (const int out_rows : {1, 8, 19})
+      for (const int len : {7, 300, 1029}) {
+        BOOST_TEST_CONTEXT("out_rows " << out_rows << ", len " << len) {
+          const int K = 13;
+          const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
+              rows = rounded<float>(random_matrix(K, len, gen)).cast<float>(),
+              coef = rounded<float>(random_matrix(out_rows, K, gen)).cast<float>();
+          std::vector<float> streamed(out_rows * len + 3, -1), cached(out_rows * len + 3, -1);
+          const detail::Coefficients<float> c{coef.data(), K, 1};
+          // An odd offset, so the head before the first vector boundary is exercised too.
+          detail::combine_rows_blocked_streaming(out_rows, K, rows.data(), len, c, streamed.data() + 3, len, len);
+          detail::streaming_fence();
+          detail::combine_rows_blocked(out_rows, K, rows.data(), len, c, cached.data() + 3, len, len, false);
+          BOOST_TEST((streamed == cached));
+        }
+      }
+  }
+}

@@ -93,33 +93,65 @@ struct CombineBlock {
   }
 };
 
-/// out[k0 + k] += sum_p a[p] * rows[k0 + k][p] over one tile, for K rows at once (a is loaded once for all K).
-/// Each dot product is summed in a fixed order whatever K is: 8 interleaved partial sums, a fixed tree, then the
-/// tail; so the result does not depend on the blocking or on where the tile came from.
-template <int K>
-struct TileDots {
-  template <class T>
-  KOKKOS_FORCEINLINE_FUNCTION static void run(int k0, const T* const& a, const T* const& rows,
-                                              const std::ptrdiff_t& row_stride, const int& len, double* const& out) {
-    constexpr int lanes = 8;
-    T part[K][lanes] = {};
-    const T* row[K];
-    for (int k = 0; k < K; ++k) row[k] = rows + (k0 + k) * row_stride;
-    int p = 0;
-    for (; p + lanes <= len; p += lanes)
+/// Lanes of the interleaved partial sums of a dot product over a tile: one 64-byte vector of T.
+template <class T>
+inline constexpr int dot_lanes = static_cast<int>(64 / sizeof(T));
+
+/// out[m * out_stride + k] += sum_p a[m * a_stride + p] * rows[k * row_stride + p] over one tile of `len` entries,
+/// for MA rows of `a` against K rows at once: MA * K vector accumulators, so each loaded vector feeds MA or K fused
+/// multiply-adds. Every dot product is summed in one order whatever the blocking: dot_lanes<T> interleaved partial
+/// sums along p, a fixed tree, then the tail in p order; so the result depends neither on the blocks nor on where
+/// the tile came from.
+template <int MA, int K, class T>
+KOKKOS_FORCEINLINE_FUNCTION void dot_block(const T* a, std::ptrdiff_t a_stride, const T* rows, std::ptrdiff_t row_stride,
+                                           int len, double* out, std::ptrdiff_t out_stride) {
+  constexpr int lanes = dot_lanes<T>;
+  T part[MA][K][lanes] = {};
+  int p = 0;
+  for (; p + lanes <= len; p += lanes)
+    for (int m = 0; m < MA; ++m)
       for (int k = 0; k < K; ++k) {
         CAMEX_VECTOR_LANES
-        for (int j = 0; j < lanes; ++j) part[k][j] += a[p + j] * row[k][p + j];
+        for (int j = 0; j < lanes; ++j) part[m][k][j] += a[m * a_stride + p + j] * rows[k * row_stride + p + j];
       }
+  for (int m = 0; m < MA; ++m)
     for (int k = 0; k < K; ++k) {
       T tail = 0;
-      for (int q = p; q < len; ++q) tail += a[q] * row[k][q];
+      for (int q = p; q < len; ++q) tail += a[m * a_stride + q] * rows[k * row_stride + q];
       for (int width = lanes / 2; width > 0; width /= 2)
-        for (int j = 0; j < width; ++j) part[k][j] += part[k][j + width];
-      out[k0 + k] += static_cast<double>(part[k][0] + tail);
+        for (int j = 0; j < width; ++j) part[m][k][j] += part[m][k][j + width];
+      out[m * out_stride + k] += static_cast<double>(part[m][k][0] + tail);
     }
+}
+
+template <int MA, class T>
+KOKKOS_FORCEINLINE_FUNCTION void dots_against_rows(const T* a, std::ptrdiff_t a_stride, int k_count, const T* rows,
+                                                   std::ptrdiff_t row_stride, int len, double* out,
+                                                   std::ptrdiff_t out_stride) {
+  int k0 = 0;
+  for (; k0 + 4 <= k_count; k0 += 4) dot_block<MA, 4>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride);
+  if (k0 + 2 <= k_count) {
+    dot_block<MA, 2>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride);
+    k0 += 2;
   }
-};
+  if (k0 < k_count) dot_block<MA, 1>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride);
+}
+
+/// out[m * k_count + k] += sum_p a[m][p] * rows[k][p] over one tile for every m < a_count and k < k_count, in
+/// register blocks of up to 4 x 4 dot products (dot_block: the same bits as one product at a time).
+template <class T>
+KOKKOS_INLINE_FUNCTION void tile_dots(int a_count, const T* a, std::ptrdiff_t a_stride, int k_count, const T* rows,
+                                      std::ptrdiff_t row_stride, int len, double* out) {
+  int m0 = 0;
+  for (; m0 + 4 <= a_count; m0 += 4)
+    dots_against_rows<4>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count);
+  if (m0 + 2 <= a_count) {
+    dots_against_rows<2>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count);
+    m0 += 2;
+  }
+  if (m0 < a_count)
+    dots_against_rows<1>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count);
+}
 
 /// One output row over one tile: blocks of 8 inputs, the first block writing and later blocks accumulating. With
 /// a centre the output is centre + sum_k c(o, k) (rows[k] - centre): the centre is added last, as a final input
@@ -216,6 +248,25 @@ inline void combine_rows_blocked(int out_rows, int K, const T* rows, std::ptrdif
       for (int k = 0; k < K; ++k) acc += c(o, k) * rows[k * row_stride + q];
       out[o * out_stride + q] = acc;
     }
+}
+
+/// combine_rows_blocked (writing, not accumulating) into memory past the caches: groups of up to 16 output rows are
+/// finished piece by piece in a 16 KiB buffer, then written with non-temporal stores. Host code only.
+template <class T>
+inline void combine_rows_blocked_streaming(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride,
+                                           const Coefficients<T>& c, T* out, std::ptrdiff_t out_stride, int len) {
+  constexpr int capacity = static_cast<int>((16 << 10) / sizeof(T)), group = 16;
+  alignas(64) T staged[capacity];
+  for (int o0 = 0; o0 < out_rows; o0 += group) {
+    const int g = std::min(group, out_rows - o0);
+    const int piece = capacity / g / 64 * 64;
+    const Coefficients<T> shifted{c.data + o0 * c.out_stride, c.out_stride, c.in_stride};
+    for (int q = 0; q < len; q += piece) {
+      const int n = std::min(piece, len - q);
+      combine_rows_blocked(g, K, rows + q, row_stride, shifted, staged, piece, n, false);
+      for (int r = 0; r < g; ++r) copy_streaming(out + (o0 + r) * out_stride + q, staged + r * piece, n);
+    }
+  }
 }
 
 /// Longest tile tile_length() returns; mode contractions tile their inner runs to this length too.

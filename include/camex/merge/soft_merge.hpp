@@ -62,20 +62,17 @@ struct BackwardChunking {
   }
 };
 
-/// d_scores partial sums of one chunk, tile by tile: out[n] += sum over [begin, end) of a * experts[n], n < count.
+/// d_scores partial sum of one chunk and one (group, expert) pair, tile by tile: *out += sum over [begin, end) of
+/// a * row, in the order of tile_dots.
 template <class T>
-KOKKOS_INLINE_FUNCTION void chunk_dots(const T* a, const T* rows, std::ptrdiff_t row_stride, int count,
-                                       std::size_t begin, std::size_t end, int tile, double* out) {
-  for (std::size_t p0 = begin; p0 < end; p0 += tile) {
-    const int len = tile_extent(p0, end, tile);
-    for_each_block_of_8<TileDots>(count, a + p0, rows + p0, row_stride, len, out);
-  }
+KOKKOS_INLINE_FUNCTION void chunk_dot(const T* a, const T* row, std::size_t begin, std::size_t end, int tile, double* out) {
+  for (std::size_t p0 = begin; p0 < end; p0 += tile) dot_block<1, 1>(a + p0, 0, row + p0, 0, tile_extent(p0, end, tile), out, 0);
 }
 
-/// Host schedule of the backward: one chunk per work item; each tile of d_merged and experts is read from memory
-/// once and used for both d_experts and the d_scores partials while it sits in cache.
+/// The operands of the tiled backward, walked one chunk per work item: each tile of d_merged and experts is read
+/// from memory once and used for both d_experts and the d_scores partials while it sits in cache.
 template <class T>
-struct TiledSoftMergeBackward {
+struct SoftMergeBackwardChunks {
   Coefficients<T> scores_t;  // C[n, b] = scores[b, n]
   const T* experts;
   std::ptrdiff_t experts_stride;
@@ -88,18 +85,58 @@ struct TiledSoftMergeBackward {
   std::size_t params, chunk;
   int tile;
 
-  KOKKOS_INLINE_FUNCTION void operator()(std::size_t c) const {
+  /// Zeroes chunk c's d_scores partials and returns them.
+  KOKKOS_INLINE_FUNCTION double* start_chunk(std::size_t c) const {
     double* mine = partial + c * groups * n_experts;
     for (int i = 0; i < groups * n_experts; ++i) mine[i] = 0;
-    const std::size_t end = detail::chunk_end(c, chunk, params);
-    for (std::size_t p0 = c * chunk; p0 < end; p0 += tile) {
-      const int len = tile_extent(p0, end, tile);
-      for (int n = 0; n < n_experts; ++n)
-        combine_rows(groups, d_merged + p0, d_merged_stride, scores_t, n, d_experts + n * d_experts_stride + p0, len);
-      for (int b = 0; b < groups; ++b)
-        for_each_block_of_8<TileDots>(n_experts, d_merged + b * d_merged_stride + p0, experts + p0, experts_stride, len,
-                                      mine + b * n_experts);
+    return mine;
+  }
+
+  KOKKOS_INLINE_FUNCTION void add_dots(std::size_t p0, int len, double* mine) const {
+    tile_dots(groups, d_merged + p0, d_merged_stride, n_experts, experts + p0, experts_stride, len, mine);
+  }
+};
+
+/// The tiled backward on any space: d_experts one output row at a time.
+template <class T>
+struct TiledSoftMergeBackward {
+  SoftMergeBackwardChunks<T> op;
+
+  KOKKOS_INLINE_FUNCTION void operator()(std::size_t c) const {
+    double* mine = op.start_chunk(c);
+    const std::size_t end = chunk_end(c, op.chunk, op.params);
+    for (std::size_t p0 = c * op.chunk; p0 < end; p0 += op.tile) {
+      const int len = tile_extent(p0, end, op.tile);
+      for (int n = 0; n < op.n_experts; ++n)
+        combine_rows(op.groups, op.d_merged + p0, op.d_merged_stride, op.scores_t, n,
+                     op.d_experts + n * op.d_experts_stride + p0, len);
+      op.add_dots(p0, len, mine);
     }
+  }
+};
+
+/// The tiled backward on host spaces: d_experts in register blocks of output rows (each loaded d_merged vector
+/// feeds several experts), written past the caches when it cannot stay in them.
+template <class T>
+struct HostTiledSoftMergeBackward {
+  SoftMergeBackwardChunks<T> op;
+  bool streaming;
+
+  void operator()(std::size_t c) const {
+    double* mine = op.start_chunk(c);
+    const std::size_t end = chunk_end(c, op.chunk, op.params);
+    for (std::size_t p0 = c * op.chunk; p0 < end; p0 += op.tile) {
+      const int len = tile_extent(p0, end, op.tile);
+      T* d_experts = op.d_experts + p0;
+      if (streaming)
+        combine_rows_blocked_streaming(op.n_experts, op.groups, op.d_merged + p0, op.d_merged_stride, op.scores_t,
+                                       d_experts, op.d_experts_stride, len);
+      else
+        combine_rows_blocked(op.n_experts, op.groups, op.d_merged + p0, op.d_merged_stride, op.scores_t, d_experts,
+                             op.d_experts_stride, len, false);
+      op.add_dots(p0, len, mine);
+    }
+    if (streaming) streaming_fence();
   }
 };
 
@@ -171,11 +208,15 @@ void launch_soft_merge_backward(const ExecSpace& space, const ScoresView& scores
   const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
 
   if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
-    Kokkos::parallel_for("camex::soft_merge_backward[tiled]", Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks),
-                         TiledSoftMergeBackward<T>{scores_t, experts.data(), row_stride(experts), d_merged.data(),
-                                                   row_stride(d_merged), d_experts.data(), row_stride(d_experts),
-                                                   partial.data(), groups, n_experts, e.params, chunking.chunk,
-                                                   chunking.tile});
+    const SoftMergeBackwardChunks<T> op{scores_t, experts.data(), row_stride(experts), d_merged.data(),
+                                        row_stride(d_merged), d_experts.data(), row_stride(d_experts), partial.data(),
+                                        groups, n_experts, e.params, chunking.chunk, chunking.tile};
+    const auto policy = Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks);
+    if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible))
+      Kokkos::parallel_for("camex::soft_merge_backward[tiled]", policy,
+                           HostTiledSoftMergeBackward<T>{op, prefer_streaming_stores(sizeof(T) * e.experts * e.params)});
+    else
+      Kokkos::parallel_for("camex::soft_merge_backward[tiled]", policy, TiledSoftMergeBackward<T>{op});
   } else {
     row_combination(space, schedule,
                     RowCombination<T>{.coef = scores_t,
@@ -200,7 +241,7 @@ void launch_soft_merge_backward(const ExecSpace& space, const ScoresView& scores
           const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
           const std::size_t end = chunk_end(c, chunk, params);
           double acc = 0;
-          chunk_dots(dm + b * dm_stride, w + n * w_stride, w_stride, 1, c * chunk, end, tile, &acc);
+          chunk_dot(dm + b * dm_stride, w + n * w_stride, c * chunk, end, tile, &acc);
           out[i] = acc;
         });
   }
