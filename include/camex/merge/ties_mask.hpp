@@ -114,6 +114,11 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
 /// The TIES factor at any run of parameters, from the trim and the deltas there: the element factor of TiesMask.
 /// Works on runs of at most `chunk` entries at a time, in passes over the experts that vectorise along the run;
 /// sums are taken in double in expert order, so any run length gives the same factors.
+///
+/// The trim and the agreements enter the sums as factors of 0 or 1 in the deltas' type rather than as selects: a
+/// product with 0 or 1 is exact, so the sums are those of the selected terms (a dropped term adds a zero, and a
+/// sum that starts at +0 is never -0), and the vector loops stay in the deltas' lanes instead of widening byte
+/// masks to 64-bit ones.
 struct TiesElection {
   static constexpr int chunk = 128;
   const std::uint8_t* keep;  // [n, params]
@@ -126,23 +131,23 @@ struct TiesElection {
   template <bool Multiply, class T>
   KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
                                     std::ptrdiff_t out_stride) const {
-    // Every pass over an expert is one vectorisable loop: no calls, masks instead of branches.
     for (int c0 = 0; c0 < len; c0 += chunk) {
       const int n = len - c0 < chunk ? len - c0 : chunk;
-      double sign[chunk], scale[chunk];
+      double sign[chunk], agreeing[chunk];
       elect(p0 + c0, n, tau + c0, tau_stride, sign);
-      T elected[chunk];
+      T elected[chunk], factor[chunk];
       for (int q = 0; q < n; ++q) {
         elected[q] = static_cast<T>(sign[q]);
-        scale[q] = 0;
+        agreeing[q] = 0;
       }
       each_agreement(p0 + c0, n, tau + c0, tau_stride, elected,
-                     [&](int, int q, double w, bool agrees) { scale[q] += value_or_zero(agrees, w); });
-      // scale[] held the agreeing weight; from here on, the factor of an agreeing entry.
+                     [&](int, int q, double w, T agrees) { agreeing[q] += w * static_cast<double>(agrees); });
       CAMEX_IVDEP
-      for (int q = 0; q < n; ++q) scale[q] = lambda / (normalize && scale[q] != 0 ? scale[q] : 1.0);
-      each_agreement(p0 + c0, n, tau + c0, tau_stride, elected, [&](int i, int q, double, bool agrees) {
-        const T f = static_cast<T>(value_or_zero(agrees, scale[q]));
+      for (int q = 0; q < n; ++q)
+        factor[q] = static_cast<T>(lambda / (normalize && agreeing[q] != 0 ? agreeing[q] : 1.0));
+      each_agreement(p0 + c0, n, tau + c0, tau_stride, elected, [&](int i, int q, double, T agrees) {
+        // A mask, not agrees * factor: the factor overflows to inf where the agreeing weight is tiny.
+        const T f = value_or_zero(agrees != T(0), factor[q]);
         T* y = out + i * out_stride + c0;
         y[q] = Multiply ? f * tau[i * tau_stride + c0 + q] : f;
       });
@@ -164,8 +169,14 @@ struct TiesElection {
     for (int q = 0; q < n; ++q) sign[q] = sign[q] >= 0 ? 1.0 : -1.0;
   }
 
+  /// 1 where expert i's trim kept parameter p, else 0, in T.
+  template <class T>
+  KOKKOS_FORCEINLINE_FUNCTION static T kept_as(std::uint8_t kept) {
+    return static_cast<T>(kept != 0);
+  }
+
   /// visit(i, q, w_i, d) for every expert i and entry q < n of a run starting at parameter p and at tau: d is the
-  /// weighted delta w_i tau_i, 0 where the trim dropped it. Expert by expert, each a loop along the run.
+  /// weighted delta w_i tau_i, a zero where the trim dropped it. Expert by expert, each a loop along the run.
   template <class T, class Visit>
   KOKKOS_FORCEINLINE_FUNCTION void each_weighted_delta(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride,
                                                        const Visit& visit) const {
@@ -174,7 +185,7 @@ struct TiesElection {
       const T* x = tau + i * tau_stride;
       const double w = weights[i];
       CAMEX_IVDEP
-      for (int q = 0; q < n; ++q) visit(i, q, w, value_or_zero(kept[q] != 0, w * static_cast<double>(x[q])));
+      for (int q = 0; q < n; ++q) visit(i, q, w, w * static_cast<double>(x[q] * kept_as<T>(kept[q])));
     }
   }
 
@@ -182,10 +193,11 @@ struct TiesElection {
   /// |w tau| >= 2^-925 2^-149 = 2^-1074, the smallest double.
   static constexpr double sign_exact_weight = 0x1p-925;
 
-  /// visit(i, q, w_i, agrees) for every expert i and entry q < n: whether the weighted delta w_i tau_i of an entry
-  /// the trim kept has the elected sign (`elected`, +-1 in T), i.e. w_i tau_i e > 0. Where |w_i| >= sign_exact_weight
-  /// that is sign(w_i) tau_i e > 0, decided in T without forming the double product: both factors are +-1, so the
-  /// product is exact, and as fast as the T lanes allow; a smaller weight decides on the double product itself.
+  /// visit(i, q, w_i, agrees) for every expert i and entry q < n: agrees is 1 (in T) where the trim kept the entry
+  /// and its weighted delta w_i tau_i has the elected sign (`elected`, +-1 in T), i.e. w_i tau_i e > 0, else 0.
+  /// Where |w_i| >= sign_exact_weight that is sign(w_i) tau_i e > 0, decided in T without forming the double
+  /// product: both factors are +-1, so the product is exact, and as fast as the T lanes allow; a smaller weight
+  /// decides on the double product itself.
   template <class T, class Visit>
   KOKKOS_FORCEINLINE_FUNCTION void each_agreement(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride,
                                                   const T* elected, const Visit& visit) const {
@@ -196,11 +208,14 @@ struct TiesElection {
       if (w >= sign_exact_weight || w <= -sign_exact_weight) {
         const T w_sign = w > 0 ? T(1) : T(-1);
         CAMEX_IVDEP
-        for (int q = 0; q < n; ++q) visit(i, q, w, (kept[q] != 0) & (x[q] * w_sign * elected[q] > T(0)));
+        for (int q = 0; q < n; ++q)
+          visit(i, q, w, kept_as<T>(kept[q]) * static_cast<T>(x[q] * w_sign * elected[q] > T(0)));
       } else {
         CAMEX_IVDEP
         for (int q = 0; q < n; ++q)
-          visit(i, q, w, (kept[q] != 0) & (w * static_cast<double>(x[q]) * static_cast<double>(elected[q]) > 0));
+          visit(i, q, w,
+                kept_as<T>(kept[q]) *
+                    static_cast<T>(w * static_cast<double>(x[q]) * static_cast<double>(elected[q]) > 0));
       }
     }
   }

@@ -25,18 +25,23 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace camex::detail {
 
 /// `keep ? v : 0` as a bit mask on the host: under GCC's default -ftrapping-math a select of a computed (or
-/// loaded) floating-point value is not if-converted, and the loop around it is not vectorised.
-KOKKOS_FORCEINLINE_FUNCTION double value_or_zero(bool keep, double v) {
+/// loaded) floating-point value is not if-converted, and the loop around it is not vectorised. The mask has T's
+/// width, so a loop over T stays in T's lanes.
+template <class T>
+KOKKOS_FORCEINLINE_FUNCTION T value_or_zero(bool keep, T v) {
 #if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
-  return keep ? v : 0.0;
+  return keep ? v : T(0);
 #else
-  std::uint64_t bits;
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "a float or a double");
+  using Bits = std::conditional_t<sizeof(T) == 8, std::uint64_t, std::uint32_t>;
+  Bits bits;
   std::memcpy(&bits, &v, sizeof bits);
-  bits &= -static_cast<std::uint64_t>(keep);
+  bits &= -static_cast<Bits>(keep);
   std::memcpy(&v, &bits, sizeof v);
   return v;
 #endif
