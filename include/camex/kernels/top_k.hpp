@@ -210,6 +210,25 @@ void select_start(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
 
 /// Per chunk of a row not yet listed, the histogram of digit `digit` over the entries that match the row's prefix
 /// (every entry for the first digit, which also counts the infinities and NaNs into st.nan_count).
+/// local[bin] += entries of row[begin, end) whose key's leading digit (key >> shift) is bin. With TwoHalves (host
+/// spaces) even and odd entries go to two histograms added at the end: neighbouring entries often share a bin (the
+/// leading bits of a magnitude are mostly its exponent), and one histogram would make each increment wait for the
+/// last.
+template <bool TwoHalves, class T>
+KOKKOS_INLINE_FUNCTION void count_first_digit(const T* row, std::size_t begin, std::size_t end, int shift, int bins,
+                                              std::uint32_t* local) {
+  std::size_t p = begin;
+  if constexpr (TwoHalves) {
+    std::uint32_t odd[max_digit_bins] = {};
+    for (; p + 2 <= end; p += 2) {
+      ++local[key_of(row[p]) >> shift];
+      ++odd[key_of(row[p + 1]) >> shift];
+    }
+    for (int d = 0; d < bins; ++d) local[d] += odd[d];
+  }
+  for (; p < end; ++p) ++local[key_of(row[p]) >> shift];
+}
+
 template <class ExecSpace, class T>
 void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
@@ -224,7 +243,6 @@ void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
   const T* data = pass.data;
   const auto stride = pass.stride;
   const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
-  constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
   Kokkos::parallel_for("camex::top_k[histogram]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
     if (st.listed(r)) return;
@@ -232,18 +250,8 @@ void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
     std::uint32_t local[max_digit_bins] = {};
     const std::size_t end = chunk_end(c, chunk, params);
     if (first) {  // every entry matches the empty prefix
-      std::size_t p = c * chunk;
-      if constexpr (on_host) {
-        // Even and odd entries into two histograms: neighbouring entries often share a bin (the leading bits of
-        // a magnitude are mostly its exponent), and one histogram would make each increment wait for the last.
-        std::uint32_t odd[max_digit_bins] = {};
-        for (; p + 2 <= end; p += 2) {
-          ++local[key_of(row[p]) >> shift];
-          ++odd[key_of(row[p + 1]) >> shift];
-        }
-        for (int d = 0; d < bins; ++d) local[d] += odd[d];
-      }
-      for (; p < end; ++p) ++local[key_of(row[p]) >> shift];
+      count_first_digit<static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)>(
+          row, c * chunk, end, shift, bins, local);
       std::uint64_t special = 0;
       for (int d = special_bin; d < bins; ++d) special += local[d];
       if (special) Kokkos::atomic_add(&st.nan_count(0), special);
