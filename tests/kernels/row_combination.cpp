@@ -1,10 +1,11 @@
-// The centred row combination (a merge of deltas that never stores them): on the tiled schedule it gives, bit for
-// bit, what the plain combination gives over materialised rows [E_1 - base .. E_n - base, base] with coefficient 1
-// on the base; on both schedules it matches a double reference and returns the base exactly when every expert is
-// the base.
+// The centred row combination (a merge of deltas that never stores them): on both schedules it gives, bit for bit,
+// what the plain combination gives over materialised rows [E_1 - base .. E_n - base, base] with coefficient 1 on
+// the base, matches a double reference and returns the base exactly when every expert is the base. The schedules
+// give each other's bits, and the register blocks of the host give combine_rows' bits, streamed or not.
 #include <boost/test/unit_test.hpp>
 
 #include <cmath>
+#include <cstdint>
 #include <iomanip>
 #include <random>
 
@@ -56,10 +57,9 @@ BOOST_AUTO_TEST_CASE(centred_combination_is_the_combination_of_deltas) {
       BOOST_TEST_CONTEXT((schedule == Schedule::tiled ? "tiled" : "lane_per_parameter")) {
         const HostMatrix centred = combine<float>(schedule, s, e, static_cast<int>(n), b.data(), groups, params);
         const HostMatrix materialised = combine<float>(schedule, sb, d, static_cast<int>(n + 1), nullptr, groups, params);
-        // The tiled schedule (the host's) is the same code on both: bit for bit. The lane schedule is one scalar
-        // expression whose multiply-adds GCC fuses differently with and without the centre (-ffp-contract=fast):
-        // within the bound below, like any other summation order.
-        if (schedule == Schedule::tiled) BOOST_TEST((centred - materialised).cwiseAbs().maxCoeff() == 0.0);
+        // Both schedules run the same fused multiply-adds in the same order (written out, not left to the
+        // compiler's contraction), and the base enters last with coefficient 1: bit for bit on every space.
+        BOOST_TEST((centred - materialised).cwiseAbs().maxCoeff() == 0.0);
         // Against double: n + 2 rounded terms (n differences, the sum, the base) per entry.
         double worst_ratio = 0;
         for (std::size_t g = 0; g < groups; ++g)
@@ -110,8 +110,9 @@ BOOST_AUTO_TEST_CASE(streaming_copy_is_a_copy) {
 
 // An output past prefer_streaming_stores' threshold takes the streaming tiled schedule (on host spaces; others
 // the tiled one): the same sums as combine_rows over the whole row, with and without a centre. Bit for bit on
-// host spaces (the same code); a device compiler may contract differently, so there the bound is n + 2 roundings
-// of the largest possible magnitude (|rows|, |centre| <= 1, scores in [0, 1]: 2n + 1).
+// host spaces; a device's fused multiply-adds give the host's bits only where the host compiles its own as fused
+// ones too, so there the bound is n + 2 roundings of the largest possible magnitude (|rows|, |centre| <= 1, scores
+// in [0, 1]: 2n + 1).
 BOOST_AUTO_TEST_CASE(streaming_schedule_matches_the_plain_combination) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
@@ -175,26 +176,70 @@ BOOST_AUTO_TEST_CASE(blocked_dot_products_are_the_single_products) {
   }
 }
 
-// The streaming blocked combination (the backward's d_experts on host spaces) writes what the cached one writes,
-// bit for bit: out_rows past one group of 16, lengths that end inside a staged piece and inside a vector.
-BOOST_AUTO_TEST_CASE(streaming_blocked_combination_is_the_blocked_one) {
+// The register blocks (combine_rows_blocked, the host's tiled schedule) give, bit for bit, what combine_rows gives one
+// output row at a time, with and without a centre; so does the streaming variant, whose rows leave the registers in
+// non-temporal stores when every row starts on a store boundary and go through a staged buffer otherwise (an odd
+// offset). Output counts past one register block and one staged group of 16, K past one block of 8, lengths that
+// end inside a 64-column block and inside a vector.
+BOOST_AUTO_TEST_CASE(register_blocks_are_the_row_combination) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
     for (const int out_rows : {1, 8, 19})
-      for (const int len : {7, 300, 1029}) {
-        BOOST_TEST_CONTEXT("out_rows " << out_rows << ", len " << len) {
-          const int K = 13;
-          const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
-              rows = rounded<float>(random_matrix(K, len, gen)).cast<float>(),
-              coef = rounded<float>(random_matrix(out_rows, K, gen)).cast<float>();
-          std::vector<float> streamed(out_rows * len + 3, -1), cached(out_rows * len + 3, -1);
-          const detail::Coefficients<float> c{coef.data(), K, 1};
-          // An odd offset, so the head before the first vector boundary is exercised too.
-          detail::combine_rows_blocked_streaming(out_rows, K, rows.data(), len, c, streamed.data() + 3, len, len);
-          detail::streaming_fence();
-          detail::combine_rows_blocked(out_rows, K, rows.data(), len, c, cached.data() + 3, len, len, false);
-          BOOST_TEST((streamed == cached));
-        }
+      for (const int K : {3, 13})
+        for (const int len : {7, 300, 1029})
+          for (const bool centred : {false, true}) {
+            BOOST_TEST_CONTEXT("out_rows " << out_rows << ", K " << K << ", len " << len << ", centred " << centred) {
+              const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
+                  rows = rounded<float>(random_matrix(K, len, gen)).cast<float>(),
+                  centre = rounded<float>(random_matrix(1, len, gen)).cast<float>(),
+                  coef = rounded<float>(random_matrix(out_rows, K, gen)).cast<float>();
+              const detail::Coefficients<float> c{coef.data(), K, 1};
+              const float* centre_row = centred ? centre.data() : nullptr;
+              // Row stride a whole number of 64-byte lines, so the aligned case streams every row from registers.
+              const int stride = (len + 15) / 16 * 16;
+              std::vector<float> single(out_rows * stride, -1);
+              for (int o = 0; o < out_rows; ++o)
+                detail::combine_rows(K, rows.data(), len, c, o, single.data() + o * stride, len, centre_row);
+              const auto same_rows = [&](const float* got, std::ptrdiff_t got_stride) {
+                for (int o = 0; o < out_rows; ++o)
+                  for (int p = 0; p < len; ++p)
+                    if (got[o * got_stride + p] != single[o * stride + p]) return false;
+                return true;
+              };
+              Kokkos::View<float*, Kokkos::HostSpace> cached("cached", out_rows * stride);
+              detail::combine_rows_blocked(out_rows, K, rows.data(), len, c, cached.data(), stride, len, false, centre_row);
+              BOOST_TEST(same_rows(cached.data(), stride));
+              for (const int offset : {0, 3}) {
+                BOOST_TEST_CONTEXT("offset " << offset) {
+                  Kokkos::View<float*, Kokkos::HostSpace> streamed("streamed", out_rows * stride + offset);
+                  BOOST_REQUIRE(reinterpret_cast<std::uintptr_t>(streamed.data()) % 64 == 0);
+                  detail::combine_rows_blocked_streaming(out_rows, K, rows.data(), len, c, streamed.data() + offset,
+                                                         stride, len, centre_row);
+                  detail::streaming_fence();
+                  BOOST_TEST(same_rows(streamed.data() + offset, stride));
+                }
+              }
+            }
+          }
+  }
+}
+
+// The lane schedule (one parameter per work item, the GPU's) and the tiled schedule (register blocks on host spaces)
+// give the same bits on the space under test, centred or not.
+BOOST_AUTO_TEST_CASE(lane_and_tiled_schedules_agree_bit_for_bit) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t n = 9, groups = 7, params = 3001;
+    const auto e = to_device<float>(rounded<float>(random_matrix(n, params, gen)));
+    const auto b = to_device<float>(rounded<float>(random_matrix(1, params, gen)));
+    const auto s = to_device<float>(rounded<float>(random_matrix(groups, n, gen, 0, 1)));
+    for (const bool centred : {false, true}) {
+      BOOST_TEST_CONTEXT("centred " << centred) {
+        const float* centre = centred ? b.data() : nullptr;
+        const HostMatrix tiled = combine<float>(Schedule::tiled, s, e, static_cast<int>(n), centre, groups, params);
+        const HostMatrix lanes = combine<float>(Schedule::lane_per_parameter, s, e, static_cast<int>(n), centre, groups, params);
+        BOOST_TEST((tiled - lanes).cwiseAbs().maxCoeff() == 0.0);
       }
+    }
   }
 }

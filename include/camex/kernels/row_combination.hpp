@@ -5,10 +5,13 @@
 //
 // Two schedules, because CPUs and GPUs want the loops nested differently:
 //  * tiled: a work item is a tile of the parameter axis small enough that the K input tiles stay in L1 while
-//    every output row of the tile is written; the innermost loop runs along parameters and is vectorised.
+//    every output row of the tile is written; the innermost loop runs along parameters and is vectorised. On host
+//    spaces the outputs are written in register blocks (several output rows by up to 64 columns), each input
+//    vector loaded once per block, and outputs past the caches leave the registers in non-temporal stores.
 //  * lane_per_parameter: a work item is one parameter index and loops over outputs and inputs; adjacent items
 //    touch adjacent addresses, which is what GPU lanes coalesce.
-// Both sum over k in the same order, so they agree to the last bit wherever the compiler contracts alike.
+// Both sum over k in the same order with fused multiply-adds written out (multiply_add), so they agree to the
+// last bit on one space, and across spaces wherever both compile their multiply-adds as fused ones.
 
 #include <Kokkos_Core.hpp>
 
@@ -52,7 +55,7 @@ KOKKOS_FORCEINLINE_FUNCTION void combine_block(const T* rows, std::ptrdiff_t row
     CAMEX_IVDEP
     for (int p = 0; p < len; ++p) {
       T acc = Accumulate ? out[p] : T(0);
-      for (int k = 0; k < K; ++k) acc += coef[k] * (decltype(centred)::value ? row[k][p] - centre[p] : row[k][p]);
+      for (int k = 0; k < K; ++k) acc = multiply_add(coef[k], decltype(centred)::value ? row[k][p] - centre[p] : row[k][p], acc);
       out[p] = acc;
     }
   };
@@ -112,12 +115,12 @@ KOKKOS_FORCEINLINE_FUNCTION void dot_block(const T* a, std::ptrdiff_t a_stride, 
     for (int m = 0; m < MA; ++m)
       for (int k = 0; k < K; ++k) {
         CAMEX_VECTOR_LANES
-        for (int j = 0; j < lanes; ++j) part[m][k][j] += a[m * a_stride + p + j] * rows[k * row_stride + p + j];
+        for (int j = 0; j < lanes; ++j) part[m][k][j] = multiply_add(a[m * a_stride + p + j], rows[k * row_stride + p + j], part[m][k][j]);
       }
   for (int m = 0; m < MA; ++m)
     for (int k = 0; k < K; ++k) {
       T tail = 0;
-      for (int q = p; q < len; ++q) tail += a[m * a_stride + q] * rows[k * row_stride + q];
+      for (int q = p; q < len; ++q) tail = multiply_add(a[m * a_stride + q], rows[k * row_stride + q], tail);
       for (int width = lanes / 2; width > 0; width /= 2)
         for (int j = 0; j < width; ++j) part[m][k][j] += part[m][k][j + width];
       out[m * out_stride + k] += static_cast<double>(part[m][k][0] + tail);
@@ -167,42 +170,44 @@ KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdif
   }
 }
 
-/// combine_rows into memory past the caches: each piece is finished in a small L1 buffer, then written with
-/// non-temporal stores, so the output is never read for ownership. Host code only.
-template <class T>
-inline void combine_rows_streaming(int in_rows, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
-                                   std::ptrdiff_t o, T* out, int len, const T* centre) {
-  constexpr int piece = 256;
-  alignas(64) T staged[piece];
-  for (int q = 0; q < len; q += piece) {
-    const int n = std::min(piece, len - q);
-    combine_rows(in_rows, rows + q, row_stride, c, o, staged, n, centre ? centre + q : nullptr);
-    copy_streaming(out + q, staged, n);
-  }
-}
+/// Where a register block's finished rows go: plain stores, or non-temporal stores straight from the registers
+/// (the caller has checked whole_streaming_stores for every output row it streams).
+enum class BlockStores { cached, streaming };
 
 /// out[m * out_stride + j] (+)= sum_{k < K} c(o0 + m, k) * rows[k * row_stride + j] for m < MR, j < W: a register
 /// block of MR output rows by W columns (MR * W / lanes accumulators), so each loaded input vector feeds MR
-/// fused multiply-adds instead of one. k runs in order, as in combine_rows, so both give the same bits.
-template <int MR, int W, class T>
+/// fused multiply-adds instead of one. k runs in order, as in combine_rows, so both give the same bits; Centred
+/// takes centre[j] from every input and adds it back last, as combine_rows does. A streamed row leaves in
+/// whole non-temporal stores where W makes them (a 32-byte piece at the end of a row is stored plainly). Both
+/// flags are template arguments so the accumulators never leave the registers before their last store.
+template <int MR, int W, bool Centred, bool Accumulate, BlockStores Stores, class T>
 inline void combine_row_block(int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c, std::ptrdiff_t o0,
-                              T* out, std::ptrdiff_t out_stride, bool accumulate) {
+                              T* out, std::ptrdiff_t out_stride, const T* centre) {
   T acc[MR][W];
   for (int m = 0; m < MR; ++m) {
     CAMEX_VECTOR_LANES
-    for (int j = 0; j < W; ++j) acc[m][j] = accumulate ? out[m * out_stride + j] : T(0);
+    for (int j = 0; j < W; ++j) acc[m][j] = Accumulate ? out[m * out_stride + j] : T(0);
   }
   for (int k = 0; k < K; ++k) {
     const T* row = rows + k * row_stride;
     for (int m = 0; m < MR; ++m) {
       const T a = c(o0 + m, k);
       CAMEX_VECTOR_LANES
-      for (int j = 0; j < W; ++j) acc[m][j] += a * row[j];
+      for (int j = 0; j < W; ++j) acc[m][j] = multiply_add(a, Centred ? row[j] - centre[j] : row[j], acc[m][j]);
     }
   }
+  if constexpr (Centred)
+    for (int m = 0; m < MR; ++m) {
+      CAMEX_VECTOR_LANES
+      for (int j = 0; j < W; ++j) acc[m][j] += centre[j];
+    }
   for (int m = 0; m < MR; ++m) {
-    CAMEX_VECTOR_LANES
-    for (int j = 0; j < W; ++j) out[m * out_stride + j] = acc[m][j];
+    if constexpr (Stores == BlockStores::streaming && has_streaming_stores<T> && W % streaming_lanes<T> == 0) {
+      for (int j = 0; j < W; j += streaming_lanes<T>) store_streaming_vector(out + m * out_stride + j, &acc[m][j]);
+    } else {
+      CAMEX_VECTOR_LANES
+      for (int j = 0; j < W; ++j) out[m * out_stride + j] = acc[m][j];
+    }
   }
 }
 
@@ -211,50 +216,71 @@ inline void combine_row_block(int K, const T* rows, std::ptrdiff_t row_stride, c
 template <int W>
 inline constexpr int block_rows = W >= 64 ? 6 : 12;
 
-template <int W, class T>
+template <int W, bool Centred, bool Accumulate, BlockStores Stores, class T>
 inline void combine_rows_of_width(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
-                                  T* out, std::ptrdiff_t out_stride, bool accumulate) {
+                                  T* out, std::ptrdiff_t out_stride, const T* centre) {
+  const auto block = [&]<int MR>(int m) {
+    combine_row_block<MR, W, Centred, Accumulate, Stores>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, centre);
+  };
   constexpr int MR = block_rows<W>;
   int m = 0;
-  for (; m + MR <= out_rows; m += MR) combine_row_block<MR, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
-  for (; m + 4 <= out_rows; m += 4) combine_row_block<4, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
-  for (; m + 2 <= out_rows; m += 2) combine_row_block<2, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
-  if (m < out_rows) combine_row_block<1, W>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, accumulate);
+  for (; m + MR <= out_rows; m += MR) block.template operator()<MR>(m);
+  for (; m + 4 <= out_rows; m += 4) block.template operator()<4>(m);
+  for (; m + 2 <= out_rows; m += 2) block.template operator()<2>(m);
+  if (m < out_rows) block.template operator()<1>(m);
 }
 
-/// out[o, 0:len) (+)= sum_{k < K} c(o, k) rows[k, 0:len) for all o < out_rows at once: register blocks of 64, 32, 16
-/// and 8 columns, then plain loops for the last few. The schedule for many output rows (mode products); a single
-/// output row streams better through combine_rows, whose long p loop hides the FMA latency.
-template <class T>
-inline void combine_rows_blocked(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
-                                 T* out, std::ptrdiff_t out_stride, int len, bool accumulate) {
+template <bool Centred, bool Accumulate, BlockStores Stores, class T>
+inline void combine_rows_in_blocks(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
+                                   T* out, std::ptrdiff_t out_stride, int len, const T* centre) {
   int j = 0;
-  for (; j + 64 <= len; j += 64) combine_rows_of_width<64>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
-  if (j + 32 <= len) {
-    combine_rows_of_width<32>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
-    j += 32;
-  }
-  if (j + 16 <= len) {
-    combine_rows_of_width<16>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
-    j += 16;
-  }
-  if (j + 8 <= len) {
-    combine_rows_of_width<8>(out_rows, K, rows + j, row_stride, c, out + j, out_stride, accumulate);
-    j += 8;
-  }
+  const auto width = [&]<int W>() {
+    combine_rows_of_width<W, Centred, Accumulate, Stores>(out_rows, K, rows + j, row_stride, c, out + j, out_stride,
+                                                          Centred ? centre + j : nullptr);
+    j += W;
+  };
+  while (j + 64 <= len) width.template operator()<64>();
+  if (j + 32 <= len) width.template operator()<32>();
+  if (j + 16 <= len) width.template operator()<16>();
+  if (j + 8 <= len) width.template operator()<8>();
   for (int o = 0; o < out_rows; ++o)
     for (int q = j; q < len; ++q) {
-      T acc = accumulate ? out[o * out_stride + q] : T(0);
-      for (int k = 0; k < K; ++k) acc += c(o, k) * rows[k * row_stride + q];
-      out[o * out_stride + q] = acc;
+      T acc = Accumulate ? out[o * out_stride + q] : T(0);
+      for (int k = 0; k < K; ++k) acc = multiply_add(c(o, k), Centred ? rows[k * row_stride + q] - centre[q] : rows[k * row_stride + q], acc);
+      out[o * out_stride + q] = Centred ? acc + centre[q] : acc;
     }
 }
 
-/// combine_rows_blocked (writing, not accumulating) into memory past the caches: groups of up to 16 output rows are
-/// finished piece by piece in a 16 KiB buffer, then written with non-temporal stores. Host code only.
+/// out[o, 0:len) (+)= sum_{k < K} c(o, k) rows[k, 0:len) for all o < out_rows at once: register blocks of 64, 32, 16
+/// and 8 columns, then plain loops for the last few. With a centre, out[o] (+)= centre + sum_k c(o, k) (rows[k] -
+/// centre), rounded as combine_rows rounds it.
+template <class T>
+inline void combine_rows_blocked(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
+                                 T* out, std::ptrdiff_t out_stride, int len, bool accumulate, const T* centre = nullptr) {
+  const auto run = [&]<bool Centred, bool Accumulate>() {
+    combine_rows_in_blocks<Centred, Accumulate, BlockStores::cached>(out_rows, K, rows, row_stride, c, out, out_stride, len, centre);
+  };
+  if (centre)
+    accumulate ? run.template operator()<true, true>() : run.template operator()<true, false>();
+  else
+    accumulate ? run.template operator()<false, true>() : run.template operator()<false, false>();
+}
+
+/// combine_rows_blocked (writing, not accumulating) into memory past the caches, so the output is never read for
+/// ownership. Rows that start on a store boundary leave the registers in non-temporal stores; otherwise groups of
+/// up to 16 output rows are finished piece by piece in a 16 KiB buffer and copied out (the same bits either way).
+/// Host code only; the caller fences (streaming_fence) before the output is read.
 template <class T>
 inline void combine_rows_blocked_streaming(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride,
-                                           const Coefficients<T>& c, T* out, std::ptrdiff_t out_stride, int len) {
+                                           const Coefficients<T>& c, T* out, std::ptrdiff_t out_stride, int len,
+                                           const T* centre = nullptr) {
+  if (whole_streaming_stores(out, out_rows == 1 ? 0 : static_cast<std::size_t>(out_stride))) {
+    if (centre)
+      combine_rows_in_blocks<true, false, BlockStores::streaming>(out_rows, K, rows, row_stride, c, out, out_stride, len, centre);
+    else
+      combine_rows_in_blocks<false, false, BlockStores::streaming>(out_rows, K, rows, row_stride, c, out, out_stride, len, centre);
+    return;
+  }
   constexpr int capacity = static_cast<int>((16 << 10) / sizeof(T)), group = 16;
   alignas(64) T staged[capacity];
   for (int o0 = 0; o0 < out_rows; o0 += group) {
@@ -263,7 +289,7 @@ inline void combine_rows_blocked_streaming(int out_rows, int K, const T* rows, s
     const Coefficients<T> shifted{c.data + o0 * c.out_stride, c.out_stride, c.in_stride};
     for (int q = 0; q < len; q += piece) {
       const int n = std::min(piece, len - q);
-      combine_rows_blocked(g, K, rows + q, row_stride, shifted, staged, piece, n, false);
+      combine_rows_blocked(g, K, rows + q, row_stride, shifted, staged, piece, n, false, centre ? centre + q : nullptr);
       for (int r = 0; r < g; ++r) copy_streaming(out + (o0 + r) * out_stride + q, staged + r * piece, n);
     }
   }
@@ -325,6 +351,7 @@ KOKKOS_INLINE_FUNCTION void check_tile_inputs(const RowCombination<T>& op, std::
   if (op.centre) op.scan.check(op.centre + p0, len, op.centre_position + p0);
 }
 
+/// The tiled schedule on device spaces (a tile per thread, one output row at a time).
 template <class T>
 struct TiledRowCombination {
   RowCombination<T> op;
@@ -341,22 +368,31 @@ struct TiledRowCombination {
   }
 };
 
-/// The tiled schedule for outputs larger than the caches, host spaces only (its operator is host code): each
-/// output tile is finished in L1, then written past the caches in one go.
+/// One tile of every output row on host spaces: register blocks of output rows (each input vector loaded once
+/// feeds several of them), written past the caches when `streaming`. Host code only.
 template <class T>
-struct StreamingTiledRowCombination {
+inline void combine_tile_on_host(bool streaming, int out_rows, int in_rows, const T* rows, std::ptrdiff_t row_stride,
+                                 const Coefficients<T>& c, T* out, std::ptrdiff_t out_stride, int len, const T* centre) {
+  if (streaming)
+    combine_rows_blocked_streaming(out_rows, in_rows, rows, row_stride, c, out, out_stride, len, centre);
+  else
+    combine_rows_blocked(out_rows, in_rows, rows, row_stride, c, out, out_stride, len, false, centre);
+}
+
+/// The tiled schedule on host spaces (its operator is host code).
+template <class T>
+struct HostTiledRowCombination {
   RowCombination<T> op;
   int tile;
+  bool streaming;
 
   void operator()(std::size_t t) const {
     const std::size_t p0 = t * static_cast<std::size_t>(tile);
     const int len = tile_extent(p0, op.length, tile);
-    for (int o = 0; o < op.out_rows; ++o) {
-      combine_rows_streaming(op.in_rows, op.rows + p0, op.row_stride, op.coef, o, op.out + o * op.out_stride + p0, len,
-                             op.centre ? op.centre + p0 : nullptr);
-      if (o == 0 && op.scan) check_tile_inputs(op, p0, len);
-    }
-    streaming_fence();
+    combine_tile_on_host(streaming, op.out_rows, op.in_rows, op.rows + p0, op.row_stride, op.coef, op.out + p0,
+                         op.out_stride, len, op.centre ? op.centre + p0 : nullptr);
+    if (op.scan) check_tile_inputs(op, p0, len);
+    if (streaming) streaming_fence();
   }
 };
 
@@ -369,7 +405,7 @@ struct LaneRowCombination {
     const T centre = op.centre ? op.centre[p] : T(0);
     for (int o = 0; o < op.out_rows; ++o) {
       T acc = 0;
-      for (int k = 0; k < op.in_rows; ++k) acc += op.coef(o, k) * (op.rows[k * op.row_stride + p] - centre);
+      for (int k = 0; k < op.in_rows; ++k) acc = multiply_add(op.coef(o, k), op.rows[k * op.row_stride + p] - centre, acc);
       op.out[o * op.out_stride + p] = op.centre ? acc + centre : acc;
     }
   }
@@ -381,14 +417,11 @@ void row_combination(const ExecSpace& space, Schedule schedule, const RowCombina
   if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
     const int tile = tile_length<T>(op.in_rows);
     const auto policy = Kokkos::RangePolicy<ExecSpace>(space, 0, (op.length + tile - 1) / tile);
-    constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
-    if constexpr (on_host) {
-      if (prefer_streaming_stores(sizeof(T) * op.length * static_cast<std::size_t>(op.out_rows))) {
-        Kokkos::parallel_for("camex::row_combination[tiled, streaming]", policy, StreamingTiledRowCombination<T>{op, tile});
-        return;
-      }
-    }
-    Kokkos::parallel_for("camex::row_combination[tiled]", policy, TiledRowCombination<T>{op, tile});
+    if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible))
+      Kokkos::parallel_for("camex::row_combination[tiled]", policy,
+                           HostTiledRowCombination<T>{op, tile, prefer_streaming_stores(sizeof(T) * op.length * static_cast<std::size_t>(op.out_rows))});
+    else
+      Kokkos::parallel_for("camex::row_combination[tiled]", policy, TiledRowCombination<T>{op, tile});
   } else {
     Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.length),
                          LaneRowCombination<T>{op});
@@ -452,13 +485,8 @@ struct GeneratedRowCombination {
     const int len = tile_extent(p0, length, tile);
     alignas(64) T rows[generated_tile_capacity<T>];
     source.generate(p0, len, rows, tile);
-    const int in_rows = source.count();
-    if (!streaming) {
-      for (int o = 0; o < out_rows; ++o) combine_rows(in_rows, rows, tile, coef, o, out + o * out_stride + p0, len);
-      return;
-    }
-    for (int o = 0; o < out_rows; ++o) combine_rows_streaming<T>(in_rows, rows, tile, coef, o, out + o * out_stride + p0, len, nullptr);
-    streaming_fence();
+    combine_tile_on_host<T>(streaming, out_rows, source.count(), rows, tile, coef, out + p0, out_stride, len, nullptr);
+    if (streaming) streaming_fence();
   }
 };
 

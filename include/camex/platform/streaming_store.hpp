@@ -8,6 +8,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <cstddef>
 #include <cstdint>
 
 #if defined(__AVX__) && !defined(__CUDA_ARCH__) && !defined(__HIP_DEVICE_COMPILE__)
@@ -26,34 +27,72 @@ inline bool prefer_streaming_stores(std::size_t bytes) {
   return CAMEX_HAS_STREAMING_STORES && bytes >= (std::size_t{16} << 20);
 }
 
-/// dst[0, len) = src[0, len): scalar stores up to a vector boundary, then whole-vector non-temporal stores (a full
-/// 64-byte line per store where AVX-512 is compiled in, so no line waits half-written in a fill buffer).
+/// Bytes one non-temporal store writes (a whole 64-byte line where AVX-512 is compiled in, so no line waits
+/// half-written in a fill buffer); 0 where there are none.
+#if CAMEX_HAS_STREAMING_STORES && defined(__AVX512F__)
+inline constexpr int streaming_store_bytes = 64;
+#elif CAMEX_HAS_STREAMING_STORES
+inline constexpr int streaming_store_bytes = 32;
+#else
+inline constexpr int streaming_store_bytes = 0;
+#endif
+
+/// Whether T's stores can bypass the caches: 4- and 8-byte types, on a CPU with streaming stores.
 template <class T>
-inline void copy_streaming(T* dst, const T* src, int len) {
+inline constexpr bool has_streaming_stores = streaming_store_bytes > 0 && (sizeof(T) == 4 || sizeof(T) == 8);
+
+/// Whether a row of `len` entries at dst goes out in whole non-temporal stores: dst on a store boundary and the
+/// length a whole number of stores.
+template <class T>
+inline bool whole_streaming_stores(const T* dst, std::size_t len) {
+  if constexpr (has_streaming_stores<T>)
+    return reinterpret_cast<std::uintptr_t>(dst) % streaming_store_bytes == 0 && len * sizeof(T) % streaming_store_bytes == 0;
+  else
+    return false;
+}
+
+/// Entries of T one non-temporal store writes.
+template <class T>
+inline constexpr int streaming_lanes = has_streaming_stores<T> ? streaming_store_bytes / static_cast<int>(sizeof(T)) : 1;
+
+/// dst[0, streaming_lanes<T>) = src[0, streaming_lanes<T>) in one non-temporal store; dst on a store boundary.
+/// Forced inline, so a register block's accumulators stay in registers until their stores.
+template <class T>
+[[gnu::always_inline]] inline void store_streaming_vector(T* dst, const T* src) {
 #if CAMEX_HAS_STREAMING_STORES
-  if constexpr (sizeof(T) == 4 || sizeof(T) == 8) {
+  if constexpr (has_streaming_stores<T>) {
 #if defined(__AVX512F__)
-    constexpr int bytes = 64;
+    _mm512_stream_ps(reinterpret_cast<float*>(dst), _mm512_loadu_ps(reinterpret_cast<const float*>(src)));
 #else
-    constexpr int bytes = 32;
+    _mm256_stream_ps(reinterpret_cast<float*>(dst), _mm256_loadu_ps(reinterpret_cast<const float*>(src)));
 #endif
-    constexpr int lanes = bytes / sizeof(T);
-    int p = 0;
-    for (; p < len && reinterpret_cast<std::uintptr_t>(dst + p) % bytes != 0; ++p) dst[p] = src[p];
-    for (; p + lanes <= len; p += lanes) {
-      auto* to = reinterpret_cast<float*>(dst + p);
-      const auto* from = reinterpret_cast<const float*>(src + p);
-#if defined(__AVX512F__)
-      _mm512_stream_ps(to, _mm512_loadu_ps(from));
-#else
-      _mm256_stream_ps(to, _mm256_loadu_ps(from));
-#endif
-    }
-    for (; p < len; ++p) dst[p] = src[p];
     return;
   }
 #endif
-  for (int p = 0; p < len; ++p) dst[p] = src[p];
+  *dst = *src;
+}
+
+/// dst[0, len) = src[0, len) in non-temporal stores only; whole_streaming_stores(dst, len) must hold.
+template <class T>
+inline void store_streaming(T* dst, const T* src, int len) {
+  if constexpr (has_streaming_stores<T>) {
+    for (int p = 0; p < len; p += streaming_lanes<T>) store_streaming_vector(dst + p, src + p);
+  } else {
+    for (int p = 0; p < len; ++p) dst[p] = src[p];
+  }
+}
+
+/// dst[0, len) = src[0, len): scalar stores up to a store boundary, then whole non-temporal stores, then the tail.
+template <class T>
+inline void copy_streaming(T* dst, const T* src, int len) {
+  int p = 0;
+  if constexpr (has_streaming_stores<T>) {
+    for (; p < len && reinterpret_cast<std::uintptr_t>(dst + p) % streaming_store_bytes != 0; ++p) dst[p] = src[p];
+    const int whole = (len - p) / streaming_lanes<T> * streaming_lanes<T>;
+    store_streaming(dst + p, src + p, whole);
+    p += whole;
+  }
+  for (; p < len; ++p) dst[p] = src[p];
 }
 
 /// Orders this thread's non-temporal stores before anything it does next (they are weakly ordered on x86).

@@ -23,6 +23,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -44,6 +45,21 @@ KOKKOS_FORCEINLINE_FUNCTION T value_or_zero(bool keep, T v) {
   bits &= -static_cast<Bits>(keep);
   std::memcpy(&v, &bits, sizeof v);
   return v;
+#endif
+}
+
+/// a * b + c, rounded once where the target has a fused multiply-add and twice where it has not. Written out
+/// rather than left to the compiler's contraction of `c + a * b`, which GCC applies or not depending on the loop
+/// nest around it (a register block and a row loop over the same sum came out a rounding apart at -O3), so every
+/// schedule of one sum gives the same bits.
+template <class T>
+KOKKOS_FORCEINLINE_FUNCTION T multiply_add(T a, T b, T c) {
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+  return fma(a, b, c);
+#elif defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
 #endif
 }
 
