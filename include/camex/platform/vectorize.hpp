@@ -55,7 +55,10 @@ KOKKOS_FORCEINLINE_FUNCTION T value_or_zero(bool keep, T v) {
 template <class T>
 KOKKOS_FORCEINLINE_FUNCTION T multiply_add(T a, T b, T c) {
 #if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
-  return fma(a, b, c);
+  if constexpr (sizeof(T) == 4)
+    return fmaf(a, b, c);
+  else
+    return ::fma(a, b, c);
 #elif defined(__FMA__)
   return std::fma(a, b, c);
 #else
