@@ -37,6 +37,10 @@ inline constexpr int streaming_store_bytes = 32;
 inline constexpr int streaming_store_bytes = 0;
 #endif
 
+/// The address boundary a non-temporal store needs; 1 where there are none, so that a test against it is
+/// well-defined in code compiled for every target (a discarded branch is still checked for a zero divisor).
+inline constexpr std::uintptr_t streaming_boundary = streaming_store_bytes > 0 ? streaming_store_bytes : 1;
+
 /// Whether T's stores can bypass the caches: 4- and 8-byte types, on a CPU with streaming stores.
 template <class T>
 inline constexpr bool has_streaming_stores = streaming_store_bytes > 0 && (sizeof(T) == 4 || sizeof(T) == 8);
@@ -46,7 +50,7 @@ inline constexpr bool has_streaming_stores = streaming_store_bytes > 0 && (sizeo
 template <class T>
 inline bool whole_streaming_stores(const T* dst, std::size_t len) {
   if constexpr (has_streaming_stores<T>)
-    return reinterpret_cast<std::uintptr_t>(dst) % streaming_store_bytes == 0 && len * sizeof(T) % streaming_store_bytes == 0;
+    return reinterpret_cast<std::uintptr_t>(dst) % streaming_boundary == 0 && len * sizeof(T) % streaming_boundary == 0;
   else
     return false;
 }
@@ -87,7 +91,7 @@ template <class T>
 inline void copy_streaming(T* dst, const T* src, int len) {
   int p = 0;
   if constexpr (has_streaming_stores<T>) {
-    for (; p < len && reinterpret_cast<std::uintptr_t>(dst + p) % streaming_store_bytes != 0; ++p) dst[p] = src[p];
+    for (; p < len && reinterpret_cast<std::uintptr_t>(dst + p) % streaming_boundary != 0; ++p) dst[p] = src[p];
     const int whole = (len - p) / streaming_lanes<T> * streaming_lanes<T>;
     store_streaming(dst + p, src + p, whole);
     p += whole;
