@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <iomanip>
 #include <random>
+#include <tuple>
+#include <vector>
 
 #include "camex/kernels/row_combination.hpp"
 #include "testing.hpp"
@@ -16,6 +18,8 @@ using namespace camex;
 using namespace camex::testing;
 
 namespace {
+
+using Scalars = std::tuple<float, double>;
 
 template <class T>
 HostMatrix combine(Schedule schedule, const Matrix<T, Space>& coef, const Matrix<T, Space>& rows, int in_rows,
@@ -179,44 +183,57 @@ BOOST_AUTO_TEST_CASE(blocked_dot_products_are_the_single_products) {
 // The register blocks (combine_rows_blocked, the host's tiled schedule) give, bit for bit, what combine_rows gives one
 // output row at a time, with and without a centre; so does the streaming variant, whose rows leave the registers in
 // non-temporal stores when every row starts on a store boundary and go through a staged buffer otherwise (an odd
-// offset). Output counts past one register block and one staged group of 16, K past one block of 8, lengths that
-// end inside a 64-column block and inside a vector.
-BOOST_AUTO_TEST_CASE(register_blocks_are_the_row_combination) {
+// offset); and accumulating into an output continues each row's chain of fused multiply-adds from the value there.
+// Floats and doubles (whose blocks hold half as many columns per register); output counts past one register block
+// and one staged group of 16, K past one block of 8, lengths that end inside a 64-column block and inside a vector.
+BOOST_AUTO_TEST_CASE_TEMPLATE(register_blocks_are_the_row_combination, T, Scalars) {
   std::mt19937_64 gen(test_seed());
+  using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   CAMEX_TEST_CONTEXT() {
     for (const int out_rows : {1, 8, 19})
       for (const int K : {3, 13})
         for (const int len : {7, 300, 1029})
           for (const bool centred : {false, true}) {
             BOOST_TEST_CONTEXT("out_rows " << out_rows << ", K " << K << ", len " << len << ", centred " << centred) {
-              const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
-                  rows = rounded<float>(random_matrix(K, len, gen)).cast<float>(),
-                  centre = rounded<float>(random_matrix(1, len, gen)).cast<float>(),
-                  coef = rounded<float>(random_matrix(out_rows, K, gen)).cast<float>();
-              const detail::Coefficients<float> c{coef.data(), K, 1};
-              const float* centre_row = centred ? centre.data() : nullptr;
+              const RowMajor rows = rounded<T>(random_matrix(K, len, gen)).template cast<T>(),
+                             centre = rounded<T>(random_matrix(1, len, gen)).template cast<T>(),
+                             coef = rounded<T>(random_matrix(out_rows, K, gen)).template cast<T>(),
+                             initial = rounded<T>(random_matrix(out_rows, len, gen)).template cast<T>();
+              const detail::Coefficients<T> c{coef.data(), K, 1};
+              const T* centre_row = centred ? centre.data() : nullptr;
               // Row stride a whole number of 64-byte lines, so the aligned case streams every row from registers.
               const int stride = (len + 15) / 16 * 16;
-              std::vector<float> single(out_rows * stride, -1);
-              for (int o = 0; o < out_rows; ++o)
+              std::vector<T> single(out_rows * stride, -1), continued(out_rows * stride, -1);
+              for (int o = 0; o < out_rows; ++o) {
                 detail::combine_rows(K, rows.data(), len, c, o, single.data() + o * stride, len, centre_row);
-              const auto same_rows = [&](const float* got, std::ptrdiff_t got_stride) {
+                for (int p = 0; p < len; ++p) {
+                  T acc = initial(o, p);
+                  for (int k = 0; k < K; ++k)
+                    acc = detail::multiply_add(coef(o, k), centred ? rows(k, p) - centre(0, p) : rows(k, p), acc);
+                  continued[o * stride + p] = centred ? acc + centre(0, p) : acc;
+                }
+              }
+              const auto same_rows = [&](const std::vector<T>& want, const T* got, std::ptrdiff_t got_stride) {
                 for (int o = 0; o < out_rows; ++o)
                   for (int p = 0; p < len; ++p)
-                    if (got[o * got_stride + p] != single[o * stride + p]) return false;
+                    if (got[o * got_stride + p] != want[o * stride + p]) return false;
                 return true;
               };
-              Kokkos::View<float*, Kokkos::HostSpace> cached("cached", out_rows * stride);
+              Kokkos::View<T*, Kokkos::HostSpace> cached("cached", out_rows * stride);
               detail::combine_rows_blocked(out_rows, K, rows.data(), len, c, cached.data(), stride, len, false, centre_row);
-              BOOST_TEST(same_rows(cached.data(), stride));
+              BOOST_TEST(same_rows(single, cached.data(), stride));
+              for (int o = 0; o < out_rows; ++o)
+                for (int p = 0; p < len; ++p) cached(o * stride + p) = initial(o, p);
+              detail::combine_rows_blocked(out_rows, K, rows.data(), len, c, cached.data(), stride, len, true, centre_row);
+              BOOST_TEST(same_rows(continued, cached.data(), stride));
               for (const int offset : {0, 3}) {
                 BOOST_TEST_CONTEXT("offset " << offset) {
-                  Kokkos::View<float*, Kokkos::HostSpace> streamed("streamed", out_rows * stride + offset);
+                  Kokkos::View<T*, Kokkos::HostSpace> streamed("streamed", out_rows * stride + offset);
                   BOOST_REQUIRE(reinterpret_cast<std::uintptr_t>(streamed.data()) % 64 == 0);
                   detail::combine_rows_blocked_streaming(out_rows, K, rows.data(), len, c, streamed.data() + offset,
                                                          stride, len, centre_row);
                   detail::streaming_fence();
-                  BOOST_TEST(same_rows(streamed.data() + offset, stride));
+                  BOOST_TEST(same_rows(single, streamed.data() + offset, stride));
                 }
               }
             }

@@ -22,6 +22,7 @@
 
 #include "camex/core/schedule.hpp"
 #include "camex/kernels/non_finite.hpp"
+#include "camex/platform/simd_register.hpp"
 #include "camex/platform/streaming_store.hpp"
 #include "camex/platform/vectorize.hpp"
 
@@ -111,12 +112,40 @@ KOKKOS_FORCEINLINE_FUNCTION void dot_block(const T* a, std::ptrdiff_t a_stride, 
   constexpr int lanes = dot_lanes<T>;
   T part[MA][K][lanes] = {};
   int p = 0;
-  for (; p + lanes <= len; p += lanes)
+  if constexpr (simd_lanes<T> == lanes) {
+    // The partial sums as register values (SimdRegister), each loaded vector held in a register to feed K or MA
+    // of them.
+    using Simd = SimdRegister<T>;
+    typename Simd::type sum[MA][K];
+    CAMEX_UNROLL_REGISTERS
     for (int m = 0; m < MA; ++m)
+      CAMEX_UNROLL_REGISTERS
+      for (int k = 0; k < K; ++k) sum[m][k] = Simd::zero();
+    for (; p + lanes <= len; p += lanes) {
+      typename Simd::type x[K];
+      CAMEX_UNROLL_REGISTERS
       for (int k = 0; k < K; ++k) {
-        CAMEX_VECTOR_LANES
-        for (int j = 0; j < lanes; ++j) part[m][k][j] = multiply_add(a[m * a_stride + p + j], rows[k * row_stride + p + j], part[m][k][j]);
+        x[k] = Simd::load(rows + k * row_stride + p);
+        Simd::keep_in_register(x[k]);
       }
+      CAMEX_UNROLL_REGISTERS
+      for (int m = 0; m < MA; ++m) {
+        auto y = Simd::load(a + m * a_stride + p);
+        Simd::keep_in_register(y);
+        CAMEX_UNROLL_REGISTERS
+        for (int k = 0; k < K; ++k) sum[m][k] = Simd::multiply_add(y, x[k], sum[m][k]);
+      }
+    }
+    for (int m = 0; m < MA; ++m)
+      for (int k = 0; k < K; ++k) Simd::store(part[m][k], sum[m][k]);
+  } else {
+    for (; p + lanes <= len; p += lanes)
+      for (int m = 0; m < MA; ++m)
+        for (int k = 0; k < K; ++k) {
+          CAMEX_VECTOR_LANES
+          for (int j = 0; j < lanes; ++j) part[m][k][j] = multiply_add(a[m * a_stride + p + j], rows[k * row_stride + p + j], part[m][k][j]);
+        }
+  }
   for (int m = 0; m < MA; ++m)
     for (int k = 0; k < K; ++k) {
       T tail = 0;
@@ -175,46 +204,101 @@ KOKKOS_INLINE_FUNCTION void combine_rows(int in_rows, const T* rows, std::ptrdif
 enum class BlockStores { cached, streaming };
 
 /// out[m * out_stride + j] (+)= sum_{k < K} c(o0 + m, k) * rows[k * row_stride + j] for m < MR, j < W: a register
-/// block of MR output rows by W columns (MR * W / lanes accumulators), so each loaded input vector feeds MR
-/// fused multiply-adds instead of one. k runs in order, as in combine_rows, so both give the same bits; Centred
-/// takes centre[j] from every input and adds it back last, as combine_rows does. A streamed row leaves in
-/// whole non-temporal stores where W makes them (a 32-byte piece at the end of a row is stored plainly). Both
-/// flags are template arguments so the accumulators never leave the registers before their last store.
+/// block of MR output rows by W columns, so each loaded input vector feeds MR fused multiply-adds instead of one.
+/// k runs in order, as in combine_rows, so both give the same bits; Centred takes centre[j] from every input and
+/// adds it back last, as combine_rows does. Where W is a whole number of SIMD registers the accumulators are
+/// register values (SimdRegister) that leave only in their final stores, non-temporal ones for a streamed block
+/// (the caller has checked whole_streaming_stores); otherwise, at the narrow widths of a row's end and on targets
+/// without those registers, they are an array the compiler vectorises.
 template <int MR, int W, bool Centred, bool Accumulate, BlockStores Stores, class T>
 inline void combine_row_block(int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c, std::ptrdiff_t o0,
                               T* out, std::ptrdiff_t out_stride, const T* centre) {
-  T acc[MR][W];
-  for (int m = 0; m < MR; ++m) {
-    CAMEX_VECTOR_LANES
-    for (int j = 0; j < W; ++j) acc[m][j] = Accumulate ? out[m * out_stride + j] : T(0);
-  }
-  for (int k = 0; k < K; ++k) {
-    const T* row = rows + k * row_stride;
-    for (int m = 0; m < MR; ++m) {
-      const T a = c(o0 + m, k);
-      CAMEX_VECTOR_LANES
-      for (int j = 0; j < W; ++j) acc[m][j] = multiply_add(a, Centred ? row[j] - centre[j] : row[j], acc[m][j]);
+  if constexpr (whole_simd_registers<T>(W)) {
+    using Simd = SimdRegister<T>;
+    constexpr int L = simd_lanes<T>, V = W / L;
+    // The centre stays in registers where the accumulators leave room (small blocks, whose inputs are few per
+    // multiply-add), and is reloaded from L1 with each input row otherwise.
+    constexpr bool hold_centre = Centred && MR * V + 2 * V + 1 <= simd_register_count;
+    typename Simd::type acc[MR][V], held_centre[hold_centre ? V : 1];
+    const auto centre_vector = [&](int v) { return hold_centre ? held_centre[v] : Simd::load(centre + v * L); };
+    if constexpr (hold_centre) {
+      CAMEX_UNROLL_REGISTERS
+      for (int v = 0; v < V; ++v) held_centre[v] = Simd::load(centre + v * L);
     }
-  }
-  if constexpr (Centred)
+    CAMEX_UNROLL_REGISTERS
+    for (int m = 0; m < MR; ++m)
+      CAMEX_UNROLL_REGISTERS
+      for (int v = 0; v < V; ++v) acc[m][v] = Accumulate ? Simd::load(out + m * out_stride + v * L) : Simd::zero();
+    for (int k = 0; k < K; ++k) {
+      const T* row = rows + k * row_stride;
+      typename Simd::type x[V];
+      CAMEX_UNROLL_REGISTERS
+      for (int v = 0; v < V; ++v) {
+        x[v] = Centred ? Simd::subtract(Simd::load(row + v * L), centre_vector(v)) : Simd::load(row + v * L);
+        Simd::keep_in_register(x[v]);
+      }
+      CAMEX_UNROLL_REGISTERS
+      for (int m = 0; m < MR; ++m) {
+        const auto a = Simd::broadcast(c(o0 + m, k));
+        CAMEX_UNROLL_REGISTERS
+        for (int v = 0; v < V; ++v) acc[m][v] = Simd::multiply_add(a, x[v], acc[m][v]);
+      }
+    }
+    CAMEX_UNROLL_REGISTERS
+    for (int m = 0; m < MR; ++m)
+      CAMEX_UNROLL_REGISTERS
+      for (int v = 0; v < V; ++v) {
+        const auto result = Centred ? Simd::add(acc[m][v], centre_vector(v)) : acc[m][v];
+        if constexpr (Stores == BlockStores::streaming) {
+          static_assert(sizeof(typename Simd::type) == streaming_store_bytes, "one streaming store per register");
+          Simd::store_streaming(out + m * out_stride + v * L, result);
+        } else {
+          Simd::store(out + m * out_stride + v * L, result);
+        }
+      }
+  } else {
+    T acc[MR][W];
     for (int m = 0; m < MR; ++m) {
       CAMEX_VECTOR_LANES
-      for (int j = 0; j < W; ++j) acc[m][j] += centre[j];
+      for (int j = 0; j < W; ++j) acc[m][j] = Accumulate ? out[m * out_stride + j] : T(0);
     }
-  for (int m = 0; m < MR; ++m) {
-    if constexpr (Stores == BlockStores::streaming && has_streaming_stores<T> && W % streaming_lanes<T> == 0) {
-      for (int j = 0; j < W; j += streaming_lanes<T>) store_streaming_vector(out + m * out_stride + j, &acc[m][j]);
-    } else {
-      CAMEX_VECTOR_LANES
-      for (int j = 0; j < W; ++j) out[m * out_stride + j] = acc[m][j];
+    for (int k = 0; k < K; ++k) {
+      const T* row = rows + k * row_stride;
+      for (int m = 0; m < MR; ++m) {
+        const T a = c(o0 + m, k);
+        CAMEX_VECTOR_LANES
+        for (int j = 0; j < W; ++j) acc[m][j] = multiply_add(a, Centred ? row[j] - centre[j] : row[j], acc[m][j]);
+      }
+    }
+    if constexpr (Centred)
+      for (int m = 0; m < MR; ++m) {
+        CAMEX_VECTOR_LANES
+        for (int j = 0; j < W; ++j) acc[m][j] += centre[j];
+      }
+    for (int m = 0; m < MR; ++m) {
+      if constexpr (Stores == BlockStores::streaming && has_streaming_stores<T> && W % streaming_lanes<T> == 0) {
+        for (int j = 0; j < W; j += streaming_lanes<T>) store_streaming_vector(out + m * out_stride + j, &acc[m][j]);
+      } else {
+        CAMEX_VECTOR_LANES
+        for (int j = 0; j < W; ++j) out[m * out_stride + j] = acc[m][j];
+      }
     }
   }
 }
 
-/// Output rows per register block of W columns: 24 accumulators of 16 floats at W = 64 or 32, fewer (and shorter
-/// dependency chains to hide) at the narrow widths left at the end of a row.
-template <int W>
-inline constexpr int block_rows = W >= 64 ? 6 : 12;
+/// Output rows per register block of W columns of T: as many as fill three quarters of the SIMD registers with
+/// accumulators (24 of AVX-512's 32), leaving the rest to one input row and a coefficient, and at most 12 rows at
+/// the narrow widths of a row's end: 6 rows at 64 floats, 3 at 64 doubles. Without SIMD registers, the counts
+/// that suit 64-byte vectors of floats.
+template <int W, class T>
+inline constexpr int block_rows = [] {
+  if constexpr (simd_lanes<T> == 0) {
+    return W >= 64 ? 6 : 12;
+  } else {
+    constexpr int accumulators = simd_register_count * 3 / 4;
+    return std::clamp(accumulators / std::max(1, W / std::max(simd_lanes<T>, 1)), 1, 12);
+  }
+}();
 
 template <int W, bool Centred, bool Accumulate, BlockStores Stores, class T>
 inline void combine_rows_of_width(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
@@ -222,7 +306,7 @@ inline void combine_rows_of_width(int out_rows, int K, const T* rows, std::ptrdi
   const auto block = [&]<int MR>(int m) {
     combine_row_block<MR, W, Centred, Accumulate, Stores>(K, rows, row_stride, c, m, out + m * out_stride, out_stride, centre);
   };
-  constexpr int MR = block_rows<W>;
+  constexpr int MR = block_rows<W, T>;
   int m = 0;
   for (; m + MR <= out_rows; m += MR) block.template operator()<MR>(m);
   for (; m + 4 <= out_rows; m += 4) block.template operator()<4>(m);

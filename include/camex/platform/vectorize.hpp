@@ -4,6 +4,7 @@
 // CAMEX_IVDEP: the loop's iterations are independent (no aliasing between its arrays).
 // CAMEX_VECTOR_LANES: a short fixed-trip loop whose index is the SIMD lane; without it GCC's SLP pass may
 // vectorise an enclosing unrolled loop instead and pay for gathers.
+// CAMEX_UNROLL_REGISTERS: a loop over a block of SIMD register values, unrolled whole so each stays a register.
 #if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
 #define CAMEX_IVDEP
 #define CAMEX_VECTOR_LANES
@@ -19,6 +20,18 @@
 #else
 #define CAMEX_IVDEP
 #define CAMEX_VECTOR_LANES
+#endif
+
+// nvcc's front end knows neither GCC's nor Clang's spelling (and host code of a CUDA build is where GCC's full
+// unrolling of these short constant loops at -O3 has to do).
+#if defined(__CUDACC__) || defined(__HIP_DEVICE_COMPILE__)
+#define CAMEX_UNROLL_REGISTERS
+#elif defined(__clang__)
+#define CAMEX_UNROLL_REGISTERS _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define CAMEX_UNROLL_REGISTERS _Pragma("GCC unroll 32")
+#else
+#define CAMEX_UNROLL_REGISTERS
 #endif
 
 #include <Kokkos_Core.hpp>
