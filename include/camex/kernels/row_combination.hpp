@@ -235,7 +235,8 @@ inline void combine_row_block(int K, const T* rows, std::ptrdiff_t row_stride, c
       CAMEX_UNROLL_REGISTERS
       for (int v = 0; v < V; ++v) {
         x[v] = Centred ? Simd::subtract(Simd::load(row + v * L), centre_vector(v)) : Simd::load(row + v * L);
-        Simd::keep_in_register(x[v]);
+        // Held where it feeds several rows; a single row's multiply-add takes it best as its memory operand.
+        if constexpr (MR > 1) Simd::keep_in_register(x[v]);
       }
       CAMEX_UNROLL_REGISTERS
       for (int m = 0; m < MR; ++m) {
