@@ -148,6 +148,28 @@ BOOST_AUTO_TEST_CASE(streaming_schedule_matches_the_plain_combination) {
   }
 }
 
+// A tile's prefetch asks for each line of its rows once: whole lines per row (a partial line counts), the first set
+// of rows, then the second; an empty set is skipped; asking past the end does nothing.
+BOOST_AUTO_TEST_CASE(tile_prefetch_counts_every_line_once) {
+  std::vector<float> a(3 * 40), b(2 * 40);
+  for (const auto& [first, second, len, lines] :
+       {std::tuple{3, 2, 33, 5 * 3}, std::tuple{3, 2, 32, 5 * 2}, std::tuple{0, 2, 40, 2 * 3}, std::tuple{3, 0, 1, 3 * 1}}) {
+    BOOST_TEST_CONTEXT("rows " << first << " + " << second << ", len " << len) {
+      detail::TilePrefetch<float> ahead({a.data(), 40, first}, {b.data(), 40, second}, len);
+      BOOST_TEST(ahead.remaining() == lines);
+      int asked = 0;
+      while (ahead.remaining() > 0 && asked <= lines) {
+        ahead.issue(1);
+        ++asked;
+      }
+      BOOST_TEST(asked == lines);
+      ahead.issue(7);
+      BOOST_TEST(ahead.remaining() == 0);
+    }
+  }
+  BOOST_TEST(detail::TilePrefetch<float>{}.remaining() == 0);
+}
+
 // The register-blocked dot products of the backward: every block shape tile_dots takes (4, 2 and 1 rows of `a`
 // against 4, 2 and 1 rows) gives, bit for bit, the single product dot_block<1, 1>, which the lane schedule runs;
 // and each product is within the bound of its summation (len roundings of the sum of |a||row|) of the double one.
@@ -164,6 +186,10 @@ BOOST_AUTO_TEST_CASE(blocked_dot_products_are_the_single_products) {
                                                                                      rf = rows.cast<float>();
         std::vector<double> blocked(a_count * k_count, 0.5), single(a_count * k_count, 0.5);
         detail::tile_dots<float>(a_count, af.data(), len, k_count, rf.data(), len, len, blocked.data());
+        std::vector<double> prefetching(a_count * k_count, 0.5);
+        detail::TilePrefetch<float> ahead({rf.data(), len, k_count}, {af.data(), len, a_count}, len);
+        detail::tile_dots<float>(a_count, af.data(), len, k_count, rf.data(), len, len, prefetching.data(), &ahead);
+        BOOST_TEST((prefetching == blocked));
         double worst_ratio = 0;
         for (int m = 0; m < a_count; ++m)
           for (int k = 0; k < k_count; ++k) {
@@ -226,6 +252,13 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(register_blocks_are_the_row_combination, T, Scalar
                 for (int p = 0; p < len; ++p) cached(o * stride + p) = initial(o, p);
               detail::combine_rows_blocked(out_rows, K, rows.data(), len, c, cached.data(), stride, len, true, centre_row);
               BOOST_TEST(same_rows(continued, cached.data(), stride));
+              // In pieces, asking for the lines of another tile between them (as the backward does): the same bits,
+              // and every line asked for by the end of the tile.
+              detail::TilePrefetch<T> ahead({rows.data(), len, K}, {centre.data(), 0, 1}, len);
+              detail::combine_tile_on_host<T>(false, out_rows, K, rows.data(), len, c, cached.data(), stride, len,
+                                              centre_row, &ahead);
+              BOOST_TEST(same_rows(single, cached.data(), stride));
+              BOOST_TEST(ahead.remaining() == 0);
               for (const int offset : {0, 3}) {
                 BOOST_TEST_CONTEXT("offset " << offset) {
                   Kokkos::View<T*, Kokkos::HostSpace> streamed("streamed", out_rows * stride + offset);

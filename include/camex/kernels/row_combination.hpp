@@ -97,6 +97,64 @@ struct CombineBlock {
   }
 };
 
+/// The cache lines of one tile of up to two sets of rows, prefetched into L2 a few at a time. A kernel that
+/// computes on one tile while asking for the lines of its next one keeps the memory busy through its arithmetic;
+/// left to the hardware prefetcher, which restarts on every row's short run, the reads of a tile wait for the
+/// arithmetic of the one before (docs/performance.md, "Reading the next tile during the arithmetic").
+template <class T>
+class TilePrefetch {
+ public:
+  struct Rows {
+    const T* first = nullptr;
+    std::ptrdiff_t stride = 0;
+    int count = 0;
+  };
+
+  TilePrefetch() = default;
+  KOKKOS_INLINE_FUNCTION TilePrefetch(Rows a, Rows b, int len)
+      : row_(reinterpret_cast<const char*>(a.first)),
+        stride_(a.stride * static_cast<std::ptrdiff_t>(sizeof(T))),
+        rows_(a.count),
+        lines_((len * static_cast<int>(sizeof(T)) + 63) / 64),
+        next_first_(reinterpret_cast<const char*>(b.first)),
+        next_stride_(b.stride * static_cast<std::ptrdiff_t>(sizeof(T))),
+        next_rows_(b.count) {
+    if (rows_ == 0) next_set();
+  }
+
+  /// Lines not asked for yet.
+  KOKKOS_INLINE_FUNCTION int remaining() const { return (rows_ + next_rows_) * lines_ - line_; }
+
+  /// Asks for the next `n` lines of the tile (fewer where the tile ends).
+  KOKKOS_INLINE_FUNCTION void issue(int n) {
+    for (; n > 0 && rows_ > 0; --n) {
+      prefetch_into_l2(row_ + 64 * line_);
+      if (++line_ == lines_) {
+        line_ = 0;
+        row_ += stride_;
+        if (--rows_ == 0) next_set();
+      }
+    }
+  }
+
+ private:
+  KOKKOS_INLINE_FUNCTION void next_set() {
+    row_ = next_first_;
+    stride_ = next_stride_;
+    rows_ = next_rows_;
+    next_rows_ = 0;
+  }
+
+  // The row being asked for, the bytes to the next row of its set, and the rows of that set left (this one
+  // included); then the set after it.
+  const char* row_ = nullptr;
+  std::ptrdiff_t stride_ = 0;
+  int rows_ = 0, line_ = 0, lines_ = 0;
+  const char* next_first_ = nullptr;
+  std::ptrdiff_t next_stride_ = 0;
+  int next_rows_ = 0;
+};
+
 /// Lanes of the interleaved partial sums of a dot product over a tile: one 64-byte vector of T.
 template <class T>
 inline constexpr int dot_lanes = static_cast<int>(64 / sizeof(T));
@@ -105,10 +163,12 @@ inline constexpr int dot_lanes = static_cast<int>(64 / sizeof(T));
 /// for MA rows of `a` against K rows at once: MA * K vector accumulators, so each loaded vector feeds MA or K fused
 /// multiply-adds. Every dot product is summed in one order whatever the blocking: dot_lanes<T> interleaved partial
 /// sums along p, a fixed tree, then the tail in p order; so the result depends neither on the blocks nor on where
-/// the tile came from.
+/// the tile came from. With `ahead`, each step (one vector of every row) also asks for two lines of the next tile:
+/// the dot products read little per multiply-add, so they have room to keep the memory busy.
 template <int MA, int K, class T>
 KOKKOS_FORCEINLINE_FUNCTION void dot_block(const T* a, std::ptrdiff_t a_stride, const T* rows, std::ptrdiff_t row_stride,
-                                           int len, double* out, std::ptrdiff_t out_stride) {
+                                           int len, double* out, std::ptrdiff_t out_stride,
+                                           TilePrefetch<T>* ahead = nullptr) {
   constexpr int lanes = dot_lanes<T>;
   T part[MA][K][lanes] = {};
   int p = 0;
@@ -135,6 +195,7 @@ KOKKOS_FORCEINLINE_FUNCTION void dot_block(const T* a, std::ptrdiff_t a_stride, 
         CAMEX_UNROLL_REGISTERS
         for (int k = 0; k < K; ++k) sum[m][k] = Simd::multiply_add(y, x[k], sum[m][k]);
       }
+      if (ahead) ahead->issue(2);
     }
     for (int m = 0; m < MA; ++m)
       for (int k = 0; k < K; ++k) Simd::store(part[m][k], sum[m][k]);
@@ -159,30 +220,31 @@ KOKKOS_FORCEINLINE_FUNCTION void dot_block(const T* a, std::ptrdiff_t a_stride, 
 template <int MA, class T>
 KOKKOS_FORCEINLINE_FUNCTION void dots_against_rows(const T* a, std::ptrdiff_t a_stride, int k_count, const T* rows,
                                                    std::ptrdiff_t row_stride, int len, double* out,
-                                                   std::ptrdiff_t out_stride) {
+                                                   std::ptrdiff_t out_stride, TilePrefetch<T>* ahead) {
   int k0 = 0;
-  for (; k0 + 4 <= k_count; k0 += 4) dot_block<MA, 4>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride);
+  for (; k0 + 4 <= k_count; k0 += 4)
+    dot_block<MA, 4>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride, ahead);
   if (k0 + 2 <= k_count) {
-    dot_block<MA, 2>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride);
+    dot_block<MA, 2>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride, ahead);
     k0 += 2;
   }
-  if (k0 < k_count) dot_block<MA, 1>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride);
+  if (k0 < k_count) dot_block<MA, 1>(a, a_stride, rows + k0 * row_stride, row_stride, len, out + k0, out_stride, ahead);
 }
 
 /// out[m * k_count + k] += sum_p a[m][p] * rows[k][p] over one tile for every m < a_count and k < k_count, in
 /// register blocks of up to 4 x 4 dot products (dot_block: the same bits as one product at a time).
 template <class T>
 KOKKOS_INLINE_FUNCTION void tile_dots(int a_count, const T* a, std::ptrdiff_t a_stride, int k_count, const T* rows,
-                                      std::ptrdiff_t row_stride, int len, double* out) {
+                                      std::ptrdiff_t row_stride, int len, double* out, TilePrefetch<T>* ahead = nullptr) {
   int m0 = 0;
   for (; m0 + 4 <= a_count; m0 += 4)
-    dots_against_rows<4>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count);
+    dots_against_rows<4>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count, ahead);
   if (m0 + 2 <= a_count) {
-    dots_against_rows<2>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count);
+    dots_against_rows<2>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count, ahead);
     m0 += 2;
   }
   if (m0 < a_count)
-    dots_against_rows<1>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count);
+    dots_against_rows<1>(a + m0 * a_stride, a_stride, k_count, rows, row_stride, len, out + m0 * k_count, k_count, ahead);
 }
 
 /// One output row over one tile: blocks of 8 inputs, the first block writing and later blocks accumulating. With
@@ -454,14 +516,31 @@ struct TiledRowCombination {
 };
 
 /// One tile of every output row on host spaces: register blocks of output rows (each input vector loaded once
-/// feeds several of them), written past the caches when `streaming`. Host code only.
+/// feeds several of them), written past the caches when `streaming`. With `ahead`, the tile is combined in pieces
+/// of 64 columns (the same bits: each output is its own sum over the inputs) and the lines of `ahead` are asked
+/// for evenly between the pieces. Host code only.
 template <class T>
 inline void combine_tile_on_host(bool streaming, int out_rows, int in_rows, const T* rows, std::ptrdiff_t row_stride,
-                                 const Coefficients<T>& c, T* out, std::ptrdiff_t out_stride, int len, const T* centre) {
-  if (streaming)
-    combine_rows_blocked_streaming(out_rows, in_rows, rows, row_stride, c, out, out_stride, len, centre);
-  else
-    combine_rows_blocked(out_rows, in_rows, rows, row_stride, c, out, out_stride, len, false, centre);
+                                 const Coefficients<T>& c, T* out, std::ptrdiff_t out_stride, int len, const T* centre,
+                                 TilePrefetch<T>* ahead = nullptr) {
+  const auto combine = [&](int q, int n) {
+    const T* centre_q = centre ? centre + q : nullptr;
+    if (streaming)
+      combine_rows_blocked_streaming(out_rows, in_rows, rows + q, row_stride, c, out + q, out_stride, n, centre_q);
+    else
+      combine_rows_blocked(out_rows, in_rows, rows + q, row_stride, c, out + q, out_stride, n, false, centre_q);
+  };
+  if (!ahead) {
+    combine(0, len);
+    return;
+  }
+  constexpr int piece = 64;
+  const int pieces = (len + piece - 1) / piece;
+  const int per_piece = (ahead->remaining() + pieces - 1) / pieces;
+  for (int q = 0; q < len; q += piece) {
+    combine(q, std::min(piece, len - q));
+    ahead->issue(per_piece);
+  }
 }
 
 /// The tiled schedule on host spaces (its operator is host code).

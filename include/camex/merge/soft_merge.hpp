@@ -92,8 +92,8 @@ struct SoftMergeBackwardChunks {
     return mine;
   }
 
-  KOKKOS_INLINE_FUNCTION void add_dots(std::size_t p0, int len, double* mine) const {
-    tile_dots(groups, d_merged + p0, d_merged_stride, n_experts, experts + p0, experts_stride, len, mine);
+  KOKKOS_INLINE_FUNCTION void add_dots(std::size_t p0, int len, double* mine, TilePrefetch<T>* ahead = nullptr) const {
+    tile_dots(groups, d_merged + p0, d_merged_stride, n_experts, experts + p0, experts_stride, len, mine, ahead);
   }
 };
 
@@ -129,14 +129,16 @@ struct HostTiledSoftMergeBackward {
       const int len = tile_extent(p0, end, op.tile);
       // The dot products first: they read both tiles from memory, and d_experts then finds d_merged in cache
       // (1.5-7 % faster at B = 16 than the other order, docs/performance.md).
-      op.add_dots(p0, len, mine);
-      T* d_experts = op.d_experts + p0;
-      if (streaming)
-        combine_rows_blocked_streaming(op.n_experts, op.groups, op.d_merged + p0, op.d_merged_stride, op.scores_t,
-                                       d_experts, op.d_experts_stride, len);
-      else
-        combine_rows_blocked(op.n_experts, op.groups, op.d_merged + p0, op.d_merged_stride, op.scores_t, d_experts,
-                             op.d_experts_stride, len, false);
+      // Both passes ask for the next tile as they go (the dot products a line per step, d_experts the rest
+      // spread evenly): this thread's next tile, or at the end of its range the first of a neighbour's (Kokkos
+      // gives each thread consecutive chunks).
+      TilePrefetch<T> ahead;
+      if (const std::size_t next = p0 + op.tile; next < op.params)
+        ahead = TilePrefetch<T>({op.experts + next, op.experts_stride, op.n_experts},
+                                {op.d_merged + next, op.d_merged_stride, op.groups}, tile_extent(next, op.params, op.tile));
+      op.add_dots(p0, len, mine, &ahead);
+      combine_tile_on_host<T>(streaming, op.n_experts, op.groups, op.d_merged + p0, op.d_merged_stride, op.scores_t,
+                           op.d_experts + p0, op.d_experts_stride, len, nullptr, &ahead);
     }
     if (streaming) streaming_fence();
   }
