@@ -372,6 +372,8 @@ inline void combine_rows_of_width(int out_rows, int K, const T* rows, std::ptrdi
   constexpr int MR = block_rows<W, T>;
   int m = 0;
   for (; m + MR <= out_rows; m += MR) block.template operator()<MR>(m);
+  if constexpr (MR > 8)
+    for (; m + 8 <= out_rows; m += 8) block.template operator()<8>(m);
   for (; m + 4 <= out_rows; m += 4) block.template operator()<4>(m);
   for (; m + 2 <= out_rows; m += 2) block.template operator()<2>(m);
   if (m < out_rows) block.template operator()<1>(m);
@@ -386,7 +388,15 @@ inline void combine_rows_in_blocks(int out_rows, int K, const T* rows, std::ptrd
                                                           Centred ? centre + j : nullptr);
     j += W;
   };
-  while (j + 64 <= len) width.template operator()<64>();
+  // The widest blocks that hold every output row at once, so that each input vector is loaded once per tile (an
+  // input read again by a second block of rows comes back from L2 when the rows alias in L1, being a multiple of
+  // 4 KiB apart: docs/performance.md); 64 columns where no width holds them all.
+  if (out_rows <= block_rows<64, T> || out_rows > block_rows<16, T>)
+    while (j + 64 <= len) width.template operator()<64>();
+  else if (out_rows <= block_rows<32, T>)
+    while (j + 32 <= len) width.template operator()<32>();
+  else
+    while (j + 16 <= len) width.template operator()<16>();
   if (j + 32 <= len) width.template operator()<32>();
   if (j + 16 <= len) width.template operator()<16>();
   if (j + 8 <= len) width.template operator()<8>();
