@@ -23,10 +23,11 @@ struct Geometry {
 // outer x d x inner per case; the comments name the host path each one exercises.
 const Geometry geometries[] = {
     {1, 6, 1560},    // 24 blocks of 64 columns, then 16 and 8, six output rows per block
-    {3, 12, 130},    // two blocks of 64 and a tail of 2; 12 rows = two blocks of 6
-    {2, 10, 13},     // 8 columns and a tail of 5; rows 6 + 4
-    {2, 32, 32},     // 32-column blocks: rows 12 + 12 + 4 + 4
+    {3, 12, 130},    // four blocks of 32 columns and a tail of 2; 12 rows in one block
+    {2, 10, 13},     // 8 columns and a tail of 5; rows 8 + 2
+    {2, 32, 32},     // 32-column blocks: rows 12 + 12 + 8
     {1, 13, 2100},   // longer than one work item's tile; rows 6 + 6 + 1
+    {3, 7, 1100},    // tiles narrower than their slice in three slices: the next item's lines asked for across slices
     {200, 13, 1},    // last mode: fibres 96 + 96 + 8, columns 8 + a tail of 5
     {70, 64, 1},     // last mode, 64-column blocks
     {150, 48, 1},    // last mode, columns 32 + 16; rows 12 per block and a partial block of 54

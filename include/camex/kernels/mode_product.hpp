@@ -40,6 +40,15 @@ struct ModeOperands {
   std::size_t tensors;
 };
 
+/// Where one column tile of one (tensor, outer) slice of the rows schedule lies.
+template <class T>
+struct ProductTile {
+  const T* in;
+  T* out;
+  const T* factor;
+  int len;
+};
+
 /// Columns of one host work item of a mode with inner runs, and fibres of one work item of the last mode.
 inline constexpr std::size_t product_tile = 1024;
 inline constexpr std::size_t fibre_block = 96;
@@ -59,18 +68,34 @@ void mode_product(const ExecSpace& space, const ModeOperands<T>& op, const Mode&
     if (inner > 1) {
       // out[o] (d x inner) = F in[o]: a work item is one column tile of one (tensor, outer) slice, its d input
       // rows (d * tile entries, at most 256 KiB) kept in L2 while every register block of output rows reads them.
+      // Where a tile is narrower than its slice, its rows are d runs with gaps between them, which the hardware
+      // prefetcher does not follow: while an item computes, the next item's input and output lines are asked for
+      // (a store that misses waits for the line it writes). Tiles of whole slices are one contiguous run.
       const std::size_t tile = inner < product_tile ? inner : product_tile, tiles = (inner + tile - 1) / tile;
+      const std::size_t items = op.tensors * outer * tiles;
+      const bool gapped = tile < inner;
+      const auto stride = static_cast<std::ptrdiff_t>(inner);
+      const auto place = [=](std::size_t w) {
+        const std::size_t i = w / (outer * tiles), o = w / tiles % outer, t0 = w % tiles * tile;
+        return ProductTile<T>{op.in + i * op.in_stride + o * d * inner + t0, op.out + i * op.out_stride + o * d * inner + t0,
+                              op.factors + i * d * d, tile_extent(t0, inner, static_cast<int>(tile))};
+      };
       Kokkos::parallel_for(
-          "camex::mode_product[rows]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.tensors * outer * tiles),
-          [=](std::size_t w) {
-            const std::size_t i = w / (outer * tiles), o = w / tiles % outer, t0 = w % tiles * tile;
-            const T* f = op.factors + i * d * d;
-            const Coefficients<T> c = transpose ? Coefficients<T>{f, 1, static_cast<std::ptrdiff_t>(d)}
-                                                : Coefficients<T>{f, static_cast<std::ptrdiff_t>(d), 1};
-            const std::size_t at = o * d * inner + t0;
-            combine_rows_blocked(K, K, op.in + i * op.in_stride + at, static_cast<std::ptrdiff_t>(inner), c,
-                                 op.out + i * op.out_stride + at, static_cast<std::ptrdiff_t>(inner),
-                                 tile_extent(t0, inner, static_cast<int>(tile)), accumulate);
+          "camex::mode_product[rows]", Kokkos::RangePolicy<ExecSpace>(space, 0, items), [=](std::size_t w) {
+            const ProductTile<T> now = place(w);
+            const Coefficients<T> c = transpose ? Coefficients<T>{now.factor, 1, static_cast<std::ptrdiff_t>(d)}
+                                                : Coefficients<T>{now.factor, static_cast<std::ptrdiff_t>(d), 1};
+            TilePrefetch<T> ahead;
+            if (gapped && w + 1 < items) {
+              const ProductTile<T> next = place(w + 1);
+              ahead = TilePrefetch<T>({next.in, stride, K}, {next.out, stride, K}, next.len);
+            }
+            constexpr int piece = 64;
+            const int pieces = (now.len + piece - 1) / piece, per_piece = (ahead.remaining() + pieces - 1) / pieces;
+            for (int q = 0; q < now.len; q += piece) {
+              combine_rows_blocked(K, K, now.in + q, stride, c, now.out + q, stride, std::min(piece, now.len - q), accumulate);
+              ahead.issue(per_piece);
+            }
           });
       return;
     }
