@@ -247,11 +247,13 @@ BOOST_AUTO_TEST_CASE(dare_masks_are_a_function_of_seed_and_step) {
 
 // The base may be one of the experts: tau_j = 0, and the base's gradient lands on expert j.
 // A training step's merge reads the rows prepare materialised for the backward; an evaluation step's merge on a
-// host space generates them tile by tile (or, unmasked at one group, merges straight from the experts). Both must
-// give the same bits, so switching a run between the two changes nothing. Several tiles and a ragged last one.
+// host space generates them tile by tile (or, unmasked with every group in one register block, merges straight
+// from the experts: B = 1 and 3 here, B = 13 generated). Both must give the same bits, so switching a run between
+// the two changes nothing. Several tiles and a ragged last one.
 BOOST_AUTO_TEST_CASE(training_and_evaluation_merges_agree_bit_for_bit) {
   std::mt19937_64 gen(test_seed());
-  for (const std::size_t b : {std::size_t{1}, std::size_t{3}}) {
+  static_assert(detail::rows_in_one_block<float> < 13, "B = 13 must take the generated rows");
+  for (const std::size_t b : {std::size_t{1}, std::size_t{3}, std::size_t{13}}) {
     const MergeProblem wide{.experts = 5, .groups = b, .shape = {37, 29}};
     PolicyInputs training;
     training.experts = random_matrix(5, wide.shape.params(), gen);

@@ -363,6 +363,10 @@ inline constexpr int block_rows = [] {
   }
 }();
 
+/// The most output rows combine_rows_blocked takes in one register block (at the width it then picks).
+template <class T>
+inline constexpr int rows_in_one_block = block_rows<16, T>;
+
 template <int W, bool Centred, bool Accumulate, BlockStores Stores, class T>
 inline void combine_rows_of_width(int out_rows, int K, const T* rows, std::ptrdiff_t row_stride, const Coefficients<T>& c,
                                   T* out, std::ptrdiff_t out_stride, const T* centre) {
@@ -391,7 +395,7 @@ inline void combine_rows_in_blocks(int out_rows, int K, const T* rows, std::ptrd
   // The widest blocks that hold every output row at once, so that each input vector is loaded once per tile (an
   // input read again by a second block of rows comes back from L2 when the rows alias in L1, being a multiple of
   // 4 KiB apart: docs/performance.md); 64 columns where no width holds them all.
-  if (out_rows <= block_rows<64, T> || out_rows > block_rows<16, T>)
+  if (out_rows <= block_rows<64, T> || out_rows > rows_in_one_block<T>)
     while (j + 64 <= len) width.template operator()<64>();
   else if (out_rows <= block_rows<32, T>)
     while (j + 32 <= len) width.template operator()<32>();

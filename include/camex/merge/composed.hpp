@@ -357,9 +357,11 @@ class ComposedPolicy {
       if (generates_rows() && !cache_.has(Piece::rows)) {
         require_operands_unchanged(fn, merged);
         const detail::Coefficients<Scalar> c{coef.data(), row_stride(coef), 1};
-        if (!factor_active_ && base_row() != nullptr && coef.extent(0) == 1) {
-          // Unmasked, one group: base + sum_i c_i (E_i - base) straight from the experts, nothing generated. With
-          // more groups the generated tile is cheaper: it subtracts the base once per tile, not once per group.
+        if (!factor_active_ && base_row() != nullptr &&
+            coef.extent(0) <= static_cast<std::size_t>(detail::rows_in_one_block<Scalar>)) {
+          // Unmasked, every group in one register block: base + sum_i c_i (E_i - base) straight from the experts,
+          // nothing generated, the base subtracted once per loaded vector. With more groups the generated tile is
+          // cheaper: it subtracts the base once per tile, not once per block of groups (docs/performance.md).
           detail::row_combination(space, Schedule::automatic,
                                   detail::RowCombination<Scalar>{.coef = c,
                                                                  .rows = experts_.data(),
