@@ -1,5 +1,5 @@
 // Soft merge forward and backward at N = 8 experts of P = 2^22 parameters, B in {1, 4, 16, 32} routing groups,
-// and the TIES trim (exact top-k) and mask factors at the same size.
+// the TIES trim (exact top-k) and mask factors at the same size, and the draws of a DARE step.
 // Each case reports its minimum traffic and work per call as counters "bytes" and "flops" (formulas in
 // docs/performance.md), which benchmarks/run turns into GB/s and GFLOP/s.
 #include "cases.hpp"
@@ -130,6 +130,31 @@ void ties_election(benchmark::State& state) {
   state.counters["flops"] = 0;
 }
 
+/// The draws of one DARE step at the GPT-2 MLP shape (n = 7 experts of 768 x 3072 entries): CounterRng::fill_bits
+/// at every (expert, entry) site in the runs of 256 DareDraws takes, each draw turned into keep / drop at p = 0.1,
+/// with no operand read. No DARE step that draws its mask from the counter-based generator can take less.
+void dare_draws(benchmark::State& state) {
+  constexpr std::uint32_t n = 7;
+  constexpr std::size_t sites = std::size_t{768} * 3072, run = camex::DareDraws::chunk, runs = sites / run;
+  static_assert(sites % run == 0);
+  Kokkos::View<std::uint32_t*, Space::memory_space> kept("kept", n * runs);
+  const camex::CounterRng rng(2025, 1);
+  for (auto _ : state) {
+    Kokkos::parallel_for("bench::dare_draws", Kokkos::RangePolicy<Space>(0, n * runs), KOKKOS_LAMBDA(std::size_t t) {
+      std::uint32_t bits[run];
+      const auto expert = static_cast<std::uint32_t>(t / runs);
+      rng.fill_bits(0, expert, (t % runs) * run, static_cast<int>(run), bits);
+      std::uint32_t count = 0;
+      for (std::size_t q = 0; q < run; ++q) count += !(camex::CounterRng::to_unit_float(bits[q]) < 0.1f);
+      kept(t) = count;
+    });
+    Space().fence();
+  }
+  camex::bench::traffic(state, 0, 0);
+  state.counters["flops"] = 0;
+  state.counters["draws"] = static_cast<double>(n * sites);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -144,6 +169,7 @@ int main(int argc, char** argv) {
   camex::bench::timed(benchmark::RegisterBenchmark("ties_top_k/N=8/P=4194304/density=0.2", ties_top_k));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_mask/N=8/P=4194304/density=0.2", ties_mask));
   camex::bench::timed(benchmark::RegisterBenchmark("ties_election/N=8/P=8192", ties_election));
+  camex::bench::timed(benchmark::RegisterBenchmark("dare_draws/768x3072/n=7/p=0.1", dare_draws));
   camex::bench::register_policy_benchmarks();
   camex::bench::register_layer_benchmarks();
   benchmark::RunSpecifiedBenchmarks();

@@ -133,7 +133,7 @@ def main():
                                                     "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
               "machine": {"execution_space": ceilings["execution_space"], "concurrency": ceilings["concurrency"],
                           "cpu": context.get("host_name"), "num_cpus": context.get("num_cpus"),
-                          "mhz_per_cpu": context.get("mhz_per_cpu")},
+                          "mhz_per_cpu": context.get("mhz_per_cpu"), "caches": context.get("caches")},
               "torch": {k: torch[k] for k in ("torch_version", "threads", "blas_config", "blas_loaded")},
               "cases": rows}
     write_atomically(args.json, json.dumps(report, indent=2) + "\n")

@@ -15,17 +15,24 @@ using namespace camex::testing;
 
 namespace {
 
+/// The rows as a matrix on the execution space.
+template <class T>
+Matrix<T, Space> on_space(const std::vector<std::vector<T>>& rows) {
+  Matrix<T, Space> values("values", rows.size(), rows[0].size());
+  auto host = Kokkos::create_mirror_view(values);
+  for (std::size_t r = 0; r < rows.size(); ++r)
+    for (std::size_t p = 0; p < rows[r].size(); ++p) host(r, p) = rows[r][p];
+  Kokkos::deep_copy(values, host);
+  return values;
+}
+
 template <class T>
 void check_rows(const std::vector<std::vector<T>>& rows, std::size_t k, const char* what) {
   BOOST_TEST_CONTEXT(what << ", T = " << (sizeof(T) == 4 ? "float" : "double") << ", P = " << rows[0].size()
                           << ", k = " << k) {
     const std::size_t R = rows.size(), P = rows[0].size();
-    Matrix<T, Space> values("values", R, P);
+    const auto values = on_space(rows);
     Matrix<std::uint8_t, Space> keep("keep", R, P);
-    auto host = Kokkos::create_mirror_view(values);
-    for (std::size_t r = 0; r < R; ++r)
-      for (std::size_t p = 0; p < P; ++p) host(r, p) = rows[r][p];
-    Kokkos::deep_copy(values, host);
     const auto workspace = make_workspace<Space>(top_k_workspace_bytes<T, Space>(R, P));
     top_k_by_magnitude(Space{}, values, k, keep, workspace);
     auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, keep);
@@ -85,7 +92,8 @@ BOOST_AUTO_TEST_CASE(matches_stable_sort) {
 }
 
 // The compaction step on its own (hand-vectorised for float where AVX-512 is compiled in): every length around
-// the vector width, prefixes that match none, some and all of the entries, against the plain definition.
+// the vector width, ranges that hold none, some and all of the entries (a digit prefix's and the bracket's), against
+// the plain definition.
 BOOST_AUTO_TEST_CASE(compaction_marks_and_lists_in_order) {
   std::mt19937_64 gen(test_seed());
   std::uniform_real_distribution<float> uniform(-1, 1);
@@ -93,24 +101,81 @@ BOOST_AUTO_TEST_CASE(compaction_marks_and_lists_in_order) {
   std::vector<float> x(80);
   for (float& v : x) v = uniform(gen);
   x[7] = -x[3];  // equal magnitudes, opposite signs
-  const Key digits = ~Key{0} << 23;  // the exponent: |x| in [2^e, 2^(e+1)) match, larger are above
-  for (const Key want : {Key{0}, detail::key_of(0.3f) & digits, detail::key_of(0.7f) & digits, Key{0x7f800000}})
+  x[11] = std::numeric_limits<float>::infinity();
+  const Key below = (Key{1} << 23) - 1;  // a prefix of the exponent: |x| in [2^e, 2^(e+1)) inside, larger above
+  const std::pair<Key, Key> ranges[] = {{0, below},
+                                        {detail::key_of(0.3f) & ~below, (detail::key_of(0.3f) & ~below) | below},
+                                        {detail::key_of(0.7f) & ~below, (detail::key_of(0.7f) & ~below) | below},
+                                        {Key{0x7f800000}, Key{0x7fffffff}},
+                                        {detail::key_of(0.2f), detail::key_of(0.6f)},  // a bracket across exponents
+                                        {detail::key_of(0.5f), detail::key_of(0.5f)},
+                                        {0, Key{0x7fffffff}}};
+  for (const auto& [lo, hi] : ranges)
     for (int len = 0; len <= 70; ++len) {
       std::vector<std::uint8_t> mask(len, 2);
       std::vector<Key> keys(len + 15);
       std::vector<std::uint32_t> indices(len + 15);
-      const int count = detail::mark_and_list(x.data() + 5, len, digits, want, mask.data(), 1000, keys.data(), indices.data());
+      std::uint64_t above = 5;
+      const int count =
+          detail::mark_and_list(x.data() + 5, len, lo, hi, mask.data(), 1000, keys.data(), indices.data(), &above);
       int expected = 0;
+      std::uint64_t expected_above = 5;
       for (int q = 0; q < len; ++q) {
         const Key key = detail::key_of(x[5 + q]);
-        if (mask[q] != ((key & digits) > want)) BOOST_FAIL("mask at " << q << ", len " << len);
-        if ((key & digits) != want) continue;
+        if (mask[q] != (key > hi)) BOOST_FAIL("mask at " << q << ", len " << len);
+        expected_above += key > hi;
+        if (key < lo || key > hi) continue;
         if (expected >= count || keys[expected] != key || indices[expected] != 1000u + q)
           BOOST_FAIL("listed entry " << expected << " (q = " << q << "), len " << len);
         ++expected;
       }
-      BOOST_TEST(count == expected, "len " << len);
+      BOOST_TEST(count == expected, "len " << len << ", range [" << lo << ", " << hi << "]");
+      BOOST_TEST(above == expected_above, "len " << len << ", range [" << lo << ", " << hi << "]");
     }
+}
+
+// Whether the sample's bracket took each row: the bracket passes alone, then every row's listed flag.
+template <class T>
+std::vector<int> bracketed(const std::vector<std::vector<T>>& rows, std::size_t k) {
+  const std::size_t R = rows.size(), P = rows[0].size();
+  const auto values = on_space(rows);
+  Matrix<std::uint8_t, Space> keep("keep", R, P);
+  const auto workspace = make_workspace<Space>(top_k_workspace_bytes<T, Space>(R, P));
+  const detail::SelectChunking chunking(P, detail::brackets_on<Space>);
+  WorkspaceCarver<Space> carver("test", workspace);
+  const detail::SelectPass<Space, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), R, P,
+                                          chunking, detail::SelectState<Space, T>(carver, R, chunking), Space{}};
+  detail::select_start(pass, k);
+  detail::select_sample_bracket(pass, k);
+  detail::select_mark_bracket(pass, false);
+  detail::select_settle_bracket(pass, k);
+  const auto listed = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, pass.st.listed);
+  return std::vector<int>(listed.data(), listed.data() + R);
+}
+
+// The sample's bracket decides how fast a row is selected, never what: a row of distinct magnitudes is bracketed,
+// a row whose sampled entries are its largest (the sample misleads) and a row of few magnitudes (its ties at the
+// threshold overflow the list) are not, and all three select exactly the stable sort's entries.
+BOOST_AUTO_TEST_CASE(sample_bracket_decides_speed_not_result) {
+  std::mt19937_64 gen(test_seed());
+  BOOST_TEST_CONTEXT("backend " << space_name << ", CAMEX_TEST_SEED=" << test_seed()) {
+    const std::size_t P = 300001, k = P / 5;
+    auto rows = random_rows<float>(3, P, gen, 0);
+    const detail::SelectChunking chunking(P, true);
+    BOOST_TEST(chunking.samples > 0u);
+    for (std::size_t j = 0; j < chunking.samples; ++j)
+      rows[1][detail::sample_position(j, chunking.sample_stride)] = 2.0f + rows[1][j] * 0.5f;
+    rows[2] = random_rows<float>(1, P, gen, 3)[0];
+    if constexpr (detail::brackets_on<Space>) {
+      const auto taken = bracketed(rows, k);
+      BOOST_TEST(taken[0] == 1, "distinct magnitudes: bracketed");
+      BOOST_TEST(taken[1] == 0, "a misleading sample: not bracketed");
+      BOOST_TEST(taken[2] == 0, "ties overflowing the list: not bracketed");
+    }
+    check_rows(rows, k, "bracketed, misled and overflowing rows");
+    check_rows(std::vector<std::vector<double>>(1, std::vector<double>(rows[0].begin(), rows[0].end())), k,
+               "a bracketed row of doubles");
+  }
 }
 
 BOOST_AUTO_TEST_CASE(count_from_density_follows_mergekit) {

@@ -11,16 +11,24 @@
 // infinities and NaNs. Each pass is a launcher of its own (detail::select_*, one per pass as CUB's agents are), and
 // top_k_by_magnitude only checks its operands and sequences them.
 //
+// On host spaces a long row first tries one pass instead of two (Floyd and Rivest's select): a fixed sample of
+// 16384 to 32767 entries brackets the k-th largest magnitude, and a single pass marks every entry above the
+// bracket and lists the entries inside it; the list's own digits then finish the row. A bracket that misses (the
+// sample misled, or the list would overflow) sends the row through the radix passes instead, so the sample only
+// ever decides how fast the row is selected, never what is selected.
+//
 // Ties: where several entries share the k-th largest magnitude, the ones with the lowest indices are kept, so
 // the mask is a function of the values alone (PyTorch's topk and mergekit leave this unspecified).
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -91,16 +99,33 @@ struct DigitPlan {
 
 inline constexpr int max_digit_bins = 1 << 12;
 
+/// The sample that brackets the k-th largest magnitude takes one entry in every stride of a power of two between
+/// 16 and 1024 entries, the one that gives 16384 to 32767 samples (so the bracket holds about 3 % of a row), in rows of
+/// at least bracket_min_params entries, on spaces whose memory the host reads (the bracket's order statistics are
+/// taken there with std::nth_element).
+inline constexpr std::size_t bracket_samples = 16384;
+inline constexpr std::size_t bracket_min_params = 16 * bracket_samples;
+
+template <class ExecSpace>
+inline constexpr bool brackets_on =
+    static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
+
 /// Work decomposition of a row: at most 16 fixed chunks that depend on P only (so results do not depend on the
-/// thread count), each a multiple of 64 entries.
+/// thread count), each a multiple of 64 entries; and how many entries of a row the bracket samples (0: none).
 struct SelectChunking {
-  std::size_t chunk, chunks, capacity;
-  explicit SelectChunking(std::size_t params) {
+  std::size_t chunk, chunks, capacity, samples = 0, sample_stride = 0;
+  SelectChunking(std::size_t params, bool may_bracket) {
     const std::size_t wanted = std::min<std::size_t>(16, (params + 16383) / 16384);
     chunk = ((params + wanted - 1) / wanted + 63) / 64 * 64;
     chunks = (params + chunk - 1) / chunk;
     capacity = std::min(params, params / 16 + 64);
+    if (may_bracket && params >= bracket_min_params) {
+      sample_stride = std::min<std::size_t>(1024, std::bit_floor(params / bracket_samples));
+      samples = params / sample_stride;
+    }
   }
+  /// Where chunk c of a bracketed row lists its entries inside the bracket: its share of the row's list.
+  std::size_t region() const { return capacity / chunks; }
 };
 
 /// A listed entry: its key travels with its index, so refining the list never goes back to the row (at a few
@@ -124,6 +149,10 @@ struct SelectState {
   Array<std::uint64_t> equal;            // [rows, chunks]: ties per chunk, then their offsets
   Array<std::uint8_t> listed;            // per row: 1 once its matching entries are in the candidate list
   Array<std::uint64_t> nan_count;        // [1]: entries whose magnitude is +inf or NaN
+  Array<magnitude_key<T>> sample;        // [rows, samples]: the bracket's sample, reordered in place
+  Array<magnitude_key<T>> bracket;       // [rows, 2]: lo and hi of the bracket
+  Array<std::uint64_t> above;            // [rows, chunks]: entries above the bracket
+  Array<std::uint64_t> inside;           // [rows, chunks]: entries inside it, more than region() for an overflow
 
   SelectState(WorkspaceCarver<ExecSpace>& carver, std::size_t rows, const SelectChunking& chunking)
       : histogram(carver.template take<std::uint32_t>(rows * chunking.chunks * max_digit_bins)),
@@ -133,7 +162,11 @@ struct SelectState {
         candidates(carver.template take<Candidate<T>>(rows * chunking.capacity)),
         equal(carver.template take<std::uint64_t>(rows * chunking.chunks)),
         listed(carver.template take<std::uint8_t>(rows)),
-        nan_count(carver.template take<std::uint64_t>(1)) {}
+        nan_count(carver.template take<std::uint64_t>(1)),
+        sample(carver.template take<magnitude_key<T>>(rows * chunking.samples)),
+        bracket(carver.template take<magnitude_key<T>>(chunking.samples ? rows * 2 : 0)),
+        above(carver.template take<std::uint64_t>(chunking.samples ? rows * chunking.chunks : 0)),
+        inside(carver.template take<std::uint64_t>(chunking.samples ? rows * chunking.chunks : 0)) {}
 };
 
 /// Walks bins from the top: returns the bin holding the `left`-th largest entry and reduces `left` by the entries
@@ -152,25 +185,31 @@ KOKKOS_INLINE_FUNCTION int pick_bin(int bins, std::uint64_t& left, std::uint64_t
   return 0;
 }
 
-/// The compaction step over x[0, len): mask[q] = 1 where the key's digits found so far, `digits`, are above the
-/// prefix `want` (decided: kept), and the keys and indices (first + q) of the entries that match it written to
-/// keys[] and indices[] in order (they go on to the next digit); returns how many. Every entry is written and only
-/// matches advance the count, so the few percent that match cost no branch; keys and indices need len + 15 entries.
+/// The compaction step over x[0, len): mask[q] = 1 where the key is above the range [lo, hi] (decided: kept), and
+/// the keys and indices (first + q) of the entries inside it written to keys[] and indices[] in order (they go on
+/// to the next digit); returns how many, and adds the count above to *above. The entries matching a prefix of
+/// digits are the range [prefix, prefix with every lower bit set]. Every entry is written and only those inside
+/// advance the count, so the few percent inside cost no branch; keys and indices need len + 15 entries.
 template <class T>
-KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> digits, magnitude_key<T> want,
+KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> lo, magnitude_key<T> hi,
                                          std::uint8_t* mask, std::uint32_t first, magnitude_key<T>* keys,
-                                         std::uint32_t* indices) {
+                                         std::uint32_t* indices, std::uint64_t* above) {
 #if defined(CAMEX_SELECT_AVX512)
-  if constexpr (std::is_same_v<T, float>) return mark_and_list_avx512(x, len, digits, want, mask, first, keys, indices);
+  if constexpr (std::is_same_v<T, float>) return mark_and_list_avx512(x, len, lo, hi, mask, first, keys, indices, above);
 #endif
+  std::uint64_t marked = 0;
   CAMEX_IVDEP
-  for (int q = 0; q < len; ++q) mask[q] = (key_of(x[q]) & digits) > want;
+  for (int q = 0; q < len; ++q) {
+    mask[q] = key_of(x[q]) > hi;
+    marked += mask[q];
+  }
+  *above += marked;
   int count = 0;
   for (int q = 0; q < len; ++q) {
     const magnitude_key<T> key = key_of(x[q]);
     keys[count] = key;
     indices[count] = first + static_cast<std::uint32_t>(q);
-    count += (key & digits) == want;
+    count += key - lo <= hi - lo;
   }
   return count;
 }
@@ -205,6 +244,117 @@ void select_start(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
     st.remaining(r) = k;
     st.matches(r) = params;
     st.listed(r) = 0;
+  });
+}
+
+/// Where in its stride (a power of two, at most 2^10) sample j of a row sits: a fixed scatter (Knuth's multiplicative
+/// hash of j), so that a row whose values repeat with a period dividing the stride is not sampled at one phase only.
+inline std::size_t sample_position(std::size_t j, std::size_t stride) {
+  const int bits = std::countr_zero(stride);
+  const std::uint32_t scatter = bits ? (static_cast<std::uint32_t>(j) * 2654435761u) >> (32 - bits) : 0;
+  return j * stride + scatter;
+}
+
+/// Per row, the bracket [lo, hi] of the k-th largest key from the row's sample of m keys, one per stride: the
+/// sample's k m / P-th largest key is the estimate, and the bracket reaches 4 standard deviations of its binomial
+/// rank (plus 8) to either side, so a sample of independent draws misses only about once in 10^4 rows. Where the
+/// upper end falls off the sample, hi is the largest key (nothing above); the lower end, lo = 0 (everything inside).
+template <class ExecSpace, class T>
+void select_sample_bracket(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
+  using Key = magnitude_key<T>;
+  const auto st = pass.st;
+  const T* data = pass.data;
+  const auto stride = pass.stride;
+  const std::size_t m = pass.chunking.samples, every = pass.chunking.sample_stride;
+  const double kept = static_cast<double>(k) / static_cast<double>(pass.params);
+  const double rank = kept * static_cast<double>(m), reach = 4 * std::sqrt(rank * (1 - kept)) + 8;
+  const auto top = static_cast<std::ptrdiff_t>(std::floor(rank - reach)), bottom = static_cast<std::ptrdiff_t>(std::ceil(rank + reach));
+  Kokkos::parallel_for("camex::top_k[sample bracket]", pass.per_row(), [=](std::size_t r) {
+    const T* row = data + r * stride;
+    Key* keys = &st.sample(r * m);
+    for (std::size_t j = 0; j < m; ++j) keys[j] = key_of(row[sample_position(j, every)]);
+    // The i-th largest of the m keys (0 first) is keys[m - 1 - i] once sorted; nth_element places it there, with
+    // everything smaller before it, where the second search looks.
+    Key hi = ~Key{0} >> 1, lo = 0;
+    std::size_t searched = m;
+    if (top >= 0) {
+      searched = m - 1 - static_cast<std::size_t>(top);
+      std::nth_element(keys, keys + searched, keys + m);
+      hi = keys[searched];
+    }
+    if (bottom < static_cast<std::ptrdiff_t>(m)) {
+      const std::size_t at = m - 1 - static_cast<std::size_t>(bottom);
+      std::nth_element(keys, keys + at, keys + searched);
+      lo = keys[at];
+    }
+    st.bracket(2 * r) = lo;
+    st.bracket(2 * r + 1) = hi;
+  });
+}
+
+/// Per chunk of a bracketed row, one pass: every entry above the bracket marked, every other one cleared, and the
+/// entries inside it listed in index order in the chunk's region of the row's list; the counts of both per chunk
+/// (an overflowing region counts region() + 1); with `count_special`, the infinities and NaNs into st.nan_count.
+template <class ExecSpace, class T>
+void select_mark_bracket(const SelectPass<ExecSpace, T>& pass, bool count_special) {
+  using Key = magnitude_key<T>;
+  const auto st = pass.st;
+  const T* data = pass.data;
+  std::uint8_t* out = pass.out;
+  const auto stride = pass.stride, out_stride = pass.out_stride;
+  const std::size_t chunk = pass.chunking.chunk, chunks = pass.chunking.chunks, params = pass.params;
+  const std::size_t capacity = pass.chunking.capacity, region = pass.chunking.region();
+  Kokkos::parallel_for("camex::top_k[mark bracket]", pass.per_chunk(), [=](std::size_t i) {
+    const std::size_t r = i / chunks, c = i % chunks;
+    const T* row = data + r * stride;
+    const Key lo = st.bracket(2 * r), hi = st.bracket(2 * r + 1);
+    Candidate<T>* list = &st.candidates(r * capacity + c * region);
+    std::uint8_t* mask = out + r * out_stride;
+    const std::size_t end = chunk_end(c, chunk, params);
+    constexpr int block = 256;
+    Key keys[block + 15];
+    std::uint32_t indices[block + 15];
+    std::uint64_t above = 0, inside = 0, special = 0;
+    for (std::size_t p0 = c * chunk; p0 < end; p0 += block) {
+      const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
+      const int count = mark_and_list(row + p0, len, lo, hi, mask + p0, static_cast<std::uint32_t>(p0), keys, indices, &above);
+      if (count_special)
+        for (int q = 0; q < len; ++q) special += key_of(row[p0 + q]) >= infinity_key<T>;
+      if (inside + count <= region)
+        for (int j = 0; j < count; ++j) list[inside + j] = {keys[j], indices[j]};
+      inside += count;
+    }
+    if (special) Kokkos::atomic_add(&st.nan_count(0), special);
+    st.above(i) = above;
+    st.inside(i) = inside <= region ? inside : region + 1;
+  });
+}
+
+/// Per bracketed row: where the entries above the bracket leave the k-th largest inside it (k - above in [1, inside])
+/// and no region overflowed, the chunks' regions are closed up into one list in index order and the row is listed
+/// with k - above ranks to place and no digit found yet; otherwise it stays unlisted for the radix passes.
+template <class ExecSpace, class T>
+void select_settle_bracket(const SelectPass<ExecSpace, T>& pass, std::size_t k) {
+  const auto st = pass.st;
+  const std::size_t chunks = pass.chunking.chunks, capacity = pass.chunking.capacity, region = pass.chunking.region();
+  Kokkos::parallel_for("camex::top_k[settle bracket]", pass.per_row(), [=](std::size_t r) {
+    std::uint64_t above = 0, inside = 0;
+    for (std::size_t c = 0; c < chunks; ++c) {
+      if (st.inside(r * chunks + c) > region) return;
+      above += st.above(r * chunks + c);
+      inside += st.inside(r * chunks + c);
+    }
+    if (above >= k || k - above > inside) return;
+    Candidate<T>* list = &st.candidates(r * capacity);
+    std::size_t at = st.inside(r * chunks);
+    for (std::size_t c = 1; c < chunks; ++c) {
+      const std::size_t count = st.inside(r * chunks + c);
+      std::memmove(list + at, list + c * region, count * sizeof(Candidate<T>));  // at <= c * region
+      at += count;
+    }
+    st.remaining(r) = k - above;
+    st.matches(r) = inside;
+    st.listed(r) = 1;
   });
 }
 
@@ -316,7 +466,7 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
   constexpr DigitPlan<T> plan;
   const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
-  const Key matched = (~Key{0} << (shift + plan.width[digit])) | (static_cast<Key>(bins - 1) << shift);
+  const Key below = (Key{1} << shift) - 1;  // the bits of the digits still to find
   const auto st = pass.st;
   const T* data = pass.data;
   std::uint8_t* out = pass.out;
@@ -327,7 +477,7 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
     const std::size_t r = i / chunks, c = i % chunks;
     if (st.listed(r) || st.matches(r) > capacity) return;
     const T* row = data + r * stride;
-    const Key want = st.prefix(r);
+    const Key want = st.prefix(r);  // the entries matching it are the range [want, want | below]
     const int bin = static_cast<int>((want >> shift) & (bins - 1));
     std::uint64_t at = 0;
     for (std::size_t before = 0; before < c; ++before) at += st.histogram((r * chunks + before) * max_digit_bins + bin);
@@ -341,7 +491,9 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
     std::uint32_t indices[block + 15];
     for (std::size_t p0 = c * chunk; p0 < end; p0 += block) {
       const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
-      const int count = mark_and_list(row + p0, len, matched, want, mask + p0, static_cast<std::uint32_t>(p0), keys, indices);
+      std::uint64_t above = 0;
+      const int count =
+          mark_and_list(row + p0, len, want, want | below, mask + p0, static_cast<std::uint32_t>(p0), keys, indices, &above);
       for (int j = 0; j < count; ++j) list[at + j] = {keys[j], indices[j]};
       at += count;
     }
@@ -354,8 +506,8 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
 
 /// Digit `digit` found from the candidate list alone, for every listed row: entries above it are marked, the list
 /// keeps the entries that still match.
-template <class ExecSpace, class T>
-void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
+template <int MostBins, class ExecSpace, class T>
+void select_refine_candidates_up_to(const SelectPass<ExecSpace, T>& pass, int digit) {
   using Key = magnitude_key<T>;
   constexpr DigitPlan<T> plan;
   const int shift = plan.shift[digit], bins = 1 << plan.width[digit];
@@ -367,7 +519,7 @@ void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
     if (!st.listed(r)) return;
     Candidate<T>* list = &st.candidates(r * capacity);
     const std::size_t count = st.matches(r);
-    std::uint32_t local[max_digit_bins / 2] = {};
+    std::uint32_t local[MostBins] = {};
     for (std::size_t j = 0; j < count; ++j) ++local[(list[j].key >> shift) & (bins - 1)];
     std::uint64_t left = st.remaining(r), population = 0;
     const int d = pick_bin(bins, left, population, [&](int bin) { return std::uint64_t{local[bin]}; });
@@ -381,6 +533,15 @@ void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
     st.remaining(r) = left;
     st.matches(r) = kept;
   });
+}
+
+/// The digit-0 list (only bracketed rows have one) counts 2^12 bins; every later digit at most 2^11, which is all a
+/// device thread holds.
+template <class ExecSpace, class T>
+void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
+  if constexpr (brackets_on<ExecSpace>)
+    if (digit == 0) return select_refine_candidates_up_to<max_digit_bins>(pass, digit);
+  select_refine_candidates_up_to<max_digit_bins / 2>(pass, digit);
 }
 
 /// For a listed row, everything but the ties is marked and the list holds exactly the ties, ascending: keeps the
@@ -448,7 +609,7 @@ void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t top_k_workspace_bytes(std::size_t rows, std::size_t params) {
   WorkspaceCarver<ExecSpace> carver;
-  detail::SelectState<ExecSpace, Scalar>(carver, rows, detail::SelectChunking(params));
+  detail::SelectState<ExecSpace, Scalar>(carver, rows, detail::SelectChunking(params, detail::brackets_on<ExecSpace>));
   return carver.bytes();
 }
 
@@ -463,11 +624,18 @@ void select_top_k(const ExecSpace& space, const Values& values, std::size_t k, c
                   const Workspace<ExecSpace>& workspace, const char* nan_check) {
   using T = typename Values::non_const_value_type;
   const std::size_t rows = values.extent(0), params = values.extent(1);
-  const SelectChunking chunking(params);
+  const SelectChunking chunking(params, brackets_on<ExecSpace>);
   WorkspaceCarver<ExecSpace> carver("camex::top_k_by_magnitude", workspace);
   const SelectPass<ExecSpace, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), rows, params,
                                       chunking, SelectState<ExecSpace, T>(carver, rows, chunking), space};
   select_start(pass, k);
+  if constexpr (brackets_on<ExecSpace>)
+    if (chunking.samples) {
+      select_sample_bracket(pass, k);
+      select_mark_bracket(pass, nan_check != nullptr);
+      select_settle_bracket(pass, k);
+      select_refine_candidates(pass, 0);
+    }
   // Digits most significant first: full passes over a row until its entries matching the prefix fit the candidate
   // list, then passes over its list alone.
   constexpr DigitPlan<T> plan;
