@@ -112,12 +112,13 @@ void ties_election(benchmark::State& state) {
   camex::Matrix<float, Space> deltas("deltas", experts, resident), factor("factor", experts, resident);
   fill(deltas, 4, -1, 1);
   fill(factor, 5, 0, 0);
-  Kokkos::View<std::uint8_t*, Space::memory_space> keep("keep", experts * resident);
+  Kokkos::View<camex::detail::TrimBoundary*, Space::memory_space> trim("trim", experts);
   Kokkos::View<double*, Space::memory_space> weights("weights", experts);
   Kokkos::deep_copy(weights, 1.0);
-  Kokkos::parallel_for("bench::keep", Kokkos::RangePolicy<Space>(0, keep.extent(0)),
-                       KOKKOS_LAMBDA(std::size_t i) { keep(i) = (i * 2654435761u >> 7) % 5 == 0; });  // about 1 in 5 kept
-  const camex::detail::TiesElection election{keep.data(), resident, weights.data(), experts, true, true, 1.0};
+  const std::uint64_t above = camex::detail::key_of(0.8f);  // |delta| > 0.8 of uniform deltas in [-1, 1): 1 in 5 kept
+  Kokkos::parallel_for("bench::trim", Kokkos::RangePolicy<Space>(0, experts),
+                       KOKKOS_LAMBDA(std::size_t i) { trim(i) = {above, 0}; });
+  const camex::detail::TiesElection election{trim.data(), weights.data(), experts, true, true, 1.0};
   const float* tau = deltas.data();
   float* f = factor.data();
   Space().fence();

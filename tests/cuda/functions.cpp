@@ -38,7 +38,7 @@ void functions() {
   driver.prepare(Space{}, {.seed = 1, .step = 1, .stream = 0, .training = true}, experts, base);
   driver.merge(Space{}, scores, batch);
   driver.backward(Space{}, scores, batch, d_scores, d_experts, d_experts);
-  const auto kept = ties.kept(driver.workspace());
+  const auto kept = ties.kept(Space{}, driver.workspace());
   const auto signs = ties.elected_signs(Space{}, driver.workspace());
   static_cast<void>(kept);
   static_cast<void>(signs);

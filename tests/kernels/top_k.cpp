@@ -35,17 +35,25 @@ void check_rows(const std::vector<std::vector<T>>& rows, std::size_t k, const ch
     Matrix<std::uint8_t, Space> keep("keep", R, P);
     const auto workspace = make_workspace<Space>(top_k_workspace_bytes<T, Space>(R, P));
     top_k_by_magnitude(Space{}, values, k, keep, workspace);
-    auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, keep);
+    // The same selection as a boundary per row (the TIES trim's form): no mask written.
+    Kokkos::View<detail::TrimBoundary*, Space::memory_space> boundaries("boundaries", R);
+    detail::select_top_k(Space{}, values, k, Matrix<std::uint8_t, Space>(), boundaries.data(), workspace, nullptr);
+    const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, keep);
+    const auto boundary = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, boundaries);
     for (std::size_t r = 0; r < R; ++r) {
       const auto expected = reference_top_k_mask(rows[r], k);
-      std::size_t mismatches = 0, first = P, kept = 0;
+      std::size_t mismatches = 0, first = P, kept = 0, boundary_mismatches = 0;
       for (std::size_t p = 0; p < P; ++p) {
         kept += got(r, p);
         if (got(r, p) != expected[p] && mismatches++ == 0) first = p;
+        boundary_mismatches += boundary(r).selects(detail::key_of(rows[r][p]), p) != static_cast<bool>(expected[p]);
       }
       BOOST_TEST(kept == k, "row " << r);
       BOOST_TEST(mismatches == 0u, "row " << r << ": " << mismatches << " entries differ from the stable sort, first at "
                                           << first);
+      BOOST_TEST(boundary_mismatches == 0u, "row " << r << ": the boundary {" << boundary(r).threshold << ", "
+                                                   << boundary(r).tie_end << "} selects " << boundary_mismatches
+                                                   << " entries unlike the stable sort");
     }
   }
 }
@@ -143,8 +151,8 @@ std::vector<int> bracketed(const std::vector<std::vector<T>>& rows, std::size_t 
   const auto workspace = make_workspace<Space>(top_k_workspace_bytes<T, Space>(R, P));
   const detail::SelectChunking chunking(P, detail::brackets_on<Space>);
   WorkspaceCarver<Space> carver("test", workspace);
-  const detail::SelectPass<Space, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), R, P,
-                                          chunking, detail::SelectState<Space, T>(carver, R, chunking), Space{}};
+  const detail::SelectPass<Space, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), nullptr,
+                                          R, P, chunking, detail::SelectState<Space, T>(carver, R, chunking), Space{}};
   detail::select_start(pass, k);
   detail::select_sample_bracket(pass, k);
   detail::select_mark_bracket(pass, false);

@@ -236,7 +236,7 @@ BOOST_AUTO_TEST_CASE(masks_are_readable) {
   Ties<double, Space> ties(problem, {.options = {.density = 0.5}, .election_weights = {2, 1, 0.5}});
   MergeDriver<Ties<double, Space>> driver(ties);
   driver.prepare(Space{}, {}, to_device<double>(experts), to_device<double>(base));
-  const auto kept = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, ties.kept(driver.workspace()));
+  const auto kept = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, ties.kept(Space{}, driver.workspace()));
   const auto signs = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, ties.elected_signs(Space{}, driver.workspace()));
   const std::vector<double> w{2, 1, 0.5};
   for (std::size_t i = 0; i < 3; ++i) {
@@ -262,7 +262,7 @@ BOOST_AUTO_TEST_CASE(masks_are_readable) {
       BOOST_TEST(factor(i, p) == (keep ? 1 / (1 - 0.4) : 0.0));
     }
   Ties<double, Space> agreement(problem, {.variant = TiesVariant::sign_agreement});
-  require_argument_error([&] { agreement.kept(driver.workspace()); }, "this", {"standard variant"});
+  require_argument_error([&] { agreement.kept(Space{}, driver.workspace()); }, "this", {"standard variant"});
   Dare<double, Space> evaluation(problem, {.drop = 0.4});
   MergeDriver<Dare<double, Space>> eval_driver(evaluation);
   eval_driver.prepare(Space{}, {.training = false}, to_device<double>(experts), to_device<double>(base));

@@ -80,6 +80,20 @@ KOKKOS_INLINE_FUNCTION magnitude_key<T> key_of(T x) {
 template <class T>
 constexpr magnitude_key<T> infinity_key = std::bit_cast<magnitude_key<T>>(std::numeric_limits<T>::infinity());
 
+/// A row's selection as two numbers instead of a mask: entry p is among the k largest magnitudes when its key is
+/// above `threshold` (the k-th largest key), or equal to it and p < `tie_end` (the lowest-index ties are kept).
+/// Keys of either width fit `threshold`.
+struct TrimBoundary {
+  std::uint64_t threshold;
+  std::uint64_t tie_end;
+
+  /// Whether the entry of key `key` at index p is selected.
+  template <class Key>
+  KOKKOS_INLINE_FUNCTION bool selects(Key key, std::uint64_t p) const {
+    return key > threshold || (key == threshold && p < tie_end);
+  }
+};
+
 /// The digits of a key below its (always clear) sign bit, most significant first: 12 bits, then at most 11.
 /// float: 12 + 11 + 8; double: 12 + 11 + 11 + 11 + 11 + 7.
 template <class T>
@@ -187,9 +201,10 @@ KOKKOS_INLINE_FUNCTION int pick_bin(int bins, std::uint64_t& left, std::uint64_t
 
 /// The compaction step over x[0, len): mask[q] = 1 where the key is above the range [lo, hi] (decided: kept), and
 /// the keys and indices (first + q) of the entries inside it written to keys[] and indices[] in order (they go on
-/// to the next digit); returns how many, and adds the count above to *above. The entries matching a prefix of
-/// digits are the range [prefix, prefix with every lower bit set]. Every entry is written and only those inside
-/// advance the count, so the few percent inside cost no branch; keys and indices need len + 15 entries.
+/// to the next digit); returns how many, and adds the count above to *above. A null mask is not written (a selection
+/// that ends in a TrimBoundary). The entries matching a prefix of digits are the range [prefix, prefix with every
+/// lower bit set]. Every entry is written and only those inside advance the count, so the few percent inside cost
+/// no branch; keys and indices need len + 15 entries.
 template <class T>
 KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> lo, magnitude_key<T> hi,
                                          std::uint8_t* mask, std::uint32_t first, magnitude_key<T>* keys,
@@ -199,11 +214,12 @@ KOKKOS_INLINE_FUNCTION int mark_and_list(const T* x, int len, magnitude_key<T> l
 #endif
   std::uint64_t marked = 0;
   CAMEX_IVDEP
-  for (int q = 0; q < len; ++q) {
-    mask[q] = key_of(x[q]) > hi;
-    marked += mask[q];
-  }
+  for (int q = 0; q < len; ++q) marked += key_of(x[q]) > hi;
   *above += marked;
+  if (mask) {
+    CAMEX_IVDEP
+    for (int q = 0; q < len; ++q) mask[q] = key_of(x[q]) > hi;
+  }
   int count = 0;
   for (int q = 0; q < len; ++q) {
     const magnitude_key<T> key = key_of(x[q]);
@@ -220,8 +236,9 @@ struct SelectPass {
   using Key = magnitude_key<T>;
   const T* data;
   std::ptrdiff_t stride;
-  std::uint8_t* out;
+  std::uint8_t* out;        // the mask, or null: the selection ends in `boundary`
   std::ptrdiff_t out_stride;
+  TrimBoundary* boundary;   // [rows], with a null mask
   std::size_t rows, params;
   SelectChunking chunking;
   SelectState<ExecSpace, T> st;
@@ -309,7 +326,7 @@ void select_mark_bracket(const SelectPass<ExecSpace, T>& pass, bool count_specia
     const T* row = data + r * stride;
     const Key lo = st.bracket(2 * r), hi = st.bracket(2 * r + 1);
     Candidate<T>* list = &st.candidates(r * capacity + c * region);
-    std::uint8_t* mask = out + r * out_stride;
+    std::uint8_t* mask = out ? out + r * out_stride : nullptr;
     const std::size_t end = chunk_end(c, chunk, params);
     constexpr int block = 256;
     Key keys[block + 15];
@@ -317,7 +334,8 @@ void select_mark_bracket(const SelectPass<ExecSpace, T>& pass, bool count_specia
     std::uint64_t above = 0, inside = 0, special = 0;
     for (std::size_t p0 = c * chunk; p0 < end; p0 += block) {
       const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
-      const int count = mark_and_list(row + p0, len, lo, hi, mask + p0, static_cast<std::uint32_t>(p0), keys, indices, &above);
+      const int count =
+          mark_and_list(row + p0, len, lo, hi, mask ? mask + p0 : nullptr, static_cast<std::uint32_t>(p0), keys, indices, &above);
       if (count_special)
         for (int q = 0; q < len; ++q) special += key_of(row[p0 + q]) >= infinity_key<T>;
       if (inside + count <= region)
@@ -482,7 +500,7 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
     std::uint64_t at = 0;
     for (std::size_t before = 0; before < c; ++before) at += st.histogram((r * chunks + before) * max_digit_bins + bin);
     Candidate<T>* list = &st.candidates(r * capacity);
-    std::uint8_t* mask = out + r * out_stride;
+    std::uint8_t* mask = out ? out + r * out_stride : nullptr;
     const std::size_t end = chunk_end(c, chunk, params);
     // Blocks of `block` entries compacted into local arrays, then copied to the list: the list's regions of
     // neighbouring chunks touch, and mark_and_list writes past its last match.
@@ -493,7 +511,8 @@ void select_compact(const SelectPass<ExecSpace, T>& pass, int digit) {
       const int len = end - p0 < block ? static_cast<int>(end - p0) : block;
       std::uint64_t above = 0;
       const int count =
-          mark_and_list(row + p0, len, want, want | below, mask + p0, static_cast<std::uint32_t>(p0), keys, indices, &above);
+          mark_and_list(row + p0, len, want, want | below, mask ? mask + p0 : nullptr, static_cast<std::uint32_t>(p0), keys,
+                        indices, &above);
       for (int j = 0; j < count; ++j) list[at + j] = {keys[j], indices[j]};
       at += count;
     }
@@ -526,7 +545,7 @@ void select_refine_candidates_up_to(const SelectPass<ExecSpace, T>& pass, int di
     std::size_t kept = 0;
     for (std::size_t j = 0; j < count; ++j) {
       const int bin = static_cast<int>((list[j].key >> shift) & (bins - 1));
-      if (bin > d) out[r * out_stride + list[j].index] = 1;  // decided: above the threshold
+      if (bin > d && out) out[r * out_stride + list[j].index] = 1;  // decided: above the threshold
       if (bin == d) list[kept++] = list[j];
     }
     st.prefix(r) |= static_cast<Key>(d) << shift;
@@ -545,22 +564,29 @@ void select_refine_candidates(const SelectPass<ExecSpace, T>& pass, int digit) {
 }
 
 /// For a listed row, everything but the ties is marked and the list holds exactly the ties, ascending: keeps the
-/// first remaining(r) of them.
+/// first remaining(r) of them (with a boundary instead of a mask: they end after the last one kept).
 template <class ExecSpace, class T>
 void select_mark_listed_ties(const SelectPass<ExecSpace, T>& pass) {
   const auto st = pass.st;
   std::uint8_t* out = pass.out;
+  TrimBoundary* boundary = pass.boundary;
   const auto out_stride = pass.out_stride;
   const std::size_t capacity = pass.chunking.capacity;
   Kokkos::parallel_for("camex::top_k[mark ties]", pass.per_row(), KOKKOS_LAMBDA(std::size_t r) {
     if (!st.listed(r)) return;
     const Candidate<T>* list = &st.candidates(r * capacity);
-    for (std::uint64_t j = 0; j < st.remaining(r); ++j) out[r * out_stride + list[j].index] = 1;
+    const std::uint64_t take = st.remaining(r);
+    if (!out) {
+      boundary[r] = {st.prefix(r), std::uint64_t{list[take - 1].index} + 1};
+      return;
+    }
+    for (std::uint64_t j = 0; j < take; ++j) out[r * out_stride + list[j].index] = 1;
   });
 }
 
 /// For a row never listed (too many ties for the list): counts the ties per chunk, turns the counts into offsets,
-/// and marks every entry, keeping a tie by its rank among the row's ties.
+/// and marks every entry, keeping a tie by its rank among the row's ties; with a boundary instead of a mask, the
+/// chunk that holds the last tie kept finds where the ties end.
 template <class ExecSpace, class T>
 void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
   using Key = magnitude_key<T>;
@@ -587,15 +613,26 @@ void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
       offset += ties;
     }
   });
+  TrimBoundary* boundary = pass.boundary;
   Kokkos::parallel_for("camex::top_k[mark with ranks]", pass.per_chunk(), KOKKOS_LAMBDA(std::size_t i) {
     const std::size_t r = i / chunks, c = i % chunks;
     if (st.listed(r)) return;
     const T* row = data + r * stride;
-    std::uint8_t* mask = out + r * out_stride;
     const std::size_t end = chunk_end(c, chunk, params);
     const Key threshold = st.prefix(r);
     const std::uint64_t take = st.remaining(r);
     std::uint64_t rank = st.equal(i);
+    if (!out) {
+      const bool last_chunk = c + 1 == chunks;
+      if (rank >= take || (!last_chunk && st.equal(i + 1) < take)) return;  // the take-th tie is in another chunk
+      for (std::size_t p = c * chunk; p < end; ++p)
+        if (key_of(row[p]) == threshold && ++rank == take) {
+          boundary[r] = {threshold, p + 1};
+          return;
+        }
+      return;
+    }
+    std::uint8_t* mask = out + r * out_stride;
     for (std::size_t p = c * chunk; p < end; ++p) {
       const Key key = key_of(row[p]);
       mask[p] = key > threshold || (key == threshold && rank++ < take);
@@ -615,19 +652,22 @@ std::size_t top_k_workspace_bytes(std::size_t rows, std::size_t params) {
 
 namespace detail {
 
-/// The selection of top_k_by_magnitude, for a caller that has checked its operands. With `nan_check` (the calling
-/// function's name) the count of infinities and NaNs is read back after the first pass and a NaN is reported as
-/// that function's argument_error; without it nothing is read back, for values the caller knows finite (a NaN
-/// then selects like a magnitude above infinity: the mask is garbage, the call still ends).
+/// The selection of top_k_by_magnitude, for a caller that has checked its operands: into the mask `keep`, or where
+/// `keep` is empty into one TrimBoundary per row at `boundary` (no mask written at all). With `nan_check` (the
+/// calling function's name) the count of infinities and NaNs is read back after the first pass and a NaN is
+/// reported as that function's argument_error; without it nothing is read back, for values the caller knows finite
+/// (a NaN then selects like a magnitude above infinity: the selection is garbage, the call still ends).
 template <class ExecSpace, class Values, class Keep>
-void select_top_k(const ExecSpace& space, const Values& values, std::size_t k, const Keep& keep,
+void select_top_k(const ExecSpace& space, const Values& values, std::size_t k, const Keep& keep, TrimBoundary* boundary,
                   const Workspace<ExecSpace>& workspace, const char* nan_check) {
   using T = typename Values::non_const_value_type;
   const std::size_t rows = values.extent(0), params = values.extent(1);
   const SelectChunking chunking(params, brackets_on<ExecSpace>);
   WorkspaceCarver<ExecSpace> carver("camex::top_k_by_magnitude", workspace);
-  const SelectPass<ExecSpace, T> pass{values.data(), row_stride(values), keep.data(), row_stride(keep), rows, params,
-                                      chunking, SelectState<ExecSpace, T>(carver, rows, chunking), space};
+  const SelectPass<ExecSpace, T> pass{values.data(), row_stride(values),
+                                      keep.size() ? keep.data() : nullptr, keep.size() ? row_stride(keep) : 0,
+                                      boundary, rows, params, chunking, SelectState<ExecSpace, T>(carver, rows, chunking),
+                                      space};
   select_start(pass, k);
   if constexpr (brackets_on<ExecSpace>)
     if (chunking.samples) {
@@ -670,7 +710,7 @@ void top_k_by_magnitude(const ExecSpace& space, const Values& values, std::size_
   require_shape(fn, "keep", keep, rows, params, "[R, P], the shape of values");
   if (k < 1 || k > params)
     throw argument_error(fn, "k", concat("a count in [1, ", params, "] (P = values.extent(1))"), concat(k));
-  detail::select_top_k(space, values, k, keep, workspace, fn);
+  detail::select_top_k(space, values, k, keep, nullptr, workspace, fn);
 }
 
 }  // namespace camex

@@ -22,11 +22,23 @@ class Ties : public ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransfor
   explicit Ties(const MergeProblem& problem, TiesMask mask = {}, const MergeOptions& options = {})
       : Base("camex::Ties", problem, options, std::move(mask), {}) {}
 
-  /// This step's trim [n, P] (1: among the expert's kept magnitudes), in the workspace. Valid after prepare, for
-  /// the standard variant.
-  auto kept(const Workspace<ExecSpace>& workspace) const {
+  /// This step's trim [n, P] (1: among the expert's kept magnitudes), in a new array: the policy keeps only each
+  /// expert's threshold and where its ties stop, and tests them on the deltas. Valid after prepare, for the
+  /// standard variant.
+  Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> kept(
+      const ExecSpace& space, const Workspace<ExecSpace>& workspace) {
     require_standard("camex::Ties::kept");
-    return this->mask_state(workspace).kept();
+    const auto tau = this->prepared_deltas(space, workspace);
+    const detail::TrimBoundary* trim = this->mask_state(workspace).trim.boundaries.data();
+    const std::size_t experts = tau.extent(0), params = tau.extent(1);
+    Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space> kept("camex::Ties::kept", experts,
+                                                                                             params);
+    Kokkos::parallel_for("camex::Ties::kept", Kokkos::RangePolicy<ExecSpace>(space, 0, experts * params),
+                         KOKKOS_LAMBDA(std::size_t k) {
+                           const std::size_t i = k / params, p = k % params;
+                           kept(i, p) = trim[i].selects(detail::key_of(tau(i, p)), p);
+                         });
+    return kept;
   }
 
   /// This step's elected signs [P] (+1 or -1), in a new array. Valid after prepare, for the standard variant.
@@ -36,7 +48,7 @@ class Ties : public ComposedPolicy<Scalar, ExecSpace, TiesMask, IdentityTransfor
     const auto tau = this->prepared_deltas(space, workspace);
     const auto st = this->mask_state(workspace);
     const std::size_t params = tau.extent(1);
-    const auto election = detail::ties_election(st.trim, st.experts, params, this->mask().options);
+    const auto election = detail::ties_election(st.trim, st.experts, this->mask().options);
     Kokkos::View<std::int8_t*, typename ExecSpace::memory_space> signs("camex::Ties::elected_signs", params);
     const Scalar* x = tau.data();
     const auto stride = row_stride(tau);

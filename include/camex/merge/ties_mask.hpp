@@ -47,14 +47,14 @@ template <class ExecSpace>
 struct TiesMaskState {
   template <class U>
   using Array = typename WorkspaceCarver<ExecSpace>::template Array<U>;
-  Array<std::uint8_t> keep;  // [N, P]: the trim
+  Array<TrimBoundary> boundaries;  // [N]: each expert's trim, tested on its deltas where they are read
   Array<double> weights;     // [N]
   Workspace<ExecSpace> select;
 
   template <class T>
   static TiesMaskState carve(WorkspaceCarver<ExecSpace>& carver, std::size_t experts, std::size_t params) {
     TiesMaskState st;
-    st.keep = carver.template take<std::uint8_t>(experts * params);
+    st.boundaries = carver.template take<TrimBoundary>(experts);
     st.weights = carver.template take<double>(experts);
     const auto carved = carver.template take<unsigned char>(top_k_workspace_bytes<T, ExecSpace>(experts, params));
     st.select = Workspace<ExecSpace>(carved.data(), carved.extent(0));
@@ -76,8 +76,15 @@ inline std::size_t check_ties_options(const char* fn, std::span<const double> we
   return top_k_count(fn, options.density, params);
 }
 
-/// The trim (keep = the top kept_count(i) entries of expert i by magnitude, or all) and the weights (empty: all
-/// 1), on the device; the weights travel as kernel arguments, so a step copies nothing. The deltas are finite:
+/// trim[first, last) keep every entry of their rows of `params`.
+template <class ExecSpace>
+void keep_all(const ExecSpace& space, TrimBoundary* trim, std::size_t first, std::size_t last, std::size_t params) {
+  Kokkos::parallel_for("camex::ties_trim[keep all]", Kokkos::RangePolicy<ExecSpace>(space, first, last),
+                       KOKKOS_LAMBDA(std::size_t i) { trim[i] = {0, params}; });
+}
+
+/// The trim (expert i keeps its top kept_count(i) entries by magnitude, or all: st.boundaries[i]) and the weights (empty:
+/// all 1), on the device; the weights travel as kernel arguments, so a step copies nothing. The deltas are finite:
 /// every caller has scanned them (ties_mask, or the composed policy's operand check), so the selections read back
 /// nothing.
 template <class ExecSpace, class Deltas, class KeptCount>
@@ -91,23 +98,23 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   }
   const Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
                      Kokkos::MemoryTraits<Kokkos::Unmanaged>>
-      keep(st.keep.data(), experts, params);
+      no_mask;
+  TrimBoundary* trim = st.boundaries.data();
   bool one_k = true;
   for (std::size_t i = 1; i < experts; ++i) one_k = one_k && kept_count(i) == kept_count(0);
   if (one_k) {
     if (kept_count(0) < params)
-      select_top_k(space, deltas, kept_count(0), keep, st.select, nullptr);
+      select_top_k(space, deltas, kept_count(0), no_mask, trim, st.select, nullptr);
     else
-      Kokkos::deep_copy(space, keep, std::uint8_t{1});
+      keep_all(space, trim, 0, experts, params);
     return;
   }
   for (std::size_t i = 0; i < experts; ++i) {
     const std::pair<std::size_t, std::size_t> row(i, i + 1);
-    const auto keep_row = Kokkos::subview(keep, row, Kokkos::ALL);
     if (kept_count(i) < params)
-      select_top_k(space, Kokkos::subview(deltas, row, Kokkos::ALL), kept_count(i), keep_row, st.select, nullptr);
+      select_top_k(space, Kokkos::subview(deltas, row, Kokkos::ALL), kept_count(i), no_mask, trim + i, st.select, nullptr);
     else
-      Kokkos::deep_copy(space, keep_row, std::uint8_t{1});
+      keep_all(space, trim, i, i + 1, params);
   }
 }
 
@@ -115,37 +122,47 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
 /// Works on runs of at most `chunk` entries at a time, in passes over the experts that vectorise along the run;
 /// sums are taken in double in expert order, so any run length gives the same factors.
 ///
+/// The trim is each expert's TrimBoundary, tested on the delta being read: no mask of the trim is written or read.
 /// The trim and the agreements enter the sums as factors of 0 or 1 in the deltas' type rather than as selects: a
 /// product with 0 or 1 is exact, so the sums are those of the selected terms (a dropped term adds a zero, and a
-/// sum that starts at +0 is never -0), and the vector loops stay in the deltas' lanes instead of widening byte
-/// masks to 64-bit ones.
+/// sum that starts at +0 is never -0), and the vector loops stay in the deltas' lanes instead of widening masks to
+/// 64-bit ones.
 struct TiesElection {
   static constexpr int chunk = 128;
-  const std::uint8_t* keep;  // [n, params]
-  std::size_t params;
+  /// Entries of the trimmed deltas of one run, all experts: a run is `chunk` entries, or fewer with many experts.
+  static constexpr int trimmed_entries = 2048;
+  const TrimBoundary* trim;  // [n]
   const double* weights;
   int experts;
   bool by_sum, normalize;
   double lambda;
 
+  /// The entries per run for this many experts, at most chunk.
+  KOKKOS_INLINE_FUNCTION int run_length() const {
+    const int fit = trimmed_entries / (experts > 0 ? experts : 1);
+    return fit < 1 ? 1 : fit < chunk ? fit : chunk;
+  }
+
   template <bool Multiply, class T>
   KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
                                     std::ptrdiff_t out_stride) const {
-    for (int c0 = 0; c0 < len; c0 += chunk) {
-      const int n = len - c0 < chunk ? len - c0 : chunk;
+    const int run = run_length();
+    for (int c0 = 0; c0 < len; c0 += run) {
+      const int n = len - c0 < run ? len - c0 : run;
+      T trimmed[trimmed_entries];
+      trim_run(p0 + c0, n, tau + c0, tau_stride, trimmed);
       double sign[chunk], agreeing[chunk];
-      elect(p0 + c0, n, tau + c0, tau_stride, sign);
+      elect_trimmed(n, trimmed, sign);
       T elected[chunk], factor[chunk];
       for (int q = 0; q < n; ++q) {
         elected[q] = static_cast<T>(sign[q]);
         agreeing[q] = 0;
       }
-      each_agreement(p0 + c0, n, tau + c0, tau_stride, elected,
-                     [&](int, int q, double w, T agrees) { agreeing[q] += w * static_cast<double>(agrees); });
+      each_agreement(n, trimmed, elected, [&](int, int q, double w, T agrees) { agreeing[q] += w * static_cast<double>(agrees); });
       CAMEX_IVDEP
       for (int q = 0; q < n; ++q)
         factor[q] = static_cast<T>(lambda / (normalize && agreeing[q] != 0 ? agreeing[q] : 1.0));
-      each_agreement(p0 + c0, n, tau + c0, tau_stride, elected, [&](int i, int q, double, T agrees) {
+      each_agreement(n, trimmed, elected, [&](int i, int q, double, T agrees) {
         // A mask, not agrees * factor: the factor overflows to inf where the agreeing weight is tiny.
         const T f = value_or_zero(agrees != T(0), factor[q]);
         T* y = out + i * out_stride + c0;
@@ -158,34 +175,57 @@ struct TiesElection {
   /// (or vote) of exactly 0 elects +.
   template <class T>
   KOKKOS_INLINE_FUNCTION void elect(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride, double* sign) const {
+    const int run = run_length();
+    for (int c0 = 0; c0 < n; c0 += run) {
+      const int m = n - c0 < run ? n - c0 : run;
+      T trimmed[trimmed_entries];
+      trim_run(p + c0, m, tau + c0, tau_stride, trimmed);
+      elect_trimmed(m, trimmed, sign + c0);
+    }
+  }
+
+  /// trimmed[i * n + q] = tau_i at entry q of a run of n entries from parameter p where expert i's trim keeps it,
+  /// else 0: the one test of the trim per entry, against the expert's TrimBoundary (ties kept below tie_end).
+  template <class T>
+  KOKKOS_FORCEINLINE_FUNCTION void trim_run(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride, T* trimmed) const {
+    for (int i = 0; i < experts; ++i) {
+      const TrimBoundary b = trim[i];
+      const auto threshold = static_cast<magnitude_key<T>>(b.threshold);
+      const int stop = b.tie_end <= p ? 0 : b.tie_end - p >= static_cast<std::uint64_t>(n) ? n : static_cast<int>(b.tie_end - p);
+      const T* x = tau + i * tau_stride;
+      T* t = trimmed + i * n;
+      CAMEX_IVDEP
+      for (int q = 0; q < n; ++q) {
+        const magnitude_key<T> key = key_of(x[q]);
+        // Bitwise, not short-circuit: a select per lane, so the loop vectorises.
+        t[q] = x[q] * static_cast<T>((key > threshold) | ((key == threshold) & (q < stop)));
+      }
+    }
+  }
+
+  /// elect() over trimmed deltas [experts, n].
+  template <class T>
+  KOKKOS_INLINE_FUNCTION void elect_trimmed(int n, const T* trimmed, double* sign) const {
     for (int q = 0; q < n; ++q) sign[q] = 0;
     if (by_sum)
-      each_weighted_delta(p, n, tau, tau_stride, [&](int, int q, double, double d) { sign[q] += d; });
+      each_weighted_delta(n, trimmed, [&](int, int q, double, double d) { sign[q] += d; });
     else
-      each_weighted_delta(p, n, tau, tau_stride, [&](int, int q, double, double d) {
+      each_weighted_delta(n, trimmed, [&](int, int q, double, double d) {
         sign[q] += static_cast<double>(d > 0) - static_cast<double>(d < 0);
       });
     CAMEX_IVDEP
     for (int q = 0; q < n; ++q) sign[q] = sign[q] >= 0 ? 1.0 : -1.0;
   }
 
-  /// 1 where expert i's trim kept parameter p, else 0, in T.
-  template <class T>
-  KOKKOS_FORCEINLINE_FUNCTION static T kept_as(std::uint8_t kept) {
-    return static_cast<T>(kept != 0);
-  }
-
-  /// visit(i, q, w_i, d) for every expert i and entry q < n of a run starting at parameter p and at tau: d is the
-  /// weighted delta w_i tau_i, a zero where the trim dropped it. Expert by expert, each a loop along the run.
+  /// visit(i, q, w_i, d) for every expert i and entry q < n of trimmed deltas [experts, n]: d = w_i t_i, a zero
+  /// where the trim dropped the entry. Expert by expert, each a loop along the run.
   template <class T, class Visit>
-  KOKKOS_FORCEINLINE_FUNCTION void each_weighted_delta(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride,
-                                                       const Visit& visit) const {
+  KOKKOS_FORCEINLINE_FUNCTION void each_weighted_delta(int n, const T* trimmed, const Visit& visit) const {
     for (int i = 0; i < experts; ++i) {
-      const std::uint8_t* kept = keep + i * params + p;
-      const T* x = tau + i * tau_stride;
+      const T* t = trimmed + i * n;
       const double w = weights[i];
       CAMEX_IVDEP
-      for (int q = 0; q < n; ++q) visit(i, q, w, w * static_cast<double>(x[q] * kept_as<T>(kept[q])));
+      for (int q = 0; q < n; ++q) visit(i, q, w, w * static_cast<double>(t[q]));
     }
   }
 
@@ -193,38 +233,32 @@ struct TiesElection {
   /// |w tau| >= 2^-925 2^-149 = 2^-1074, the smallest double.
   static constexpr double sign_exact_weight = 0x1p-925;
 
-  /// visit(i, q, w_i, agrees) for every expert i and entry q < n: agrees is 1 (in T) where the trim kept the entry
-  /// and its weighted delta w_i tau_i has the elected sign (`elected`, +-1 in T), i.e. w_i tau_i e > 0, else 0.
-  /// Where |w_i| >= sign_exact_weight that is sign(w_i) tau_i e > 0, decided in T without forming the double
-  /// product: both factors are +-1, so the product is exact, and as fast as the T lanes allow; a smaller weight
-  /// decides on the double product itself.
+  /// visit(i, q, w_i, agrees) for every expert i and entry q < n of trimmed deltas [experts, n]: agrees is 1 (in T)
+  /// where the trim kept the entry and its weighted delta w_i tau_i has the elected sign (`elected`, +-1 in T), i.e.
+  /// w_i t_i e > 0 (a dropped entry's t_i = 0 never agrees), else 0. Where |w_i| >= sign_exact_weight that is
+  /// sign(w_i) t_i e > 0, decided in T without forming the double product: both factors are +-1, so the product is
+  /// exact, and as fast as the T lanes allow; a smaller weight decides on the double product itself.
   template <class T, class Visit>
-  KOKKOS_FORCEINLINE_FUNCTION void each_agreement(std::size_t p, int n, const T* tau, std::ptrdiff_t tau_stride,
-                                                  const T* elected, const Visit& visit) const {
+  KOKKOS_FORCEINLINE_FUNCTION void each_agreement(int n, const T* trimmed, const T* elected, const Visit& visit) const {
     for (int i = 0; i < experts; ++i) {
-      const std::uint8_t* kept = keep + i * params + p;
-      const T* x = tau + i * tau_stride;
+      const T* t = trimmed + i * n;
       const double w = weights[i];
       if (w >= sign_exact_weight || w <= -sign_exact_weight) {
         const T w_sign = w > 0 ? T(1) : T(-1);
         CAMEX_IVDEP
-        for (int q = 0; q < n; ++q)
-          visit(i, q, w, kept_as<T>(kept[q]) * static_cast<T>(x[q] * w_sign * elected[q] > T(0)));
+        for (int q = 0; q < n; ++q) visit(i, q, w, static_cast<T>(t[q] * w_sign * elected[q] > T(0)));
       } else {
         CAMEX_IVDEP
         for (int q = 0; q < n; ++q)
-          visit(i, q, w,
-                kept_as<T>(kept[q]) *
-                    static_cast<T>(w * static_cast<double>(x[q]) * static_cast<double>(elected[q]) > 0));
+          visit(i, q, w, static_cast<T>(w * static_cast<double>(t[q]) * static_cast<double>(elected[q]) > 0));
       }
     }
   }
 };
 
 template <class ExecSpace>
-TiesElection ties_election(const TiesMaskState<ExecSpace>& st, std::size_t experts, std::size_t params,
-                           const TiesOptions& options) {
-  return {st.keep.data(), params, st.weights.data(), static_cast<int>(experts), options.election == SignElection::sum,
+TiesElection ties_election(const TiesMaskState<ExecSpace>& st, std::size_t experts, const TiesOptions& options) {
+  return {st.boundaries.data(), st.weights.data(), static_cast<int>(experts), options.election == SignElection::sum,
           options.normalize, options.lambda};
 }
 
@@ -278,7 +312,7 @@ void ties_mask(const ExecSpace& space, const Deltas& deltas, std::span<const dou
                          concat("deltas(", first / params, ", ", first % params, ") = ",
                                         static_cast<double>(detail::read_entry(space, deltas, first / params, first % params))));
   detail::ties_trim(space, deltas, weights, [k](std::size_t) { return k; }, st);
-  const auto election = detail::ties_election(st, experts, params, options);
+  const auto election = detail::ties_election(st, experts, options);
   const T* tau = deltas.data();
   T* f = factor.data();
   const auto tau_stride = row_stride(deltas), f_stride = row_stride(factor);

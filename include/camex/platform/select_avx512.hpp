@@ -14,10 +14,10 @@
 
 namespace camex::detail {
 
-/// For the magnitude keys k of x[0, len) (float bits without the sign): mask[q] = k > hi, and the keys and indices
-/// (first + q) of the entries with lo <= k <= hi written to keys[] and indices[] in order. Returns how many were
-/// written and adds to *above the count of k > hi; both arrays need room for len + 15 entries (whole vectors are
-/// stored).
+/// For the magnitude keys k of x[0, len) (float bits without the sign): mask[q] = k > hi (unless mask is null), and
+/// the keys and indices (first + q) of the entries with lo <= k <= hi written to keys[] and indices[] in order.
+/// Returns how many were written and adds to *above the count of k > hi; both arrays need room for len + 15 entries
+/// (whole vectors are stored).
 inline int mark_and_list_avx512(const float* x, int len, std::uint32_t lo, std::uint32_t hi, std::uint8_t* mask,
                                 std::uint32_t first, std::uint32_t* keys, std::uint32_t* indices, std::uint64_t* above) {
   const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), low = _mm512_set1_epi32(static_cast<int>(lo)),
@@ -29,7 +29,7 @@ inline int mark_and_list_avx512(const float* x, int len, std::uint32_t lo, std::
     const __m512i key = _mm512_and_si512(_mm512_loadu_si512(x + q), magnitude);
     const __mmask16 over = _mm512_cmpgt_epu32_mask(key, high);
     const __mmask16 inside = _mm512_cmple_epu32_mask(_mm512_sub_epi32(key, low), width);  // lo <= k <= hi, one compare
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(mask + q), _mm_maskz_set1_epi8(over, 1));
+    if (mask) _mm_storeu_si128(reinterpret_cast<__m128i*>(mask + q), _mm_maskz_set1_epi8(over, 1));
     const __m512i index = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(first + static_cast<std::uint32_t>(q))));
     _mm512_storeu_si512(keys + count, _mm512_maskz_compress_epi32(inside, key));
     _mm512_storeu_si512(indices + count, _mm512_maskz_compress_epi32(inside, index));
@@ -38,7 +38,7 @@ inline int mark_and_list_avx512(const float* x, int len, std::uint32_t lo, std::
   }
   for (; q < len; ++q) {
     const std::uint32_t key = std::bit_cast<std::uint32_t>(x[q]) & 0x7fffffffu;
-    mask[q] = key > hi;
+    if (mask) mask[q] = key > hi;
     marked += key > hi;
     keys[count] = key;
     indices[count] = first + static_cast<std::uint32_t>(q);

@@ -87,12 +87,6 @@ struct TiesMask {
   struct State {
     detail::TiesMaskState<ExecSpace> trim;  // empty for sign agreement
     std::size_t experts, params;
-
-    /// The trim of this step, [n, P]: 1 where the entry is among its expert's kept magnitudes.
-    auto kept() const {
-      return Kokkos::View<const std::uint8_t**, Kokkos::LayoutRight, typename ExecSpace::memory_space,
-                          Kokkos::MemoryTraits<Kokkos::Unmanaged>>(trim.keep.data(), experts, params);
-    }
   };
 
   /// Throws argument_error for settings that cannot be met or contradict each other, naming the field.
@@ -158,7 +152,7 @@ struct TiesMask {
   TiesFactor element_factor(const StepContext&, const State<ExecSpace>& state) const {
     const int n = static_cast<int>(state.experts);
     return {variant,
-            variant == TiesVariant::standard ? detail::ties_election(state.trim, state.experts, state.params, options)
+            variant == TiesVariant::standard ? detail::ties_election(state.trim, state.experts, options)
                                              : detail::TiesElection{},
             SignAgreement{n}};
   }
