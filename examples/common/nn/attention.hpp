@@ -1,22 +1,31 @@
 #pragma once
-// Causal multi-head self-attention over sequences of `context` tokens, from the fused projection
-// qkv [N, 3C] (q, k, v side by side, head h in columns h d .. h d + d of each, d = C / heads; GPT-2's layout) to
-// y [N, C], the heads' outputs side by side (before the output projection):
+// Multi-head self-attention over sequences of `context` tokens, from the fused projection qkv [N, 3C] (q, k, v
+// side by side, head h in columns h d .. h d + d of each, d = C / heads; GPT-2's layout) to y [N, C], the heads'
+// outputs side by side (before the output projection):
 //
-//   A_h = softmax(q_h k_h^T / sqrt(d) + causal mask),   y_h = A_h v_h.
+//   A_h = softmax(q_h k_h^T / sqrt(d) + mask),   y_h = A_h v_h,
 //
-// q, k, v are copied into one [L, d] block per (sequence, head) so the products are batched GEMMs; the full L x L
-// score block is computed and the upper triangle masked (twice the needed flops for simpler, regular GEMMs). The
-// object keeps the blocks and the probabilities of its last forward for the backward, so a model holds one per
-// layer. The backward overwrites d_qkv.
+// the mask a parameter: causal (a language model: no token sees a later one) or none (a ViT: every patch sees
+// every patch). q, k, v are copied into one [L, d] block per (sequence, head) so the products are batched GEMMs;
+// the full L x L score block is computed and, when causal, the upper triangle masked (twice the needed flops for
+// simpler, regular GEMMs). The
+// object keeps the blocks and the probabilities of its last forward (in the model's activation arena) for the
+// backward, so a model holds one per layer. The backward adds to d_qkv.
 
 #include <cmath>
 #include <string>
 
+#include "common/train/activations.hpp"
 #include "linear.hpp"
 #include "tensor.hpp"
 
 namespace camex::examples {
+
+/// Which keys a query attends to.
+enum class AttentionMask {
+  causal,  ///< keys 0 .. t for the query at position t
+  none,    ///< every key of the sequence
+};
 
 /// The (sequence, head) blocks [L, d] of columns part C .. part C + C of `from` [N, 3C] (part 0 q, 1 k, 2 v) into
 /// `to` [S H L, d], for `heads` heads over sequences of `context` tokens.
@@ -30,23 +39,27 @@ void split_heads(const Space& space, const ConstMat<T, Space>& from, std::size_t
   });
 }
 
-/// The inverse: overwrites columns part C .. part C + C of `to` [N, kC] from the blocks `from` [S H L, d].
+/// The inverse: columns part C .. part C + C of `to` [N, kC] from the blocks `from` [S H L, d], overwritten or
+/// (accumulate) added to.
 template <class T, class Space>
 void merge_heads(const Space& space, const Mat<T, Space>& from, std::size_t part, std::size_t heads, std::size_t context,
-                 const Mat<T, Space>& to) {
+                 const Mat<T, Space>& to, bool accumulate) {
   const std::size_t d = from.extent(1), c = d * heads, h = heads, l = context, n = to.extent(0);
   Kokkos::parallel_for("attention[merge_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c), KOKKOS_LAMBDA(std::size_t w) {
     const std::size_t t = w / c, col = w % c, head = col / d;
-    to(t, part * c + col) = from(((t / l) * h + head) * l + t % l, col % d);
+    const T value = from(((t / l) * h + head) * l + t % l, col % d);
+    to(t, part * c + col) = accumulate ? to(t, part * c + col) + value : value;
   });
 }
 
-/// Row r of att [S H L, L] is query t = r mod L: softmax over its keys 0 .. t, zero above.
+/// Row r of att [S H L, L] is query r mod L: softmax over the keys its mask lets it see (causal: 0 .. r mod L, zero
+/// above; none: all L).
 template <class T, class Space>
-void causal_softmax(const Space& space, const Mat<T, Space>& att) {
+void masked_softmax(const Space& space, AttentionMask mask, const Mat<T, Space>& att) {
   const std::size_t l = att.extent(1);
+  const bool causal = mask == AttentionMask::causal;
   Kokkos::parallel_for("attention[softmax]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)), KOKKOS_LAMBDA(std::size_t r) {
-    const std::size_t t = r % l;
+    const std::size_t t = causal ? r % l : l - 1;  // the last key the query sees
     T top = att(r, 0);
     for (std::size_t s = 1; s <= t; ++s) top = att(r, s) > top ? att(r, s) : top;
     double sum = 0;
@@ -63,11 +76,13 @@ void causal_softmax(const Space& space, const Mat<T, Space>& att) {
 
 /// d_att <- scale A .* (d_att - rowsum(A .* d_att)): the gradient of the scaled scores, A = att.
 template <class T, class Space>
-void causal_softmax_backward(const Space& space, const Mat<T, Space>& att, const Mat<T, Space>& d_att, T scale) {
+void masked_softmax_backward(const Space& space, AttentionMask mask, const Mat<T, Space>& att, const Mat<T, Space>& d_att,
+                             T scale) {
   const std::size_t l = att.extent(1);
+  const bool causal = mask == AttentionMask::causal;
   Kokkos::parallel_for("attention[softmax_backward]", Kokkos::RangePolicy<Space>(space, 0, att.extent(0)),
                        KOKKOS_LAMBDA(std::size_t r) {
-                         const std::size_t t = r % l;
+                         const std::size_t t = causal ? r % l : l - 1;
                          double dot = 0;
                          for (std::size_t s = 0; s <= t; ++s) dot += static_cast<double>(att(r, s)) * d_att(r, s);
                          for (std::size_t s = 0; s <= t; ++s) d_att(r, s) = static_cast<T>(scale * att(r, s) * (d_att(r, s) - dot));
@@ -76,24 +91,31 @@ void causal_softmax_backward(const Space& space, const Mat<T, Space>& att, const
 }
 
 template <class T, class Space>
-class CausalSelfAttention {
+class SelfAttention {
  public:
-  CausalSelfAttention(std::size_t sequences, std::size_t context, std::size_t channels, std::size_t heads)
-      : sequences_(sequences), context_(context), channels_(channels), heads_(heads) {
+  SelfAttention(std::size_t sequences, std::size_t context, std::size_t channels, std::size_t heads, AttentionMask mask)
+      : sequences_(sequences), context_(context), channels_(channels), heads_(heads), mask_(mask) {
     if (heads == 0 || channels % heads != 0)
-      throw argument_error("CausalSelfAttention", "heads", concat("a divisor of the width ", channels),
+      throw argument_error("SelfAttention", "heads", concat("a divisor of the width ", channels),
                            concat(heads));
-    const std::size_t rows = sequences * heads * context, d = channels / heads;
-    for (Mat<T, Space>* m : {&q_, &k_, &v_, &o_, &d_q_, &d_k_, &d_v_, &d_o_}) *m = Mat<T, Space>("attention", rows, d);
-    att_ = Mat<T, Space>("attention.probabilities", rows, context);
-    d_att_ = Mat<T, Space>("attention.d_probabilities", rows, context);
+  }
+
+  /// The per-head blocks and probabilities the backward reads, and the backward's scratch (overwritten before it
+  /// is read, so with the values).
+  void declare(ActivationArena<T, Space>& arena) {
+    using Part = typename ActivationArena<T, Space>::Part;
+    const std::size_t rows = sequences_ * heads_ * context_, d = channels_ / heads_;
+    for (Mat<T, Space>* m : {&q_, &k_, &v_, &o_, &d_q_, &d_k_, &d_v_, &d_o_}) arena.add(Part::values, rows, d, m);
+    arena.add(Part::values, rows, context_, &att_);
+    arena.add(Part::values, rows, context_, &d_att_);
   }
 
   std::size_t tokens() const { return sequences_ * context_; }
+  AttentionMask mask() const { return mask_; }
   std::size_t head_width() const { return channels_ / heads_; }
 
   void forward(const Space& space, const ConstMat<T, Space>& qkv, const Mat<T, Space>& y) {
-    constexpr const char* fn = "CausalSelfAttention::forward";
+    constexpr const char* fn = "SelfAttention::forward";
     require_shape(fn, "qkv", qkv, tokens(), 3 * channels_, "[N, 3C]");
     require_shape(fn, "y", y, tokens(), channels_, "[N, C]");
     split_heads(space, qkv, 0, heads_, context_, q_);
@@ -101,24 +123,25 @@ class CausalSelfAttention {
     split_heads(space, qkv, 2, heads_, context_, v_);
     const T scale = static_cast<T>(1 / std::sqrt(static_cast<double>(head_width())));
     batched(space, q_, Transpose::no, k_, Transpose::yes, att_, scale, T(0));
-    causal_softmax(space, att_);
+    masked_softmax(space, mask_, att_);
     batched(space, att_, Transpose::no, v_, Transpose::no, o_, T(1), T(0));
-    merge_heads(space, o_, 0, heads_, context_, y);
+    merge_heads(space, o_, 0, heads_, context_, y, false);
   }
 
+  /// Adds the gradient of the last forward's qkv to d_qkv.
   void backward(const Space& space, const ConstMat<T, Space>& d_y, const Mat<T, Space>& d_qkv) {
-    constexpr const char* fn = "CausalSelfAttention::backward";
+    constexpr const char* fn = "SelfAttention::backward";
     require_shape(fn, "d_y", d_y, tokens(), channels_, "[N, C]");
     require_shape(fn, "d_qkv", d_qkv, tokens(), 3 * channels_, "[N, 3C]");
     split_heads(space, d_y, 0, heads_, context_, d_o_);
     batched(space, d_o_, Transpose::no, v_, Transpose::yes, d_att_, T(1), T(0));
     batched(space, att_, Transpose::yes, d_o_, Transpose::no, d_v_, T(1), T(0));
-    causal_softmax_backward(space, att_, d_att_, static_cast<T>(1 / std::sqrt(static_cast<double>(head_width()))));
+    masked_softmax_backward(space, mask_, att_, d_att_, static_cast<T>(1 / std::sqrt(static_cast<double>(head_width()))));
     batched(space, d_att_, Transpose::no, k_, Transpose::no, d_q_, T(1), T(0));
     batched(space, d_att_, Transpose::yes, q_, Transpose::no, d_k_, T(1), T(0));
-    merge_heads(space, d_q_, 0, heads_, context_, d_qkv);
-    merge_heads(space, d_k_, 1, heads_, context_, d_qkv);
-    merge_heads(space, d_v_, 2, heads_, context_, d_qkv);
+    merge_heads(space, d_q_, 0, heads_, context_, d_qkv, true);
+    merge_heads(space, d_k_, 1, heads_, context_, d_qkv, true);
+    merge_heads(space, d_v_, 2, heads_, context_, d_qkv, true);
   }
 
  private:
@@ -141,6 +164,7 @@ class CausalSelfAttention {
   }
 
   std::size_t sequences_, context_, channels_, heads_;
+  AttentionMask mask_;
   Mat<T, Space> q_, k_, v_, o_, att_, d_q_, d_k_, d_v_, d_o_, d_att_;
 };
 

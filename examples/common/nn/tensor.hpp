@@ -14,6 +14,10 @@
 
 namespace camex::examples {
 
+/// What the trainers train in.
+using TrainScalar = float;
+using TrainSpace = Kokkos::DefaultExecutionSpace;
+
 template <class T, class Space>
 using Mat = Kokkos::View<T**, Kokkos::LayoutRight, typename Space::memory_space>;
 template <class T, class Space>

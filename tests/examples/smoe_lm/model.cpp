@@ -7,7 +7,7 @@
 // Tolerance: as for the layers (tests/examples/common/nn/layer_testing.hpp), 1e-6 of the tensor's largest
 // difference quotient, plus 1e-9 absolute for tensors whose gradient is tiny (the rounding of the O(1) objective
 // over the step h = 1e-6 is about 1e-10).
-#include "smoe_lm/experts.hpp"
+#include "common/moe/stores.hpp"
 #include "smoe_lm/model.hpp"
 
 #include "finite_difference.hpp"
@@ -27,6 +27,8 @@ const GptShape shape{.vocab = 7, .context = 4, .channels = 8, .heads = 2, .layer
 // tested in tests/route/groups.cpp), which central differences cannot reproduce.
 const RoutingLayout layout{.sequences = 2, .length = 4, .granularity = Granularity::sequence};
 constexpr std::size_t experts = 3;
+const MoeShape moe{.layers = shape.layers, .mlp = {shape.channels, shape.hidden, shape.activation}, .layout = layout,
+                   .experts = experts};
 
 TokenIds<Space> random_tokens(std::mt19937_64& gen) {
   Kokkos::View<std::int32_t*, Space::memory_space> v("tokens", shape.tokens());
@@ -57,6 +59,7 @@ void check_model_gradients(Model& model, std::mt19937_64& gen) {
     return loss.cross_entropy + loss.aux;
   };
   BOOST_TEST(std::isfinite(objective()));
+  model.zero_gradients(Space{});
   model.backward(Space{});
   std::vector<std::pair<std::string, std::vector<double>>> analytic;
   for (auto& t : model.tensors()) analytic.emplace_back(t.name, host_values(t.flat.gradient));
@@ -75,7 +78,7 @@ void check_model_gradients(Model& model, std::mt19937_64& gen) {
 BOOST_AUTO_TEST_CASE(dense_gpt_gradients) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
-    Gpt<double, Space, DenseMlp<double, Space>> model(shape, [](std::size_t) {
+    Gpt<double, Space> model(shape, [](std::size_t) {
       return std::make_unique<DenseMlp<double, Space>>(MlpShape{shape.channels, shape.hidden, shape.activation}, shape.tokens());
     });
     check_model_gradients(model, gen);
@@ -87,14 +90,14 @@ BOOST_AUTO_TEST_CASE(ties_ca_gpt_gradients) {
   CAMEX_TEST_CONTEXT() {
     using Policy = TiesCA<double, Space>;
     using Router = NoisyTopKGate<double, Space>;
-    IndependentPolicies<Policy> policies(shape, experts, layout, [](MlpTensor, const MergeProblem& problem) {
+    IndependentPolicies<Policy> policies(moe, [](MlpTensor, const MergeProblem& problem) {
       return std::make_unique<Policy>(problem, TiesMask{.options = {.density = 0.2}}, CurvatureOptions{.rank = 2});
     });
     MergedMlpFactory<double, Space, IndependentPolicies<Policy>, Policy, Router> make_mlp(
-        shape, layout, policies, [](std::size_t inputs, std::size_t index) {
+        moe, policies, [](std::size_t inputs, std::size_t index) {
           return std::make_unique<Router>(inputs, experts, layout, NoisyTopKOptions{.balance_coefficient = 0.1}, index);
         });
-    Gpt<double, Space, MergedMlp<double, Space, Policy, Router>> model(shape, [&](std::size_t l) { return make_mlp(l); });
+    Gpt<double, Space> model(shape, [&](std::size_t l) -> std::unique_ptr<MlpLayer<double, Space>> { return make_mlp(l); });
     check_model_gradients(model, gen);
   }
 }
@@ -105,11 +108,11 @@ BOOST_AUTO_TEST_CASE(dynamic_gpt_gradients) {
     using Store = ChainedPolicies<double, Space>;
     using Policy = DynamicChain<double, Space>::Layer;
     using Router = NoisyTopKGate<double, Space>;
-    Store chains(shape, experts, layout, DynamicOptions{.gamma = 0.5, .alpha = 0.8, .curvature = {.rank = 2}});
-    MergedMlpFactory<double, Space, Store, Policy, Router> make_mlp(shape, layout, chains, [](std::size_t inputs, std::size_t index) {
+    Store chains(moe, DynamicOptions{.gamma = 0.5, .alpha = 0.8, .curvature = {.rank = 2}});
+    MergedMlpFactory<double, Space, Store, Policy, Router> make_mlp(moe, chains, [](std::size_t inputs, std::size_t index) {
       return std::make_unique<Router>(inputs, experts, layout, NoisyTopKOptions{.balance_coefficient = 0.1}, index);
     });
-    Gpt<double, Space, MergedMlp<double, Space, Policy, Router>> model(shape, [&](std::size_t l) { return make_mlp(l); });
+    Gpt<double, Space> model(shape, [&](std::size_t l) -> std::unique_ptr<MlpLayer<double, Space>> { return make_mlp(l); });
     check_model_gradients(model, gen);
   }
 }
@@ -121,13 +124,13 @@ BOOST_AUTO_TEST_CASE(gpt_errors) {
     };
     GptShape no_layers = shape;
     no_layers.layers = 0;
-    require_argument_error([&] { Gpt<float, Space, DenseMlp<float, Space>>(no_layers, dense); }, "shape.layers",
+    require_argument_error([&] { Gpt<float, Space>(no_layers, dense); }, "shape.layers",
                            {"at least one layer"});
     GptShape odd_heads = shape;
     odd_heads.heads = 3;
-    require_argument_error([&] { Gpt<float, Space, DenseMlp<float, Space>>(odd_heads, dense); }, "heads",
+    require_argument_error([&] { Gpt<float, Space>(odd_heads, dense); }, "heads",
                            {"a divisor of the width 8", "given 3"});
-    Gpt<float, Space, DenseMlp<float, Space>> model(shape, dense);
+    Gpt<float, Space> model(shape, dense);
     Kokkos::View<std::int32_t*, Space::memory_space> short_tokens("tokens", shape.tokens() - 1), tokens("tokens", shape.tokens());
     require_argument_error([&] { model.forward(Space{}, {}, short_tokens, tokens); }, "inputs",
                            {"8 entries (sequences x context)", "given 7 entries"});

@@ -3,7 +3,7 @@
 // The backward accumulates into the tables' gradients; every gradient entry is summed by one work item in token
 // order, so the result does not depend on the thread count (no atomics).
 
-#include "tensor.hpp"
+#include "common/nn/tensor.hpp"
 
 namespace camex::examples {
 

@@ -1,8 +1,8 @@
 // Token and position embeddings: the forward against the table lookup in double, the backward (which collects
 // repeated tokens' rows) against central finite differences of both tables, and the errors.
-#include "common/nn/embedding.hpp"
+#include "common/text/embedding.hpp"
 
-#include "layer_testing.hpp"
+#include "../nn/layer_testing.hpp"
 
 using namespace camex;
 using namespace camex::testing;

@@ -2,7 +2,7 @@
 // genre, WikiText's three files (and the .raw variant), and every error a bad path or file gets.
 #include <boost/test/unit_test.hpp>
 
-#include "common/data/corpus.hpp"
+#include "common/text/corpus.hpp"
 
 #include <filesystem>
 #include <fstream>

@@ -6,8 +6,8 @@
 
 #include <cmath>
 
-#include "linear.hpp"
-#include "tensor.hpp"
+#include "common/nn/linear.hpp"
+#include "common/nn/tensor.hpp"
 
 namespace camex::examples {
 

@@ -3,8 +3,8 @@
 // from a token stream; and the errors.
 #include <boost/test/unit_test.hpp>
 
-#include "common/data/batches.hpp"
-#include "common/data/tokenizer.hpp"
+#include "common/text/token_batches.hpp"
+#include "common/text/tokenizer.hpp"
 
 #include <filesystem>
 #include <fstream>

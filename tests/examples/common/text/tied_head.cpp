@@ -1,8 +1,8 @@
 // The tied LM head and its cross-entropy: the loss and probabilities against log-sum-exp in double, the backward
 // against central finite differences of the hidden states and the (tied) embedding table, and the errors.
-#include "common/nn/cross_entropy.hpp"
+#include "common/text/tied_head.hpp"
 
-#include "layer_testing.hpp"
+#include "../nn/layer_testing.hpp"
 
 using namespace camex;
 using namespace camex::testing;

@@ -1,0 +1,16 @@
+// TIES: trim, elect, disjoint mean.
+#include "common/moe/families.hpp"
+
+namespace camex::examples {
+
+TrainMlps ties_mlps(const MergeConfig& m, std::uint64_t seed, const MoeShape& shape) {
+  using Policy = Ties<TrainScalar, TrainSpace>;
+  const double alpha = merge_step(policy_rule(m.policy), m.alpha);
+  return independent_mlps<Policy>(m, seed, shape, [&](const MergeProblem& p) {
+    TiesMask mask;
+    mask.options.density = m.density;
+    return std::make_unique<Policy>(p, mask, MergeOptions{.alpha = alpha});
+  });
+}
+
+}  // namespace camex::examples

@@ -1,0 +1,133 @@
+#pragma once
+// Checkpoints of any task: every trainable tensor with both AdamW moments and the step, in one safetensors file
+// written atomically, with metadata naming the format, the configuration, the options that define the model's
+// tensors and what the task adds (the tokenizer a language model's ids belong to). Resuming restores all of it, so a
+// resumed run continues exactly as the uninterrupted one would have (same backend and thread count). Upcycling
+// starts a merged model from a dense checkpoint through the task's name map: every tensor the two share by name
+// and shape, and each merged MLP tensor's experts and base from the dense tensor the map names.
+
+#include <Kokkos_Core.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "common/io/safetensors.hpp"
+#include "common/train/adamw.hpp"
+#include "common/train/parameters.hpp"
+
+namespace camex::examples {
+
+template <class T, class Space>
+HostTensor host_tensor(const std::string& name, const std::vector<std::size_t>& shape, const typename Parameter<T, Space>::Flat& flat) {
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, flat);
+  HostTensor t{name, dtype_of<T>(), shape, std::vector<unsigned char>(host.extent(0) * sizeof(T))};
+  std::memcpy(t.bytes.data(), host.data(), t.bytes.size());
+  return t;
+}
+
+template <class T, class Space>
+void load_tensor(const SafetensorsFile& file, const std::string& name, const std::vector<std::size_t>& shape,
+                 const typename Parameter<T, Space>::Flat& flat) {
+  auto host = Kokkos::create_mirror_view(flat);
+  std::memcpy(host.data(), file.tensor(name, dtype_of<T>(), shape), host.extent(0) * sizeof(T));
+  Kokkos::deep_copy(flat, host);
+}
+
+/// What identifies a task's checkpoints: their format, the options that define the model's tensors, and the
+/// task's own metadata with its check (`check` throws checkpoint_error when a file's metadata does not fit).
+struct CheckpointIdentity {
+  std::string format;
+  nlohmann::json model;
+  std::map<std::string, std::string> metadata;
+  std::function<void(const SafetensorsFile&, const std::filesystem::path&)> check;
+};
+
+template <class T, class Space>
+void save_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, const nlohmann::json& config,
+                     const AdamW<T, Space>& adam) {
+  std::vector<HostTensor> tensors;
+  const auto& list = adam.tensors();
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto& t = list[i];
+    tensors.push_back(host_tensor<T, Space>(t.name, t.shape, t.flat.value));
+    tensors.push_back(host_tensor<T, Space>("adamw.m/" + t.name, t.shape, adam.first_moment(i)));
+    tensors.push_back(host_tensor<T, Space>("adamw.v/" + t.name, t.shape, adam.second_moment(i)));
+  }
+  std::map<std::string, std::string> metadata = id.metadata;
+  metadata["format"] = id.format;
+  metadata["step"] = std::to_string(adam.steps_taken());
+  metadata["config"] = config.dump();
+  metadata["model"] = id.model.dump();
+  write_safetensors(path, tensors, metadata);
+}
+
+/// Restores the parameters, the moments and the step count; returns the step.
+template <class T, class Space>
+std::uint64_t load_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, AdamW<T, Space>& adam) {
+  const SafetensorsFile file(path);
+  if (file.metadata("format") != id.format)
+    throw checkpoint_error("'" + path.string() + "' is a '" + file.metadata("format") + "' file, expected " + id.format);
+  if (id.check) id.check(file, path);
+  const auto saved = nlohmann::json::parse(file.metadata("model"));
+  if (saved != id.model)
+    throw checkpoint_error("'" + path.string() + "' holds a model configured " + saved.dump() + "; this run is " + id.model.dump());
+  const auto& list = adam.tensors();
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const auto& t = list[i];
+    load_tensor<T, Space>(file, t.name, t.shape, t.flat.value);
+    load_tensor<T, Space>(file, "adamw.m/" + t.name, t.shape, adam.first_moment(i));
+    load_tensor<T, Space>(file, "adamw.v/" + t.name, t.shape, adam.second_moment(i));
+  }
+  const std::uint64_t step = std::stoull(file.metadata("step"));
+  adam.set_steps_taken(step);
+  return step;
+}
+
+/// The dense tensor a merged MLP tensor starts from: "<prefix>mlp.{fc,proj}.{weight,bias}.{experts,base}" comes
+/// from "<prefix>mlp.{fc,proj}.{weight,bias}" (the CAMEx code's upcycling); nothing for any other name.
+inline std::optional<std::string> dense_mlp_tensor(const std::string& name) {
+  static const std::regex merged(R"((.*\.mlp\.(fc|proj)\.(weight|bias))\.(experts|base))");
+  std::smatch m;
+  if (!std::regex_match(name, m, merged)) return std::nullopt;
+  return m[1].str();
+}
+
+/// Copies a dense checkpoint into the model: tensors of the same name and shape as they are, and every tensor the
+/// map sends to a dense one ([n, ...] experts or [1, ...] base) from n copies of it. Returns how many model
+/// tensors were set.
+template <class T, class Space>
+std::size_t upcycle(const std::filesystem::path& path, const CheckpointIdentity& id,
+                    const std::vector<NamedTensor<T, Space>>& tensors,
+                    const std::function<std::optional<std::string>(const std::string&)>& dense_name) {
+  const SafetensorsFile file(path);
+  if (id.check) id.check(file, path);
+  std::size_t set = 0;
+  for (const auto& t : tensors) {
+    if (file.contains(t.name)) {
+      load_tensor<T, Space>(file, t.name, t.shape, t.flat.value);
+      ++set;
+    } else if (const auto dense = dense_name(t.name)) {
+      const std::vector<std::size_t> dense_shape(t.shape.begin() + 1, t.shape.end());
+      const unsigned char* source = file.tensor(*dense, dtype_of<T>(), dense_shape);
+      std::size_t per = 1;
+      for (const std::size_t e : dense_shape) per *= e;
+      auto host = Kokkos::create_mirror_view(t.flat.value);
+      for (std::size_t copy = 0; copy < t.shape[0]; ++copy) std::memcpy(host.data() + copy * per, source, per * sizeof(T));
+      Kokkos::deep_copy(t.flat.value, host);
+      ++set;
+    }
+  }
+  if (set == 0)
+    throw checkpoint_error("'" + path.string() + "' shares no tensor with this model: expected a dense " + id.format + " checkpoint");
+  return set;
+}
+
+}  // namespace camex::examples

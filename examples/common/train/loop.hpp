@@ -1,0 +1,267 @@
+#pragma once
+// The training loop of every trainer, over a small task interface (TrainingTask below): initialise, upcycle or
+// resume; step (batch, forward, one zeroing, backward, AdamW); report progress, validation at intervals, the
+// curves as CSV and PNG; checkpoint atomically; stop with a report and intact checkpoints when the run diverges.
+// Everything a step draws (batches, augmentation, router noise, DARE masks) is keyed by (seed, step), so a
+// resumed run continues exactly as the uninterrupted one would have (on the same backend and thread count).
+
+#include <Kokkos_Core.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <concepts>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common/io/atomic_file.hpp"
+#include "common/io/safetensors.hpp"
+#include "common/train/adamw.hpp"
+#include "common/train/checkpoint.hpp"
+#include "common/train/config.hpp"
+#include "common/train/curves.hpp"
+#include "common/train/loss.hpp"
+
+namespace camex::examples {
+
+/// A validation pass: the mean loss and the task's metric (perplexity, accuracy).
+struct Evaluation {
+  double loss = std::nan("");
+  double metric = std::nan("");
+};
+
+/// What the loop needs of a task (smoe_lm's LmTask, smoe_vit's VitTask):
+///   Model: forward on the task's loaded batch, zero_gradients, backward, tensors(), arena().initialise(seed);
+///   the configuration; the training batch of a step; a validation pass; what a step processes and its model
+///   FLOPs; the checkpoint identity and the map upcycling uses; the dump of one step for the PyTorch twin; the
+///   lines a user reads.
+template <class Task>
+concept TrainingTask = requires(Task& task, const Task& c, typename Task::Model& model, const TrainSpace& space,
+                                const StepContext& step, std::uint64_t n, const std::string& name) {
+  typename Task::Model;
+  { c.config() } -> std::convertible_to<const TrainerConfig<typename Task::ModelConfig>&>;
+  { task.load_training_batch(n) };
+  { task.forward(model, space, step) } -> std::same_as<LossParts>;
+  { task.evaluate(model, space) } -> std::same_as<Evaluation>;
+  { c.items_per_step() } -> std::convertible_to<double>;
+  { c.flops_per_item() } -> std::convertible_to<double>;
+  { c.curve_columns() } -> std::same_as<CurveColumns>;
+  { c.checkpoint_identity() } -> std::same_as<CheckpointIdentity>;
+  { c.dense_name(name) } -> std::same_as<std::optional<std::string>>;
+  { task.dump_batch(model) } -> std::same_as<std::vector<HostTensor>>;
+  { c.describe(n) } -> std::same_as<std::string>;
+  { c.evaluation_text(Evaluation{}) } -> std::same_as<std::string>;
+  { c.summary(Evaluation{}) } -> std::same_as<std::string>;
+  { c.title() } -> std::same_as<std::string>;
+  { task.finish(model, space, Evaluation{}) } -> std::same_as<std::string>;
+};
+
+inline std::string clock_text(double seconds) {
+  const long s = std::lround(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+  return buf;
+}
+
+inline std::string exact(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+/// A run whose loss, gradients, activations or optimiser state stopped being finite. Thrown before the step's
+/// checkpoint is written, so every checkpoint written so far stays as it was.
+class training_diverged : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The report of a diverged run: the step, what became non-finite, the likely cause, and the last good checkpoint.
+[[noreturn]] inline void diverged(double lr, std::uint64_t step, const std::string& what, const std::filesystem::path& checkpoint,
+                                  std::uint64_t checkpoint_step) {
+  char rate[32];
+  std::snprintf(rate, sizeof rate, "%g", lr);
+  std::string message = "training diverged at step " + std::to_string(step) + ": " + what +
+                        ". The likely cause is a learning rate too high for this model (--lr " + rate +
+                        "): lower it, lengthen the warm-up (--warmup) or tighten the clipping (--clip). ";
+  if (!checkpoint.empty())
+    message += "The last good checkpoint, " + checkpoint.string() + " (after step " + std::to_string(checkpoint_step) +
+               "), is intact: --resume it with other options.";
+  else
+    message += "No checkpoint was written before it.";
+  throw training_diverged(message);
+}
+
+/// One forward and backward of step `step`'s batch, written with the parameters for an independent check (the
+/// task's twin.py compare): "param/<name>", "grad/<name>", the task's batch and outputs, the losses.
+template <TrainingTask Task>
+int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, TrainSpace>& adam, std::uint64_t step,
+              const std::string& format) {
+  const TrainSpace space;
+  const auto& c = task.config();
+  task.load_training_batch(step);
+  model.zero_gradients(space);
+  const LossParts loss = task.forward(model, space, {.seed = c.optimiser.seed, .step = step, .stream = 0, .training = true});
+  std::vector<HostTensor> out = task.dump_batch(model);
+  model.backward(space);
+  for (const auto& t : adam.tensors()) {
+    out.push_back(host_tensor<TrainScalar, TrainSpace>("param/" + t.name, t.shape, t.flat.value));
+    out.push_back(host_tensor<TrainScalar, TrainSpace>("grad/" + t.name, t.shape, t.flat.gradient));
+  }
+  nlohmann::json config = c;
+  write_safetensors(c.run.dump_step, out,
+                    {{"format", format}, {"config", config.dump()}, {"step", std::to_string(step)},
+                     {"seed", std::to_string(c.optimiser.seed)}, {"cross_entropy", exact(loss.cross_entropy)},
+                     {"aux", exact(loss.aux)}});
+  std::printf("wrote step %llu's parameters, batch, losses (cross-entropy %.6f, aux %.3e) and gradients to %s\n",
+              static_cast<unsigned long long>(step), loss.cross_entropy, loss.aux, c.run.dump_step.c_str());
+  return 0;
+}
+
+/// Trains `model` on `task` (or, with --dump-step, writes one step for the twin in format `dump_format`).
+template <TrainingTask Task>
+int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const std::string& dump_format) {
+  const TrainSpace space;
+  auto& model = *model_owner;
+  const auto& c = task.config();
+  const auto& o = c.optimiser;
+  const auto& r = c.run;
+  model.arena().initialise(o.seed);
+  const auto tensors = model.tensors();
+  std::size_t parameters = 0;
+  for (const auto& t : tensors) parameters += t.flat.value.extent(0);
+  AdamW<TrainScalar, TrainSpace> adam(tensors, {.learning_rate = o.lr, .weight_decay = o.weight_decay, .clip = o.clip,
+                                                .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction});
+  const CheckpointIdentity identity = task.checkpoint_identity();
+  const std::filesystem::path out(r.out);
+  std::filesystem::create_directories(out);
+  std::uint64_t start = 0;
+  const std::filesystem::path checkpoint = out / "checkpoint.safetensors";
+  std::filesystem::path last_checkpoint;  // the last checkpoint this run wrote or resumed from, and its step
+  std::uint64_t checkpointed = 0;
+  if (!r.resume.empty()) {
+    start = load_checkpoint(r.resume, identity, adam);
+    last_checkpoint = r.resume;
+    checkpointed = start;
+    std::printf("resumed from %s at step %llu\n", r.resume.c_str(), static_cast<unsigned long long>(start));
+  } else if (!r.upcycle_from.empty()) {
+    const std::size_t set = upcycle<TrainScalar, TrainSpace>(r.upcycle_from, identity, tensors,
+                                                             [&](const std::string& name) { return task.dense_name(name); });
+    std::printf("upcycled %zu tensors from %s\n", set, r.upcycle_from.c_str());
+  }
+  if (!r.dump_step.empty()) return dump_step(task, model, adam, start, dump_format);
+  {
+    nlohmann::json config = c;
+    write_text_atomically(out / "config.json", config.dump(2) + "\n");
+  }
+  const CurveColumns columns = task.curve_columns();
+  CurveLog curves(out / "curves.csv", columns, start);
+  const double flops_per_item = task.flops_per_item(), items_per_step = task.items_per_step();
+  std::printf("%s\n", task.describe(parameters).c_str());
+  std::fflush(stdout);
+
+  using Clock = std::chrono::steady_clock;
+  const auto began = Clock::now();
+  auto window_began = began;
+  double window_loss = 0, window_aux = 0, window_accuracy = 0;
+  std::uint64_t window_steps = 0;
+  Evaluation last_valid;
+  double train_seconds = 0, train_items = 0;  // steps only, evaluation excluded
+  const std::string unit = columns.items.substr(0, 3);
+  for (std::uint64_t step = start; step < o.steps; ++step) {
+    task.load_training_batch(step);
+    LossParts loss;
+    try {
+      loss = task.forward(model, space, {.seed = o.seed, .step = step, .stream = 0, .training = true});
+    } catch (const argument_error& e) {
+      // The merged layers reject non-finite tokens (their routing means) and routing scores: the model's own
+      // activations, computed from finite parameters, overflowed.
+      if (e.argument() != "x" && e.argument() != "scores") throw;
+      diverged(o.lr, step, std::string("the activations became non-finite (") + e.what() + ")", last_checkpoint, checkpointed);
+    }
+    if (!std::isfinite(loss.cross_entropy) || !std::isfinite(loss.aux))
+      diverged(o.lr, step, "the loss became " + exact(loss.cross_entropy) + " (auxiliary " + exact(loss.aux) + ")",
+               last_checkpoint, checkpointed);
+    model.zero_gradients(space);
+    model.backward(space);
+    const double rate = adam.next_rate();
+    const double gradient_norm = adam.gradient_norm(space);
+    if (!std::isfinite(gradient_norm))
+      diverged(o.lr, step, "the gradient norm became " + exact(gradient_norm), last_checkpoint, checkpointed);
+    const double norm = adam.step(space, gradient_norm);
+    if (const unsigned overflows = adam.last_step_overflows())
+      diverged(o.lr, step,
+               "the AdamW update left " + std::to_string(overflows) +
+                   " parameters or moments non-finite (a gradient norm of " + exact(gradient_norm) +
+                   ", whose squares exceed the float range)",
+               last_checkpoint, checkpointed);
+    window_loss += loss.cross_entropy;
+    window_aux += loss.aux;
+    window_accuracy += loss.accuracy.value_or(0);
+    ++window_steps;
+    const std::uint64_t done = step + 1;
+    const bool last = done == o.steps, log_now = done % r.log_every == 0 || last;
+    const bool eval_now = done % r.eval_every == 0 || last;
+    if (log_now) {
+      space.fence();
+      const auto now = Clock::now();
+      const double window_seconds = std::chrono::duration<double>(now - window_began).count();
+      const double window_items = static_cast<double>(window_steps) * items_per_step;
+      train_seconds += window_seconds;
+      train_items += window_items;
+      const double ms = 1e3 * window_seconds / static_cast<double>(window_steps);
+      const double items_per_s = window_items / window_seconds;
+      const double eta = static_cast<double>(o.steps - done) * ms / 1e3;
+      CurveRow row{.step = done, .train_loss = window_loss / window_steps, .aux_loss = window_aux / window_steps,
+                   .learning_rate = rate, .grad_norm = norm, .items_per_second = items_per_s, .ms_per_step = ms};
+      if (eval_now) {
+        last_valid = task.evaluate(model, space);
+        row.valid_loss = last_valid.loss;
+        row.valid_metric = last_valid.metric;
+      }
+      char accuracy[32] = "";
+      if (loss.accuracy) std::snprintf(accuracy, sizeof accuracy, " | acc %.3f", window_accuracy / window_steps);
+      std::printf("step %6llu/%llu | loss %.4f%s | aux %.2e | lr %.2e | |g| %.3f | %8.0f %s/s | %7.1f ms/step | ETA %s%s\n",
+                  static_cast<unsigned long long>(done), static_cast<unsigned long long>(o.steps), row.train_loss, accuracy,
+                  row.aux_loss, rate, norm, items_per_s, unit.c_str(), ms, clock_text(eta).c_str(),
+                  eval_now ? (" | " + task.evaluation_text(last_valid)).c_str() : "");
+      std::fflush(stdout);
+      curves.add(row);
+      curves.write();
+      window_began = Clock::now();  // evaluation time is not counted as training time
+      window_loss = window_aux = window_accuracy = 0;
+      window_steps = 0;
+    }
+    if (last || done == r.stop_after || (r.checkpoint_every > 0 && done % r.checkpoint_every == 0)) {
+      save_checkpoint(checkpoint, identity, nlohmann::json(c), adam);
+      last_checkpoint = checkpoint;
+      checkpointed = done;
+    }
+    if (done == r.stop_after) {
+      std::printf("stopped after step %llu (--stop-after); continue with --resume %s\n",
+                  static_cast<unsigned long long>(done), checkpoint.c_str());
+      return 0;
+    }
+  }
+  if (start >= o.steps) last_valid = task.evaluate(model, space);
+  std::string png;
+  if (r.plot)
+    png = curves.plot(out / "curves.png", task.title(),
+                      "cross-entropy (nats per " + columns.items.substr(0, columns.items.size() - 1) + ")");
+  const double rate = train_seconds > 0 ? train_items / train_seconds : 0.0;
+  std::printf("%s after %llu steps, %.1f s; training %.0f %s/s = %.1f GFLOP/s of model FLOPs\n",
+              task.summary(last_valid).c_str(), static_cast<unsigned long long>(o.steps),
+              std::chrono::duration<double>(Clock::now() - began).count(), rate, columns.items.c_str(),
+              flops_per_item * rate / 1e9);
+  std::printf("%s", task.finish(model, space, last_valid).c_str());
+  std::printf("curves: %s%s\ncheckpoint: %s\n", (out / "curves.csv").c_str(), png.empty() ? "" : (" and " + png).c_str(),
+              checkpoint.c_str());
+  return 0;
+}
+
+}  // namespace camex::examples
