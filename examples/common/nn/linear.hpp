@@ -1,6 +1,7 @@
 #pragma once
 // A dense affine map over tokens, y = x W^T + b with W [O, I] (PyTorch's nn.Linear layout), on camex's batched
-// GEMM (camex/kernels/gemm.hpp). The backward accumulates into d_x, d_weight and d_bias.
+// GEMM (camex/kernels/gemm.hpp). The backward accumulates into d_x, d_weight and d_bias; an empty d_x asks for no
+// input gradient (a first layer over data).
 
 #include <camex/kernels/gemm.hpp>
 
@@ -41,10 +42,10 @@ void linear_backward(const Space& space, const InMat<T, Space>& x, const InMat<T
   constexpr const char* fn = "linear_backward";
   const std::size_t n = x.extent(0), out = weight.extent(0);
   require_shape(fn, "d_y", d_y, n, out, "[N, O]");
-  require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x");
+  if (d_x.size() != 0) require_shape(fn, "d_x", d_x, n, x.extent(1), "the shape of x (or empty: no input gradient)");
   require_shape(fn, "d_weight", d_weight, out, x.extent(1), "the shape of weight");
   require_length(fn, "d_bias", d_bias, out, "weight's rows");
-  matmul(space, d_y, Transpose::no, weight, Transpose::no, d_x, T(1), T(1));
+  if (d_x.size() != 0) matmul(space, d_y, Transpose::no, weight, Transpose::no, d_x, T(1), T(1));
   matmul(space, d_y, Transpose::yes, x, Transpose::no, d_weight, T(1), T(1));
   Kokkos::parallel_for("linear_backward[bias]", Kokkos::RangePolicy<Space>(space, 0, out), KOKKOS_LAMBDA(std::size_t o) {
     double sum = 0;

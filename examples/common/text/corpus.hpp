@@ -23,12 +23,9 @@
 #include <string>
 #include <vector>
 
-namespace camex::examples {
+#include "common/io/data_error.hpp"
 
-class data_error : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
+namespace camex::examples {
 
 struct CorpusSplits {
   std::string name;

@@ -65,8 +65,9 @@ struct TrainerConfig {
 template <class TaskConfig>
 void to_json(nlohmann::json& j, const TrainerConfig<TaskConfig>& c) {
   j = c.task;
-  for (const nlohmann::json part : {nlohmann::json(c.merge), nlohmann::json(c.optimiser), nlohmann::json(c.run)})
-    for (const auto& [key, value] : part.items()) j[key] = value;
+  const nlohmann::json parts[] = {c.merge, c.optimiser, c.run};
+  for (const nlohmann::json& part : parts)
+    for (auto entry = part.begin(); entry != part.end(); ++entry) j[entry.key()] = entry.value();
 }
 
 /// Reads the keys a JSON object sets over `c`; an unknown key or a value of the wrong type is an error naming it.
@@ -75,12 +76,14 @@ void from_json_checked(const nlohmann::json& j, TrainerConfig<TaskConfig>& c, co
   if (!j.is_object()) throw config_error(source + ": expected a JSON object of options");
   nlohmann::json known;
   to_json(known, c);
-  for (const auto& [key, value] : j.items()) {
+  for (auto entry = j.begin(); entry != j.end(); ++entry) {
+    const std::string& key = entry.key();
+    const nlohmann::json& value = entry.value();
     if (!known.contains(key)) throw config_error(source + ": unknown option '" + key + "'");
     if (known[key].type() != value.type() &&
         !(known[key].is_number() && value.is_number() && !(known[key].is_number_unsigned() && value.is_number_float())))
       throw config_error(source + ": option '" + key + "' expects a value like " + known[key].dump() + ", given " + value.dump());
-    if (known[key].is_number_unsigned() && value.is_number_integer() && value.template get<std::int64_t>() < 0)
+    if (known[key].is_number_unsigned() && value.is_number_integer() && value.get<std::int64_t>() < 0)
       throw config_error(source + ": option '" + key + "' expects a count >= 0, given " + value.dump());
     known[key] = value;
   }
