@@ -74,7 +74,8 @@ class LmTask {
   }
 
   Evaluation evaluate(Model& model, const TrainSpace& space) {
-    const std::size_t batches = std::min(config_.run.eval_batches, data_.valid->evaluation_batches());
+    const std::size_t all = data_.valid->evaluation_batches(), asked = config_.run.eval_batches;
+    const std::size_t batches = asked == 0 ? all : std::min(asked, all);
     double sum = 0;
     for (std::size_t b = 0; b < batches; ++b) {
       data_.valid->evaluation_batch(b, host_inputs_.data(), host_targets_.data());
@@ -88,7 +89,7 @@ class LmTask {
 
   double items_per_step() const { return static_cast<double>(shape_.tokens()); }
   double flops_per_item() const { return model_flops_per_token(shape_); }
-  CurveColumns curve_columns() const { return {.metric = "perplexity", .items = "tokens"}; }
+  CurveColumns curve_columns() const { return {.metric = "perplexity", .items = "tokens", .unit = "tok"}; }
 
   CheckpointIdentity checkpoint_identity() const {
     const LmModelConfig& m = config_.task;

@@ -31,11 +31,14 @@ struct CrossEntropySums {
   }
 };
 
-/// Rows of `logits` [N, K] become their softmax; targets [N] are class ids below K.
+/// Rows of `logits` [N, K] become their softmax; targets [N] are class ids below K. The sums cover the first
+/// `counted` rows (all by default: a batch completed by repeats counts only its real rows).
 template <class Space, class T>
-CrossEntropySums softmax_cross_entropy_forward(const Space& space, const Mat<T, Space>& logits, const TokenIds<Space>& targets) {
+CrossEntropySums softmax_cross_entropy_forward(const Space& space, const Mat<T, Space>& logits, const TokenIds<Space>& targets,
+                                               std::size_t counted = static_cast<std::size_t>(-1)) {
   const std::size_t n = logits.extent(0), k = logits.extent(1);
   require_length("softmax_cross_entropy_forward", "targets", targets, n, "the logits' rows");
+  if (counted > n) counted = n;
   CrossEntropySums total;
   Kokkos::parallel_reduce("softmax_cross_entropy_forward", Kokkos::RangePolicy<Space>(space, 0, n),
                           KOKKOS_LAMBDA(std::size_t t, CrossEntropySums& sums) {
@@ -53,8 +56,10 @@ CrossEntropySums softmax_cross_entropy_forward(const Space& space, const Mat<T, 
                               logits(t, v) = e;
                               z += e;
                             }
-                            sums.loss += math::log(z) - target;
-                            sums.correct += static_cast<std::int32_t>(best) == targets(t) ? 1.0 : 0.0;
+                            if (t < counted) {
+                              sums.loss += math::log(z) - target;
+                              sums.correct += static_cast<std::int32_t>(best) == targets(t) ? 1.0 : 0.0;
+                            }
                             const T inverse = static_cast<T>(1 / z);
                             for (std::size_t v = 0; v < k; ++v) logits(t, v) *= inverse;
                           },

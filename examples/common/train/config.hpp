@@ -191,7 +191,7 @@ inline void add_shared_options(CLI::App& app, MergeConfig& m, OptimiserConfig& o
   auto* r_group = app.add_option_group("reporting");
   r_group->add_option("--log-every", r.log_every, "steps between progress lines")->capture_default_str();
   r_group->add_option("--eval-every", r.eval_every, "steps between validation passes")->capture_default_str();
-  r_group->add_option("--eval-batches", r.eval_batches, "validation batches per pass (at most the split's)")->capture_default_str();
+  r_group->add_option("--eval-batches", r.eval_batches, "validation batches per pass (0: the whole split)")->capture_default_str();
   r_group->add_option("--checkpoint-every", r.checkpoint_every, "steps between checkpoints (0: only the last)")->capture_default_str();
   r_group->add_option("--out", r.out, "run directory: config.json, curves.csv, curves.png, checkpoint.safetensors")->capture_default_str();
   r_group->add_option("--stop-after", r.stop_after, "stop after this step with a checkpoint, as an interrupted run would "

@@ -25,9 +25,9 @@ struct CurveRow {
 };
 
 /// What a task's curves call its validation metric ("perplexity", "accuracy") and the items a step processes
-/// ("tokens", "images").
+/// ("tokens", "images"; "tok", "img" in progress lines).
 struct CurveColumns {
-  std::string metric, items;
+  std::string metric, items, unit;
   std::string header() const {
     return "step,train_loss,aux_loss,learning_rate,grad_norm,valid_loss,valid_" + metric + "," + items + "_per_second,ms_per_step";
   }

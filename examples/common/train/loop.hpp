@@ -172,7 +172,6 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   std::uint64_t window_steps = 0;
   Evaluation last_valid;
   double train_seconds = 0, train_items = 0;  // steps only, evaluation excluded
-  const std::string unit = columns.items.substr(0, 3);
   for (std::uint64_t step = start; step < o.steps; ++step) {
     task.load_training_batch(step);
     LossParts loss;
@@ -228,7 +227,7 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
       if (loss.accuracy) std::snprintf(accuracy, sizeof accuracy, " | acc %.3f", window_accuracy / window_steps);
       std::printf("step %6llu/%llu | loss %.4f%s | aux %.2e | lr %.2e | |g| %.3f | %8.0f %s/s | %7.1f ms/step | ETA %s%s\n",
                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(o.steps), row.train_loss, accuracy,
-                  row.aux_loss, rate, norm, items_per_s, unit.c_str(), ms, clock_text(eta).c_str(),
+                  row.aux_loss, rate, norm, items_per_s, columns.unit.c_str(), ms, clock_text(eta).c_str(),
                   eval_now ? (" | " + task.evaluation_text(last_valid)).c_str() : "");
       std::fflush(stdout);
       curves.add(row);
