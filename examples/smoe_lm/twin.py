@@ -221,8 +221,17 @@ class Spec:
         proj_std = 0.02 / math.sqrt(2.0 * self.layers)
         return (("fc", self.hidden, self.channels, 0.02), ("proj", self.channels, self.hidden, proj_std))
 
+    def merged_blocks(self):
+        """The blocks whose MLPs merge experts, in order (every block of the language model)."""
+        return [] if self.dense else list(range(self.layers))
+
+    def ordinal(self, layer):
+        """Block `layer`'s place among the merged blocks: its MLP's draw streams, its routers' seeds and its place in
+        a dynamic-merging chain go by it."""
+        return self.merged_blocks().index(layer)
+
     def has_base(self, layer):
-        return self.base == "parameter" or (self.base == "propagated" and layer == 0)
+        return self.base == "parameter" or (self.base == "propagated" and self.ordinal(layer) == 0)
 
     def curvature_modes(self, rows, cols):
         """[(mode k, parameter name, extent d)] of a tensor [rows, cols]; extents of 1 carry no factor."""
@@ -466,7 +475,7 @@ class Twin:
         prefix = f"h{layer}.mlp.{lin}.{part}."
         experts = p[prefix + "experts"].reshape(s.experts, -1)
         if s.base == "propagated":
-            if layer == 0:
+            if s.ordinal(layer) == 0:
                 self.chain[(lin, part)] = p[prefix + "base"].reshape(1, -1)
             base = self.chain[(lin, part)]
         elif s.base == "parameter":
@@ -492,7 +501,7 @@ class Twin:
         merged = (s.alpha * scores) @ delta
         if base is not None:
             merged = merged + base
-        if s.base == "propagated" and layer + 1 < s.layers:
+        if s.base == "propagated" and s.ordinal(layer) + 1 < len(s.merged_blocks()):
             self.chain[(lin, part)] = base + (s.gamma / s.experts) * delta.sum(0, keepdim=True)
         return merged
 
@@ -515,12 +524,12 @@ class Twin:
     def mlp(self, layer, x):
         s, p = self.spec, self.p
         q = f"h{layer}.mlp."
-        if s.dense:
+        if layer not in s.merged_blocks():
             h = F.linear(x, p[q + "fc.weight"], p[q + "fc.bias"])
             return F.linear(gelu_tanh(h), p[q + "proj.weight"], p[q + "proj.bias"]), x.sum() * 0
-        h, aux_fc = self.merged_linear(layer, "fc", s.hidden, s.channels, x, MLP_STREAMS * layer)
-        y, aux_proj = self.merged_linear(layer, "proj", s.channels, s.hidden, gelu_tanh(h),
-                                         MLP_STREAMS * layer + LINEAR_STREAMS)
+        stream = MLP_STREAMS * s.ordinal(layer)
+        h, aux_fc = self.merged_linear(layer, "fc", s.hidden, s.channels, x, stream)
+        y, aux_proj = self.merged_linear(layer, "proj", s.channels, s.hidden, gelu_tanh(h), stream + LINEAR_STREAMS)
         return y, aux_fc + aux_proj
 
     # -- the GPT ------------------------------------------------------------------------------------------------
@@ -583,9 +592,10 @@ def initial_router_check(spec, params):
     """For a fresh run at step 0 the routers still hold their initial draws, which camex makes with CounterRng:
     returns (worst relative difference, what was checked) between the dump's routers and this port's draws."""
     worst, count = 0.0, 0
-    for l in range(spec.layers):
+    for l in spec.merged_blocks():
         for index, (lin, o, i, _) in enumerate(spec.linears()):
-            rng = CounterRng((spec.seed * 1000003 + 2 * l + index) % 2 ** 64, 0)  # router_seed(c, 2 l (+ 1)), uint64
+            # router_seed(seed, 2 m (+ 1)) for the m-th merged block, as uint64
+            rng = CounterRng((spec.seed * 1000003 + 2 * spec.ordinal(l) + index) % 2 ** 64, 0)
             j, col = np.meshgrid(np.arange(spec.experts), np.arange(i), indexing="ij")
             prefix = f"h{l}.mlp.{lin}.router."
             draws = ({"w_gate": 0.02 * rng.normal(0, j, col), "w_noise": 0.02 * rng.normal(1, j, col)}
@@ -606,16 +616,32 @@ def compare(path):
         return 1
     config = json.loads(metadata["config"])
     step, seed = int(metadata["step"]), int(metadata["seed"])
-    ce_cpp, aux_cpp = float(metadata["cross_entropy"]), float(metadata["aux"])
-    params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
-    grads = {k[len("grad/"):]: v for k, v in tensors.items() if k.startswith("grad/")}
-    spec = Spec(config, vocab=params["wte"].shape[0])
+    spec = Spec(config, vocab=tensors["param/wte"].shape[0])
     merged = "" if spec.dense else (
         f", routing {'sequence' if spec.sequence_routing else 'segment'} (groups of {spec.group_length}), "
         f"{spec.experts} experts, {'top-k ' + str(spec.top_k) if spec.router == 'noisy' else 'SMEAR router'}")
     print(f"twin: {path}: policy {spec.policy}{merged}, {spec.layers} layers x {spec.channels} channels (hidden "
           f"{spec.hidden}), step {step}, seed {seed}, vocab {spec.vocab}")
 
+    inputs, targets = torch.from_numpy(tensors["inputs"].astype(np.int64)), torch.from_numpy(
+        tensors["targets"].astype(np.int64))
+
+    def forward(leaves, draws):
+        twin = Twin(spec, leaves, draws, training=True)
+        ce, aux, logits = twin.forward(inputs, targets)
+        return ce, aux, logits, twin
+
+    return check_step(spec, config, metadata, tensors, forward)
+
+
+def check_step(spec, config, metadata, tensors, forward):
+    """The twin's side of a dump: `forward(leaves, draws)` -> (cross-entropy, aux, logits, twin) on float64 leaves of
+    every declared tensor, with the dump's draws; then the losses, the probabilities and every gradient against the
+    dump's, one line per tensor group, PASS or FAIL. Shared by the trainers' twins."""
+    step, seed = int(metadata["step"]), int(metadata["seed"])
+    ce_cpp, aux_cpp = float(metadata["cross_entropy"]), float(metadata["aux"])
+    params = {k[len("param/"):]: v for k, v in tensors.items() if k.startswith("param/")}
+    grads = {k[len("grad/"):]: v for k, v in tensors.items() if k.startswith("grad/")}
     # The dump holds exactly the tensors the configuration declares, in its shapes.
     declared = spec.declarations()
     problems = []
@@ -633,10 +659,7 @@ def compare(path):
     dtype = torch.float64
     leaves = {name: torch.tensor(params[name].astype(np.float64).reshape(shape), requires_grad=True)
               for name, shape, _, _ in declared}
-    inputs, targets = torch.from_numpy(tensors["inputs"].astype(np.int64)), torch.from_numpy(
-        tensors["targets"].astype(np.int64))
-    twin = Twin(spec, leaves, CounterDraws(seed, step, dtype), training=True)
-    ce, aux, logits = twin.forward(inputs, targets)
+    ce, aux, logits, twin = forward(leaves, CounterDraws(seed, step, dtype))
     (ce + aux).backward()
 
     failures = 0
