@@ -11,6 +11,12 @@ the camex merge policies and routers of examples/common/moe, whose rules it read
       model twin's tolerances and report (one line per tensor group, PASS or FAIL). Exit 0 on pass, 1 on a mismatch,
       77 when torch cannot be imported.
 
+  twin.py train CONFIG.json --steps N [--threads T]
+      The same ViT in float32, randomly initialised, trained with torch.optim.AdamW under smoe_vit's schedule on
+      random 28 x 28 images and labels of the configuration's batch; prints images/s and ms/step over the timed
+      steps (after two warm-up steps) and torch's BLAS line: the PyTorch side of a throughput comparison with
+      smoe_vit. Random draws come from torch's generator; this mode does not reproduce the C++ numbers.
+
 The merged MLPs, the routers and the policies are the language model twin's (one implementation of camex's merges
 in PyTorch); what is the ViT's is here: patches cut row-major, the embedding, the class token or mean pooling, the
 positions, attention without a mask, the head. Routing per image makes each image one routing group over its
@@ -22,6 +28,7 @@ import json
 import math
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("lm_twin", os.path.join(HERE, "..", "smoe_lm", "twin.py"))
@@ -199,17 +206,68 @@ def compare(path):
     return lm.check_step(spec, config, metadata, tensors, forward)
 
 
+def train(config_path, steps, threads):
+    with open(config_path) as f:
+        config = dict(CONFIG_DEFAULTS)
+        config.update({"lr": 2e-3, "warmup": 200, "steps": 4000, "final_lr_fraction": 0.1, "weight_decay": 0.05,
+                       "clip": 1.0})
+        config.update(json.load(f))
+    spec = VitSpec(config, 28, 28, 10)
+    torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(spec.seed)
+    params, decay, no_decay = {}, [], []
+    for name, shape, decays, init in spec.declarations():
+        t = lm.initial_value(shape, init, generator).float().requires_grad_(True)
+        params[name] = t
+        (decay if decays else no_decay).append(t)
+    optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=config["lr"], betas=(0.9, 0.95), eps=1e-8)
+    everything = decay + no_decay
+    twin = VitTwin(spec, params, lm.TorchDraws(torch.float32, generator), training=True)
+    print(f"twin train: policy {spec.policy} ({'dense' if spec.dense else 'per ' + ('token' if spec.token_routing else 'image') + ' routing, experts in blocks ' + str(spec.blocks)}), "
+          f"{spec.layers} layers x {spec.channels} channels (hidden {spec.hidden}), patches {spec.patch}x{spec.patch}, "
+          f"{sum(t.numel() for t in everything)} parameters, {spec.images} images per step, torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads")
+    print(f"torch BLAS: {lm.blas_line()}")
+    warmup_steps, losses, began = 2, [], None
+    for step in range(warmup_steps + steps):
+        if step == warmup_steps:
+            began = time.perf_counter()
+        images = torch.randn(spec.images, 28, 28, generator=generator)
+        labels = torch.randint(0, 10, (spec.images,), generator=generator)
+        for group in optimiser.param_groups:
+            group["lr"] = lm.scheduled_rate(config, step)
+        optimiser.zero_grad(set_to_none=True)
+        ce, aux, _ = twin.forward(images, labels)
+        (ce + aux).backward()
+        if config["clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(everything, config["clip"])
+        optimiser.step()
+        losses.append(float(ce))
+    seconds = time.perf_counter() - began
+    print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
+    print(f"{steps} timed steps: {steps * spec.images / seconds:.0f} img/s, {1e3 * seconds / steps:.1f} ms/step")
+    return 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     c = sub.add_parser("compare", help="check --dump-step files against the float64 twin")
     c.add_argument("dump", nargs="+", help="one or more dumps (one torch start-up for all)")
+    t = sub.add_parser("train", help="train the twin in float32 and report its throughput")
+    t.add_argument("config", help="a smoe_vit config.json (keys as smoe_vit's options; missing keys take the defaults)")
+    t.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
+    t.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = parser.parse_args()
     if torch is None:
         print(f"twin: skipped: torch cannot be imported ({type(lm.IMPORT_ERROR).__name__}: {lm.IMPORT_ERROR}); "
               f"this is {sys.executable}, and Debian's python3-torch and python3-numpy are for /usr/bin/python3")
         return lm.SKIP
+    if args.mode == "train":
+        return train(args.config, args.steps, args.threads)
     results = [compare(path) for path in args.dump]
     if len(results) > 1:
         print(f"twin: {results.count(0)} of {len(results)} dumps pass")
