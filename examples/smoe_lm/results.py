@@ -24,6 +24,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+sys.dont_write_bytecode = True  # importing results_curves leaves no __pycache__ in the source tree
+import results_curves  # noqa: E402
+
 POLICIES = ["dense", "smoe", "smear", "ties", "ties-ca", "dare", "dare-ca", "dynamic"]
 
 
@@ -116,38 +120,8 @@ def tabulate(policies, results, twin, plot):
         print(f"| {policy} | {statistics.mean(ppl):.2f} ± {sd:.2f} | {','.join(str(r['seed']) for r in rs)} | {cpp:.0f} | "
               + (f"{torch_rate:.0f} | {cpp / torch_rate:.1f}x" if torch_rate else "- | -") + f" | {command} |")
     if plot:
-        draw(policies, results, plot)
-
-
-def draw(policies, results, png):
-    """Every policy's validation loss per step, mean over its seeds, as CSV and (gnuplot) PNG."""
-    curves = {}
-    for policy in policies:
-        per_step = {}
-        for r in (r for r in results if r["policy"] == policy):
-            out = r["args"][r["args"].index("--out") + 1]
-            with open(os.path.join(out, "curves.csv")) as f:
-                for row in csv.DictReader(f):
-                    if row["valid_loss"]:
-                        per_step.setdefault(int(row["step"]), []).append(float(row["valid_loss"]))
-        curves[policy] = {s: statistics.mean(v) for s, v in sorted(per_step.items())}
-    steps = sorted({s for c in curves.values() for s in c})
-    table = os.path.splitext(png)[0] + ".csv"
-    with open(table + ".tmp", "w") as f:
-        f.write("step," + ",".join(policies) + "\n")
-        for s in steps:
-            f.write(f"{s}," + ",".join(f"{curves[p][s]:.6f}" if s in curves[p] else "" for p in policies) + "\n")
-    os.replace(table + ".tmp", table)
-    script = "\n".join([
-        "set terminal pngcairo size 960,600 noenhanced", f"set output '{png}.tmp'", "set datafile separator ','",
-        "set title 'smoe_lm on Brown: validation loss, mean over seeds'", "set xlabel 'step'",
-        "set ylabel 'validation cross-entropy (nats/token)'", "set grid", "set key top right",
-        "plot " + ", ".join(f"'{table}' using 1:{i + 2} with linespoints lw 2 title '{p}'" for i, p in enumerate(policies))])
-    if subprocess.run(["gnuplot"], input=script, text=True).returncode == 0:
-        os.replace(png + ".tmp", png)
-        print(f"\ncurves: {table} and {png}")
-    else:
-        print(f"\ngnuplot failed; the curves are in {table}")
+        results_curves.draw(policies, results, plot, "valid_loss", "smoe_lm on Brown: validation loss, mean over seeds",
+                            "validation cross-entropy (nats/token)", "top right")
 
 
 if __name__ == "__main__":
