@@ -144,7 +144,10 @@ class VitTask {
     std::snprintf(line, sizeof line, "validation accuracy %.4f (loss %.4f)", e.metric, e.loss);
     return line;
   }
-  std::string title() const { return config_.merge.policy + " (" + config_.merge.routing + " routing) on " + data_.name; }
+  std::string title() const {
+    if (!policy_rule(config_.merge.policy).experts) return config_.merge.policy + " on " + data_.name;
+    return config_.merge.policy + " (" + config_.merge.routing + " routing) on " + data_.name;
+  }
 
   /// The test split, once: its accuracy, and its confusion matrix as CSV and PNG in the run directory.
   std::string finish(Model& model, const TrainSpace& space, const Evaluation&) {

@@ -44,13 +44,14 @@ struct RunConfig {
   std::string resume, upcycle_from;
   std::string dump_step;  ///< write one step's parameters, batch, outputs and gradients here, and stop
   bool plot = true;
+  bool profile = false;   ///< time every kernel, report the step's time by kernel category (kernels.csv)
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MergeConfig, policy, experts, top_k, routing, segment, alpha, density, drop, gamma, aux,
                                    rank, router_noise)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(OptimiserConfig, steps, seed, batch, lr, weight_decay, clip, final_lr_fraction, warmup)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunConfig, log_every, eval_every, checkpoint_every, eval_batches, out, stop_after, resume,
-                                   upcycle_from, dump_step, plot)
+                                   upcycle_from, dump_step, plot, profile)
 
 /// A task's configuration (its data and model) with the shared parts.
 template <class TaskConfig>
@@ -202,6 +203,9 @@ inline void add_shared_options(CLI::App& app, MergeConfig& m, OptimiserConfig& o
                                                         "weights (and the rest of the model from it too)");
   r_group->add_option("--dump-step", r.dump_step, "write the next step's " + dump_contents + " to this safetensors file and stop");
   r_group->add_option("--plot", r.plot, "write curves.png with gnuplot")->capture_default_str();
+  r_group->add_option("--profile", r.profile, "time every kernel of the training steps and report where a step's time "
+                                              "goes by kernel category (printed, and kernels.csv in the run directory)")
+      ->capture_default_str();
 }
 
 /// Runs CLI11 over argv; false (after printing) for --help.

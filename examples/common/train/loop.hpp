@@ -25,6 +25,7 @@
 #include "common/train/checkpoint.hpp"
 #include "common/train/config.hpp"
 #include "common/train/curves.hpp"
+#include "common/train/kernel_profile.hpp"
 #include "common/train/loss.hpp"
 
 namespace camex::examples {
@@ -165,6 +166,7 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   std::printf("%s\n", task.describe(parameters).c_str());
   std::fflush(stdout);
 
+  if (r.profile) KernelProfile::start();
   using Clock = std::chrono::steady_clock;
   const auto began = Clock::now();
   auto window_began = began;
@@ -219,7 +221,9 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
       CurveRow row{.step = done, .train_loss = window_loss / window_steps, .aux_loss = window_aux / window_steps,
                    .learning_rate = rate, .grad_norm = norm, .items_per_second = items_per_s, .ms_per_step = ms};
       if (eval_now) {
+        KernelProfile::pause();  // evaluation is not a training step's time
         last_valid = task.evaluate(model, space);
+        if (r.profile) KernelProfile::resume();
         row.valid_loss = last_valid.loss;
         row.valid_metric = last_valid.metric;
       }
@@ -247,7 +251,22 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
       return 0;
     }
   }
+  KernelProfile::pause();
   if (start >= o.steps) last_valid = task.evaluate(model, space);
+  if (r.profile && o.steps > start) {
+    std::printf("%s", KernelProfile::report(train_seconds, o.steps - start).c_str());
+    write_atomically(out / "kernels.csv", [&](std::ofstream& f) {
+      f << "category,ms_per_step,share_of_step\n";
+      double kernels = 0;
+      for (const auto& category : KernelProfile::by_category()) {
+        kernels += category.second;
+        f << '"' << category.first << "\"," << 1e3 * category.second / static_cast<double>(o.steps - start) << ','
+          << category.second / train_seconds << '\n';
+      }
+      f << "\"outside kernels\"," << 1e3 * (train_seconds - kernels) / static_cast<double>(o.steps - start) << ','
+        << (train_seconds - kernels) / train_seconds << '\n';
+    });
+  }
   std::string png;
   if (r.plot)
     png = curves.plot(out / "curves.png", task.title(),

@@ -4,7 +4,8 @@ optimiser moments and curves, bit for bit, as the run that was never stopped (th
 are keyed by (seed, step), so nothing of the loader is saved); for the dense model, TIES-CA per image, DARE-CA per
 token (random masks), SMEAR with experts in the last block and dynamic merging in every second block. Also checks that
 a checkpoint of another model or another dataset is refused with the reason, and that the run writes its confusion
-matrix. Runs on a small Fashion-MNIST-shaped dataset this test writes.
+matrix. Runs on a small Fashion-MNIST-shaped dataset this test writes. The dense run is profiled (--profile), which
+must change no number and report the step's time by kernel category.
 
 usage: resume_test.py SMOE_VIT_BINARY"""
 import os
@@ -36,7 +37,9 @@ def main():
             a, b = os.path.join(tmp, name + "-a"), os.path.join(tmp, name + "-b")
             args, rest = with_options(common, extra)
             args += rest
-            first = run([binary] + args + ["--out", a], name)
+            # The dense run is also profiled: timing the kernels changes no number.
+            profiled = ["--profile", "1"] if name == "dense" else []
+            first = run([binary] + args + profiled + ["--out", a], name)
             stopped = run([binary] + args + ["--out", b, "--stop-after", "6"], name + ", stopped")
             out = run([binary] + args + ["--out", b, "--resume", os.path.join(b, "checkpoint.safetensors")], name + ", resumed")
             if first is None or stopped is None or out is None:
@@ -54,6 +57,10 @@ def main():
                 failures += 1
             elif "test accuracy" not in first or not os.path.exists(os.path.join(a, "confusion.csv")):
                 print(f"FAIL {name}: no test accuracy or confusion matrix:\n{first}")
+                failures += 1
+            elif profiled and ("where the step's time goes" not in first or "GEMM" not in first or
+                              not os.path.exists(os.path.join(a, "kernels.csv"))):
+                print(f"FAIL {name}: --profile printed no report by kernel category or wrote no kernels.csv:\n{first}")
                 failures += 1
             else:
                 print(f"ok {name}: {len(ta)} tensors and {len(ca) - 1} curve rows identical after resuming at step 6")
