@@ -15,6 +15,9 @@
 #include <cmath>
 #include <string>
 
+#include <camex/kernels/row_spans.hpp>
+#include <camex/platform/vectorize.hpp>
+
 #include "common/train/activations.hpp"
 #include "linear.hpp"
 #include "tensor.hpp"
@@ -28,15 +31,18 @@ enum class AttentionMask {
 };
 
 /// The (sequence, head) blocks [L, d] of columns part C .. part C + C of `from` [N, 3C] (part 0 q, 1 k, 2 v) into
-/// `to` [S H L, d], for `heads` heads over sequences of `context` tokens.
+/// `to` [S H L, d], for `heads` heads over sequences of `context` tokens. A row span is one token's head: d
+/// contiguous entries on both sides.
 template <class T, class Space>
 void split_heads(const Space& space, const ConstMat<T, Space>& from, std::size_t part, std::size_t heads, std::size_t context,
                  const Mat<T, Space>& to) {
   const std::size_t d = to.extent(1), c = d * heads, h = heads, l = context, n = from.extent(0);
-  Kokkos::parallel_for("attention[split_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c), KOKKOS_LAMBDA(std::size_t w) {
-    const std::size_t t = w / c, col = w % c, head = col / d;
-    to(((t / l) * h + head) * l + t % l, col % d) = from(t, part * c + col);
-  });
+  for_each_row_span(space, "attention[split_heads]", n * h, d,
+                    KOKKOS_LAMBDA(std::size_t r, std::size_t begin, std::size_t end) {
+                      const std::size_t t = r / h, head = r % h, block_row = ((t / l) * h + head) * l + t % l;
+                      CAMEX_IVDEP
+                      for (std::size_t j = begin; j < end; ++j) to(block_row, j) = from(t, part * c + head * d + j);
+                    });
 }
 
 /// The inverse: columns part C .. part C + C of `to` [N, kC] from the blocks `from` [S H L, d], overwritten or
@@ -45,11 +51,15 @@ template <class T, class Space>
 void merge_heads(const Space& space, const Mat<T, Space>& from, std::size_t part, std::size_t heads, std::size_t context,
                  const Mat<T, Space>& to, bool accumulate) {
   const std::size_t d = from.extent(1), c = d * heads, h = heads, l = context, n = to.extent(0);
-  Kokkos::parallel_for("attention[merge_heads]", Kokkos::RangePolicy<Space>(space, 0, n * c), KOKKOS_LAMBDA(std::size_t w) {
-    const std::size_t t = w / c, col = w % c, head = col / d;
-    const T value = from(((t / l) * h + head) * l + t % l, col % d);
-    to(t, part * c + col) = accumulate ? to(t, part * c + col) + value : value;
-  });
+  for_each_row_span(space, "attention[merge_heads]", n * h, d,
+                    KOKKOS_LAMBDA(std::size_t r, std::size_t begin, std::size_t end) {
+                      const std::size_t t = r / h, head = r % h, block_row = ((t / l) * h + head) * l + t % l;
+                      CAMEX_IVDEP
+                      for (std::size_t j = begin; j < end; ++j) {
+                        T& out = to(t, part * c + head * d + j);
+                        out = accumulate ? out + from(block_row, j) : from(block_row, j);
+                      }
+                    });
 }
 
 /// Row r of att [S H L, L] is query r mod L: softmax over the keys its mask lets it see (causal: 0 .. r mod L, zero

@@ -4,8 +4,12 @@
 // for the backward, which accumulates into d_x, d_weight and d_bias (parameter sums over tokens run in token
 // order, one channel per work item: independent of the thread count).
 
+#include <camex/core/schedule.hpp>
+#include <camex/platform/vectorize.hpp>
+
 #include <cmath>
 
+#include "linear.hpp"
 #include "tensor.hpp"
 
 namespace camex::examples {
@@ -63,15 +67,29 @@ void layer_norm_backward(const Space& space, const InMat<T, Space>& x, const InV
       d_x(t, c) += static_cast<T>(r * (g - g_mean - xhat * gx_mean));
     }
   });
-  Kokkos::parallel_for("layer_norm_backward[parameters]", Kokkos::RangePolicy<Space>(space, 0, channels),
-                       KOKKOS_LAMBDA(std::size_t c) {
-                         double dw = 0, db = 0;
-                         for (std::size_t t = 0; t < n; ++t) {
-                           dw += static_cast<double>(d_y(t, c)) * (x(t, c) - mean(t)) * rstd(t);
-                           db += d_y(t, c);
-                         }
-                         d_weight(c) += static_cast<T>(dw);
-                         d_bias(c) += static_cast<T>(db);
+  // Per channel, in token order. The host takes a cache line of channels a work item and adds each token's in
+  // SIMD registers; elsewhere a lane is one channel.
+  const auto add_parameter_sums = KOKKOS_LAMBDA(std::size_t first, std::size_t width) {
+    double dw[column_block] = {}, db[column_block] = {};
+    for (std::size_t t = 0; t < n; ++t) {
+      const T m = mean(t), r = rstd(t);
+      CAMEX_IVDEP
+      for (std::size_t j = 0; j < width; ++j) {
+        dw[j] += static_cast<double>(d_y(t, first + j)) * (x(t, first + j) - m) * r;
+        db[j] += d_y(t, first + j);
+      }
+    }
+    for (std::size_t j = 0; j < width; ++j) {
+      d_weight(first + j) += static_cast<T>(dw[j]);
+      d_bias(first + j) += static_cast<T>(db[j]);
+    }
+  };
+  const bool on_host = detail::resolve<Space>(Schedule::automatic) == Schedule::tiled;
+  const std::size_t block = on_host ? column_block : 1;
+  Kokkos::parallel_for("layer_norm_backward[parameters]", Kokkos::RangePolicy<Space>(space, 0, (channels + block - 1) / block),
+                       KOKKOS_LAMBDA(std::size_t w) {
+                         const std::size_t first = w * block;
+                         add_parameter_sums(first, channels - first < block ? channels - first : block);
                        });
 }
 

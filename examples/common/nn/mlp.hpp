@@ -14,13 +14,13 @@
 // routers' parameters; on buffers that nothing else writes and the step zeroed, writing and adding agree.
 
 #include <camex/camex.hpp>
+#include <camex/nn/activation.hpp>
 
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "activation.hpp"
 #include "linear.hpp"
 #include "tensor.hpp"
 #include "common/train/activations.hpp"
@@ -89,7 +89,7 @@ class DenseMlp final : public MlpLayer<T, Space> {
 
   void backward(const Space& space, const InMat<T, Space>& d_y, const Mat<T, Space>& d_x) override {
     linear_backward(space, a_, arena_->value(proj_w_), d_y, d_a_, arena_->gradient(proj_w_), arena_->gradient_vector(proj_b_));
-    activation_backward(space, shape_.activation, h_, d_a_, d_h_);
+    activation_backward(space, shape_.activation, h_, d_a_, d_h_, true);
     linear_backward(space, x_, arena_->value(fc_w_), d_h_, d_x, arena_->gradient(fc_w_), arena_->gradient_vector(fc_b_));
   }
 
@@ -175,7 +175,7 @@ class MergedMlp final : public MlpLayer<T, Space> {
 
   void backward(const Space& space, const InMat<T, Space>& d_y, const Mat<T, Space>& d_x) override {
     proj_.layer.backward(space, d_y, 1.0, d_a_, gradients(proj_), bias_gradients(proj_), proj_workspace_);
-    activation_backward(space, shape_.activation, h_, d_a_, d_h_);
+    activation_backward(space, shape_.activation, h_, d_a_, d_h_, true);
     fc_.layer.backward(space, d_h_, 1.0, d_x, gradients(fc_), bias_gradients(fc_), fc_workspace_);
   }
 

@@ -50,7 +50,7 @@ class KernelProfile {
     if (has("AdamW")) return "optimiser";
     if (label == "deep_copy") return "copies and zeroing";
     if (has("Gate") || has("Router") || has("routing") || has("merge_scores")) return "routers";
-    if (label.rfind("camex::", 0) == 0) return "merge policies and merged layers";
+    if (label.rfind("camex::", 0) == 0 && !has("activation")) return "merge policies and merged layers";
     return "elementwise (bias, activation, residual, embedding, pooling)";
   }
 

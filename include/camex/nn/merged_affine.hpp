@@ -23,11 +23,13 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/kernels/gemm.hpp"
+#include "camex/kernels/row_spans.hpp"
 #include "camex/merge/concepts.hpp"
 #include "camex/merge/row_combination_policy.hpp"
 #include "camex/nn/evaluation_order.hpp"
 #include "camex/nn/expert_tensors.hpp"
 #include "camex/nn/named_tensors.hpp"
+#include "camex/platform/vectorize.hpp"
 
 namespace camex {
 
@@ -81,34 +83,36 @@ void scale_by_coefficients(const ExecSpace& space, const Coefficients& coef, con
 /// y[t, :] += bias[g(t), :].
 template <class ExecSpace, class Bias, class Y>
 void add_group_bias(const ExecSpace& space, const Bias& bias, std::size_t group_length, const Y& y) {
-  const std::size_t o_count = y.extent(1);
-  Kokkos::parallel_for("camex::MergedAffine[bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, y.extent(0) * o_count),
-                       KOKKOS_LAMBDA(std::size_t w) {
-                         const std::size_t t = w / o_count, o = w % o_count;
-                         y(t, o) += bias(t / group_length, o);
-                       });
+  for_each_row_span(space, "camex::MergedAffine[bias]", y.extent(0), y.extent(1),
+                    KOKKOS_LAMBDA(std::size_t t, std::size_t begin, std::size_t end) {
+                      const std::size_t g = t / group_length;
+                      CAMEX_IVDEP
+                      for (std::size_t o = begin; o < end; ++o) y(t, o) += bias(g, o);
+                    });
 }
 
-/// sums[g, :] = sum over group g's tokens t of d_y[t, :]: the merged bias's gradient.
+/// sums[g, :] = sum over group g's tokens t of d_y[t, :], t ascending: the merged bias's gradient.
 template <class ExecSpace, class DY, class Sums>
 void group_sums(const ExecSpace& space, const DY& d_y, std::size_t group_length, const Sums& sums) {
-  using Scalar = typename Sums::value_type;
-  const std::size_t o_count = d_y.extent(1);
-  Kokkos::parallel_for("camex::MergedAffine[d_bias]", Kokkos::RangePolicy<ExecSpace>(space, 0, sums.extent(0) * o_count),
-                       KOKKOS_LAMBDA(std::size_t w) {
-                         const std::size_t g = w / o_count, o = w % o_count;
-                         Scalar sum = 0;
-                         for (std::size_t t = g * group_length; t < (g + 1) * group_length; ++t) sum += d_y(t, o);
-                         sums(g, o) = sum;
-                       });
+  for_each_row_span(space, "camex::MergedAffine[d_bias]", sums.extent(0), d_y.extent(1),
+                    KOKKOS_LAMBDA(std::size_t g, std::size_t begin, std::size_t end) {
+                      CAMEX_IVDEP
+                      for (std::size_t o = begin; o < end; ++o) sums(g, o) = 0;
+                      for (std::size_t t = g * group_length; t < (g + 1) * group_length; ++t) {
+                        CAMEX_IVDEP
+                        for (std::size_t o = begin; o < end; ++o) sums(g, o) += d_y(t, o);
+                      }
+                    });
 }
 
 /// into += from, entry by entry.
 template <class ExecSpace, class From, class Into>
 void add_matrix(const ExecSpace& space, const From& from, const Into& into) {
-  const std::size_t cols = into.extent(1);
-  Kokkos::parallel_for("camex::MergedAffine[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, into.extent(0) * cols),
-                       KOKKOS_LAMBDA(std::size_t w) { into(w / cols, w % cols) += from(w / cols, w % cols); });
+  for_each_row_span(space, "camex::MergedAffine[d_scores]", into.extent(0), into.extent(1),
+                    KOKKOS_LAMBDA(std::size_t r, std::size_t begin, std::size_t end) {
+                      CAMEX_IVDEP
+                      for (std::size_t c = begin; c < end; ++c) into(r, c) += from(r, c);
+                    });
 }
 
 template <MergePolicy Policy>

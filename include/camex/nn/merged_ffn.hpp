@@ -22,6 +22,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
+#include "camex/nn/activation.hpp"
 #include "camex/nn/expert_tensors.hpp"
 #include "camex/nn/layer_problem.hpp"
 #include "camex/nn/merged_affine.hpp"
@@ -32,48 +33,6 @@
 #include "camex/route/routing_stage.hpp"
 
 namespace camex {
-
-enum class Activation {
-  gelu_tanh,  ///< GPT-2's GELU: 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
-  gelu,       ///< the exact GELU: h Phi(h)
-  relu,       ///< T5's: max(h, 0)
-};
-
-/// act(h) and act'(h), in double (device code too): the activation the merged FFN applies, for a user's own layers.
-KOKKOS_INLINE_FUNCTION double activate(Activation act, double h, double* derivative) {
-  switch (act) {
-    case Activation::relu:
-      *derivative = h > 0 ? 1.0 : 0.0;
-      return h > 0 ? h : 0.0;
-    case Activation::gelu: {
-      const double cdf = 0.5 * (1 + math::erf(h * 0.70710678118654752440));
-      *derivative = cdf + h * 0.39894228040143267794 * math::exp(-0.5 * h * h);
-      return h * cdf;
-    }
-    case Activation::gelu_tanh:
-    default: {
-      constexpr double c = 0.79788456080286535588, k = 0.044715;  // sqrt(2/pi)
-      const double t = math::tanh(c * (h + k * h * h * h));
-      *derivative = 0.5 * (1 + t) + 0.5 * h * (1 - t * t) * c * (1 + 3 * k * h * h);
-      return 0.5 * h * (1 + t);
-    }
-  }
-}
-
-namespace detail {
-
-/// activated = act(hidden), elementwise.
-template <class ExecSpace, class Hidden, class Activated>
-void activate_hidden(const ExecSpace& space, Activation act, const Hidden& hidden, const Activated& activated) {
-  using Scalar = typename Activated::value_type;
-  Kokkos::parallel_for("camex::MergedFFN[activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
-                       KOKKOS_LAMBDA(std::size_t w) {
-                         double unused;
-                         activated.data()[w] = static_cast<Scalar>(activate(act, static_cast<double>(hidden.data()[w]), &unused));
-                       });
-}
-
-}  // namespace detail
 
 template <MergePolicy Policy, RouterFor<Policy> RouterType>
 class MergedFFN {
@@ -139,7 +98,7 @@ class MergedFFN {
       const double aux = routing_.forward(space, batched.substream(2 * detail::MergedAffine<Policy>::random_streams), x,
                                           padding, b.scores, b.routing);
       fc_.forward(space, batched, b.scores, x, fc, fc_bias, b.hidden, b.fc);
-      detail::activate_hidden(space, activation_, b.hidden, b.activated);
+      activation_forward(space, activation_, b.hidden, b.activated);
       proj_.forward(space, batched.substream(detail::MergedAffine<Policy>::random_streams), b.scores, b.activated, proj,
                     proj_bias, y, b.proj);
       return aux;
@@ -160,14 +119,7 @@ class MergedFFN {
     WorkspaceCarver<ExecSpace> carver(fn, workspace);
     const auto b = carve(carver);
     proj_.backward(space, b.scores, b.activated, d_y, b.d_hidden, b.d_scores_proj, d_proj, d_proj_bias, b.proj);
-    const auto hidden = b.hidden, d_hidden = b.d_hidden;
-    const Activation act = activation_;
-    Kokkos::parallel_for("camex::MergedFFN[d_activation]", Kokkos::RangePolicy<ExecSpace>(space, 0, hidden.size()),
-                         KOKKOS_LAMBDA(std::size_t w) {
-                           double derivative;
-                           activate(act, static_cast<double>(hidden.data()[w]), &derivative);
-                           d_hidden.data()[w] = static_cast<Scalar>(derivative * static_cast<double>(d_hidden.data()[w]));
-                         });
+    activation_backward(space, activation_, b.hidden, b.d_hidden, b.d_hidden, false);
     fc_.backward(space, b.scores, x_, b.d_hidden, d_x, b.d_scores, d_fc, d_fc_bias, b.fc);
     const auto d_scores = b.d_scores, d_scores_proj = b.d_scores_proj;
     Kokkos::parallel_for("camex::MergedFFN[d_scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, d_scores.size()),
