@@ -16,6 +16,7 @@
 #include <string>
 
 #include <camex/kernels/row_spans.hpp>
+#include <camex/platform/branch_free_math.hpp>
 #include <camex/platform/vectorize.hpp>
 
 #include "common/train/activations.hpp"
@@ -72,12 +73,10 @@ void masked_softmax(const Space& space, AttentionMask mask, const Mat<T, Space>&
     const std::size_t t = causal ? r % l : l - 1;  // the last key the query sees
     T top = att(r, 0);
     for (std::size_t s = 1; s <= t; ++s) top = att(r, s) > top ? att(r, s) : top;
+    CAMEX_IVDEP
+    for (std::size_t s = 0; s <= t; ++s) att(r, s) = math::elementwise_exp(att(r, s) - top);
     double sum = 0;
-    for (std::size_t s = 0; s <= t; ++s) {
-      const T e = math::exp(att(r, s) - top);
-      att(r, s) = e;
-      sum += e;
-    }
+    for (std::size_t s = 0; s <= t; ++s) sum += att(r, s);
     const T inverse = static_cast<T>(1 / sum);
     for (std::size_t s = 0; s <= t; ++s) att(r, s) *= inverse;
     for (std::size_t s = t + 1; s < l; ++s) att(r, s) = 0;

@@ -1,14 +1,18 @@
 #pragma once
 // Softmax cross-entropy over the rows of a logits matrix [N, K], in place: the forward turns the logits into
-// probabilities (one exp per logit, normalised after: a language model's V x N exps are a large part of its step)
-// and returns the summed loss -log p[target] and how many rows' largest logit is the target (the first largest on
-// ties); the backward turns the probabilities into d_logits = (p - onehot(target)) d_loss / N. Sums are in double,
+// probabilities (one exp per logit, branch-free in float so the host vectorises it, normalised after: a language model's
+// V x N exps are a large part of its step) and returns the summed loss -log p[target] and how many rows' largest
+// logit is the target (the first largest on ties); the backward turns the probabilities into d_logits = (p - onehot(target)) d_loss / N. Sums are in double,
 // by one reduction whose order depends on the thread count only; the host reads back its one result.
 
 #include <Kokkos_Core.hpp>
 
 #include <cstddef>
 #include <cstdint>
+
+#include <camex/kernels/row_spans.hpp>
+#include <camex/platform/branch_free_math.hpp>
+#include <camex/platform/vectorize.hpp>
 
 #include "tensor.hpp"
 
@@ -31,36 +35,58 @@ struct CrossEntropySums {
   }
 };
 
+/// Lanes of the forward's row passes: each keeps its own running maximum and sum over the entries v = j mod lanes,
+/// so the passes vectorise (a single running maximum or double sum is a dependency chain that does not); the
+/// lanes are combined in a fixed order, so the result does not depend on the thread count.
+inline constexpr std::size_t cross_entropy_lanes = 16;
+
 /// Rows of `logits` [N, K] become their softmax; targets [N] are class ids below K. The sums cover the first
 /// `counted` rows (all by default: a batch completed by repeats counts only its real rows).
 template <class Space, class T>
 CrossEntropySums softmax_cross_entropy_forward(const Space& space, const Mat<T, Space>& logits, const TokenIds<Space>& targets,
                                                std::size_t counted = static_cast<std::size_t>(-1)) {
-  const std::size_t n = logits.extent(0), k = logits.extent(1);
+  constexpr std::size_t lanes = cross_entropy_lanes;
+  const std::size_t n = logits.extent(0), k = logits.extent(1), whole = k / lanes * lanes;
   require_length("softmax_cross_entropy_forward", "targets", targets, n, "the logits' rows");
   if (counted > n) counted = n;
   CrossEntropySums total;
   Kokkos::parallel_reduce("softmax_cross_entropy_forward", Kokkos::RangePolicy<Space>(space, 0, n),
                           KOKKOS_LAMBDA(std::size_t t, CrossEntropySums& sums) {
-                            T top = logits(t, 0);
-                            std::size_t best = 0;
-                            for (std::size_t v = 1; v < k; ++v)
-                              if (logits(t, v) > top) {
-                                top = logits(t, v);
-                                best = v;
-                              }
-                            const double target = static_cast<double>(logits(t, targets(t)) - top);
-                            double z = 0;
-                            for (std::size_t v = 0; v < k; ++v) {
-                              const T e = math::exp(logits(t, v) - top);
-                              logits(t, v) = e;
-                              z += e;
+                            T lane_top[lanes];
+                            for (std::size_t j = 0; j < lanes; ++j) lane_top[j] = logits(t, 0);
+                            for (std::size_t v = 0; v < whole; v += lanes) {
+                              CAMEX_VECTOR_LANES
+                              for (std::size_t j = 0; j < lanes; ++j)
+                                lane_top[j] = logits(t, v + j) > lane_top[j] ? logits(t, v + j) : lane_top[j];
                             }
+                            T top = logits(t, 0);
+                            for (std::size_t j = 0; j < lanes; ++j) top = lane_top[j] > top ? lane_top[j] : top;
+                            for (std::size_t v = whole; v < k; ++v) top = logits(t, v) > top ? logits(t, v) : top;
+                            std::size_t best = 0;  // the first largest logit
+                            while (!(logits(t, best) == top) && best + 1 < k) ++best;
+                            const double target = static_cast<double>(logits(t, targets(t)) - top);
+                            double lane_z[lanes] = {};
+                            for (std::size_t v = 0; v < whole; v += lanes) {
+                              CAMEX_VECTOR_LANES
+                              for (std::size_t j = 0; j < lanes; ++j) {
+                                const T e = math::elementwise_exp(logits(t, v + j) - top);
+                                logits(t, v + j) = e;
+                                lane_z[j] += e;
+                              }
+                            }
+                            for (std::size_t v = whole; v < k; ++v) {
+                              const T e = math::elementwise_exp(logits(t, v) - top);
+                              logits(t, v) = e;
+                              lane_z[v - whole] += e;
+                            }
+                            double z = 0;
+                            for (std::size_t j = 0; j < lanes; ++j) z += lane_z[j];
                             if (t < counted) {
                               sums.loss += math::log(z) - target;
                               sums.correct += static_cast<std::int32_t>(best) == targets(t) ? 1.0 : 0.0;
                             }
                             const T inverse = static_cast<T>(1 / z);
+                            CAMEX_IVDEP
                             for (std::size_t v = 0; v < k; ++v) logits(t, v) *= inverse;
                           },
                           total);
@@ -74,11 +100,13 @@ void softmax_cross_entropy_backward(const Space& space, const Mat<T, Space>& pro
   const std::size_t n = probabilities.extent(0), k = probabilities.extent(1);
   require_length("softmax_cross_entropy_backward", "targets", targets, n, "the probabilities' rows");
   const T scale = static_cast<T>(d_loss / static_cast<double>(n));
-  Kokkos::parallel_for("softmax_cross_entropy_backward", Kokkos::RangePolicy<Space>(space, 0, n * k),
-                       KOKKOS_LAMBDA(std::size_t w) {
-                         const std::size_t t = w / k, v = w % k;
-                         probabilities(t, v) = scale * (probabilities(t, v) - (static_cast<std::int32_t>(v) == targets(t) ? T(1) : T(0)));
-                       });
+  for_each_row_span(space, "softmax_cross_entropy_backward", n, k,
+                    KOKKOS_LAMBDA(std::size_t t, std::size_t begin, std::size_t end) {
+                      const std::size_t target = static_cast<std::size_t>(targets(t));
+                      CAMEX_IVDEP
+                      for (std::size_t v = begin; v < end; ++v)
+                        probabilities(t, v) = scale * (probabilities(t, v) - (v == target ? T(1) : T(0)));
+                    });
 }
 
 }  // namespace camex::examples

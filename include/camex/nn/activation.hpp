@@ -12,8 +12,8 @@
 // for h below about -5 (-8 in double).
 //
 // Double arrays are evaluated with libm's exp and erfc: the reference the float evaluation is tested against
-// (tests/nn/activation.cpp). Float arrays are evaluated in float, GPT-2's GELU with the branch-free e^x so that
-// the host loop vectorises.
+// (tests/nn/activation.cpp). Float arrays are evaluated in float, with the branch-free e^x so that the host loop
+// vectorises (math::elementwise_exp picks it).
 
 #include <Kokkos_Core.hpp>
 
@@ -36,13 +36,6 @@ enum class Activation {
   relu,       ///< T5's: max(h, 0)
 };
 
-namespace detail {
-
-KOKKOS_INLINE_FUNCTION double activation_exp(double x) { return math::exp(x < 700 ? x : 700); }
-KOKKOS_INLINE_FUNCTION float activation_exp(float x) { return math::branch_free_exp(x); }
-
-}  // namespace detail
-
 /// act(h) and act'(h) in Real, float or double (device code too), as the header's comment describes.
 template <std::floating_point Real>
 KOKKOS_INLINE_FUNCTION Real activate(Activation act, Real h, Real* derivative) {
@@ -52,13 +45,14 @@ KOKKOS_INLINE_FUNCTION Real activate(Activation act, Real h, Real* derivative) {
       return h > 0 ? h : Real(0);
     case Activation::gelu: {
       const Real cdf = Real(0.5) * math::erfc(h * Real(-0.70710678118654752440));  // Phi(h), 1 / sqrt 2
-      *derivative = cdf + h * Real(0.39894228040143267794) * detail::activation_exp(-h * h / 2);  // 1 / sqrt(2 pi)
+      *derivative = cdf + h * Real(0.39894228040143267794) * math::elementwise_exp(-h * h / 2);  // 1 / sqrt(2 pi)
       return h * cdf;
     }
     case Activation::gelu_tanh:
     default: {
       constexpr Real c = Real(0.79788456080286535588), k = Real(0.044715);  // sqrt(2/pi)
-      const Real e = detail::activation_exp(-2 * c * (h + k * h * h * h));
+      const Real exponent = -2 * c * (h + k * h * h * h);
+      const Real e = math::elementwise_exp(exponent < 700 ? exponent : Real(700));
       const Real s = 1 / (1 + e);
       *derivative = s + 2 * h * c * (1 + 3 * k * h * h) * (e * s * s);
       return h * s;

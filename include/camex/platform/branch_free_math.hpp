@@ -6,6 +6,8 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "camex/platform/kokkos_compat.hpp"
+
 #include <cstdint>
 #include <cstring>
 
@@ -48,5 +50,10 @@ KOKKOS_INLINE_FUNCTION float branch_free_exp(float x) {
   p = p * r + 1.0f;
   return p * exp2_integer(static_cast<std::int32_t>(n));
 }
+
+/// The exponential of the elementwise kernels (activations, softmaxes): branch_free_exp in float, libm's exp in
+/// double, where arrays are a reference computation and the last bit matters more than speed.
+KOKKOS_INLINE_FUNCTION float elementwise_exp(float x) { return branch_free_exp(x); }
+KOKKOS_INLINE_FUNCTION double elementwise_exp(double x) { return exp(x); }
 
 }  // namespace camex::math
