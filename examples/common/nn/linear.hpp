@@ -25,15 +25,16 @@ void matmul(const Space& space, const A& a, Transpose ta, const B& b, Transpose 
                                            .beta = beta, .c = c.data(), .ldc = static_cast<std::ptrdiff_t>(c.extent(1))});
 }
 
-/// sums(o) += the sum over t of m(t, o), in double, t ascending (so the same for any thread count). The host
-/// reads the rows in blocks of columns, a cache line of floats wide, and adds each row's block in SIMD registers.
 /// Columns a host work item sums over the rows: a 64-byte cache line of floats.
 inline constexpr std::size_t column_block = 16;
 
+/// sums(o) += the sum over t of m(t, o), in double, t ascending (so the same for any thread count). The host
+/// reads the rows in blocks of columns, a cache line of floats wide, and adds each row's block in SIMD registers.
 template <class Space, class T>
 void add_column_sums(const Space& space, const InMat<T, Space>& m, const Vec<T, Space>& sums) {
   constexpr std::size_t block = column_block;
   const std::size_t rows = m.extent(0), columns = m.extent(1);
+  require_length("add_column_sums", "sums", sums, columns, "m's columns");
   if (detail::resolve<Space>(Schedule::automatic) == Schedule::tiled) {
     Kokkos::parallel_for("column_sums", Kokkos::RangePolicy<Space>(space, 0, (columns + block - 1) / block),
                          KOKKOS_LAMBDA(std::size_t w) {

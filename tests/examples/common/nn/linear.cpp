@@ -1,5 +1,5 @@
 // The dense linear map: forward in float and double against Eigen in double, backward against central finite
-// differences of x, the weight and the bias, and the shape errors.
+// differences of x, the weight and the bias; the column sums its bias gradient takes; and the shape errors.
 #include "common/nn/linear.hpp"
 
 #include "layer_testing.hpp"
@@ -50,6 +50,21 @@ BOOST_AUTO_TEST_CASE(linear_forward_and_backward) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(column_sums_add_every_row) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    // 37 columns: two whole blocks of examples::column_block and a part; 300 rows.
+    const HostMatrix m = rounded<float>(random_matrix(300, 37, gen));
+    auto sums = to_device_vector<float>(HostMatrix::Constant(1, 37, 0.5));
+    examples::add_column_sums(Space{}, to_device<float>(m), sums);
+    const HostMatrix expected = (m.colwise().sum().array() + 0.5).matrix();
+    // Summed in double (error about 300 eps of the magnitudes, negligible), then rounded to float and added to
+    // 0.5 in float: two roundings of the result's magnitude.
+    const HostMatrix bound = (2 * unit_roundoff<float> * (m.cwiseAbs().colwise().sum().array() + 0.5)).matrix();
+    BOOST_TEST(((vector_to_host(sums) - expected).cwiseAbs().array() <= bound.array()).all());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(linear_shape_errors) {
   CAMEX_TEST_CONTEXT() {
     Matrix<float, Space> x("x", 4, 8), w("w", 3, 8), y("y", 4, 3), wrong_w("w", 3, 7);
@@ -58,5 +73,6 @@ BOOST_AUTO_TEST_CASE(linear_shape_errors) {
     require_argument_error([&] { examples::linear_forward(Space{}, x, w, short_b, y); }, "bias", {"3 entries", "2 entries"});
     require_argument_error([&] { examples::linear_backward(Space{}, x, w, y, x, wrong_w, b); }, "d_weight",
                            {"[3, 8]", "[3, 7]"});
+    require_argument_error([&] { examples::add_column_sums(Space{}, x, b); }, "sums", {"8 entries", "3 entries"});
   }
 }
