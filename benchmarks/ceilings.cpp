@@ -1,7 +1,10 @@
 // The machine's ceilings, measured in the same run as the kernels they judge: STREAM copy and triad, the
 // streaming write rate and the read rate on the default Kokkos execution space, and a large SGEMM twice: through the system BLAS
 // (OpenBLAS here, the GEMM PyTorch calls; Debian's 0.3.21 runs its Haswell AVX2 kernel on CPUs it does not know)
-// and through Eigen compiled for this CPU (the compute ceiling camex's own kernels are judged against). Prints JSON.
+// and through Eigen compiled for this CPU (the compute ceiling camex's own kernels are judged against). Where the
+// default space is a GPU, also its device-to-device copy (the bandwidth ceiling there) and an 8192^3 SGEMM through
+// camex::gemm (cuBLAS), in fp32 and with TF32 allowed. Prints JSON.
+#include <camex/kernels/gemm.hpp>
 #include <camex/perf/stream.hpp>
 
 #include <Eigen/Core>
@@ -29,8 +32,27 @@ int main() {
   const double blas = gflops(sgemm), native = gflops(native_sgemm);
 
   std::printf("{\"stream_copy_GBps\": %.3f, \"stream_triad_GBps\": %.3f, \"stream_write_GBps\": %.3f, \"stream_read_GBps\": %.3f, "
-              "\"sgemm_GFLOPs\": %.3f, \"sgemm_native_GFLOPs\": %.3f, \"sgemm_n\": %d, \"execution_space\": \"%s\", \"concurrency\": %d}\n",
-              stream.copy_GBps, stream.triad_GBps, stream.write_GBps, stream.read_GBps, blas, native, n, Kokkos::DefaultExecutionSpace::name(),
-              static_cast<int>(Kokkos::DefaultExecutionSpace().concurrency()));
+              "\"device_copy_GBps\": %.3f, \"sgemm_GFLOPs\": %.3f, \"sgemm_native_GFLOPs\": %.3f, \"sgemm_n\": %d, ",
+              stream.copy_GBps, stream.triad_GBps, stream.write_GBps, stream.read_GBps, stream.device_copy_GBps, blas, native, n);
+  using Space = Kokkos::DefaultExecutionSpace;
+  if constexpr (!static_cast<bool>(Kokkos::SpaceAccessibility<Space, Kokkos::HostSpace>::accessible)) {
+    const int dn = 8192;
+    Kokkos::View<float*, Space::memory_space> da("sgemm::a", std::size_t(dn) * dn), db("sgemm::b", std::size_t(dn) * dn),
+        dc("sgemm::c", std::size_t(dn) * dn);
+    Kokkos::deep_copy(da, 0.5f);
+    Kokkos::deep_copy(db, 0.25f);
+    const camex::GemmBatch<float> product{.m = dn, .n = dn, .k = dn, .a = da.data(), .lda = dn, .b = db.data(),
+                                          .ldb = dn, .c = dc.data(), .ldc = dn};
+    const auto device_gflops = [&](bool tf32) {
+      camex::allow_tf32(tf32);
+      camex::gemm(Space{}, product);  // warm-up: cuBLAS's handle and kernel choice
+      const double seconds = camex::perf::best_seconds(Space{}, 5, [&] { camex::gemm(Space{}, product); });
+      camex::allow_tf32(false);
+      return 2.0 * dn * dn * double(dn) / seconds * 1e-9;
+    };
+    const double fp32 = device_gflops(false), tf32 = device_gflops(true);
+    std::printf("\"device_sgemm_GFLOPs\": %.3f, \"device_sgemm_tf32_GFLOPs\": %.3f, \"device_sgemm_n\": %d, ", fp32, tf32, dn);
+  }
+  std::printf("\"execution_space\": \"%s\", \"concurrency\": %d}\n", Space::name(), static_cast<int>(Space().concurrency()));
   return 0;
 }

@@ -80,7 +80,11 @@ def main():
     triad = ceilings["stream_triad_GBps"]
     read_ceiling, write_ceiling = ceilings["stream_read_GBps"], ceilings["stream_write_GBps"]
     sgemm = ceilings["sgemm_GFLOPs"]
-    gemm_ceiling = ceilings["sgemm_native_GFLOPs"]
+    # On a GPU the compute ceiling is cuBLAS's fp32 SGEMM there, and the bandwidth targets are set against the
+    # driver's device-to-device copy.
+    on_device = "device_sgemm_GFLOPs" in ceilings
+    gemm_ceiling = ceilings["device_sgemm_GFLOPs"] if on_device else ceilings["sgemm_native_GFLOPs"]
+    device_copy = ceilings.get("device_copy_GBps")
     rows = []
     for name, c in cases.items():
         t = torch_by_name.get(name)
@@ -93,6 +97,7 @@ def main():
         row["camex_GBps"] = c["bytes"] / c["camex_s"] * 1e-9
         row["camex_GFLOPs"] = c["flops"] / c["camex_s"] * 1e-9
         row["fraction_of_triad"] = row["camex_GBps"] / triad
+        row["fraction_of_device_copy"] = row["camex_GBps"] / device_copy if device_copy else None
         # The roofline of this run (Williams, Waterman, Patterson 2009): the case's reads at the read ceiling, then its
         # writes at the write ceiling, unless its flops at the native SGEMM rate take longer; then the case is
         # compute-bound on this machine, and no kernel could reach the memory figure.
@@ -108,17 +113,20 @@ def main():
 
     print(f"ceilings: STREAM copy {ceilings['stream_copy_GBps']:.1f} GB/s, triad {triad:.1f} GB/s, "
           f"read {read_ceiling:.1f} GB/s, streaming write {write_ceiling:.1f} GB/s, "
-          f"SGEMM {gemm_ceiling:.1f} GFLOP/s (Eigen, native; the system BLAS PyTorch calls: {sgemm:.1f}) "
-          f"({ceilings['execution_space']}, concurrency {ceilings['concurrency']})")
-    print(f"torch {torch['torch_version']}, {torch['threads']} threads, BLAS loaded: "
+          + (f"device copy {device_copy:.1f} GB/s, SGEMM {gemm_ceiling:.1f} GFLOP/s (cuBLAS fp32; TF32 "
+             f"{ceilings['device_sgemm_tf32_GFLOPs']:.1f}) " if on_device else
+             f"SGEMM {gemm_ceiling:.1f} GFLOP/s (Eigen, native; the system BLAS PyTorch calls: {sgemm:.1f}) ")
+          + f"({ceilings['execution_space']}, concurrency {ceilings['concurrency']})")
+    print(f"torch {torch['torch_version']} on {torch.get('device_name', 'cpu')}, {torch['threads']} threads, BLAS loaded: "
           f"{', '.join(torch['blas_loaded']) or 'none found'}")
     print(f"  {torch['blas_config'][:160]}")
-    header = f"{'case':<52} {'camex ms':>9} {'GB/s':>7} {'%triad':>7} {'%roof':>6} {'GFLOP/s':>8} {'%sgemm':>7} {'torch ms':>9} {'x torch':>8} {'torch out= ms':>13} {'x out=':>7}"
+    header = f"{'case':<52} {'camex ms':>9} {'GB/s':>7} {'%copy' if on_device else '%triad':>7} {'%roof':>6} {'GFLOP/s':>8} {'%sgemm':>7} {'torch ms':>9} {'x torch':>8} {'torch out= ms':>13} {'x out=':>7}"
     print(header)
     print("-" * len(header))
     fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec.split(".")[0])
     for r in rows:
-        print(f"{r['name']:<52} {r['camex_s'] * 1e3:>9.3f} {r['camex_GBps']:>7.1f} {100 * r['fraction_of_triad']:>6.0f}% "
+        bandwidth_share = r["fraction_of_device_copy"] if on_device else r["fraction_of_triad"]
+        print(f"{r['name']:<52} {r['camex_s'] * 1e3:>9.3f} {r['camex_GBps']:>7.1f} {100 * bandwidth_share:>6.0f}% "
               f"{100 * r['fraction_of_roofline']:>5.0f}%{'c' if r['roofline_bound'] == 'compute' else ' '}"
               f"{r['camex_GFLOPs']:>8.1f} {100 * r['fraction_of_sgemm']:>6.0f}% {fmt(r['torch_s'] and r['torch_s'] * 1e3, '>9.3f')} "
               f"{fmt(r['speedup_vs_torch'], '>7.2f')}x {fmt(r['torch_out_s'] and r['torch_out_s'] * 1e3, '>13.3f')} "
@@ -130,11 +138,12 @@ def main():
             print(f"{r['name']}: median step {r['camex_median_s'] * 1e3:.1f} ms = {parts} (ms)")
 
     report = {"ceilings": {k: ceilings[k] for k in ("stream_triad_GBps", "stream_copy_GBps", "stream_write_GBps", "stream_read_GBps",
-                                                    "sgemm_GFLOPs", "sgemm_native_GFLOPs")},
+                                                    "device_copy_GBps", "sgemm_GFLOPs", "sgemm_native_GFLOPs",
+                                                    "device_sgemm_GFLOPs", "device_sgemm_tf32_GFLOPs") if k in ceilings},
               "machine": {"execution_space": ceilings["execution_space"], "concurrency": ceilings["concurrency"],
                           "cpu": context.get("host_name"), "num_cpus": context.get("num_cpus"),
                           "mhz_per_cpu": context.get("mhz_per_cpu"), "caches": context.get("caches")},
-              "torch": {k: torch[k] for k in ("torch_version", "threads", "blas_config", "blas_loaded")},
+              "torch": {k: torch.get(k) for k in ("torch_version", "threads", "device_name", "blas_config", "blas_loaded")},
               "cases": rows}
     write_atomically(args.json, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -21,3 +21,16 @@ configure_and_build() {
     || { cat "$dir/configure.log" >&2; die "cmake configure failed (log above)"; }
   cmake --build "$dir" --parallel "$(nproc)" "$@"
 }
+
+# Compute capabilities CUDA 13's nvcc builds for, and the Kokkos folder scripts/build-kokkos --cuda fills for one.
+camex_cuda_archs="75 80 86 87 89 90 100 103 110 120 121"
+camex_supported_cuda_arch() { [[ " $camex_cuda_archs " == *" ${1:-none} "* ]]; }
+camex_cuda_kokkos_root() { if [[ $1 == 80 ]]; then printf '%s' "$camex_deps/kokkos-cuda"; else printf '%s' "$camex_deps/kokkos-cuda-sm$1"; fi; }
+
+# The compute capability of the first GPU the driver reports (9.0 -> 90); fails where there is none.
+camex_gpu_cuda_arch() {
+  command -v nvidia-smi >/dev/null || return 1
+  local cc
+  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d ' .') || return 1
+  [[ $cc =~ ^[0-9]+$ ]] && printf '%s' "$cc"
+}

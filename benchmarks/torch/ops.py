@@ -3,6 +3,10 @@ count, timed the same way (median of repetitions). Prints JSON on stdout.
 
 Run by /usr/bin/python3 with Debian's python3-torch; the BLAS torch actually loaded is reported, because without
 libopenblas0-pthread torch silently uses the reference BLAS and every comparison flatters camex.
+
+--device cuda runs every case on the GPU instead (scripts/gpu-check, beside camex_bench built for Kokkos' Cuda
+backend): tensors are made there, and every timed call ends in torch.cuda.synchronize(), as camex's cases end in a
+fence.
 """
 import argparse
 import json
@@ -32,8 +36,38 @@ def blas_config_line():
     return "no BLAS line in torch.__config__.show()"
 
 
+DEVICE = torch.device("cpu")
+
+
+def synchronize():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def generator(seed):
+    return torch.Generator(device=DEVICE).manual_seed(seed)
+
+
+def use_device(name):
+    """Makes `name` the device every case's tensors are created on."""
+    global DEVICE
+    DEVICE = torch.device(name)
+    if DEVICE.type == "cpu":
+        return
+    if hasattr(torch, "set_default_device"):  # torch >= 2.0
+        torch.set_default_device(DEVICE)
+    else:
+        torch.set_default_tensor_type(torch.cuda.FloatTensor)
+
+
 def timings(fn, min_seconds=0.5, min_reps=5):
     """(best, median) seconds of repeated calls: the best is what the report compares, as camex's side does."""
+    inner = fn
+
+    def fn():
+        inner()
+        synchronize()
+
     t0 = time.perf_counter()
     fn()  # warm-up: thread pool, page faults
     if time.perf_counter() - t0 > 1:
@@ -49,7 +83,7 @@ def timings(fn, min_seconds=0.5, min_reps=5):
 
 def soft_merge_cases():
     n, p = 8, 1 << 22
-    gen = torch.Generator().manual_seed(2025)
+    gen = generator(2025)
     w = torch.rand(n, p, generator=gen) * 2 - 1
     for b in (1, 4, 16, 32):
         shape = f"/N={n}/P={p}/B={b}"
@@ -72,7 +106,7 @@ def soft_merge_cases():
 def top_k_cases():
     n, p, density = 8, 1 << 22, 0.2
     k = int(density * p)
-    gen = torch.Generator().manual_seed(2025)
+    gen = generator(2025)
     deltas = torch.rand(n, p, generator=gen) * 2 - 1
     keep = torch.empty(n, p, dtype=torch.uint8)
     values = torch.empty(n, k)
@@ -92,7 +126,7 @@ def top_k_cases():
 def ties_mask_cases():
     """mergekit's TIES rules producing camex's output: the factor f[i, p] = [kept and agrees] / divisor."""
     n, p, density = 8, 1 << 22, 0.2
-    gen = torch.Generator().manual_seed(2025)
+    gen = generator(2025)
     deltas = torch.rand(n, p, generator=gen) * 2 - 1
 
     def factors():
@@ -152,7 +186,7 @@ def random_factors(gen, n, shape, rank=8):
 def policy_cases():
     """One step (masks, transform, merge of B groups) of each merge policy, as benchmarks/policies.cpp names it.
     Curvature factors are batched over experts; PyTorch has no out= form of these composites (no second column)."""
-    gen = torch.Generator().manual_seed(2025)
+    gen = generator(2025)
     rand = lambda *size: torch.rand(*size, generator=gen) * 2 - 1
     shapes = [("N=8/P=4194304", (2048, 2048), 8, (1,))] + \
              [(f"{r}x{c}/n=7", (r, c), 7, (1, 8, 32)) for r, c in ((768, 3072), (3072, 768))]
@@ -199,7 +233,7 @@ def merged_linear_cases():
     weight and the bias per group, the per-group products, and the backward to every input and parameter."""
     S, L, T, I, O, n, r = 4, 1024, 256, 768, 3072, 7, 8
     G, N = S * L // T, S * L
-    gen = torch.Generator().manual_seed(2025)
+    gen = generator(2025)
     rand = lambda *size: torch.rand(*size, generator=gen) * 2 - 1
     leaf = lambda t: t.requires_grad_()
     x, d_y = leaf(rand(N, I)), rand(N, O)
@@ -246,8 +280,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--filter", default="", help="regular expression; only matching case names run")
     parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    use_device(args.device)
     pattern = re.compile(args.filter)
     results = []
     for family in CASES:
@@ -259,7 +295,8 @@ def main():
             print(f"torch {name}: {seconds * 1e3:.3f} ms (median {median * 1e3:.3f})" +
                   (f", with out=: {out_seconds * 1e3:.3f} ms" if out_seconds else ""), file=sys.stderr, flush=True)
             results.append({"name": name, "seconds": seconds, "median_seconds": median, "out_seconds": out_seconds})
-    json.dump({"torch_version": torch.__version__, "threads": torch.get_num_threads(),
+    json.dump({"torch_version": torch.__version__, "threads": torch.get_num_threads(), "device": str(DEVICE),
+               "device_name": torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu",
                "blas_config": blas_config_line(), "blas_loaded": loaded_blas(), "cases": results}, sys.stdout)
 
 

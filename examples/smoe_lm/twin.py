@@ -10,12 +10,13 @@ the camex merge policies and routers of examples/common/moe, whose rules it read
       forward, takes every gradient by autograd and compares. One line per tensor group (layers folded together),
       then PASS or FAIL. Exit 0 on pass, 1 on a mismatch, 77 when torch cannot be imported.
 
-  twin.py train CONFIG.json --steps N [--threads T]
+  twin.py train CONFIG.json --steps N [--threads T] [--device cuda]
       The same model in float32, randomly initialised, trained with torch.optim.AdamW under smoe_lm's schedule
       (warm-up, linear decay, global-norm clipping, weight decay on matrices only) on random token batches of the
       configuration's shape; prints tokens/s and ms/step over the timed steps (after two warm-up steps) and torch's
       BLAS line: the PyTorch side of a throughput comparison with smoe_lm. Random draws here come from torch's own
-      generator; this mode does not reproduce the C++ numbers.
+      generator; this mode does not reproduce the C++ numbers. --device cuda trains on the GPU (torch 2.0 or
+      newer): the parameters are initialised on the host and moved there once, batches and draws are made there.
 
 Tolerances of `compare` (see TOLERANCES below). The C++ model runs in float32, the twin in float64 with the same
 formulas, so they differ by float32 roundoff accumulated through the layers and nothing else. Discrete decisions
@@ -763,7 +764,28 @@ def blas_line():
     return f"{fields}; loaded: {', '.join(sorted(libraries)) or 'none found in /proc/self/maps'}"
 
 
-def train(config_path, steps, threads):
+def training_device(name, seed):
+    """The device `train` runs on and the generator of its batches and draws there. Factory calls inside the
+    model then make their tensors on that device too (torch.set_default_device, torch 2.0 or newer)."""
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device, None
+    if not hasattr(torch, "set_default_device"):
+        raise SystemExit(f"twin: --device {name} needs torch 2.0 or newer, this is {torch.__version__}")
+    torch.set_default_device(device)
+    return device, torch.Generator(device=device).manual_seed(seed + 1)
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_line(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} CPU threads"
+
+
+def train(config_path, steps, threads, device_name="cpu"):
     with open(config_path) as f:
         config = dict(CONFIG_DEFAULTS)
         config.update(json.load(f))
@@ -771,8 +793,12 @@ def train(config_path, steps, threads):
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(spec.seed)
     params, decay, no_decay = {}, [], []
-    for name, shape, decays, init in spec.declarations():
-        t = initial_value(shape, init, generator).float().requires_grad_(True)
+    initial = [(name, initial_value(shape, init, generator).float(), decays)
+               for name, shape, decays, init in spec.declarations()]
+    device, device_generator = training_device(device_name, spec.seed)
+    generator = device_generator or generator
+    for name, value, decays in initial:
+        t = value.to(device).requires_grad_(True)
         params[name] = t
         (decay if decays else no_decay).append(t)
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
@@ -783,7 +809,7 @@ def train(config_path, steps, threads):
     count = sum(t.numel() for t in everything)
     print(f"twin train: policy {spec.policy}, {spec.layers} layers x {spec.channels} channels (hidden {spec.hidden}), "
           f"{spec.experts} experts, {count} parameters, {spec.batch} x {spec.context} tokens per step, vocab "
-          f"{spec.vocab}, torch {torch.__version__} with {torch.get_num_threads()} threads")
+          f"{spec.vocab}, torch {torch.__version__} on {device_line(device)}")
     print(f"torch BLAS: {blas_line()}")
     if hasattr(os, "getloadavg"):
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
@@ -797,8 +823,9 @@ def train(config_path, steps, threads):
     began = None
     for step in range(total):
         if step == warmup_steps:
+            synchronize(device)
             began = time.perf_counter()
-        batch = torch.randint(0, spec.vocab, (spec.batch, spec.context + 1), generator=generator)
+        batch = torch.randint(0, spec.vocab, (spec.batch, spec.context + 1), generator=generator, device=device)
         for group in optimiser.param_groups:
             group["lr"] = scheduled_rate(config, step)
         optimiser.zero_grad(set_to_none=True)
@@ -808,6 +835,7 @@ def train(config_path, steps, threads):
             torch.nn.utils.clip_grad_norm_(everything, config["clip"])
         optimiser.step()
         losses.append(float(ce))
+    synchronize(device)
     seconds = time.perf_counter() - began
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {total} steps")
     print(f"{steps} timed steps: {steps * tokens / seconds:.0f} tok/s, {1e3 * seconds / steps:.1f} ms/step")
@@ -824,6 +852,7 @@ def main():
     t.add_argument("config", help="a smoe_lm config.json (keys as smoe_lm's options; missing keys take the defaults)")
     t.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
     t.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    t.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args()
     if torch is None:
         print(f"twin: skipped: torch cannot be imported ({type(IMPORT_ERROR).__name__}: {IMPORT_ERROR}); "
@@ -834,7 +863,7 @@ def main():
         if len(results) > 1:
             print(f"twin: {results.count(0)} of {len(results)} dumps pass")
         return 0 if all(r == 0 for r in results) else 1
-    return train(args.config, args.steps, args.threads)
+    return train(args.config, args.steps, args.threads, args.device)
 
 
 if __name__ == "__main__":

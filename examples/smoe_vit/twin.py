@@ -11,11 +11,12 @@ the camex merge policies and routers of examples/common/moe, whose rules it read
       model twin's tolerances and report (one line per tensor group, PASS or FAIL). Exit 0 on pass, 1 on a mismatch,
       77 when torch cannot be imported.
 
-  twin.py train CONFIG.json --steps N [--threads T]
+  twin.py train CONFIG.json --steps N [--threads T] [--device cuda]
       The same ViT in float32, randomly initialised, trained with torch.optim.AdamW under smoe_vit's schedule on
       random 28 x 28 images and labels of the configuration's batch; prints images/s and ms/step over the timed
       steps (after two warm-up steps) and torch's BLAS line: the PyTorch side of a throughput comparison with
-      smoe_vit. Random draws come from torch's generator; this mode does not reproduce the C++ numbers.
+      smoe_vit. Random draws come from torch's generator; this mode does not reproduce the C++ numbers. --device
+      cuda trains on the GPU, as the language model twin's does.
 
 The merged MLPs, the routers and the policies are the language model twin's (one implementation of camex's merges
 in PyTorch); what is the ViT's is here: patches cut row-major, the embedding, the class token or mean pooling, the
@@ -206,7 +207,7 @@ def compare(path):
     return lm.check_step(spec, config, metadata, tensors, forward)
 
 
-def train(config_path, steps, threads):
+def train(config_path, steps, threads, device_name="cpu"):
     with open(config_path) as f:
         config = dict(CONFIG_DEFAULTS)
         config.update({"lr": 2e-3, "warmup": 200, "steps": 4000, "final_lr_fraction": 0.1, "weight_decay": 0.05,
@@ -216,8 +217,12 @@ def train(config_path, steps, threads):
     torch.set_num_threads(threads)
     generator = torch.Generator().manual_seed(spec.seed)
     params, decay, no_decay = {}, [], []
-    for name, shape, decays, init in spec.declarations():
-        t = lm.initial_value(shape, init, generator).float().requires_grad_(True)
+    initial = [(name, lm.initial_value(shape, init, generator).float(), decays)
+               for name, shape, decays, init in spec.declarations()]
+    device, device_generator = lm.training_device(device_name, spec.seed)
+    generator = device_generator or generator
+    for name, value, decays in initial:
+        t = value.to(device).requires_grad_(True)
         params[name] = t
         (decay if decays else no_decay).append(t)
     optimiser = torch.optim.AdamW([{"params": decay, "weight_decay": config["weight_decay"]},
@@ -228,14 +233,15 @@ def train(config_path, steps, threads):
     print(f"twin train: policy {spec.policy} ({'dense' if spec.dense else 'per ' + ('token' if spec.token_routing else 'image') + ' routing, experts in blocks ' + str(spec.blocks)}), "
           f"{spec.layers} layers x {spec.channels} channels (hidden {spec.hidden}), patches {spec.patch}x{spec.patch}, "
           f"{sum(t.numel() for t in everything)} parameters, {spec.images} images per step, torch {torch.__version__} "
-          f"with {torch.get_num_threads()} threads")
+          f"on {lm.device_line(device)}")
     print(f"torch BLAS: {lm.blas_line()}")
     warmup_steps, losses, began = 2, [], None
     for step in range(warmup_steps + steps):
         if step == warmup_steps:
+            lm.synchronize(device)
             began = time.perf_counter()
-        images = torch.randn(spec.images, 28, 28, generator=generator)
-        labels = torch.randint(0, 10, (spec.images,), generator=generator)
+        images = torch.randn(spec.images, 28, 28, generator=generator, device=device)
+        labels = torch.randint(0, 10, (spec.images,), generator=generator, device=device)
         for group in optimiser.param_groups:
             group["lr"] = lm.scheduled_rate(config, step)
         optimiser.zero_grad(set_to_none=True)
@@ -245,6 +251,7 @@ def train(config_path, steps, threads):
             torch.nn.utils.clip_grad_norm_(everything, config["clip"])
         optimiser.step()
         losses.append(float(ce))
+    lm.synchronize(device)
     seconds = time.perf_counter() - began
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} steps")
     print(f"{steps} timed steps: {steps * spec.images / seconds:.0f} img/s, {1e3 * seconds / steps:.1f} ms/step")
@@ -261,13 +268,14 @@ def main():
     t.add_argument("config", help="a smoe_vit config.json (keys as smoe_vit's options; missing keys take the defaults)")
     t.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
     t.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    t.add_argument("--device", default="cpu", help="cpu (default) or cuda (torch 2.0 or newer)")
     args = parser.parse_args()
     if torch is None:
         print(f"twin: skipped: torch cannot be imported ({type(lm.IMPORT_ERROR).__name__}: {lm.IMPORT_ERROR}); "
               f"this is {sys.executable}, and Debian's python3-torch and python3-numpy are for /usr/bin/python3")
         return lm.SKIP
     if args.mode == "train":
-        return train(args.config, args.steps, args.threads)
+        return train(args.config, args.steps, args.threads, args.device)
     results = [compare(path) for path in args.dump]
     if len(results) > 1:
         print(f"twin: {results.count(0)} of {len(results)} dumps pass")

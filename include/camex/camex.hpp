@@ -10,6 +10,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/kernels/gemm.hpp"
+#include "camex/kernels/gemm_batch.hpp"
 #include "camex/kernels/mode_product.hpp"
 #include "camex/kernels/non_finite.hpp"
 #include "camex/kernels/row_combination.hpp"

@@ -19,6 +19,9 @@
 //
 // Ties: where several entries share the k-th largest magnitude, the ones with the lowest indices are kept, so
 // the mask is a function of the values alone (PyTorch's topk and mergekit leave this unspecified).
+//
+// On Kokkos' Cuda space the same selection is made from CCCL's device-wide histogram and segmented reduction
+// instead (kernels/detail/top_k_cub.hpp): a GPU needs every entry on a lane of its own, not 16 chunks a row.
 
 #include <Kokkos_Core.hpp>
 
@@ -36,6 +39,8 @@
 #include "camex/core/transfer.hpp"
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
+#include "camex/kernels/detail/top_k_cub.hpp"
+#include "camex/kernels/detail/top_k_keys.hpp"
 #include "camex/kernels/row_combination.hpp"
 #include "camex/platform/vectorize.hpp"
 
@@ -63,53 +68,6 @@ inline std::size_t top_k_count(const char* function, double density, std::size_t
 }
 
 namespace detail {
-
-template <class T>
-using magnitude_key = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
-
-/// |x| as an unsigned integer: for IEEE-754 values, a larger key is a larger magnitude, and NaNs are above +inf.
-template <class T>
-KOKKOS_INLINE_FUNCTION magnitude_key<T> key_of(T x) {
-  using Key = magnitude_key<T>;
-  Key bits;
-  static_assert(sizeof(bits) == sizeof(x));
-  __builtin_memcpy(&bits, &x, sizeof(x));
-  return bits & (~Key{0} >> 1);
-}
-
-template <class T>
-constexpr magnitude_key<T> infinity_key = std::bit_cast<magnitude_key<T>>(std::numeric_limits<T>::infinity());
-
-/// A row's selection as two numbers instead of a mask: entry p is among the k largest magnitudes when its key is
-/// above `threshold` (the k-th largest key), or equal to it and p < `tie_end` (the lowest-index ties are kept).
-/// Keys of either width fit `threshold`.
-struct TrimBoundary {
-  std::uint64_t threshold;
-  std::uint64_t tie_end;
-
-  /// Whether the entry of key `key` at index p is selected.
-  template <class Key>
-  KOKKOS_INLINE_FUNCTION bool selects(Key key, std::uint64_t p) const {
-    return key > threshold || (key == threshold && p < tie_end);
-  }
-};
-
-/// The digits of a key below its (always clear) sign bit, most significant first: 12 bits, then at most 11.
-/// float: 12 + 11 + 8; double: 12 + 11 + 11 + 11 + 11 + 7.
-template <class T>
-struct DigitPlan {
-  int count = 0;
-  int shift[8] = {};
-  int width[8] = {};
-  constexpr DigitPlan() {
-    for (int top = 8 * static_cast<int>(sizeof(T)) - 1, w = 12; top > 0; top -= w, w = 11) {
-      w = w < top ? w : top;
-      shift[count] = top - w;
-      width[count] = w;
-      ++count;
-    }
-  }
-};
 
 inline constexpr int max_digit_bins = 1 << 12;
 
@@ -440,17 +398,7 @@ void select_histogram(const SelectPass<ExecSpace, T>& pass, int digit) {
 template <class ExecSpace, class T, class Values>
 void select_reject_nan(const char* fn, const SelectPass<ExecSpace, T>& pass, const Values& values) {
   if (read_back(pass.space, pass.st.nan_count.data()) == 0) return;
-  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values);
-  std::size_t nans = 0, first_r = 0, first_p = 0;
-  for (std::size_t r = 0; r < pass.rows; ++r)
-    for (std::size_t p = 0; p < pass.params; ++p)
-      if (std::isnan(host(r, p)) && nans++ == 0) {
-        first_r = r;
-        first_p = p;
-      }
-  if (nans)
-    throw argument_error(fn, "values", "no NaN (magnitudes must be ordered)",
-                         concat(nans, " NaN values, the first at values(", first_r, ", ", first_p, ')'));
+  reject_nan_values(fn, values);
 }
 
 /// Per row not yet listed, the bin of the chunk histograms that holds the remaining rank: the digit joins the
@@ -645,6 +593,9 @@ void select_mark_by_rank(const SelectPass<ExecSpace, T>& pass) {
 /// Bytes of workspace top_k_by_magnitude needs for `rows` rows of `params` entries of type Scalar.
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t top_k_workspace_bytes(std::size_t rows, std::size_t params) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) return detail::cub_select_workspace_bytes<Scalar>(rows, params);
+#endif
   WorkspaceCarver<ExecSpace> carver;
   detail::SelectState<ExecSpace, Scalar>(carver, rows, detail::SelectChunking(params, detail::brackets_on<ExecSpace>));
   return carver.bytes();
@@ -660,6 +611,11 @@ namespace detail {
 template <class ExecSpace, class Values, class Keep>
 void select_top_k(const ExecSpace& space, const Values& values, std::size_t k, const Keep& keep, TrimBoundary* boundary,
                   const Workspace<ExecSpace>& workspace, const char* nan_check) {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    return select_top_k_cub(space, values, k, keep, boundary, workspace, nan_check);
+  }
+#endif
   using T = typename Values::non_const_value_type;
   const std::size_t rows = values.extent(0), params = values.extent(1);
   const SelectChunking chunking(params, brackets_on<ExecSpace>);

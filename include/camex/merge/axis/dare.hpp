@@ -186,7 +186,7 @@ struct DareMask {
     const bool l1 = rescale == DareRescale::l1_norm, per_expert = !drops.empty();
     const std::size_t n = problem.experts;
     auto norms = carver.template take<double>(l1 ? n * 3 : 0);
-    auto partial = carver.template take<double>(l1 ? detail::row_sums_workspace_elements(n, problem.shape.params()) : 0);
+    auto partial = carver.template take<double>(l1 ? detail::row_sums_workspace_elements<typename Carver::execution_space>(n, problem.shape.params()) : 0);
     auto expert_drop = carver.template take<float>(per_expert ? n : 0);
     auto expert_scale = carver.template take<double>(per_expert ? n : 0);
     return {norms, partial, expert_drop, expert_scale, n};
