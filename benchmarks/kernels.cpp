@@ -124,7 +124,7 @@ void ties_election(benchmark::State& state) {
   Space().fence();
   for (auto _ : state) {
     camex::detail::for_each_tile(Space{}, "bench::ties_election", resident, camex::detail::TiesElection::chunk,
-                                 [=](std::size_t p0, int len) { election.apply<false>(p0, len, tau + p0, resident, f + p0, resident); });
+                                 KOKKOS_LAMBDA(std::size_t p0, int len) { election.apply<false>(p0, len, tau + p0, resident, f + p0, resident); });
     Space().fence();
   }
   camex::bench::traffic(state, 5.0 * experts * resident, 4.0 * experts * resident);

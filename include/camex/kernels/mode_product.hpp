@@ -9,16 +9,21 @@
 // inner runs, the d output rows of a column tile combine its d input rows with the factor's rows as coefficients.
 // In the last mode (inner = 1) the roles swap: each fibre is a contiguous row of coefficients and the rows combined
 // are those of the factor's transpose. The contraction is a d x d GEMM with a long inner dimension, run by Eigen
-// in blocks (contract_chunk_on_host). Device schedule: one lane per output entry.
+// in blocks (contract_chunk_on_host). On Kokkos' Cuda space the products are cuBLAS's strided-batched GEMMs
+// (camex::gemm): per tensor, a batch over the outer slices sharing one factor; in the last mode one batch over the
+// tensors. Other device spaces: one lane per output entry; the contraction is one lane per output entry on every
+// device space (its double accumulation is what the tests hold it to).
 
 #include <Kokkos_Core.hpp>
 
 #include <algorithm>
 #include <cstddef>
+#include <type_traits>
 
 #include <Eigen/Core>
 
 #include "camex/core/workspace.hpp"
+#include "camex/kernels/gemm.hpp"
 #include "camex/kernels/row_combination.hpp"
 
 namespace camex::detail {
@@ -121,6 +126,29 @@ void mode_product(const ExecSpace& space, const ModeOperands<T>& op, const Mode&
                                Coefficients<T>{op.in + i * op.in_stride + at, static_cast<std::ptrdiff_t>(d), 1},
                                op.out + i * op.out_stride + at, static_cast<std::ptrdiff_t>(d), K, accumulate);
         });
+#if defined(KOKKOS_ENABLE_CUDA)
+  } else if constexpr (std::is_same_v<ExecSpace, Kokkos::Cuda>) {
+    (void)scratch;
+    const int D = static_cast<int>(d);
+    const auto flag = [](bool yes) { return yes ? Transpose::yes : Transpose::no; };
+    const T beta = accumulate ? T(1) : T(0);
+    if (inner > 1) {
+      // out[o] (d x inner) = F in[o] (or F^T in[o]) for every outer slice o: one batch per tensor, its factor shared.
+      const auto slice = static_cast<std::ptrdiff_t>(d * inner);
+      for (std::size_t i = 0; i < op.tensors; ++i)
+        gemm(space, GemmBatch<T>{.transpose_a = flag(transpose), .transpose_b = Transpose::no, .m = D,
+                                 .n = static_cast<int>(inner), .k = D, .alpha = 1, .a = op.factors + i * d * d, .lda = D,
+                                 .stride_a = 0, .b = op.in + i * op.in_stride, .ldb = static_cast<std::ptrdiff_t>(inner),
+                                 .stride_b = slice, .beta = beta, .c = op.out + i * op.out_stride,
+                                 .ldc = static_cast<std::ptrdiff_t>(inner), .stride_c = slice, .batch = static_cast<int>(outer)});
+      return;
+    }
+    // The last mode: out (outer x d) = in (outer x d) F^T (or in F), one batch over the tensors.
+    gemm(space, GemmBatch<T>{.transpose_a = Transpose::no, .transpose_b = flag(!transpose), .m = static_cast<int>(outer),
+                             .n = D, .k = D, .alpha = 1, .a = op.in, .lda = D, .stride_a = op.in_stride, .b = op.factors,
+                             .ldb = D, .stride_b = static_cast<std::ptrdiff_t>(d * d), .beta = beta, .c = op.out,
+                             .ldc = D, .stride_c = op.out_stride, .batch = static_cast<int>(op.tensors)});
+#endif
   } else {
     (void)scratch;
     const std::size_t size = mode.size();
