@@ -82,13 +82,15 @@ void check_geometry(const Geometry& g, std::mt19937_64& gen) {
 
 // The contraction's host paths: one fibre run per GEMM block (inner >= 512, split into blocks of 1024), o slices
 // packed side by side (several blocks per chunk where chunk > 1024 / inner), and rows of o (inner = 1, more than
-// 1024 per chunk).
+// 1024 per chunk). The team schedule on the same cases: term chunks that end inside a staged run of 32 and cross o
+// slices, output blocks of 16 x 16 cut at d (13, 48) and several of them (48: 3 x 3), the last mode's staging
+// along a.
 const Geometry contraction_geometries[] = {
     {1, 6, 1560}, {1, 13, 2100}, {3, 12, 130}, {2, 10, 13}, {400, 5, 300}, {200, 13, 1}, {70000, 2, 1}, {150, 48, 1},
 };
 
 template <class T>
-void check_contraction(const Geometry& g, std::mt19937_64& gen) {
+void check_contraction(const Geometry& g, Schedule schedule, std::mt19937_64& gen) {
   const detail::Mode mode{g.outer, g.extent, g.inner};
   const std::size_t tensors = 2, P = mode.size(), d = g.extent, stride = P + 3;
   const HostMatrix v = rounded<T>(random_matrix(1, tensors * stride, gen));
@@ -98,7 +100,8 @@ void check_contraction(const Geometry& g, std::mt19937_64& gen) {
   Kokkos::View<double*, typename Space::memory_space> partial("partial", detail::mode_contraction_scratch(tensors, mode));
   detail::mode_contraction<Space, T>(Space{}, dv.data(), static_cast<std::ptrdiff_t>(stride), dy.data(),
                                      static_cast<std::ptrdiff_t>(stride), tensors, mode, grad.data(),
-                                     typename WorkspaceCarver<Space>::template Array<double>(partial.data(), partial.size()));
+                                     typename WorkspaceCarver<Space>::template Array<double>(partial.data(), partial.size()),
+                                     schedule);
   const auto got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, grad);
   double worst_ratio = 0;
   for (std::size_t i = 0; i < tensors; ++i)
@@ -112,11 +115,12 @@ void check_contraction(const Geometry& g, std::mt19937_64& gen) {
             magnitude += std::abs(term);
           }
         // Blocks of at most 1024 products are summed in T, the blocks in double, the result rounded to T once:
-        // |error| <= (1024 u + u) sum |terms| + u |sum|.
+        // |error| <= (1024 u + u) sum |terms| + u |sum| (the team schedule sums every term in double, far inside).
         const double bound = 1025 * unit_roundoff<T> * magnitude + unit_roundoff<T> * std::abs(expected);
         worst_ratio = std::max(worst_ratio, std::abs(got(i * d * d + a * d + b) - expected) / bound);
       }
-  BOOST_TEST(worst_ratio <= 1.0, "outer " << g.outer << ", d " << d << ", inner " << g.inner);
+  BOOST_TEST(worst_ratio <= 1.0, "outer " << g.outer << ", d " << d << ", inner " << g.inner << ", "
+                                            << (schedule == Schedule::tiled ? "tiled" : "teams"));
   // Typical rounding is far below the worst-case bound; a wrong term would show as a ratio of order 1e3 and more.
 }
 
@@ -125,10 +129,11 @@ void check_contraction(const Geometry& g, std::mt19937_64& gen) {
 BOOST_AUTO_TEST_CASE(mode_contraction_matches_double_loops) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
-    for (const auto& g : contraction_geometries) {
-      check_contraction<float>(g, gen);
-      check_contraction<double>(g, gen);
-    }
+    for (const auto& g : contraction_geometries)
+      for (const Schedule schedule : {Schedule::tiled, Schedule::lane_per_parameter}) {
+        check_contraction<float>(g, schedule, gen);
+        check_contraction<double>(g, schedule, gen);
+      }
   }
 }
 

@@ -171,8 +171,7 @@ BOOST_AUTO_TEST_CASE(tile_prefetch_counts_every_line_once) {
 }
 
 // The register-blocked dot products of the backward: every block shape tile_dots takes (4, 2 and 1 rows of `a`
-// against 4, 2 and 1 rows) gives, bit for bit, the single product dot_block<1, 1>, which the lane schedule runs;
-// and each product is within the bound of its summation (len roundings of the sum of |a||row|) of the double one.
+// against 4, 2 and 1 rows) gives, bit for bit, the single product dot_block<1, 1>; and each product is within the bound of its summation (len roundings of the sum of |a||row|) of the double one.
 // Host code: the blocks are what the host schedule runs.
 BOOST_AUTO_TEST_CASE(blocked_dot_products_are_the_single_products) {
   std::mt19937_64 gen(test_seed());
@@ -274,21 +273,27 @@ BOOST_AUTO_TEST_CASE_TEMPLATE(register_blocks_are_the_row_combination, T, Scalar
   }
 }
 
-// The lane schedule (one parameter per work item, the GPU's) and the tiled schedule (register blocks on host spaces)
-// give the same bits on the space under test, centred or not.
-BOOST_AUTO_TEST_CASE(lane_and_tiled_schedules_agree_bit_for_bit) {
+// The lane schedule (four consecutive parameters per lane, a team's coefficients staged in its scratch: the GPU's)
+// and the tiled schedule (register blocks on host spaces) give the same bits on the space under test, centred or
+// not: with rows off the lanes' vector boundary (P = 3001, scalar loads, a short last lane), on it (P = 3004, vector
+// loads), and with a coefficient matrix past the 16 KiB a team stages (70 x 64 floats, read where it lies).
+BOOST_AUTO_TEST_CASE_TEMPLATE(lane_and_tiled_schedules_agree_bit_for_bit, T, Scalars) {
   std::mt19937_64 gen(test_seed());
   CAMEX_TEST_CONTEXT() {
-    const std::size_t n = 9, groups = 7, params = 3001;
-    const auto e = to_device<float>(rounded<float>(random_matrix(n, params, gen)));
-    const auto b = to_device<float>(rounded<float>(random_matrix(1, params, gen)));
-    const auto s = to_device<float>(rounded<float>(random_matrix(groups, n, gen, 0, 1)));
-    for (const bool centred : {false, true}) {
-      BOOST_TEST_CONTEXT("centred " << centred) {
-        const float* centre = centred ? b.data() : nullptr;
-        const HostMatrix tiled = combine<float>(Schedule::tiled, s, e, static_cast<int>(n), centre, groups, params);
-        const HostMatrix lanes = combine<float>(Schedule::lane_per_parameter, s, e, static_cast<int>(n), centre, groups, params);
-        BOOST_TEST((tiled - lanes).cwiseAbs().maxCoeff() == 0.0);
+    for (const auto& [n, groups, params] : {std::tuple<std::size_t, std::size_t, std::size_t>{9, 7, 3001},
+                                            {9, 7, 3004}, {64, 70, 262}}) {
+      const auto e = to_device<T>(rounded<T>(random_matrix(n, params, gen)));
+      const auto b = to_device<T>(rounded<T>(random_matrix(1, params, gen)));
+      const auto s = to_device<T>(rounded<T>(random_matrix(groups, n, gen, 0, 1)));
+      const bool vectors = detail::lane_vectors_fit(e.data(), row_stride(e)) && detail::lane_vectors_fit(b.data(), 0);
+      BOOST_TEST(vectors == (params % detail::lane_entries == 0));
+      for (const bool centred : {false, true}) {
+        BOOST_TEST_CONTEXT("n " << n << ", groups " << groups << ", P " << params << ", centred " << centred) {
+          const T* centre = centred ? b.data() : nullptr;
+          const HostMatrix tiled = combine<T>(Schedule::tiled, s, e, static_cast<int>(n), centre, groups, params);
+          const HostMatrix lanes = combine<T>(Schedule::lane_per_parameter, s, e, static_cast<int>(n), centre, groups, params);
+          BOOST_TEST((tiled - lanes).cwiseAbs().maxCoeff() == 0.0);
+        }
       }
     }
   }

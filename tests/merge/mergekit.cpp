@@ -310,6 +310,8 @@ BOOST_AUTO_TEST_CASE(rejects_bad_and_contradictory_settings) {
   const MergeProblem problem{.experts = 2, .groups = 1, .shape = {2, 5}};
   require_argument_error([&] { Ties<float, Space>(problem, {.options = {.density = 0.5}, .densities = {0.5, 0.3}}); },
                          "mask.densities", {"not both"});
+  require_argument_error([&] { Ties<float, Space>({.experts = 2049, .groups = 1, .shape = {2, 5}}, {}); }, "problem.experts",
+                         {"at most 2048 experts", "given 2049 experts"});
   require_argument_error([&] { Ties<float, Space>(problem, {.densities = {0.5}}); }, "mask.densities",
                          {"one density per expert (2)"});
   require_argument_error([&] { Ties<float, Space>(problem, {.densities = {0.5, 0.05}}); }, "density", {"keeps none"});

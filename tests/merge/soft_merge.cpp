@@ -21,9 +21,10 @@ struct Case {
 // Expert counts cover one block of 8, a block plus a remainder, and pure remainders; parameter counts cover a
 // single short tile, many tiles with a ragged end, and more chunks than the backward's minimum of 64. The last
 // case's d_experts (and merged) pass prefer_streaming_stores' 16 MiB, so the host schedule writes them past the
-// caches.
+// caches. For the lane schedule's d_scores batch: less than one piece of 4096, whole pieces and a short one, and
+// whole pieces only (2 x 4096); its lanes load vectors where P is a multiple of 4 (1000, 2048, 8192).
 const std::vector<Case> cases = {{1, 1, 7},      {1, 8, 4096 * 3 + 37}, {4, 3, 1000}, {9, 11, 20011},
-                                 {3, 17, 2048},  {32, 8, 70001},        {2, 3, 1'398'107}};
+                                 {3, 17, 2048},  {32, 8, 70001},        {2, 3, 1'398'107}, {2, 5, 4096 * 2}};
 const Schedule schedules[] = {Schedule::tiled, Schedule::lane_per_parameter};
 
 const char* name(Schedule s) { return s == Schedule::tiled ? "tiled" : "lane_per_parameter"; }
@@ -61,12 +62,13 @@ void check_forward_and_backward(const Case& k, Schedule schedule, std::mt19937_6
     require_within(to_host(merged), s * w, (k.experts * u + k.experts * ref_u) * (abs_s * abs_w), "merged");
     require_within(to_host(d_experts), s.transpose() * dm, (k.groups * u + k.groups * ref_u) * (abs_s.transpose() * abs_dm),
                    "d_experts");
-    // d_scores sums P products: L = 64 / sizeof(T) interleaved partial sums over a tile of at most 4096 (<= 4096/L
-    // terms each, then a log2(L)-level tree and the tail), tile sums added in double. So |error| <=
-    // (4096/L + log2(L) + 1) * u * sum |terms|, with log2(L) <= 4.
-    const double lanes = detail::dot_lanes<T>;
+    // d_scores sums P products. Tiled: L = 64 / sizeof(T) interleaved partial sums over a tile of at most 4096
+    // (<= 4096/L terms each, then a log2(L)-level tree and the tail), tile sums added in double, so |error| <=
+    // (4096/L + log2(L) + 1) * u * sum |terms|, with log2(L) <= 4. Lanes: one GEMM per piece of at most 4096
+    // parameters, its k-term sums in T in whatever order the GEMM takes (k u at worst), pieces added in double.
+    const double terms_in_t = schedule == Schedule::tiled ? 4096.0 / detail::dot_lanes<T> + 5 : 4096.0 + 1;
     require_within(to_host(d_scores), dm * w.transpose(),
-                   ((4096.0 / lanes + 5) * u + k.params * ref_u) * (abs_dm * abs_w.transpose()), "d_scores");
+                   (terms_in_t * u + k.params * ref_u) * (abs_dm * abs_w.transpose()), "d_scores");
   }
 }
 

@@ -171,6 +171,17 @@ BOOST_AUTO_TEST_CASE(rejects_bad_arguments) {
   require_argument_error(
       [&] { ties_mask(Space{}, deltas, std::span<const double>(ones), {}, factor, make_workspace<Space>(16)); }, "workspace",
       {"bytes (ask the *_workspace_bytes query)"});
+  {
+    const std::size_t many = detail::ties_max_experts + 1;
+    Matrix<float, Space> wide("wide", many, 2), wide_factor("wide_factor", many, 2);
+    const std::vector<double> many_ones(many, 1.0);
+    require_argument_error(
+        [&] {
+          ties_mask(Space{}, wide, std::span<const double>(many_ones), {}, wide_factor,
+                    make_workspace<Space>(ties_mask_workspace_bytes<float, Space>(many, 2)));
+        },
+        "deltas", {fn, "at most 2048 experts", "given 2049 experts"});
+  }
   for (const double density : {1.0, 0.5}) {
     Kokkos::deep_copy(Kokkos::subview(deltas, 2, 4), std::numeric_limits<float>::infinity());
     require_argument_error(

@@ -11,8 +11,10 @@
 // are those of the factor's transpose. The contraction is a d x d GEMM with a long inner dimension, run by Eigen
 // in blocks (contract_chunk_on_host). On Kokkos' Cuda space the products are cuBLAS's strided-batched GEMMs
 // (camex::gemm): per tensor, a batch over the outer slices sharing one factor; in the last mode one batch over the
-// tensors. Other device spaces: one lane per output entry; the contraction is one lane per output entry on every
-// device space (its double accumulation is what the tests hold it to).
+// tensors. Other device spaces: one lane per output entry. On device spaces the contraction is the team schedule
+// (TeamContraction): 16 x 16 output blocks per team over chunks of the (o, t) terms, both operands staged through
+// scratch memory in coalesced runs, every term added in double in a fixed order (the same bits for any team size,
+// so the host tests run it too).
 
 #include <Kokkos_Core.hpp>
 
@@ -166,16 +168,82 @@ void mode_product(const ExecSpace& space, const ModeOperands<T>& op, const Mode&
   }
 }
 
-/// Chunks of the outer index of a contraction: their number depends only on `outer`, so per-chunk partial sums
-/// added in chunk order give the same gradient for any thread count.
+/// Chunks of a contraction's summation axis (the outer index on host spaces, where a work item contracts whole o
+/// slices; every (o, t) term on the others, where a mode with few slices still gives every team work): their number
+/// depends only on the axis' length, so per-chunk partial sums added in chunk order give the same gradient for any
+/// thread count.
 struct ContractionChunking {
   std::size_t chunk, chunks;
-  explicit ContractionChunking(std::size_t outer) : chunk((outer + 63) / 64), chunks((outer + chunk - 1) / chunk) {}
+  explicit ContractionChunking(std::size_t length) : chunk((length + 63) / 64), chunks((length + chunk - 1) / chunk) {}
 };
 
+/// Doubles of partial sums mode_contraction needs (the term chunks are never fewer than the outer chunks).
 inline std::size_t mode_contraction_scratch(std::size_t tensors, const Mode& mode) {
-  return tensors * ContractionChunking(mode.outer).chunks * mode.extent * mode.extent;
+  return tensors * ContractionChunking(mode.outer * mode.inner).chunks * mode.extent * mode.extent;
 }
+
+/// The team schedule of a contraction: a team takes one block of contraction_block_rows x contraction_block_rows
+/// outputs (a, b) of one tensor and one chunk of terms s = o * inner + t, copies the next contraction_terms terms of
+/// its rows of v and y into scratch memory (adjacent lanes reading adjacent addresses: along t, or along a in the
+/// last mode), and each output adds its terms in s order in double, multiply-adds written out: the same bits for
+/// any team size, so a host team of one runs what a GPU block of 256 runs.
+inline constexpr int contraction_block_rows = 16;
+inline constexpr int contraction_terms = 32;
+
+template <class ExecSpace, class T>
+struct TeamContraction {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  template <class U>
+  using Scratch = Kokkos::View<U*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+  static constexpr int rows = contraction_block_rows, outputs = rows * rows, staged = rows * contraction_terms;
+
+  const T* v;
+  std::ptrdiff_t v_stride;
+  const T* y;
+  std::ptrdiff_t y_stride;
+  std::size_t d, inner, terms, chunk, chunks, blocks;  // blocks: of rows along a (and along b)
+  double* part;
+
+  static std::size_t scratch_bytes() {
+    return 2 * Scratch<T>::shmem_size(staged) + Scratch<double>::shmem_size(outputs);
+  }
+
+  KOKKOS_INLINE_FUNCTION void operator()(const Member& team) const {
+    const std::size_t w = team.league_rank();
+    const std::size_t i = w / (chunks * blocks * blocks), c = w / (blocks * blocks) % chunks;
+    const std::size_t a0 = w / blocks % blocks * rows, b0 = w % blocks * rows;
+    const Scratch<T> vt(team.team_scratch(0), staged), yt(team.team_scratch(0), staged);
+    const Scratch<double> acc(team.team_scratch(0), outputs);
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(team, outputs), [&](int e) { acc(e) = 0; });
+    const std::size_t end = chunk_end(c, chunk, terms);
+    const bool last_mode = inner == 1;
+    for (std::size_t s0 = c * chunk; s0 < end; s0 += contraction_terms) {
+      const int count = end - s0 < static_cast<std::size_t>(contraction_terms) ? static_cast<int>(end - s0) : contraction_terms;
+      team.team_barrier();
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(team, staged), [&](int e) {
+        const int r = last_mode ? e % rows : e / contraction_terms, q = last_mode ? e / rows : e % contraction_terms;
+        const std::size_t s = s0 + q, o = s / inner, t = s % inner;
+        const bool inside = q < count;
+        const std::size_t a = a0 + r, b = b0 + r;
+        vt(r * contraction_terms + q) = inside && a < d ? v[i * v_stride + (o * d + a) * inner + t] : T(0);
+        yt(r * contraction_terms + q) = inside && b < d ? y[i * y_stride + (o * d + b) * inner + t] : T(0);
+      });
+      team.team_barrier();
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(team, outputs), [&](int e) {
+        const T* va = vt.data() + e / rows * contraction_terms;
+        const T* yb = yt.data() + e % rows * contraction_terms;
+        double sum = acc(e);
+        for (int q = 0; q < count; ++q) sum = multiply_add(static_cast<double>(va[q]), static_cast<double>(yb[q]), sum);
+        acc(e) = sum;
+      });
+    }
+    team.team_barrier();
+    Kokkos::parallel_for(Kokkos::TeamThreadRange(team, outputs), [&](int e) {
+      const std::size_t a = a0 + e / rows, b = b0 + e % rows;
+      if (a < d && b < d) part[(i * chunks + c) * d * d + a * d + b] = acc(e);
+    });
+  }
+};
 
 /// Terms of a contraction summed by one GEMM in the scalar type before they are added to the double accumulator:
 /// long enough for Eigen's kernel to run at speed, short enough that float rounding stays at GEMM level.
@@ -233,35 +301,42 @@ void contract_chunk_on_host(const T* v, const T* y, const Mode& mode, std::size_
 }
 
 /// grad[i][a, a'] = sum_{o, t} v_i[o, a, t] y_i[o, a', t] for each tensor i (grad: `tensors` d x d blocks).
-/// `partial` holds mode_contraction_scratch doubles.
+/// `partial` holds mode_contraction_scratch doubles. `tiled` (what `automatic` means on host spaces) contracts o
+/// slices by Eigen's GEMM in blocks (host spaces only); `lane_per_parameter` runs the team schedule (TeamContraction),
+/// what every other space runs.
 template <class ExecSpace, class T>
 void mode_contraction(const ExecSpace& space, const T* v, std::ptrdiff_t v_stride, const T* y, std::ptrdiff_t y_stride,
                       std::size_t tensors, const Mode& mode, T* grad,
-                      const typename WorkspaceCarver<ExecSpace>::template Array<double>& partial) {
+                      const typename WorkspaceCarver<ExecSpace>::template Array<double>& partial,
+                      Schedule schedule = Schedule::automatic) {
   const std::size_t d = mode.extent, inner = mode.inner, outer = mode.outer;
-  const ContractionChunking ch(outer);
-  const std::size_t chunk = ch.chunk, chunks = ch.chunks;
   double* part = partial.data();
+  std::size_t chunks = 0;
   constexpr bool on_host = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible);
   if constexpr (on_host) {
-    Kokkos::parallel_for(
-        "camex::mode_contraction[chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, tensors * chunks), [=](std::size_t w) {
-          const std::size_t i = w / chunks, c = w % chunks;
-          contract_chunk_on_host(v + i * v_stride, y + i * y_stride, mode, c * chunk, chunk_end(c, chunk, outer),
-                                 part + w * d * d);
-        });
-  } else {
-    Kokkos::parallel_for(
-        "camex::mode_contraction[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, tensors * chunks * d * d),
-        KOKKOS_LAMBDA(std::size_t w) {
-          const std::size_t i = w / (chunks * d * d), c = w / (d * d) % chunks, a = w / d % d, b = w % d;
-          double acc = 0;
-          for (std::size_t o = c * chunk, end = chunk_end(c, chunk, outer); o < end; ++o)
-            for (std::size_t t = 0; t < inner; ++t)
-              acc += static_cast<double>(v[i * v_stride + (o * d + a) * inner + t]) *
-                     static_cast<double>(y[i * y_stride + (o * d + b) * inner + t]);
-          part[w] = acc;
-        });
+    if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
+      const ContractionChunking ch(outer);
+      const std::size_t chunk = ch.chunk;
+      chunks = ch.chunks;
+      Kokkos::parallel_for(
+          "camex::mode_contraction[chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, tensors * chunks), [=](std::size_t w) {
+            const std::size_t i = w / ch.chunks, c = w % ch.chunks;
+            contract_chunk_on_host(v + i * v_stride, y + i * y_stride, mode, c * chunk, chunk_end(c, chunk, outer),
+                                   part + w * d * d);
+          });
+    }
+  }
+  if (chunks == 0) {
+    const ContractionChunking ch(outer * inner);
+    chunks = ch.chunks;
+    using Team = TeamContraction<ExecSpace, T>;
+    const std::size_t blocks = (d + contraction_block_rows - 1) / contraction_block_rows;
+    constexpr int team_size = static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)
+                                  ? 1 : Team::outputs;
+    Kokkos::parallel_for("camex::mode_contraction[teams]",
+                         Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>(tensors * chunks * blocks * blocks), team_size)
+                             .set_scratch_size(0, Kokkos::PerTeam(Team::scratch_bytes())),
+                         Team{v, v_stride, y, y_stride, d, inner, outer * inner, ch.chunk, chunks, blocks, part});
   }
   Kokkos::parallel_for("camex::mode_contraction[sum]", Kokkos::RangePolicy<ExecSpace>(space, 0, tensors * d * d),
                        KOKKOS_LAMBDA(std::size_t w) {

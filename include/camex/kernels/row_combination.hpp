@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <concepts>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 
 #include "camex/core/schedule.hpp"
@@ -574,20 +575,112 @@ struct HostTiledRowCombination {
   }
 };
 
-template <class T>
-struct LaneRowCombination {
-  RowCombination<T> op;
+/// Consecutive parameters one lane of the lane schedule takes: 16 bytes of float, one vector load per row.
+inline constexpr int lane_entries = 4;
 
-  KOKKOS_INLINE_FUNCTION void operator()(std::size_t p) const {
-    if (op.scan) check_tile_inputs(op, p, 1);
-    const T centre = op.centre ? op.centre[p] : T(0);
+/// lane_entries values of T as one aligned object, so a device loads or stores them in one instruction.
+template <class T>
+struct alignas(lane_entries * sizeof(T)) LaneVector {
+  T v[lane_entries];
+};
+
+/// Whether a row of `stride` elements from `data` keeps every lane's entries on a LaneVector boundary.
+template <class T>
+bool lane_vectors_fit(const T* data, std::ptrdiff_t stride) {
+  return reinterpret_cast<std::uintptr_t>(data) % sizeof(LaneVector<T>) == 0 && stride % lane_entries == 0;
+}
+
+/// x[0, n) = row[0, n): one vector load when `Vectors` (the caller checked lane_vectors_fit) and the lane is whole.
+template <bool Vectors, class T>
+KOKKOS_FORCEINLINE_FUNCTION void load_lane(const T* row, int n, T (&x)[lane_entries]) {
+  if (Vectors && n == lane_entries) {
+    const LaneVector<T> q = *reinterpret_cast<const LaneVector<T>*>(row);
+    for (int j = 0; j < lane_entries; ++j) x[j] = q.v[j];
+  } else {
+    for (int j = 0; j < n; ++j) x[j] = row[j];
+  }
+}
+
+template <bool Vectors, class T>
+KOKKOS_FORCEINLINE_FUNCTION void store_lane(T* row, int n, const T (&x)[lane_entries]) {
+  if (Vectors && n == lane_entries) {
+    LaneVector<T> q;
+    for (int j = 0; j < lane_entries; ++j) q.v[j] = x[j];
+    *reinterpret_cast<LaneVector<T>*>(row) = q;
+  } else {
+    for (int j = 0; j < n; ++j) row[j] = x[j];
+  }
+}
+
+/// Coefficients a team copies into its scratch memory before combining (16 KiB); a larger matrix is read where it
+/// lies, through the cache.
+inline constexpr std::size_t staged_coefficient_bytes = 16 << 10;
+
+/// The lane schedule: each lane combines lane_entries consecutive parameters of every output row, adjacent lanes
+/// adjacent runs, so a warp reads whole lines of each input row in vector loads. A team first copies the
+/// coefficient matrix into its scratch memory, where every lane reads it without touching the memory bus. Each
+/// output is the same chain of fused multiply-adds over k in order as the tiled schedule's, the centre added last.
+template <class ExecSpace, class T, bool Vectors>
+struct LaneRowCombination {
+  using Member = typename Kokkos::TeamPolicy<ExecSpace>::member_type;
+  using Scratch = Kokkos::View<T*, typename ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+  RowCombination<T> op;
+  bool staged;
+
+  /// Scratch bytes per team: the coefficient matrix, or 0 where it is too large to stage.
+  static std::size_t scratch_bytes(const RowCombination<T>& op) {
+    const std::size_t bytes = Scratch::shmem_size(static_cast<std::size_t>(op.out_rows) * static_cast<std::size_t>(op.in_rows));
+    return bytes <= staged_coefficient_bytes ? bytes : 0;
+  }
+
+  KOKKOS_INLINE_FUNCTION void operator()(const Member& team) const {
+    Coefficients<T> c = op.coef;
+    if (staged) {
+      const int in_rows = op.in_rows;
+      const Scratch shared(team.team_scratch(0), static_cast<std::size_t>(op.out_rows) * static_cast<std::size_t>(in_rows));
+      Kokkos::parallel_for(Kokkos::TeamThreadRange(team, op.out_rows * in_rows),
+                           [&](int e) { shared(e) = op.coef(e / in_rows, e % in_rows); });
+      team.team_barrier();
+      c = {shared.data(), in_rows, 1};
+    }
+    const std::size_t p = (static_cast<std::size_t>(team.league_rank()) * team.team_size() + team.team_rank()) * lane_entries;
+    if (p >= op.length) return;
+    const int n = tile_extent(p, op.length, lane_entries);
+    if (op.scan) check_tile_inputs(op, p, n);
+    T centre[lane_entries] = {};
+    if (op.centre) load_lane<Vectors>(op.centre + p, n, centre);
     for (int o = 0; o < op.out_rows; ++o) {
-      T acc = 0;
-      for (int k = 0; k < op.in_rows; ++k) acc = multiply_add(op.coef(o, k), op.rows[k * op.row_stride + p] - centre, acc);
-      op.out[o * op.out_stride + p] = op.centre ? acc + centre : acc;
+      T acc[lane_entries] = {};
+      for (int k = 0; k < op.in_rows; ++k) {
+        T x[lane_entries] = {};
+        load_lane<Vectors>(op.rows + k * op.row_stride + p, n, x);
+        const T a = c(o, k);
+        for (int j = 0; j < lane_entries; ++j) acc[j] = multiply_add(a, x[j] - centre[j], acc[j]);
+      }
+      if (op.centre)
+        for (int j = 0; j < lane_entries; ++j) acc[j] += centre[j];
+      store_lane<Vectors>(op.out + o * op.out_stride + p, n, acc);
     }
   }
 };
+
+/// Lanes of one team of the lane schedule: one on host spaces (a thread is a lane there), 256 elsewhere.
+template <class ExecSpace>
+constexpr int lane_team_size() {
+  return static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible) ? 1 : 256;
+}
+
+template <class ExecSpace, class T, bool Vectors>
+void launch_lane_row_combination(const ExecSpace& space, const RowCombination<T>& op) {
+  using Lanes = LaneRowCombination<ExecSpace, T, Vectors>;
+  constexpr int team = lane_team_size<ExecSpace>();
+  const std::size_t per_team = static_cast<std::size_t>(team) * lane_entries;
+  const std::size_t bytes = Lanes::scratch_bytes(op);
+  const auto policy = Kokkos::TeamPolicy<ExecSpace>(space, static_cast<int>((op.length + per_team - 1) / per_team), team)
+                          .set_scratch_size(0, Kokkos::PerTeam(bytes));
+  Kokkos::parallel_for("camex::row_combination[lane]", policy, Lanes{op, bytes > 0});
+}
 
 /// Runs `op` on `space` with the given schedule.
 template <class ExecSpace, class T>
@@ -600,14 +693,18 @@ void row_combination(const ExecSpace& space, Schedule schedule, const RowCombina
                            HostTiledRowCombination<T>{op, tile, prefer_streaming_stores(sizeof(T) * op.length * static_cast<std::size_t>(op.out_rows))});
     else
       Kokkos::parallel_for("camex::row_combination[tiled]", policy, TiledRowCombination<T>{op, tile});
-  } else {
-    Kokkos::parallel_for("camex::row_combination[lane]", Kokkos::RangePolicy<ExecSpace>(space, 0, op.length),
-                         LaneRowCombination<T>{op});
+  } else if (op.length > 0 && op.out_rows > 0) {
+    if (lane_vectors_fit(op.rows, op.row_stride) && lane_vectors_fit(op.out, op.out_stride) &&
+        (!op.centre || lane_vectors_fit(op.centre, 0)))
+      launch_lane_row_combination<ExecSpace, T, true>(space, op);
+    else
+      launch_lane_row_combination<ExecSpace, T, false>(space, op);
   }
 }
 
 /// Calls f(p0, len) on consecutive pieces [p0, p0 + len) covering [0, length): tiles of `tile` entries on host
-/// spaces (so f can vectorise along them), single entries (one lane each) elsewhere.
+/// spaces (so f can vectorise along them), lane_entries consecutive entries per lane elsewhere (a lane's reads of
+/// one row fall in one line; a counter-based draw fills one Philox block of four words per row).
 template <class ExecSpace, class F>
 void for_each_tile(const ExecSpace& space, const char* label, std::size_t length, int tile, const F& f) {
   if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible)) {
@@ -616,7 +713,11 @@ void for_each_tile(const ExecSpace& space, const char* label, std::size_t length
       f(p0, tile_extent(p0, length, tile));
     });
   } else {
-    Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, length), KOKKOS_LAMBDA(std::size_t p) { f(p, 1); });
+    Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, (length + lane_entries - 1) / lane_entries),
+                         KOKKOS_LAMBDA(std::size_t lane) {
+                           const std::size_t p0 = lane * lane_entries;
+                           f(p0, tile_extent(p0, length, lane_entries));
+                         });
   }
 }
 

@@ -17,6 +17,7 @@
 #include "camex/core/views.hpp"
 #include "camex/core/workspace.hpp"
 #include "camex/platform/kokkos_compat.hpp"
+#include "camex/kernels/gemm.hpp"
 #include "camex/kernels/non_finite.hpp"
 #include "camex/kernels/row_combination.hpp"
 
@@ -61,13 +62,6 @@ struct BackwardChunking {
     chunks = (params + chunk - 1) / chunk;
   }
 };
-
-/// d_scores partial sum of one chunk and one (group, expert) pair, tile by tile: *out += sum over [begin, end) of
-/// a * row, in the order of tile_dots.
-template <class T>
-KOKKOS_INLINE_FUNCTION void chunk_dot(const T* a, const T* row, std::size_t begin, std::size_t end, int tile, double* out) {
-  for (std::size_t p0 = begin; p0 < end; p0 += tile) dot_block<1, 1>(a + p0, 0, row + p0, 0, tile_extent(p0, end, tile), out, 0);
-}
 
 /// The operands of the tiled backward, walked one chunk per work item: each tile of d_merged and experts is read
 /// from memory once and used for both d_experts and the d_scores partials while it sits in cache.
@@ -146,11 +140,31 @@ struct HostTiledSoftMergeBackward {
 
 }  // namespace detail
 
+namespace detail {
+
+/// Entries of the parameter axis one product of the lane schedule's d_scores batch sums in the scalar type: the
+/// longest host tile, so both schedules' rounding bounds are those of a 4096-term sum.
+inline constexpr std::size_t d_scores_piece = max_tile_length;
+
+/// The backward's workspace, for the size query and the carve alike: the tiled schedule's per-chunk d_scores
+/// partial sums (double), and the lane schedule's per-piece partial products (the batch of GEMMs' outputs).
+template <class T, class ExecSpace>
+struct SoftMergeBackwardPieces {
+  typename WorkspaceCarver<ExecSpace>::template Array<double> chunk_sums;  // [chunks, B, N]
+  typename WorkspaceCarver<ExecSpace>::template Array<T> piece_sums;       // [pieces, B, N]
+
+  SoftMergeBackwardPieces(WorkspaceCarver<ExecSpace>& carver, std::size_t groups, std::size_t experts, std::size_t params)
+      : chunk_sums(carver.template take<double>(BackwardChunking<T>(params, groups, experts).chunks * groups * experts)),
+        piece_sums(carver.template take<T>((params + d_scores_piece - 1) / d_scores_piece * groups * experts)) {}
+};
+
+}  // namespace detail
+
 /// Bytes of workspace soft_merge_backward needs for B groups, N experts and P parameters of type Scalar.
 template <std::floating_point Scalar, class ExecSpace = Kokkos::DefaultExecutionSpace>
 std::size_t soft_merge_backward_workspace_bytes(std::size_t groups, std::size_t experts, std::size_t params) {
   WorkspaceCarver<ExecSpace> carver;
-  carver.template take<double>(detail::BackwardChunking<Scalar>(params, groups, experts).chunks * groups * experts);
+  detail::SoftMergeBackwardPieces<Scalar, ExecSpace>(carver, groups, experts, params);
   return carver.bytes();
 }
 
@@ -198,6 +212,19 @@ void soft_merge(const ExecSpace& space, const ScoresView& scores, const ExpertsV
 
 namespace detail {
 
+/// d_scores(b, n) = sum over c < count of part[c, b, n], added in order in double.
+template <class ExecSpace, class Partial, class DScoresView>
+void add_partial_sums(const ExecSpace& space, const char* label, const Partial* part, std::size_t count,
+                      const DScoresView& d_scores) {
+  using T = typename DScoresView::value_type;
+  const std::size_t groups = d_scores.extent(0), experts = d_scores.extent(1);
+  Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, groups * experts), KOKKOS_LAMBDA(std::size_t i) {
+    double acc = 0;
+    for (std::size_t c = 0; c < count; ++c) acc += static_cast<double>(part[c * groups * experts + i]);
+    d_scores(i / experts, i % experts) = static_cast<T>(acc);
+  });
+}
+
 /// The launch of soft_merge_backward, for callers that have checked the operands.
 template <class ExecSpace, class ScoresView, class ExpertsView, class DMergedView, class DScoresView, class DExpertsView>
 void launch_soft_merge_backward(const ExecSpace& space, const ScoresView& scores, const ExpertsView& experts,
@@ -207,61 +234,48 @@ void launch_soft_merge_backward(const ExecSpace& space, const ScoresView& scores
   constexpr const char* fn = "camex::soft_merge_backward";
   const MergeExtents e{scores.extent(0), experts.extent(0), experts.extent(1)};
   const BackwardChunking<T> chunking(e.params, e.groups, e.experts);
-  const auto partial = WorkspaceCarver<ExecSpace>(fn, workspace).template take<double>(chunking.chunks * e.groups * e.experts);
+  WorkspaceCarver<ExecSpace> carver(fn, workspace);
+  const SoftMergeBackwardPieces<T, ExecSpace> pieces(carver, e.groups, e.experts, e.params);
   const Coefficients<T> scores_t{scores.data(), 1, row_stride(scores)};
   const int groups = static_cast<int>(e.groups), n_experts = static_cast<int>(e.experts);
-
   if (resolve<ExecSpace>(schedule) == Schedule::tiled) {
     const SoftMergeBackwardChunks<T> op{scores_t, experts.data(), row_stride(experts), d_merged.data(),
-                                        row_stride(d_merged), d_experts.data(), row_stride(d_experts), partial.data(),
-                                        groups, n_experts, e.params, chunking.chunk, chunking.tile};
+                                        row_stride(d_merged), d_experts.data(), row_stride(d_experts),
+                                        pieces.chunk_sums.data(), groups, n_experts, e.params, chunking.chunk, chunking.tile};
     const auto policy = Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks);
     if constexpr (static_cast<bool>(Kokkos::SpaceAccessibility<ExecSpace, Kokkos::HostSpace>::accessible))
       Kokkos::parallel_for("camex::soft_merge_backward[tiled]", policy,
                            HostTiledSoftMergeBackward<T>{op, prefer_streaming_stores(sizeof(T) * e.experts * e.params)});
     else
       Kokkos::parallel_for("camex::soft_merge_backward[tiled]", policy, TiledSoftMergeBackward<T>{op});
-  } else {
-    row_combination(space, schedule,
-                    RowCombination<T>{.coef = scores_t,
-                                      .rows = d_merged.data(),
-                                      .row_stride = row_stride(d_merged),
-                                      .in_rows = groups,
-                                      .out = d_experts.data(),
-                                      .out_stride = row_stride(d_experts),
-                                      .out_rows = n_experts,
-                                      .length = e.params});
-    const T* dm = d_merged.data();
-    const T* w = experts.data();
-    const auto dm_stride = row_stride(d_merged), w_stride = row_stride(experts);
-    const std::size_t params = e.params, chunk = chunking.chunk;
-    const int tile = chunking.tile;
-    double* out = partial.data();
-    Kokkos::parallel_for(
-        "camex::soft_merge_backward[lane:partials]",
-        Kokkos::RangePolicy<ExecSpace>(space, 0, chunking.chunks * e.groups * e.experts),
-        KOKKOS_LAMBDA(std::size_t i) {
-          const std::size_t c = i / (groups * n_experts);
-          const int b = static_cast<int>(i / n_experts % groups), n = static_cast<int>(i % n_experts);
-          const std::size_t end = chunk_end(c, chunk, params);
-          double acc = 0;
-          chunk_dot(dm + b * dm_stride, w + n * w_stride, c * chunk, end, tile, &acc);
-          out[i] = acc;
-        });
+    add_partial_sums(space, "camex::soft_merge_backward[sum chunks]", pieces.chunk_sums.data(), chunking.chunks, d_scores);
+    return;
   }
-
-  const std::size_t chunks = chunking.chunks;
-  const double* part = partial.data();
-  auto ds = d_scores;
-  Kokkos::parallel_for(
-      "camex::soft_merge_backward[sum chunks]", Kokkos::RangePolicy<ExecSpace>(space, 0, e.groups * e.experts),
-      KOKKOS_LAMBDA(std::size_t i) {
-        double acc = 0;
-        for (std::size_t c = 0; c < chunks; ++c) acc += part[c * groups * n_experts + i];
-        ds(i / n_experts, i % n_experts) = static_cast<T>(acc);
-      });
+  row_combination(space, schedule,
+                  RowCombination<T>{.coef = scores_t,
+                                    .rows = d_merged.data(),
+                                    .row_stride = row_stride(d_merged),
+                                    .in_rows = groups,
+                                    .out = d_experts.data(),
+                                    .out_stride = row_stride(d_experts),
+                                    .out_rows = n_experts,
+                                    .length = e.params});
+  // d_scores' partial products over pieces of d_scores_piece parameters: partial[c] = d_merged[:, piece c]
+  // experts[:, piece c]^T, a strided batch over the whole pieces and one product for the short last piece (cuBLAS on
+  // Cuda, Eigen's GEMM on host spaces: camex::gemm). No product sums more than one piece, whatever the backend.
+  const std::size_t whole = e.params / d_scores_piece, rest = e.params % d_scores_piece;
+  const auto piece = static_cast<std::ptrdiff_t>(d_scores_piece);
+  const auto product = [&](std::size_t first, int k, int batch) {
+    gemm(space, GemmBatch<T>{.transpose_a = Transpose::no, .transpose_b = Transpose::yes, .m = groups, .n = n_experts,
+                             .k = k, .alpha = 1, .a = d_merged.data() + first * d_scores_piece, .lda = row_stride(d_merged),
+                             .stride_a = piece, .b = experts.data() + first * d_scores_piece, .ldb = row_stride(experts),
+                             .stride_b = piece, .beta = 0, .c = pieces.piece_sums.data() + first * e.groups * e.experts,
+                             .ldc = n_experts, .stride_c = groups * n_experts, .batch = batch});
+  };
+  if (whole > 0) product(0, static_cast<int>(d_scores_piece), static_cast<int>(whole));
+  if (rest > 0) product(whole, static_cast<int>(rest), 1);
+  add_partial_sums(space, "camex::soft_merge_backward[sum pieces]", pieces.piece_sums.data(), whole + (rest > 0 ? 1 : 0), d_scores);
 }
-
 
 }  // namespace detail
 

@@ -62,6 +62,17 @@ struct TiesMaskState {
   }
 };
 
+/// Experts the standard TIES election takes: a thread holds one entry of every expert's trimmed delta at once, in
+/// an array of fixed size (TiesElection::trimmed_entries).
+inline constexpr std::size_t ties_max_experts = 2048;
+
+/// Throws argument_error when `experts` (the count `argument` gives) is past ties_max_experts.
+inline void check_ties_experts(const char* fn, const char* argument, std::size_t experts) {
+  if (experts > ties_max_experts)
+    throw argument_error(fn, argument, concat("at most ", ties_max_experts, " experts (the standard TIES election)"),
+                         concat(experts, " experts"));
+}
+
 /// Throws argument_error unless there is one finite weight per expert and a finite lambda; returns the trim's k.
 inline std::size_t check_ties_options(const char* fn, std::span<const double> weights, const TiesOptions& options,
                                       std::size_t experts, std::size_t params) {
@@ -130,7 +141,7 @@ void ties_trim(const ExecSpace& space, const Deltas& deltas, std::span<const dou
 struct TiesElection {
   static constexpr int chunk = 128;
   /// Entries of the trimmed deltas of one run, all experts: a run is `chunk` entries, or fewer with many experts.
-  static constexpr int trimmed_entries = 2048;
+  static constexpr int trimmed_entries = static_cast<int>(ties_max_experts);
   const TrimBoundary* trim;  // [n]
   const double* weights;
   int experts;
@@ -301,6 +312,7 @@ void ties_mask(const ExecSpace& space, const Deltas& deltas, std::span<const dou
   const std::size_t experts = deltas.extent(0), params = deltas.extent(1);
   require_shape(fn, "factor", factor, experts, params, "[N, P], the shape of deltas");
   require_disjoint(fn, "factor", factor, "deltas", deltas);
+  detail::check_ties_experts(fn, "deltas", experts);
   const std::size_t k = detail::check_ties_options(fn, weights, options, experts, params);
 
   WorkspaceCarver<ExecSpace> carver(fn, workspace);

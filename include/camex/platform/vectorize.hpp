@@ -43,6 +43,14 @@
 
 namespace camex::detail {
 
+/// True while a device compiler pass builds device code, false on the host: a kernel sizes its per-lane scratch
+/// arrays by it, a device lane holding a few entries where a host thread holds a run of hundreds.
+#if defined(__CUDA_ARCH__) || defined(__HIP_DEVICE_COMPILE__)
+inline constexpr bool device_pass = true;
+#else
+inline constexpr bool device_pass = false;
+#endif
+
 /// `keep ? v : 0` as a bit mask on the host: under GCC's default -ftrapping-math a select of a computed (or
 /// loaded) floating-point value is not if-converted, and the loop around it is not vectorised. The mask has T's
 /// width, so a loop over T stays in T's lanes.

@@ -68,15 +68,18 @@ struct DareDraws {
     return !(rng.uniform({stream, static_cast<std::uint32_t>(i), p}) < drop_of(static_cast<int>(i)));
   }
 
+  /// Runs of a host thread are `chunk` entries, drawn by AVX-512 where compiled in; a device lane holds
+  /// lane_entries (for_each_tile's lanes start on multiples of 4), one Philox block per expert, all four words used.
   template <bool Multiply, class T>
   KOKKOS_INLINE_FUNCTION void apply(std::size_t p0, int len, const T* tau, std::ptrdiff_t tau_stride, T* out,
                                     std::ptrdiff_t out_stride) const {
-    std::uint32_t bits[chunk];
+    constexpr int run = detail::device_pass ? detail::lane_entries : chunk;
+    std::uint32_t bits[run];
     for (int i = 0; i < experts; ++i) {
       const T s = static_cast<T>(l1_ratio ? l1_ratio[i] : expert_scale ? expert_scale[i] : scale);
       const float d = drop_of(i);
-      for (int c0 = 0; c0 < len; c0 += chunk) {
-        const int n = len - c0 < chunk ? len - c0 : chunk;
+      for (int c0 = 0; c0 < len; c0 += run) {
+        const int n = len - c0 < run ? len - c0 : run;
         rng.fill_bits(stream, static_cast<std::uint32_t>(i), p0 + c0, n, bits);
         const T* x = tau + i * tau_stride + c0;
         T* y = out + i * out_stride + c0;

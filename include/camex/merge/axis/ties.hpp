@@ -104,6 +104,7 @@ struct TiesMask {
                              concat(election_weights.empty() ? densities.size() : election_weights.size(), " values"));
       return;
     }
+    detail::check_ties_experts(function, "problem.experts", n);
     if (!election_weights.empty())
       detail::check_ties_options(function, election_weights, options, n, params);
     else if (!std::isfinite(options.lambda))
