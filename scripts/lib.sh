@@ -11,6 +11,12 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 camex_kokkos_root() { printf '%s' "${Kokkos_ROOT:-$camex_bundled_kokkos}"; }
 
 # configure_and_build BUILD_DIR [cmake --build args, e.g. --target T]: one Release build tree shared by the scripts.
+# The OpenMP settings camex's programs run with unless the caller set them: a thread per core, spread over the cores
+# and bound to them (unbound threads can end up sharing a core: docs/reliability.md, "Fair under load").
+camex_thread_defaults() {
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} OMP_PROC_BIND=${OMP_PROC_BIND:-spread} OMP_PLACES=${OMP_PLACES:-threads}
+}
+
 configure_and_build() {
   local dir=$1; shift
   local generator=()

@@ -1,8 +1,9 @@
 #pragma once
 // Checkpoints of any task: every trainable tensor with both AdamW moments and the step, in one safetensors file
 // written atomically, with metadata naming the format, the configuration, the options that define the model's
-// tensors and what the task adds (the tokenizer a language model's ids belong to). Resuming restores all of it, so a
-// resumed run continues exactly as the uninterrupted one would have (same backend and thread count). Upcycling
+// tensors, what the task adds (the tokenizer a language model's ids belong to) and the progress line's running sums
+// since its last line. Resuming restores all of it, so a resumed run continues exactly as the uninterrupted one
+// would have (same backend and thread count), its curves included. Upcycling
 // starts a merged model from a dense checkpoint through the task's name map: every tensor the two share by name
 // and shape, and each merged MLP tensor's experts and base from the dense tensor the map names.
 
@@ -10,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -21,6 +23,7 @@
 
 #include "common/io/safetensors.hpp"
 #include "common/train/adamw.hpp"
+#include "common/train/loss.hpp"
 #include "common/train/parameters.hpp"
 
 namespace camex::examples {
@@ -50,9 +53,53 @@ struct CheckpointIdentity {
   std::function<void(const SafetensorsFile&, const std::filesystem::path&)> check;
 };
 
+/// The losses a progress line averages: their sums over the steps since the last line. A checkpoint keeps them
+/// (as exact decimal strings), so a run resumed between two lines averages over the same steps as the uninterrupted
+/// one, in the same order.
+struct ProgressWindow {
+  double loss = 0, aux = 0, accuracy = 0;
+  std::uint64_t steps = 0;
+
+  void add(const LossParts& l) {
+    loss += l.cross_entropy;
+    aux += l.aux;
+    accuracy += l.accuracy.value_or(0);
+    ++steps;
+  }
+
+  void clear() { *this = {}; }
+
+  void write_to(std::map<std::string, std::string>& metadata) const {
+    const auto exact = [](double v) {
+      char buf[40];
+      std::snprintf(buf, sizeof buf, "%.17g", v);
+      return std::string(buf);
+    };
+    metadata["window_steps"] = std::to_string(steps);
+    metadata["window_loss"] = exact(loss);
+    metadata["window_aux"] = exact(aux);
+    metadata["window_accuracy"] = exact(accuracy);
+  }
+
+  /// The window a checkpoint holds; an empty one where it holds none (a checkpoint written on a progress line).
+  static ProgressWindow read_from(const SafetensorsFile& file, const std::filesystem::path& path) {
+    ProgressWindow w;
+    if (!file.has_metadata("window_steps")) return w;
+    try {
+      w.steps = std::stoull(file.metadata("window_steps"));
+      w.loss = std::stod(file.metadata("window_loss"));
+      w.aux = std::stod(file.metadata("window_aux"));
+      w.accuracy = std::stod(file.metadata("window_accuracy"));
+    } catch (const std::logic_error&) {
+      throw checkpoint_error("'" + path.string() + "' has a progress window that is not numbers (metadata window_*)");
+    }
+    return w;
+  }
+};
+
 template <class T, class Space>
 void save_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, const nlohmann::json& config,
-                     const AdamW<T, Space>& adam) {
+                     const AdamW<T, Space>& adam, const ProgressWindow& window) {
   std::vector<HostTensor> tensors;
   const auto& list = adam.tensors();
   for (std::size_t i = 0; i < list.size(); ++i) {
@@ -66,12 +113,14 @@ void save_checkpoint(const std::filesystem::path& path, const CheckpointIdentity
   metadata["step"] = std::to_string(adam.steps_taken());
   metadata["config"] = config.dump();
   metadata["model"] = id.model.dump();
+  window.write_to(metadata);
   write_safetensors(path, tensors, metadata);
 }
 
-/// Restores the parameters, the moments and the step count; returns the step.
+/// Restores the parameters, the moments, the step count and the progress window; returns the step.
 template <class T, class Space>
-std::uint64_t load_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, AdamW<T, Space>& adam) {
+std::uint64_t load_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, AdamW<T, Space>& adam,
+                              ProgressWindow& window) {
   const SafetensorsFile file(path);
   if (file.metadata("format") != id.format)
     throw checkpoint_error("'" + path.string() + "' is a '" + file.metadata("format") + "' file, expected " + id.format);
@@ -88,6 +137,7 @@ std::uint64_t load_checkpoint(const std::filesystem::path& path, const Checkpoin
   }
   const std::uint64_t step = std::stoull(file.metadata("step"));
   adam.set_steps_taken(step);
+  window = ProgressWindow::read_from(file, path);
   return step;
 }
 

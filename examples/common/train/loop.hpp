@@ -3,12 +3,14 @@
 // resume; step (batch, forward, one zeroing, backward, AdamW); report progress, validation at intervals, the
 // curves as CSV and PNG; checkpoint atomically; stop with a report and intact checkpoints when the run diverges.
 // Everything a step draws (batches, augmentation, router noise, DARE masks) is keyed by (seed, step), so a
-// resumed run continues exactly as the uninterrupted one would have (on the same backend and thread count).
+// resumed run continues exactly as the uninterrupted one would have (on the same backend and thread count). SIGINT
+// and SIGTERM end the run after the step under way, with a checkpoint of it.
 
 #include <Kokkos_Core.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <concepts>
 #include <cstdio>
@@ -74,6 +76,34 @@ inline std::string exact(double v) {
   std::snprintf(buf, sizeof buf, "%.17g", v);
   return buf;
 }
+
+/// Turns SIGINT and SIGTERM into a request the loop reads between steps (it then checkpoints and returns), for as
+/// long as it lives; the previous handlers come back after. A second signal of the same kind finds the default
+/// action again and ends the process at once, for a user who will not wait for the step.
+class StopOnSignals {
+ public:
+  StopOnSignals() {
+    struct sigaction action {};
+    action.sa_handler = [](int signal) { requested_ = signal; };
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESETHAND | SA_RESTART;
+    requested_ = 0;
+    for (std::size_t i = 0; i < 2; ++i) sigaction(signals_[i], &action, &previous_[i]);
+  }
+  ~StopOnSignals() {
+    for (std::size_t i = 0; i < 2; ++i) sigaction(signals_[i], &previous_[i], nullptr);
+  }
+  StopOnSignals(const StopOnSignals&) = delete;
+  StopOnSignals& operator=(const StopOnSignals&) = delete;
+
+  /// The signal that asked the run to stop, or 0.
+  static int requested() { return requested_; }
+
+ private:
+  static inline volatile std::sig_atomic_t requested_ = 0;
+  static constexpr int signals_[2] = {SIGINT, SIGTERM};
+  struct sigaction previous_[2] {};
+};
 
 /// A run whose loss, gradients, activations or optimiser state stopped being finite. Thrown before the step's
 /// checkpoint is written, so every checkpoint written so far stays as it was.
@@ -145,8 +175,9 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   const std::filesystem::path checkpoint = out / "checkpoint.safetensors";
   std::filesystem::path last_checkpoint;  // the last checkpoint this run wrote or resumed from, and its step
   std::uint64_t checkpointed = 0;
+  ProgressWindow window;
   if (!r.resume.empty()) {
-    start = load_checkpoint(r.resume, identity, adam);
+    start = load_checkpoint(r.resume, identity, adam, window);
     last_checkpoint = r.resume;
     checkpointed = start;
     std::printf("resumed from %s at step %llu\n", r.resume.c_str(), static_cast<unsigned long long>(start));
@@ -170,9 +201,9 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   using Clock = std::chrono::steady_clock;
   const auto began = Clock::now();
   auto window_began = began;
-  double window_loss = 0, window_aux = 0, window_accuracy = 0;
-  std::uint64_t window_steps = 0;
+  std::uint64_t timed_steps = 0;  // steps of this process since its last progress line
   Evaluation last_valid;
+  const StopOnSignals signals;
   double train_seconds = 0, train_items = 0;  // steps only, evaluation excluded
   for (std::uint64_t step = start; step < o.steps; ++step) {
     task.load_training_batch(step);
@@ -201,10 +232,8 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
                    " parameters or moments non-finite (a gradient norm of " + exact(gradient_norm) +
                    ", whose squares exceed the float range)",
                last_checkpoint, checkpointed);
-    window_loss += loss.cross_entropy;
-    window_aux += loss.aux;
-    window_accuracy += loss.accuracy.value_or(0);
-    ++window_steps;
+    window.add(loss);
+    ++timed_steps;
     const std::uint64_t done = step + 1;
     const bool last = done == o.steps, log_now = done % r.log_every == 0 || last;
     const bool eval_now = done % r.eval_every == 0 || last;
@@ -212,13 +241,14 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
       space.fence();
       const auto now = Clock::now();
       const double window_seconds = std::chrono::duration<double>(now - window_began).count();
-      const double window_items = static_cast<double>(window_steps) * items_per_step;
+      const double window_items = static_cast<double>(timed_steps) * items_per_step;
       train_seconds += window_seconds;
       train_items += window_items;
-      const double ms = 1e3 * window_seconds / static_cast<double>(window_steps);
+      const double ms = 1e3 * window_seconds / static_cast<double>(timed_steps);
       const double items_per_s = window_items / window_seconds;
       const double eta = static_cast<double>(o.steps - done) * ms / 1e3;
-      CurveRow row{.step = done, .train_loss = window_loss / window_steps, .aux_loss = window_aux / window_steps,
+      const auto steps = static_cast<double>(window.steps);
+      CurveRow row{.step = done, .train_loss = window.loss / steps, .aux_loss = window.aux / steps,
                    .learning_rate = rate, .grad_norm = norm, .items_per_second = items_per_s, .ms_per_step = ms};
       if (eval_now) {
         KernelProfile::pause();  // evaluation is not a training step's time
@@ -228,7 +258,7 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
         row.valid_metric = last_valid.metric;
       }
       char accuracy[32] = "";
-      if (loss.accuracy) std::snprintf(accuracy, sizeof accuracy, " | acc %.3f", window_accuracy / window_steps);
+      if (loss.accuracy) std::snprintf(accuracy, sizeof accuracy, " | acc %.3f", window.accuracy / steps);
       std::printf("step %6llu/%llu | loss %.4f%s | aux %.2e | lr %.2e | |g| %.3f | %8.0f %s/s | %7.1f ms/step | ETA %s%s\n",
                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(o.steps), row.train_loss, accuracy,
                   row.aux_loss, rate, norm, items_per_s, columns.unit.c_str(), ms, clock_text(eta).c_str(),
@@ -237,13 +267,20 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
       curves.add(row);
       curves.write();
       window_began = Clock::now();  // evaluation time is not counted as training time
-      window_loss = window_aux = window_accuracy = 0;
-      window_steps = 0;
+      window.clear();
+      timed_steps = 0;
     }
-    if (last || done == r.stop_after || (r.checkpoint_every > 0 && done % r.checkpoint_every == 0)) {
-      save_checkpoint(checkpoint, identity, nlohmann::json(c), adam);
+    const int stop_signal = StopOnSignals::requested();
+    if (last || done == r.stop_after || stop_signal != 0 || (r.checkpoint_every > 0 && done % r.checkpoint_every == 0)) {
+      save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window);
       last_checkpoint = checkpoint;
       checkpointed = done;
+    }
+    if (stop_signal != 0 && !last) {
+      std::printf("stopped by %s after step %llu; continue with --resume %s\n", stop_signal == SIGINT ? "SIGINT" : "SIGTERM",
+                  static_cast<unsigned long long>(done), checkpoint.c_str());
+      std::fflush(stdout);
+      return 128 + stop_signal;
     }
     if (done == r.stop_after) {
       std::printf("stopped after step %llu (--stop-after); continue with --resume %s\n",

@@ -1,6 +1,6 @@
-"""What the whole-program tests of smoe_lm share (resume_test.py, upcycle_test.py, twin_test.py): a small
-WikiText-style corpus written on the spot, the options of a tiny model on it, running the trainer, and reading its
-safetensors files."""
+"""What the whole-program tests of smoe_lm share (resume_test.py, signals_test.py, upcycle_test.py, twin_test.py;
+smoe_vit's through tiny_images.py): a small WikiText-style corpus written on the spot, the options of a tiny model
+on it, running the trainer, reading its safetensors files, and comparing how two runs ended."""
 import json
 import os
 import random
@@ -49,3 +49,25 @@ def read_safetensors(path):
     data = blob[8 + length:]
     return (header.get("__metadata__", {}),
             {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"})
+
+
+def curve_numbers(path):
+    """The rows of a curves.csv without their timing columns: what two runs of the same steps must share."""
+    with open(path) as f:
+        return [",".join(line.strip().split(",")[:7]) for line in f]
+
+
+def run_differences(a, b):
+    """How the runs in folders a and b ended apart: a list of what differs (empty when every checkpoint tensor and
+    every number of the curves is identical), the number of tensors, and the number of curve rows."""
+    ta = read_safetensors(os.path.join(a, "checkpoint.safetensors"))[1]
+    tb = read_safetensors(os.path.join(b, "checkpoint.safetensors"))[1]
+    problems = []
+    differing = sorted(k for k in ta if ta[k] != tb.get(k))
+    if set(ta) != set(tb) or differing:
+        problems.append(f"tensors differ: {differing[:5]} (of {len(ta)})")
+    ca, cb = curve_numbers(os.path.join(a, "curves.csv")), curve_numbers(os.path.join(b, "curves.csv"))
+    if ca != cb:
+        problems.append("curves differ (first run | second run):\n" +
+                        "\n".join(f"{x}  |  {y}" for x, y in zip(ca, cb) if x != y))
+    return problems, len(ta), len(ca) - 1
