@@ -4,8 +4,10 @@
 //
 // Host blocks: the batch and the rows and columns of C are cut into fixed blocks that depend on the shape only, one
 // Kokkos work item each, and Eigen runs single-threaded inside a work item: the space's threads do the
-// parallelism, and the result does not depend on the thread count. Row blocks matter for the narrow products of
-// small models (a [1024, 128] output is one column block, but four row blocks).
+// parallelism, and the result depends neither on the thread count nor on which thread takes a block. Row blocks
+// matter for the narrow products of small models (a [1024, 128] output is one column block, but four row blocks).
+// The blocks are handed out one at a time as threads come free, so a thread that shares its core with another
+// process takes fewer of them (docs/reliability.md, "Fair under load").
 
 #include <Kokkos_Core.hpp>
 
@@ -56,7 +58,9 @@ template <class ExecSpace, class T>
 void gemm_host_blocks(const ExecSpace& space, const GemmBatch<T>& g) {
   const int column_blocks = (g.n + gemm_column_block - 1) / gemm_column_block;
   const int row_blocks = (g.m + gemm_row_block - 1) / gemm_row_block, blocks = row_blocks * column_blocks;
-  Kokkos::parallel_for("camex::gemm[host]", Kokkos::RangePolicy<ExecSpace>(space, 0, g.batch * blocks), [=](int w) {
+  Kokkos::parallel_for("camex::gemm[host]",
+                       Kokkos::RangePolicy<ExecSpace, Kokkos::Schedule<Kokkos::Dynamic>>(space, 0, g.batch * blocks).set_chunk_size(1),
+                       [=](int w) {
     const int item = w / blocks, row0 = w % blocks / column_blocks * gemm_row_block,
               column0 = w % column_blocks * gemm_column_block;
     gemm_block_on_host(g, item, row0, g.m - row0 < gemm_row_block ? g.m - row0 : gemm_row_block, column0,
