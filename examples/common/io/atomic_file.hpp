@@ -1,8 +1,11 @@
 #pragma once
 // Files replaced whole or not at all: written to a temporary name beside the target, flushed and synced to disk,
-// then renamed over it (rename is atomic within a file system).
+// then renamed over it (rename is atomic within a file system). A write that fails (a full disk, a file-size limit)
+// removes the temporary, leaves the target as it was, and says why.
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -19,24 +22,42 @@ class file_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Writes `path` through `write(stream)` atomically.
+/// Writes `path` through `write(stream)` atomically. Throws file_error, with the system's reason, when the
+/// temporary cannot be opened, written, synced or renamed; `path` is then untouched and the temporary gone.
 inline void write_atomically(const std::filesystem::path& path, const std::function<void(std::ofstream&)>& write) {
   const std::filesystem::path temporary = path.string() + ".tmp";
+  const auto fail = [&](const std::string& what, int error) {
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    throw file_error(what + ": " + std::strerror(error != 0 ? error : EIO) + "; '" + path.string() + "' is left as it was");
+  };
   {
+    errno = 0;
     std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    if (!out) throw file_error("cannot open '" + temporary.string() + "' for writing");
-    write(out);
+    if (!out) fail("cannot open '" + temporary.string() + "' for writing", errno);
+    try {
+      write(out);
+    } catch (...) {
+      std::error_code ignored;
+      std::filesystem::remove(temporary, ignored);
+      throw;
+    }
     out.flush();
-    if (!out) throw file_error("writing '" + temporary.string() + "' failed (disk full?)");
+    if (!out) fail("writing '" + temporary.string() + "' failed", errno);
+    out.close();
+    if (!out) fail("closing '" + temporary.string() + "' failed", errno);
   }
   const int fd = ::open(temporary.c_str(), O_RDONLY);
-  if (fd >= 0) {
-    ::fsync(fd);
+  if (fd < 0) fail("cannot reopen '" + temporary.string() + "' to sync it", errno);
+  if (::fsync(fd) != 0) {
+    const int error = errno;
     ::close(fd);
+    fail("syncing '" + temporary.string() + "' failed", error);
   }
+  ::close(fd);
   std::error_code ec;
   std::filesystem::rename(temporary, path, ec);
-  if (ec) throw file_error("cannot rename '" + temporary.string() + "' to '" + path.string() + "': " + ec.message());
+  if (ec) fail("cannot rename '" + temporary.string() + "' to '" + path.string() + "'", ec.value());
 }
 
 inline void write_text_atomically(const std::filesystem::path& path, const std::string& text) {

@@ -171,6 +171,9 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   const CheckpointIdentity identity = task.checkpoint_identity();
   const std::filesystem::path out(r.out);
   std::filesystem::create_directories(out);
+  // Past a file-size limit (RLIMIT_FSIZE) a write then fails with EFBIG, which the checkpoint's writer reports,
+  // instead of SIGXFSZ ending the process without a word.
+  std::signal(SIGXFSZ, SIG_IGN);
   std::uint64_t start = 0;
   const std::filesystem::path checkpoint = out / "checkpoint.safetensors";
   std::filesystem::path last_checkpoint;  // the last checkpoint this run wrote or resumed from, and its step
