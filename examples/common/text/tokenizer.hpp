@@ -6,13 +6,15 @@
 // Training is deterministic: the same text and size give the same model file, byte for byte, on every machine and
 // in every directory. sentencepiece reads the lines from memory (no input path) and returns the model as bytes (no
 // output prefix), so the trainer spec it stores holds no path, and it trains on one thread. The bytes are written
-// to a temporary file and renamed into place, so an interrupted run leaves no half-written cache. hash() names the
-// model's bytes, for a checkpoint to record which tokenizer its embeddings belong to.
+// atomically (io/atomic_file.hpp), and beside them their FNV-1a in `<model>.fnv1a`: a cached model whose bytes do
+// not match it (truncated, overwritten, or from before the checksum) is trained again, which gives the same bytes.
+// hash() names the model's bytes, for a checkpoint to record which tokenizer its embeddings belong to.
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -20,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "common/io/atomic_file.hpp"
 #include "corpus.hpp"
 
 namespace camex::examples {
@@ -64,25 +67,24 @@ class Tokenizer {
     std::ostringstream key;
     key << "bpe-" << vocab << '-' << std::hex << fnv1a(training_text) << "-v2";  // v2: trained from memory
     const std::filesystem::path model = cache_dir / (key.str() + ".model");
+    const std::filesystem::path checksum = model.string() + ".fnv1a";
     if (trained) *trained = false;
-    if (!std::filesystem::exists(model)) {
-      const std::string args = "--vocab_size=" + std::to_string(vocab) +
-                               " --model_type=bpe --character_coverage=1.0 --unk_id=0 --eos_id=1 --bos_id=-1"
-                               " --pad_id=-1 --num_threads=1 --minloglevel=2 --max_sentence_length=16384"
-                               " --input_sentence_size=0 --shuffle_input_sentence=false";
-      LineIterator lines(training_text);
-      std::string bytes;
-      const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &bytes);
-      if (!status.ok()) throw data_error("sentencepiece could not train a " + std::to_string(vocab) + "-token BPE model: " + status.ToString());
-      const std::filesystem::path partial = cache_dir / (key.str() + ".model.tmp");
-      {
-        std::ofstream out(partial, std::ios::binary);
-        out << bytes;
-        if (!out.flush()) throw data_error("cannot write '" + partial.string() + "'");
-      }
-      std::filesystem::rename(partial, model);
-      if (trained) *trained = true;
+    if (std::filesystem::exists(model)) {
+      const std::string fault = cache_fault(model, checksum);
+      if (fault.empty()) return Tokenizer(model);
+      std::fprintf(stderr, "note: the cached tokenizer '%s' %s: training it again\n", model.c_str(), fault.c_str());
     }
+    const std::string args = "--vocab_size=" + std::to_string(vocab) +
+                             " --model_type=bpe --character_coverage=1.0 --unk_id=0 --eos_id=1 --bos_id=-1"
+                             " --pad_id=-1 --num_threads=1 --minloglevel=2 --max_sentence_length=16384"
+                             " --input_sentence_size=0 --shuffle_input_sentence=false";
+    LineIterator lines(training_text);
+    std::string bytes;
+    const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &bytes);
+    if (!status.ok()) throw data_error("sentencepiece could not train a " + std::to_string(vocab) + "-token BPE model: " + status.ToString());
+    write_text_atomically(model, bytes);
+    write_text_atomically(checksum, hex(fnv1a(bytes)) + "\n");
+    if (trained) *trained = true;
     return Tokenizer(model);
   }
 
@@ -91,9 +93,7 @@ class Tokenizer {
     if (!status.ok()) throw data_error("cannot load the tokenizer '" + model.string() + "': " + status.ToString());
     std::ifstream in(model, std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    std::ostringstream hex;
-    hex << std::hex << fnv1a(bytes);
-    hash_ = hex.str();
+    hash_ = hex(fnv1a(bytes));
   }
 
   /// FNV-1a of the model file's bytes, in hex: equal for equal tokenizers.
@@ -125,6 +125,24 @@ class Tokenizer {
   }
 
  private:
+  /// Why the cached `model` cannot be trusted ("" when its bytes match `checksum`).
+  static std::string cache_fault(const std::filesystem::path& model, const std::filesystem::path& checksum) {
+    std::ifstream sum(checksum);
+    std::string expected;
+    if (!(sum >> expected)) return "has no checksum";
+    std::ifstream in(model, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (hex(fnv1a(bytes)) != expected)
+      return "does not match its checksum (" + std::to_string(bytes.size()) + " bytes: truncated or overwritten)";
+    return "";
+  }
+
+  static std::string hex(std::uint64_t value) {
+    std::ostringstream out;
+    out << std::hex << value;
+    return out.str();
+  }
+
   std::filesystem::path path_;
   std::string hash_;
   sentencepiece::SentencePieceProcessor processor_;

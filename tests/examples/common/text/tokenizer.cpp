@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 
 using namespace camex::examples;
@@ -45,7 +46,8 @@ BOOST_AUTO_TEST_CASE(tokenizer_trains_once_and_round_trips) {
   BOOST_TEST(std::count(ids.begin(), ids.end(), Tokenizer::end_of_line) == 2);
   std::vector<std::int32_t> line(ids.begin(), std::find(ids.begin(), ids.end(), Tokenizer::end_of_line));
   BOOST_TEST(first.decode(line) == "merge token expert .");
-  for (const auto& entry : fs::directory_iterator(cache)) BOOST_TEST(entry.path().extension() == ".model");  // no leftovers
+  for (const auto& entry : fs::directory_iterator(cache))  // no leftovers: models and their checksums
+    BOOST_TEST((entry.path().extension() == ".model" || entry.path().extension() == ".fnv1a"), entry.path());
   fs::remove_all(cache);
 }
 
@@ -55,6 +57,36 @@ std::string file_bytes(const fs::path& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 }  // namespace
+
+// A cached model that was truncated, overwritten in one byte, or has lost its checksum is trained again, into the
+// same bytes (training is deterministic); an intact one is loaded.
+BOOST_AUTO_TEST_CASE(a_corrupt_cached_tokenizer_is_trained_again) {
+  const fs::path cache = fs::temp_directory_path() / ("camex-tokenizer-corrupt-" + std::to_string(::getpid()));
+  fs::remove_all(cache);
+  const std::string text = sample_text(300, 2);
+  bool trained = false;
+  const fs::path model = Tokenizer::trained_on(text, 40, cache, &trained).path();
+  BOOST_REQUIRE(trained);
+  const std::string original = file_bytes(model);
+  const fs::path checksum = model.string() + ".fnv1a";
+  const auto damage = [&](const std::string& what, const std::function<void()>& harm) {
+    harm();
+    const Tokenizer again = Tokenizer::trained_on(text, 40, cache, &trained);
+    BOOST_TEST(trained, what << ": the damaged cache was loaded");
+    BOOST_TEST((file_bytes(model) == original), what << ": the retrained model differs");
+    BOOST_TEST(fs::exists(checksum), what);
+  };
+  damage("truncated", [&] { fs::resize_file(model, original.size() / 2); });
+  damage("one byte overwritten", [&] {
+    std::fstream f(model, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(original.size() / 3));
+    f.put(static_cast<char>(original[original.size() / 3] ^ 0x5a));
+  });
+  damage("checksum lost", [&] { fs::remove(checksum); });
+  Tokenizer::trained_on(text, 40, cache, &trained);
+  BOOST_TEST(!trained);
+  fs::remove_all(cache);
+}
 
 // Two trainings from scratch, in caches at different paths, write the same bytes (and so the same hash), several
 // times over; another text gives another hash.
