@@ -7,6 +7,18 @@ log() { printf '[camex] %s\n' "$*" >&2; }
 die() { printf '[camex] error: %s\n' "$*" >&2; exit 1; }
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
+# Installs the Debian packages named that are not installed yet (nothing, and no apt-get update, when all are).
+install_debian_packages() {
+  local missing=() p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
 # The Kokkos every build uses: the user's (Kokkos_ROOT) if set, else the bundled one.
 camex_kokkos_root() { printf '%s' "${Kokkos_ROOT:-$camex_bundled_kokkos}"; }
 

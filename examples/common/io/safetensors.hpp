@@ -117,20 +117,23 @@ class SafetensorsFile {
       } catch (const nlohmann::json::exception& ex) {
         fail("tensor '" + name + "' has a malformed entry: " + ex.what());
       }
-      std::size_t count = 1;
-      for (const std::size_t d : e.shape) count *= d;
       std::size_t element = 0;
       try {
         element = dtype_size(e.dtype);
       } catch (const checkpoint_error& ex) {
         fail("tensor '" + name + "': " + ex.what());
       }
+      // A shape whose byte count overflows would otherwise wrap around to a small number that the offsets can match.
+      std::size_t needed = element;
+      for (const std::size_t d : e.shape)
+        if (__builtin_mul_overflow(needed, d, &needed))
+          fail("tensor '" + name + "' has a shape " + entry["shape"].dump() + " of more bytes than a size_t counts");
       if (e.begin > e.end || e.end > data_size)
         fail("tensor '" + name + "' has data_offsets [" + std::to_string(e.begin) + ", " + std::to_string(e.end) +
              "] outside the " + std::to_string(data_size) + " data bytes");
-      if (e.end - e.begin != count * element)
+      if (e.end - e.begin != needed)
         fail("tensor '" + name + "' spans " + std::to_string(e.end - e.begin) + " bytes, but a " + e.dtype + " tensor of shape " +
-             entry["shape"].dump() + " needs " + std::to_string(count * element));
+             entry["shape"].dump() + " needs " + std::to_string(needed));
       entries_[name] = e;
     }
   }
@@ -147,6 +150,18 @@ class SafetensorsFile {
     std::vector<std::string> out;
     for (const auto& [name, e] : entries_) out.push_back(name);
     return out;
+  }
+
+  /// What the header says of tensor `name`: its dtype, shape and byte count.
+  struct TensorInfo {
+    std::string dtype;
+    std::vector<std::size_t> shape;
+    std::size_t bytes = 0;
+  };
+  TensorInfo info(const std::string& name) const {
+    const auto it = entries_.find(name);
+    if (it == entries_.end()) fail("has no tensor '" + name + "'");
+    return {it->second.dtype, it->second.shape, it->second.end - it->second.begin};
   }
 
   /// Tensor `name`, required to be `dtype` of `shape`.

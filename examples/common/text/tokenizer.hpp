@@ -124,8 +124,7 @@ class Tokenizer {
     return text;
   }
 
- private:
-  /// Why the cached `model` cannot be trusted ("" when its bytes match `checksum`).
+  /// Why the cached `model` cannot be trusted ("" when its bytes match the FNV-1a written in `checksum`).
   static std::string cache_fault(const std::filesystem::path& model, const std::filesystem::path& checksum) {
     std::ifstream sum(checksum);
     std::string expected;
@@ -137,6 +136,7 @@ class Tokenizer {
     return "";
   }
 
+ private:
   static std::string hex(std::uint64_t value) {
     std::ostringstream out;
     out << std::hex << value;

@@ -35,9 +35,16 @@ struct GzCloser {
 };
 using GzHandle = std::unique_ptr<std::remove_pointer_t<gzFile>, GzCloser>;
 
-/// Reads exactly `bytes` bytes (in chunks gzread can take), or throws naming what was being read.
-inline void read_exactly(gzFile f, const std::filesystem::path& path, void* out, std::size_t bytes, const std::string& what,
-                         std::size_t offset) {
+/// A part of the file, by its uncompressed bytes, for the messages.
+struct Part {
+  std::string what;
+  std::size_t begin, end;
+};
+
+/// Reads exactly `bytes` bytes of `part` (in chunks gzread can take), from its uncompressed byte `offset` on, or
+/// throws naming the part.
+inline void read_exactly(gzFile f, const std::filesystem::path& path, void* out, std::size_t bytes, std::size_t offset,
+                         const Part& part) {
   auto* at = static_cast<unsigned char*>(out);
   std::size_t done = 0;
   while (done < bytes) {
@@ -46,17 +53,22 @@ inline void read_exactly(gzFile f, const std::filesystem::path& path, void* out,
     if (got < 0) {
       int code = 0;
       const char* message = gzerror(f, &code);
-      throw data_error("'" + path.string() + "': corrupt compressed data while reading " + what + " (zlib: " + message + ")");
+      throw data_error("'" + path.string() + "': corrupt compressed data while reading " + part.what + " (zlib: " + message + ")");
     }
     if (got == 0) {
       int code = 0;
       const char* message = gzerror(f, &code);
-      throw data_error("'" + path.string() + "': truncated: " + what + " needs bytes " + std::to_string(offset) + ".." +
-                       std::to_string(offset + bytes) + " (uncompressed), the file ends at byte " +
+      throw data_error("'" + path.string() + "': truncated: " + part.what + " needs bytes " + std::to_string(part.begin) + ".." +
+                       std::to_string(part.end) + " (uncompressed), the file ends at byte " +
                        std::to_string(offset + done) + (code != Z_OK && code != Z_BUF_ERROR ? std::string(" (zlib: ") + message + ")" : ""));
     }
     done += static_cast<std::size_t>(got);
   }
+}
+
+/// Reads the whole of `part`.
+inline void read_part(gzFile f, const std::filesystem::path& path, void* out, const Part& part) {
+  read_exactly(f, path, out, part.end - part.begin, part.begin, part);
 }
 
 }  // namespace detail_idx
@@ -67,7 +79,7 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::size_t expected
   detail_idx::GzHandle file(gzopen(path.c_str(), "rb"));
   if (!file) throw data_error("cannot open '" + path.string() + "' for reading");
   std::array<std::uint8_t, 4> magic{};
-  detail_idx::read_exactly(file.get(), path, magic.data(), 4, "the magic number", 0);
+  detail_idx::read_part(file.get(), path, magic.data(), {"the magic number", 0, 4});
   if (magic[0] != 0 || magic[1] != 0)
     throw data_error("'" + path.string() + "' is not an IDX file: its first two bytes are " + std::to_string(magic[0]) + " " +
                      std::to_string(magic[1]) + ", expected 0 0");
@@ -87,7 +99,7 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::size_t expected
   std::size_t count = 1;
   for (std::size_t d = 0; d < ndims; ++d) {
     std::array<std::uint8_t, 4> b{};
-    detail_idx::read_exactly(file.get(), path, b.data(), 4, "dimension " + std::to_string(d), 4 + 4 * d);
+    detail_idx::read_part(file.get(), path, b.data(), {"dimension " + std::to_string(d), 4 + 4 * d, 8 + 4 * d});
     const std::size_t extent = (std::size_t{b[0]} << 24) | (std::size_t{b[1]} << 16) | (std::size_t{b[2]} << 8) | b[3];
     if (extent == 0) throw data_error("'" + path.string() + "': dimension " + std::to_string(d) + " is 0");
     out.dims.push_back(extent);
@@ -95,9 +107,17 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::size_t expected
     if (count > (std::size_t{1} << 34))
       throw data_error("'" + path.string() + "' declares more than 2^34 elements: not a dataset these trainers read");
   }
-  out.data.resize(count);
+  // The elements arrive in pieces and the array grows with them, so a few bytes declaring 2^34 elements are refused
+  // as truncated instead of allocating 16 GiB first.
   const std::size_t header = 4 + 4 * ndims;
-  detail_idx::read_exactly(file.get(), path, out.data.data(), count, std::to_string(count) + " elements", header);
+  constexpr std::size_t piece = std::size_t{1} << 24;
+  out.data.reserve(std::min(count, piece));
+  const detail_idx::Part elements{std::to_string(count) + " elements", header, header + count};
+  while (out.data.size() < count) {
+    const std::size_t at = out.data.size(), bytes = std::min(piece, count - at);
+    out.data.resize(at + bytes);
+    detail_idx::read_exactly(file.get(), path, out.data.data() + at, bytes, header + at, elements);
+  }
   unsigned char extra = 0;
   const int more = gzread(file.get(), &extra, 1);
   if (more != 0) {

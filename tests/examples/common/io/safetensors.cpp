@@ -62,6 +62,11 @@ BOOST_AUTO_TEST_CASE(round_trip_and_atomic_replacement) {
   const SafetensorsFile f(p);
   BOOST_TEST(f.metadata("step") == "7");
   BOOST_TEST(f.contains("a"));
+  const auto info = f.info("b.c");
+  BOOST_TEST(info.dtype == "F32");
+  BOOST_TEST(info.shape == std::vector<std::size_t>{5}, boost::test_tools::per_element());
+  BOOST_TEST(info.bytes == 20u);
+  require_error([&] { f.info("z"); }, {"has no tensor 'z'"});
   const auto* a = reinterpret_cast<const float*>(f.tensor("a", "F32", {2, 3}));
   const auto* b = reinterpret_cast<const float*>(f.tensor("b.c", "F32", {5}));
   BOOST_TEST(a[5] == 3.5f);
@@ -95,7 +100,10 @@ BOOST_AUTO_TEST_CASE(malformed_files_are_refused_with_reasons) {
   require_error([] { SafetensorsFile(raw_file("dtype", R"({"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,8]}})", 8)); },
                 {"unsupported safetensors dtype 'BF16'"});
   require_error([] { SafetensorsFile(raw_file("meta", R"({"__metadata__":{"k":1}})", 0)); }, {"metadata 'k' that is not a string"});
-  for (const char* n : {"tiny", "long", "json", "array", "fields", "range", "span", "dtype", "meta"}) fs::remove(temp_file(n));
+  // 2^62 x 4 floats is 2^66 bytes, which wraps around to 0 in size_t: a shape that would match empty offsets.
+  require_error([] { SafetensorsFile(raw_file("wrap", R"({"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}})", 0)); },
+                {"tensor 'a' has a shape [4611686018427387904,4] of more bytes than a size_t counts"});
+  for (const char* n : {"tiny", "long", "json", "array", "fields", "range", "span", "dtype", "meta", "wrap"}) fs::remove(temp_file(n));
 }
 
 BOOST_AUTO_TEST_CASE(writer_refuses_inconsistent_tensors) {

@@ -1,6 +1,7 @@
 // IDX files: arrays written here (plain and gzip-compressed) read back exactly, and every kind of bad file is
 // refused with a message naming the file and what is wrong: a missing file, a bad magic number, an element type
-// other than bytes, a wrong number of dimensions, a dimension of 0, a truncated file (plain and compressed), a
+// other than bytes, a wrong number of dimensions, a dimension of 0, a truncated file (plain and compressed, and one
+// declaring far more elements than it holds, refused without allocating them), a
 // corrupt compressed stream, bytes after the last element, and labels outside the classes.
 #include <boost/test/unit_test.hpp>
 
@@ -9,6 +10,7 @@
 
 #include <zlib.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -22,6 +24,12 @@ using namespace camex::examples;
 namespace fs = std::filesystem;
 
 namespace {
+
+long peak_resident_kib() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return usage.ru_maxrss;
+}
 
 fs::path scratch(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("camex-idx-" + std::to_string(::getpid()));
@@ -109,6 +117,13 @@ BOOST_AUTO_TEST_CASE(bad_files_are_named) {
   require_data_error([&] { read_idx(write_gzip("short.idx.gz", short_plain)); }, {"short.idx.gz", "truncated", "ends at byte 16"});
   const std::vector<std::uint8_t> header_only(good.begin(), good.begin() + 6);
   require_data_error([&] { read_idx(write_plain("header.idx", header_only)); }, {"header.idx", "truncated", "dimension 0"});
+  // 20 bytes declaring 2^33 elements are refused as truncated once the 4 present are read, without the 8 GiB array
+  // the header asks for: the elements arrive in pieces of 16 MiB and the array grows with them.
+  const long peak_before = peak_resident_kib();
+  require_data_error([&] { read_idx(write_plain("huge.idx", idx_bytes(0x08, {2048, 2048, 2048}, counting(4)))); },
+                     {"huge.idx", "truncated", "8589934592 elements", "bytes 16..8589934608", "ends at byte 20"});
+  BOOST_TEST(peak_resident_kib() - peak_before < 256 * 1024, "reading grew the peak resident set by "
+                                                                  << peak_resident_kib() - peak_before << " KiB");
   auto longer = good;
   longer.push_back(7);
   require_data_error([&] { read_idx(write_plain("long.idx", longer)); }, {"long.idx", "bytes after the 6 elements"});
