@@ -89,7 +89,14 @@ class Tokenizer {
   }
 
   explicit Tokenizer(const std::filesystem::path& model) : path_(model) {
-    const auto status = processor_.Load(model.string());
+    // sentencepiece reports most faults of a model file in its status, but some from deeper down as exceptions
+    // (a zero-length piece: its trie builder throws; found by fuzzing, tests/fuzz/corpus/tokenizer_cache).
+    sentencepiece::util::Status status;
+    try {
+      status = processor_.Load(model.string());
+    } catch (const std::exception& e) {
+      throw data_error("cannot load the tokenizer '" + model.string() + "': " + e.what());
+    }
     if (!status.ok()) throw data_error("cannot load the tokenizer '" + model.string() + "': " + status.ToString());
     std::ifstream in(model, std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
