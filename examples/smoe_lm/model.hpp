@@ -94,6 +94,7 @@ class Gpt {
     activations_.add(Part::values, n, &lnf_rstd_);
     activations_.add(Part::values, n, shape.vocab, &probabilities_);
     activations_.add(Part::gradients, n, c, &d_lnf_);
+    loss_terms_ = Kokkos::View<double*, typename Space::memory_space>("smoe_lm.loss_terms", cross_entropy_row_terms(n));
     parameters_.allocate();
     activations_.allocate();
     for (auto& b : blocks_) b->bind(parameters_);
@@ -130,7 +131,7 @@ class Gpt {
       embedding_forward(space, inputs, value(wte_), value(wpe_), residuals_[0]);
       for (std::size_t l = 0; l < blocks_.size(); ++l) aux += blocks_[l]->forward(space, batched, residuals_[l], residuals_[l + 1]);
       layer_norm_forward(space, residuals_.back(), vector(lnf_w_), vector(lnf_b_), lnf_, lnf_mean_, lnf_rstd_);
-      loss.cross_entropy = tied_head_forward(space, lnf_, value(wte_), targets, probabilities_);
+      loss.cross_entropy = tied_head_forward(space, lnf_, value(wte_), targets, probabilities_, loss_terms_);
       return aux;
     });
     return loss;
@@ -173,6 +174,7 @@ class Gpt {
   TokenIds<Space> inputs_, targets_;
   std::vector<Mat<T, Space>> residuals_, d_residuals_;  // x_0 (the embedding) .. x_L, and their gradients
   Mat<T, Space> lnf_, probabilities_, d_lnf_;
+  Kokkos::View<double*, typename Space::memory_space> loss_terms_;  ///< the loss's per-row terms and sums
   Vec<T, Space> lnf_mean_, lnf_rstd_;
   ReadBackBatch<Space> read_backs_;
 };

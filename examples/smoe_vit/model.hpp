@@ -104,6 +104,7 @@ class Vit {
     activations_.add(Part::values, b, c, &pooled_);
     activations_.add(Part::gradients, b, c, &d_pooled_);
     activations_.add(Part::values, b, shape.classes, &probabilities_);
+    loss_terms_ = Kokkos::View<double*, typename Space::memory_space>("smoe_vit.loss_terms", cross_entropy_row_terms(b));
     parameters_.allocate();
     activations_.allocate();
     for (auto& blk : blocks_) blk->bind(parameters_);
@@ -143,7 +144,7 @@ class Vit {
       pool_forward(space, shape_.pooling, shape_.length(), lnf_, pooled_);
       linear_forward(space, pooled_, value(head_w_), vector(head_b_), probabilities_);
       const std::size_t rows = std::min(counted, shape_.images);
-      const CrossEntropySums sums = softmax_cross_entropy_forward(space, probabilities_, labels, rows);
+      const CrossEntropySums sums = softmax_cross_entropy_forward(space, probabilities_, labels, loss_terms_, rows);
       loss.cross_entropy = sums.loss / static_cast<double>(rows);
       loss.accuracy = sums.correct / static_cast<double>(rows);
       return aux;
@@ -193,6 +194,7 @@ class Vit {
   std::vector<std::unique_ptr<TransformerBlock<T, Space>>> blocks_;
   Labels labels_;
   Mat<T, Space> patches_, patch_tokens_, d_patch_tokens_, lnf_, d_lnf_, pooled_, d_pooled_, probabilities_;
+  Kokkos::View<double*, typename Space::memory_space> loss_terms_;  ///< the loss's per-row terms and sums
   std::vector<Mat<T, Space>> residuals_, d_residuals_;
   Vec<T, Space> lnf_mean_, lnf_rstd_;
   ReadBackBatch<Space> read_backs_;

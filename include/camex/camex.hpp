@@ -1,6 +1,7 @@
 #pragma once
 // Everything public in camex (docs/architecture.md: the layers; platform/ beyond kokkos_compat.hpp is internal).
 
+#include "camex/core/adaptive_threads.hpp"
 #include "camex/core/error.hpp"
 #include "camex/core/random.hpp"
 #include "camex/core/read_backs.hpp"

@@ -2,8 +2,9 @@
 // Softmax cross-entropy over the rows of a logits matrix [N, K], in place: the forward turns the logits into
 // probabilities (one exp per logit, branch-free in float so the host vectorises it, normalised after: a language model's
 // V x N exps are a large part of its step) and returns the summed loss -log p[target] and how many rows' largest
-// logit is the target (the first largest on ties); the backward turns the probabilities into d_logits = (p - onehot(target)) d_loss / N. Sums are in double,
-// by one reduction whose order depends on the thread count only; the host reads back its one result.
+// logit is the target (the first largest on ties); the backward turns the probabilities into d_logits = (p - onehot(target)) d_loss / N. Sums are in double:
+// each row's terms are kept, then added in row order, so they have the same bits on any number of threads; the
+// host reads back the two sums.
 
 #include <Kokkos_Core.hpp>
 
@@ -22,17 +23,6 @@ namespace camex::examples {
 struct CrossEntropySums {
   double loss = 0;     ///< sum of -log p[target]
   double correct = 0;  ///< rows whose first largest logit is the target
-
-  KOKKOS_INLINE_FUNCTION CrossEntropySums& operator+=(const CrossEntropySums& other) {
-    loss += other.loss;
-    correct += other.correct;
-    return *this;
-  }
-  // Kokkos 3.4 joins reductions through volatile references.
-  KOKKOS_INLINE_FUNCTION void operator+=(const volatile CrossEntropySums& other) volatile {
-    loss = loss + other.loss;
-    correct = correct + other.correct;
-  }
 };
 
 /// Lanes of the forward's row passes: each keeps its own running maximum and sum over the entries v = j mod lanes,
@@ -40,18 +30,26 @@ struct CrossEntropySums {
 /// lanes are combined in a fixed order, so the result does not depend on the thread count.
 inline constexpr std::size_t cross_entropy_lanes = 16;
 
+/// Doubles of the `row_terms` workspace the forward needs for N rows: each row's two terms, then the two sums.
+inline std::size_t cross_entropy_row_terms(std::size_t rows) { return 2 * rows + 2; }
+
 /// Rows of `logits` [N, K] become their softmax; targets [N] are class ids below K. The sums cover the first
-/// `counted` rows (all by default: a batch completed by repeats counts only its real rows).
+/// `counted` rows (all by default: a batch completed by repeats counts only its real rows). `row_terms` holds
+/// cross_entropy_row_terms(N) doubles.
 template <class Space, class T>
 CrossEntropySums softmax_cross_entropy_forward(const Space& space, const Mat<T, Space>& logits, const TokenIds<Space>& targets,
+                                               const Kokkos::View<double*, typename Space::memory_space>& row_terms,
                                                std::size_t counted = static_cast<std::size_t>(-1)) {
+  constexpr const char* fn = "softmax_cross_entropy_forward";
   constexpr std::size_t lanes = cross_entropy_lanes;
   const std::size_t n = logits.extent(0), k = logits.extent(1), whole = k / lanes * lanes;
-  require_length("softmax_cross_entropy_forward", "targets", targets, n, "the logits' rows");
+  require_length(fn, "targets", targets, n, "the logits' rows");
+  if (row_terms.extent(0) < cross_entropy_row_terms(n))
+    throw argument_error(fn, "row_terms", concat(cross_entropy_row_terms(n), " doubles (2 N + 2)"),
+                         concat(row_terms.extent(0), " doubles"));
   if (counted > n) counted = n;
-  CrossEntropySums total;
-  Kokkos::parallel_reduce("softmax_cross_entropy_forward", Kokkos::RangePolicy<Space>(space, 0, n),
-                          KOKKOS_LAMBDA(std::size_t t, CrossEntropySums& sums) {
+  Kokkos::parallel_for("softmax_cross_entropy_forward", Kokkos::RangePolicy<Space>(space, 0, n),
+                          KOKKOS_LAMBDA(std::size_t t) {
                             T lane_top[lanes];
                             for (std::size_t j = 0; j < lanes; ++j) lane_top[j] = logits(t, 0);
                             for (std::size_t v = 0; v < whole; v += lanes) {
@@ -81,16 +79,27 @@ CrossEntropySums softmax_cross_entropy_forward(const Space& space, const Mat<T, 
                             }
                             double z = 0;
                             for (std::size_t j = 0; j < lanes; ++j) z += lane_z[j];
-                            if (t < counted) {
-                              sums.loss += math::log(z) - target;
-                              sums.correct += static_cast<std::int32_t>(best) == targets(t) ? 1.0 : 0.0;
-                            }
+                            const bool in_sums = t < counted;
+                            row_terms(2 * t) = in_sums ? math::log(z) - target : 0.0;
+                            row_terms(2 * t + 1) = in_sums && static_cast<std::int32_t>(best) == targets(t) ? 1.0 : 0.0;
                             const T inverse = static_cast<T>(1 / z);
                             CAMEX_IVDEP
                             for (std::size_t v = 0; v < k; ++v) logits(t, v) *= inverse;
-                          },
-                          total);
-  return total;
+                          });
+  Kokkos::parallel_for("softmax_cross_entropy_forward[sums]", Kokkos::RangePolicy<Space>(space, 0, 1), KOKKOS_LAMBDA(std::size_t) {
+    double loss = 0, correct = 0;
+    for (std::size_t t = 0; t < n; ++t) {
+      loss += row_terms(2 * t);
+      correct += row_terms(2 * t + 1);
+    }
+    row_terms(2 * n) = loss;
+    row_terms(2 * n + 1) = correct;
+  });
+  double sums[2];
+  Kokkos::deep_copy(space, Kokkos::View<double*, Kokkos::HostSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(sums, 2),
+                    Kokkos::subview(row_terms, Kokkos::make_pair(2 * n, 2 * n + 2)));
+  space.fence();
+  return {.loss = sums[0], .correct = sums[1]};
 }
 
 /// The probabilities of the last forward become d_logits (in place) for the loss d_loss x (mean over rows).

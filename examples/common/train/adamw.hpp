@@ -3,7 +3,7 @@
 // learning rate warmed up linearly from 0 and then decayed linearly to a floor, and the gradients clipped by
 // their global norm. The two moments live in one arena each, one slice per tensor in the order given.
 //
-//   g <- g min(1, clip / ||g||)                     ||g|| over all tensors, summed in double
+//   g <- g min(1, clip / ||g||)                     ||g|| over all tensors, summed in double in fixed chunks
 //   m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2
 //   w <- w - lr (m / (1 - b1^t) / (sqrt(v / (1 - b2^t)) + eps) + wd w)     wd only where the tensor decays
 
@@ -86,6 +86,12 @@ class AdamW {
     }
     m_ = Vec<T, Space>("adamw.m", total);
     v_ = Vec<T, Space>("adamw.v", total);
+    std::size_t chunks = 0;
+    for (const auto& t : tensors_) {
+      chunk_offsets_.push_back(chunks);
+      chunks += (t.flat.value.extent(0) + norm_chunk - 1) / norm_chunk;
+    }
+    norm_parts_ = Kokkos::View<double*, typename Space::memory_space>("adamw.norm_parts", chunks + 1);
     overflowed_ = Kokkos::View<unsigned, typename Space::memory_space>("adamw.overflowed");
   }
 
@@ -98,17 +104,32 @@ class AdamW {
   double next_rate() const { return scheduled_rate(options_, steps_); }
   void set_steps_taken(std::uint64_t steps) { steps_ = steps; }
 
-  /// The global gradient norm before clipping.
+  /// The global gradient norm before clipping. Each tensor is cut into chunks of norm_chunk entries whose sums of
+  /// squares are added in one fixed order, so the norm has the same bits on any number of threads (the trainers
+  /// change their thread count while they run: AdaptiveThreads). One number read back.
   double gradient_norm(const Space& space) const {
-    double sum = 0;
-    for (const auto& t : tensors_) {
-      const auto g = t.flat.gradient;
-      double part = 0;
-      Kokkos::parallel_reduce("AdamW[norm]", Kokkos::RangePolicy<Space>(space, 0, g.extent(0)),
-                              KOKKOS_LAMBDA(std::size_t k, double& acc) { acc += static_cast<double>(g(k)) * g(k); }, part);
-      sum += part;
+    const auto parts = norm_parts_;
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+      const auto g = tensors_[i].flat.gradient;
+      const std::size_t length = g.extent(0), first = chunk_offsets_[i];
+      Kokkos::parallel_for("AdamW[norm]", Kokkos::RangePolicy<Space>(space, 0, (length + norm_chunk - 1) / norm_chunk),
+                           KOKKOS_LAMBDA(std::size_t c) {
+                             double acc = 0;
+                             const std::size_t end = (c + 1) * norm_chunk < length ? (c + 1) * norm_chunk : length;
+                             for (std::size_t k = c * norm_chunk; k < end; ++k)
+                               acc += static_cast<double>(g(k)) * g(k);
+                             parts(first + c) = acc;
+                           });
     }
-    return std::sqrt(sum);
+    const std::size_t chunks = parts.extent(0) - 1;
+    Kokkos::parallel_for("AdamW[norm sum]", Kokkos::RangePolicy<Space>(space, 0, 1), KOKKOS_LAMBDA(std::size_t) {
+      double sum = 0;
+      for (std::size_t c = 0; c < chunks; ++c) sum += parts(c);
+      parts(chunks) = sum;
+    });
+    Kokkos::deep_copy(space, norm_sum_, Kokkos::subview(parts, chunks));
+    space.fence();
+    return std::sqrt(norm_sum_());
   }
 
   /// One update from the gradients the tensors hold; returns the norm before clipping.
@@ -145,8 +166,11 @@ class AdamW {
  private:
   std::vector<NamedTensor<T, Space>> tensors_;
   AdamWOptions options_;
-  std::vector<std::size_t> offsets_;
+  static constexpr std::size_t norm_chunk = 4096;
+  std::vector<std::size_t> offsets_, chunk_offsets_;
   Vec<T, Space> m_, v_;
+  Kokkos::View<double*, typename Space::memory_space> norm_parts_;  ///< each chunk's sum of squares, then the total
+  Kokkos::View<double, Kokkos::HostSpace> norm_sum_{"adamw.norm_sum"};
   Kokkos::View<unsigned, typename Space::memory_space> overflowed_;
   Kokkos::View<unsigned, Kokkos::HostSpace> last_overflowed_{"adamw.last_overflowed"};
   std::uint64_t steps_ = 0;

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <camex/core/adaptive_threads.hpp>
+
 #include "common/moe/registry.hpp"
 
 namespace camex::examples {
@@ -45,13 +47,14 @@ struct RunConfig {
   std::string dump_step;  ///< write one step's parameters, batch, outputs and gradients here, and stop
   bool plot = true;
   bool profile = false;   ///< time every kernel, report the step's time by kernel category (kernels.csv)
+  std::string host_threads = "auto";  ///< auto, all or all-but-one: host_threads_choice
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MergeConfig, policy, experts, top_k, routing, segment, alpha, density, drop, gamma, aux,
                                    rank, router_noise)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(OptimiserConfig, steps, seed, batch, lr, weight_decay, clip, final_lr_fraction, warmup)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunConfig, log_every, eval_every, checkpoint_every, eval_batches, out, stop_after, resume,
-                                   upcycle_from, dump_step, plot, profile)
+                                   upcycle_from, dump_step, plot, profile, host_threads)
 
 /// A task's configuration (its data and model) with the shared parts.
 template <class TaskConfig>
@@ -116,7 +119,16 @@ struct RoutingChoices {
 };
 
 /// The checks of the shared parts: the policy and its options, the optimiser, the run.
+/// --host-threads as camex::AdaptiveThreads takes it.
+inline HostThreads host_threads_choice(const RunConfig& r) {
+  if (r.host_threads == "auto") return HostThreads::automatic;
+  if (r.host_threads == "all") return HostThreads::all;
+  if (r.host_threads == "all-but-one") return HostThreads::all_but_one;
+  option_error("host-threads", "auto, all or all-but-one", "'" + r.host_threads + "'");
+}
+
 inline void validate_shared(const MergeConfig& m, const OptimiserConfig& o, const RunConfig& r, const RoutingChoices& routings) {
+  host_threads_choice(r);
   const PolicyRule& rule = policy_rule(m.policy);  // names every policy when the name is unknown
   if (!routings.contains(m.routing)) option_error("routing", routings.names(), "'" + m.routing + "'");
   if (rule.experts) {
@@ -205,6 +217,10 @@ inline void add_shared_options(CLI::App& app, MergeConfig& m, OptimiserConfig& o
   r_group->add_option("--plot", r.plot, "write curves.png with gnuplot")->capture_default_str();
   r_group->add_option("--profile", r.profile, "time every kernel of the training steps and report where a step's time "
                                               "goes by kernel category (printed, and kernels.csv in the run directory)")
+      ->capture_default_str();
+  r_group->add_option("--host-threads", r.host_threads, "threads of an OpenMP build a step runs on: all, all-but-one, or "
+                                                        "auto, whichever is faster while another process holds a core "
+                                                        "(the numbers are the same either way)")
       ->capture_default_str();
 }
 

@@ -208,33 +208,45 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   Evaluation last_valid;
   const StopOnSignals signals;
   double train_seconds = 0, train_items = 0;  // steps only, evaluation excluded
+  AdaptiveThreads<TrainSpace> threads({.choice = host_threads_choice(r)});
+  std::uint64_t width_switches = 0;
   for (std::uint64_t step = start; step < o.steps; ++step) {
     task.load_training_batch(step);
     LossParts loss;
-    try {
-      loss = task.forward(model, space, {.seed = o.seed, .step = step, .stream = 0, .training = true});
-    } catch (const argument_error& e) {
-      // The merged layers reject non-finite tokens (their routing means) and routing scores: the model's own
-      // activations, computed from finite parameters, overflowed.
-      if (e.argument() != "x" && e.argument() != "scores") throw;
-      diverged(o.lr, step, std::string("the activations became non-finite (") + e.what() + ")", last_checkpoint, checkpointed);
+    double rate = 0, norm = 0;
+    threads.run(space, [&](const TrainSpace& on) {
+      try {
+        loss = task.forward(model, on, {.seed = o.seed, .step = step, .stream = 0, .training = true});
+      } catch (const argument_error& e) {
+        // The merged layers reject non-finite tokens (their routing means) and routing scores: the model's own
+        // activations, computed from finite parameters, overflowed.
+        if (e.argument() != "x" && e.argument() != "scores") throw;
+        diverged(o.lr, step, std::string("the activations became non-finite (") + e.what() + ")", last_checkpoint, checkpointed);
+      }
+      if (!std::isfinite(loss.cross_entropy) || !std::isfinite(loss.aux))
+        diverged(o.lr, step, "the loss became " + exact(loss.cross_entropy) + " (auxiliary " + exact(loss.aux) + ")",
+                 last_checkpoint, checkpointed);
+      model.zero_gradients(on);
+      model.backward(on);
+      rate = adam.next_rate();
+      const double gradient_norm = adam.gradient_norm(on);
+      if (!std::isfinite(gradient_norm))
+        diverged(o.lr, step, "the gradient norm became " + exact(gradient_norm), last_checkpoint, checkpointed);
+      norm = adam.step(on, gradient_norm);
+      if (const unsigned overflows = adam.last_step_overflows())
+        diverged(o.lr, step,
+                 "the AdamW update left " + std::to_string(overflows) +
+                     " parameters or moments non-finite (a gradient norm of " + exact(gradient_norm) +
+                     ", whose squares exceed the float range)",
+                 last_checkpoint, checkpointed);
+    });
+    if (threads.chooser().switches() != width_switches) {
+      width_switches = threads.chooser().switches();
+      const int all = static_cast<int>(space.concurrency()), used = threads.chooser().narrow() ? all - 1 : all;
+      std::printf("step %llu: %d of %d threads from here on: %.1f ms a step against %.1f on %d\n",
+                  static_cast<unsigned long long>(step + 1), used, all, 1e3 * threads.chooser().tried_seconds(),
+                  1e3 * threads.chooser().compared_seconds(), used == all ? all - 1 : all);
     }
-    if (!std::isfinite(loss.cross_entropy) || !std::isfinite(loss.aux))
-      diverged(o.lr, step, "the loss became " + exact(loss.cross_entropy) + " (auxiliary " + exact(loss.aux) + ")",
-               last_checkpoint, checkpointed);
-    model.zero_gradients(space);
-    model.backward(space);
-    const double rate = adam.next_rate();
-    const double gradient_norm = adam.gradient_norm(space);
-    if (!std::isfinite(gradient_norm))
-      diverged(o.lr, step, "the gradient norm became " + exact(gradient_norm), last_checkpoint, checkpointed);
-    const double norm = adam.step(space, gradient_norm);
-    if (const unsigned overflows = adam.last_step_overflows())
-      diverged(o.lr, step,
-               "the AdamW update left " + std::to_string(overflows) +
-                   " parameters or moments non-finite (a gradient norm of " + exact(gradient_norm) +
-                   ", whose squares exceed the float range)",
-               last_checkpoint, checkpointed);
     window.add(loss);
     ++timed_steps;
     const std::uint64_t done = step + 1;

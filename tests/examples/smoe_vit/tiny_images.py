@@ -7,7 +7,7 @@ import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "smoe_lm"))
-from tiny_runs import read_safetensors, run, run_differences  # noqa: E402,F401 - re-exported for the tests
+from tiny_runs import read_safetensors, run, run_differences, tiny_model  # noqa: E402,F401 - re-exported for the tests
 
 
 def write_idx(path, dims, data):
@@ -51,3 +51,18 @@ def with_options(common, options):
         else:
             rest += options[i:i + 2]
     return args, rest
+
+
+def kind_and_trainer(usage):
+    """(lm or vit, the trainer binary) from the command line of a test that trains either: `script lm|vit BINARY`;
+    exits with `usage` otherwise."""
+    if len(sys.argv) != 3 or sys.argv[1] not in ("lm", "vit"):
+        sys.exit(usage)
+    return sys.argv[1], sys.argv[2]
+
+
+def tiny_options(kind, work, options):
+    """The options of the tiny language model (kind lm) or ViT (vit) with its data under `work`, `options` set over
+    them."""
+    common, rest = with_options(tiny_model(work) if kind == "lm" else tiny_vit(work), options)
+    return common + rest

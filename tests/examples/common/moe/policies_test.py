@@ -12,24 +12,18 @@ import tempfile
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # importing the helpers leaves no __pycache__ in the source tree
-sys.path.insert(0, os.path.join(here, "..", "..", "smoe_lm"))
 sys.path.insert(0, os.path.join(here, "..", "..", "smoe_vit"))
-from tiny_images import tiny_vit, with_options  # noqa: E402
-from tiny_runs import run, tiny_model  # noqa: E402
+from tiny_images import kind_and_trainer, run, tiny_options  # noqa: E402
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("lm", "vit"):
-        sys.exit(__doc__.split("usage: ")[1])
-    kind, binary = sys.argv[1], sys.argv[2]
+    kind, binary = kind_and_trainer(__doc__.split("usage: ")[1])
     with open(os.path.join(here, "..", "..", "..", "..", "examples", "common", "moe", "policies.json")) as f:
         policies = [p["name"] for p in json.load(f)["policies"]]
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
-        common, rest = with_options(tiny_model(tmp) if kind == "lm" else tiny_vit(tmp),
-                                    ["--steps", "4", "--warmup", "1", "--log-every", "1", "--eval-every", "2",
-                                     "--eval-batches", "1", "--checkpoint-every", "0", "--seed", "3"])
-        options = common + rest
+        options = tiny_options(kind, tmp, ["--steps", "4", "--warmup", "1", "--log-every", "1", "--eval-every", "2",
+                                           "--eval-batches", "1", "--checkpoint-every", "0", "--seed", "3"])
         for policy in policies:
             out = os.path.join(tmp, policy)
             args = [binary] + options + ["--policy", policy, "--out", out]

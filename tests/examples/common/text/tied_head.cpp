@@ -21,9 +21,11 @@ BOOST_AUTO_TEST_CASE(tied_head_forward_and_backward) {
     const auto targets = device_token_ids(ids);
     std::vector<Operand> operands{{"x", random_matrix(tokens, channels, gen, -2, 2)}, {"wte", random_matrix(vocab, channels, gen)}};
     Matrix<double, Space> probabilities("p", tokens, vocab);
+    const Kokkos::View<double*, Space::memory_space> row_terms("row_terms", examples::cross_entropy_row_terms(tokens));
     const auto loss = [&](const std::vector<HostMatrix>& v) {
       HostMatrix out(1, 1);
-      out(0, 0) = examples::tied_head_forward(Space{}, to_device<double>(v[0]), to_device<double>(v[1]), targets, probabilities);
+      out(0, 0) = examples::tied_head_forward(Space{}, to_device<double>(v[0]), to_device<double>(v[1]), targets, probabilities,
+                                                row_terms);
       return out;
     };
     const HostMatrix logits = operands[0].value * operands[1].value.transpose();
@@ -38,7 +40,8 @@ BOOST_AUTO_TEST_CASE(tied_head_forward_and_backward) {
 
     Matrix<float, Space> single("p", tokens, vocab);
     const double single_loss = examples::tied_head_forward(Space{}, to_device<float>(rounded<float>(operands[0].value)),
-                                                           to_device<float>(rounded<float>(operands[1].value)), targets, single);
+                                                           to_device<float>(rounded<float>(operands[1].value)), targets, single,
+                                                           row_terms);
     // float logits: 5 products and sums of O(1) values, a few roundings each; the loss is summed in double.
     BOOST_TEST(std::abs(single_loss - expected) <= 1e-5 * std::max(1.0, std::abs(expected)));
 
@@ -61,9 +64,10 @@ BOOST_AUTO_TEST_CASE(tied_head_errors) {
     const auto targets = device_token_ids({0, 1, 2});
     Matrix<float, Space> x("x", 3, channels), wte("wte", vocab, channels), p("p", 3, vocab), narrow("p", 3, vocab - 1),
         more("x", 4, channels);
-    require_argument_error([&] { examples::tied_head_forward(Space{}, x, wte, targets, narrow); }, "probabilities",
+    const Kokkos::View<double*, Space::memory_space> row_terms("row_terms", examples::cross_entropy_row_terms(4));
+    require_argument_error([&] { examples::tied_head_forward(Space{}, x, wte, targets, narrow, row_terms); }, "probabilities",
                            {"[3, 11]", "[3, 10]"});
-    require_argument_error([&] { examples::tied_head_forward(Space{}, more, wte, targets, p); }, "targets",
+    require_argument_error([&] { examples::tied_head_forward(Space{}, more, wte, targets, p, row_terms); }, "targets",
                            {"4 entries", "given 3 entries"});
   }
 }
