@@ -5,7 +5,9 @@
 // complete in it, and an exception thrown inside reaching the caller.
 #include <boost/test/unit_test.hpp>
 
+#include <limits>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -113,6 +115,23 @@ BOOST_AUTO_TEST_CASE(fixed_choices_never_change) {
   BOOST_TEST(narrow_steps(feed(all, 300, 0.30, 0.10, 0.2)).empty());
   BOOST_TEST(narrow_steps(feed(fewer, 300, 0.10, 0.30, 0.0)).size() == 300u);
   BOOST_TEST(all.trials() + fewer.trials() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(bad_options_are_refused) {
+  const auto refused = [](AdaptiveThreadsOptions o, const std::string& argument, std::initializer_list<std::string> fragments) {
+    require_argument_error([&] { ThreadWidthChooser chooser(o); }, argument, fragments);
+  };
+  refused({.probe_steps = 0}, "options.probe_steps", {"at least 1 step", "given 0"});
+  refused({.window = 0}, "options.window", {"1 to 16 steps", "given 0"});
+  refused({.window = 17}, "options.window", {"1 to 16 steps", "given 17"});
+  refused({.first_interval = 0}, "options.first_interval", {"at least 1 step", "given 0"});
+  refused({.first_interval = 32, .longest_interval = 16}, "options.longest_interval",
+          {"at least first_interval = 32", "given 16"});
+  refused({.gain = 1}, "options.gain", {"a fraction in [0, 1)", "given 1"});
+  refused({.gain = std::numeric_limits<double>::quiet_NaN()}, "options.gain", {"a fraction in [0, 1)", "given nan"});
+  refused({.waiting = -0.5}, "options.waiting", {"a finite fraction >= 0", "given -0.5"});
+  refused({.waiting = std::numeric_limits<double>::infinity()}, "options.waiting", {"a finite fraction >= 0", "given inf"});
+  require_argument_error([] { AdaptiveThreads<Space> runner({.window = 0}); }, "options.window", {"given 0"});
 }
 
 BOOST_AUTO_TEST_CASE(steps_run_completely_at_either_width) {

@@ -34,6 +34,8 @@
 #include <omp.h>
 #endif
 
+#include "camex/core/error.hpp"
+
 namespace camex {
 
 /// How many of a host space's threads a step uses: all, all but one, or whichever is faster (automatic).
@@ -55,7 +57,7 @@ struct AdaptiveThreadsOptions {
 class ThreadWidthChooser {
  public:
   explicit ThreadWidthChooser(const AdaptiveThreadsOptions& options = {})
-      : options_(options), narrow_(options.choice == HostThreads::all_but_one) {}
+      : options_(checked(options)), narrow_(options.choice == HostThreads::all_but_one) {}
 
   /// Whether the next step runs on all threads but one.
   bool narrow_next() const { return probe_left_ > 0 ? !narrow_ : narrow_; }
@@ -94,6 +96,22 @@ class ThreadWidthChooser {
   struct Sample {
     double seconds = 0, waited = 0;
   };
+  static constexpr std::uint64_t most_window = 16;
+
+  static const AdaptiveThreadsOptions& checked(const AdaptiveThreadsOptions& o) {
+    constexpr const char* fn = "camex::ThreadWidthChooser";
+    if (o.probe_steps < 1) throw argument_error(fn, "options.probe_steps", "at least 1 step", concat(o.probe_steps));
+    if (o.window < 1 || o.window > most_window)
+      throw argument_error(fn, "options.window", concat("1 to ", most_window, " steps"), concat(o.window));
+    if (o.first_interval < 1) throw argument_error(fn, "options.first_interval", "at least 1 step", concat(o.first_interval));
+    if (o.longest_interval < o.first_interval)
+      throw argument_error(fn, "options.longest_interval", concat("at least first_interval = ", o.first_interval),
+                           concat(o.longest_interval));
+    if (!(o.gain >= 0 && o.gain < 1)) throw argument_error(fn, "options.gain", "a fraction in [0, 1)", concat(o.gain));
+    if (!(o.waiting >= 0 && o.waiting < 1e300))
+      throw argument_error(fn, "options.waiting", "a finite fraction >= 0", concat(o.waiting));
+    return o;
+  }
 
   void start_trial() {
     probe_left_ = options_.probe_steps;
@@ -102,8 +120,8 @@ class ThreadWidthChooser {
   }
 
   double median_recent() const {
-    std::array<double, 16> last{};
-    const std::uint64_t n = std::min<std::uint64_t>(options_.window, std::min<std::uint64_t>(filled_, last.size()));
+    std::array<double, most_window> last{};
+    const std::uint64_t n = std::min(options_.window, filled_);
     for (std::uint64_t i = 0; i < n; ++i) last[i] = recent_[(filled_ - 1 - i) % recent_.size()].seconds;
     std::sort(last.begin(), last.begin() + n);
     return n % 2 ? last[n / 2] : (last[n / 2 - 1] + last[n / 2]) / 2;
@@ -129,7 +147,7 @@ class ThreadWidthChooser {
   std::uint64_t steps_ = 0, switches_ = 0, trials_ = 0;
   std::uint64_t probe_left_ = 0;
   double probe_best_ = 0, tried_seconds_ = 0, compared_seconds_ = 0;
-  std::array<Sample, 16> recent_{};
+  std::array<Sample, most_window> recent_{};
   std::uint64_t filled_ = 0;
   std::uint64_t interval_ = options_.first_interval, next_trial_ = 0;
 };
