@@ -15,8 +15,6 @@
 #include <string>
 #include <vector>
 
-#include <camex/core/adaptive_threads.hpp>
-
 #include "common/moe/registry.hpp"
 
 namespace camex::examples {
@@ -47,7 +45,7 @@ struct RunConfig {
   std::string dump_step;  ///< write one step's parameters, batch, outputs and gradients here, and stop
   bool plot = true;
   bool profile = false;   ///< time every kernel, report the step's time by kernel category (kernels.csv)
-  std::string host_threads = "auto";  ///< auto, all or all-but-one: host_threads_choice
+  std::string host_threads = "auto";  ///< auto, all or all-but-one (camex::HostThreads)
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MergeConfig, policy, experts, top_k, routing, segment, alpha, density, drop, gamma, aux,
@@ -119,16 +117,9 @@ struct RoutingChoices {
 };
 
 /// The checks of the shared parts: the policy and its options, the optimiser, the run.
-/// --host-threads as camex::AdaptiveThreads takes it.
-inline HostThreads host_threads_choice(const RunConfig& r) {
-  if (r.host_threads == "auto") return HostThreads::automatic;
-  if (r.host_threads == "all") return HostThreads::all;
-  if (r.host_threads == "all-but-one") return HostThreads::all_but_one;
-  option_error("host-threads", "auto, all or all-but-one", "'" + r.host_threads + "'");
-}
-
 inline void validate_shared(const MergeConfig& m, const OptimiserConfig& o, const RunConfig& r, const RoutingChoices& routings) {
-  host_threads_choice(r);
+  if (r.host_threads != "auto" && r.host_threads != "all" && r.host_threads != "all-but-one")
+    option_error("host-threads", "auto, all or all-but-one", "'" + r.host_threads + "'");
   const PolicyRule& rule = policy_rule(m.policy);  // names every policy when the name is unknown
   if (!routings.contains(m.routing)) option_error("routing", routings.names(), "'" + m.routing + "'");
   if (rule.experts) {

@@ -7,6 +7,7 @@
 // and SIGTERM end the run after the step under way, with a checkpoint of it.
 
 #include <Kokkos_Core.hpp>
+#include <camex/core/adaptive_threads.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -208,7 +209,10 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   Evaluation last_valid;
   const StopOnSignals signals;
   double train_seconds = 0, train_items = 0;  // steps only, evaluation excluded
-  AdaptiveThreads<TrainSpace> threads({.choice = host_threads_choice(r)});
+  const HostThreads width = r.host_threads == "all"           ? HostThreads::all
+                            : r.host_threads == "all-but-one" ? HostThreads::all_but_one
+                                                              : HostThreads::automatic;  // validate_shared checked it
+  AdaptiveThreads<TrainSpace> threads({.choice = width});
   std::uint64_t width_switches = 0;
   for (std::uint64_t step = start; step < o.steps; ++step) {
     task.load_training_batch(step);
