@@ -33,7 +33,8 @@ POLICIES = ["dense", "smoe", "smear", "ties", "ties-ca", "dare", "dare-ca", "dyn
 def run(command, env):
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        sys.exit(f"trainers.py: {' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        sys.exit(f"{os.path.basename(sys.argv[0])}: {' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n"
+                 f"{done.stderr}")
     return done.stdout
 
 

@@ -10,6 +10,7 @@
 #include "common/moe/families.hpp"
 #include "common/text/corpus.hpp"
 #include "common/text/tokenizer.hpp"
+#include "common/train/trainer_main.hpp"
 #include "task.hpp"
 
 #ifndef CAMEX_SOURCE_DIR
@@ -39,39 +40,29 @@ LmData prepare_data(const LmConfig& c) {
   return data;
 }
 
-int run(const LmConfig& c) {
-  LmTask task(c, prepare_data(c));
+int run(const LmConfig& c, const Ranks& ranks) {
+  LmData data;
+  ranks.leader_first([&] { data = prepare_data(c); });  // the tokenizer, where not cached, is trained once
+  LmTask task(c, std::move(data), ranks);
   const GptShape& shape = task.shape();
   // The merged MLPs' policies and routers (none for the dense model) outlive the model.
   TrainMlps mlps;
   if (policy_rule(c.merge.policy).experts) {
-    mlps = mlps_for(c.merge, c.optimiser.seed, lm_moe_shape(c, shape.vocab));
+    mlps = mlps_for(c.merge, c.optimiser.seed, lm_moe_shape(c, shape));
   } else {
     const MlpShape mlp{shape.channels, shape.hidden, shape.activation};
     mlps.make = [mlp, tokens = shape.tokens()](std::size_t) { return std::make_unique<DenseMlp<TrainScalar, TrainSpace>>(mlp, tokens); };
   }
-  return train(task, std::make_unique<LmTask::Model>(shape, mlps.make), LmTask::dump_format);
+  return train(task, std::make_unique<LmTask::Model>(shape, mlps.make), LmTask::dump_format, ranks);
 }
 
 }  // namespace
 }  // namespace camex::examples
 
 int main(int argc, char** argv) {
-  camex::examples::LmConfig config = camex::examples::lm_defaults();
-  try {
-    if (!camex::examples::parse_command_line(argc, argv, config)) return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "smoe_lm: %s\n(smoe_lm --help lists the options)\n", e.what());
-    return 2;
-  }
-  Kokkos::ScopeGuard kokkos(argc, argv);
-  try {
-    return camex::examples::run(config);
-  } catch (const camex::examples::training_diverged& e) {
-    std::fprintf(stderr, "smoe_lm: %s\n", e.what());
-    return 3;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "smoe_lm: error: %s\n", e.what());
-    return 1;
-  }
+  return camex::examples::trainer_main("smoe_lm", argc, argv, camex::examples::lm_defaults(),
+                                       [](int c, char** v, camex::examples::LmConfig& config) {
+                                         return camex::examples::parse_command_line(c, v, config);
+                                       },
+                                       camex::examples::run);
 }

@@ -30,22 +30,22 @@ struct LmData {
   std::optional<TokenBatches> train, valid;
 };
 
-inline GptShape gpt_shape(const LmConfig& c, std::size_t vocab) {
+/// The model of a process that trains on `sequences` sequences a step (the whole batch, or its share of it).
+inline GptShape gpt_shape(const LmConfig& c, std::size_t vocab, std::size_t sequences) {
   return {.vocab = vocab, .context = c.task.context, .channels = c.task.channels, .heads = c.task.heads,
-          .layers = c.task.layers, .hidden = c.task.hidden_width(), .sequences = c.optimiser.batch};
+          .layers = c.task.layers, .hidden = c.task.hidden_width(), .sequences = sequences};
 }
 
-inline RoutingLayout lm_routing_layout(const LmConfig& c) {
+inline RoutingLayout lm_routing_layout(const LmConfig& c, std::size_t sequences) {
   const bool sequence = c.merge.routing == "sequence";
-  return {.sequences = c.optimiser.batch, .length = c.task.context,
+  return {.sequences = sequences, .length = c.task.context,
           .granularity = sequence ? Granularity::sequence : Granularity::causal_segment,
           .segment = sequence ? c.task.context : c.merge.segment};
 }
 
-/// The merged MLPs of every block.
-inline MoeShape lm_moe_shape(const LmConfig& c, std::size_t vocab) {
-  const GptShape g = gpt_shape(c, vocab);
-  return {.layers = g.layers, .mlp = {g.channels, g.hidden, g.activation}, .layout = lm_routing_layout(c),
+/// The merged MLPs of every block of a model of shape `g`.
+inline MoeShape lm_moe_shape(const LmConfig& c, const GptShape& g) {
+  return {.layers = g.layers, .mlp = {g.channels, g.hidden, g.activation}, .layout = lm_routing_layout(c, g.sequences),
           .experts = c.merge.experts};
 }
 
@@ -56,21 +56,26 @@ class LmTask {
   static constexpr const char* checkpoint_format = "camex.smoe_lm.v2";  // v2: records the tokenizer's hash
   static constexpr const char* dump_format = "camex.smoe_lm.dump.v1";
 
-  LmTask(const LmConfig& config, LmData data)
-      : config_(config), data_(std::move(data)), shape_(gpt_shape(config, data_.vocab)), inputs_("inputs", shape_.tokens()),
+  /// The task of one process of `ranks`, which trains on its share of every batch.
+  LmTask(const LmConfig& config, LmData data, const Ranks& ranks)
+      : config_(config), data_(std::move(data)), ranks_(ranks), share_(ranks.share(config.optimiser.batch)),
+        shape_(gpt_shape(config, data_.vocab, share_.count)), inputs_("inputs", shape_.tokens()),
         targets_("targets", shape_.tokens()), host_inputs_(Kokkos::create_mirror_view(inputs_)),
         host_targets_(Kokkos::create_mirror_view(targets_)) {}
 
   const LmConfig& config() const { return config_; }
   const GptShape& shape() const { return shape_; }
+  const BatchShare& share() const { return share_; }
 
   void load_training_batch(std::uint64_t step) {
-    data_.train->training_batch(config_.optimiser.seed, step, host_inputs_.data(), host_targets_.data());
+    data_.train->training_batch(config_.optimiser.seed, step, share_, host_inputs_.data(), host_targets_.data());
     upload();
   }
 
   LossParts forward(Model& model, const TrainSpace& space, const StepContext& step) {
-    return model.forward(space, step, inputs_, targets_);
+    StepContext shared = step;
+    shared.first_group = share_.first * lm_routing_layout(config_, 1).groups();
+    return model.forward(space, shared, inputs_, targets_);
   }
 
   Evaluation evaluate(Model& model, const TrainSpace& space) {
@@ -78,16 +83,17 @@ class LmTask {
     const std::size_t batches = asked == 0 ? all : std::min(asked, all);
     double sum = 0;
     for (std::size_t b = 0; b < batches; ++b) {
-      data_.valid->evaluation_batch(b, host_inputs_.data(), host_targets_.data());
+      data_.valid->evaluation_batch(b, share_, host_inputs_.data(), host_targets_.data());
       upload();
       sum += model.forward(space, {.seed = config_.optimiser.seed, .step = 0, .stream = 0, .training = false}, inputs_, targets_)
                  .cross_entropy;
     }
+    ranks_.weighted_sum({&sum, 1}, share_.weight());  // every rank's mean over its share of each batch
     const double loss = sum / static_cast<double>(batches);
     return {.loss = loss, .metric = std::exp(loss)};
   }
 
-  double items_per_step() const { return static_cast<double>(shape_.tokens()); }
+  double items_per_step() const { return static_cast<double>(share_.whole * shape_.context); }
   double flops_per_item() const { return model_flops_per_token(shape_); }
   CurveColumns curve_columns() const { return {.metric = "perplexity", .items = "tokens", .unit = "tok"}; }
 
@@ -156,6 +162,8 @@ class LmTask {
 
   LmConfig config_;
   LmData data_;
+  const Ranks& ranks_;
+  BatchShare share_;
   GptShape shape_;
   using Ids = Kokkos::View<std::int32_t*, typename TrainSpace::memory_space>;
   Ids inputs_, targets_;

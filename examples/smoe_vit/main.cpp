@@ -8,13 +8,14 @@
 
 #include "common/moe/families.hpp"
 #include "common/vision/image_set.hpp"
+#include "common/train/trainer_main.hpp"
 #include "task.hpp"
 
 namespace camex::examples {
 namespace {
 
-int run(const VitConfig& c) {
-  VitTask task(c, load_fashion_mnist(c.task.data, c.task.valid_images));
+int run(const VitConfig& c, const Ranks& ranks) {
+  VitTask task(c, load_fashion_mnist(c.task.data, c.task.valid_images), ranks);
   const VitShape& shape = task.shape();
   const MlpShape mlp{shape.channels, shape.hidden, shape.activation};
   // The merged MLPs' policies and routers outlive the model; blocks without experts get dense MLPs.
@@ -29,28 +30,16 @@ int run(const VitConfig& c) {
     if (in_block[l]) return merged.make(next_merged++);
     return std::make_unique<DenseMlp<TrainScalar, TrainSpace>>(mlp, shape.tokens());
   };
-  return train(task, std::make_unique<VitTask::Model>(shape, make_mlp), VitTask::dump_format);
+  return train(task, std::make_unique<VitTask::Model>(shape, make_mlp), VitTask::dump_format, ranks);
 }
 
 }  // namespace
 }  // namespace camex::examples
 
 int main(int argc, char** argv) {
-  camex::examples::VitConfig config = camex::examples::vit_defaults();
-  try {
-    if (!camex::examples::parse_command_line(argc, argv, config)) return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "smoe_vit: %s\n(smoe_vit --help lists the options)\n", e.what());
-    return 2;
-  }
-  Kokkos::ScopeGuard kokkos(argc, argv);
-  try {
-    return camex::examples::run(config);
-  } catch (const camex::examples::training_diverged& e) {
-    std::fprintf(stderr, "smoe_vit: %s\n", e.what());
-    return 3;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "smoe_vit: error: %s\n", e.what());
-    return 1;
-  }
+  return camex::examples::trainer_main("smoe_vit", argc, argv, camex::examples::vit_defaults(),
+                                       [](int c, char** v, camex::examples::VitConfig& config) {
+                                         return camex::examples::parse_command_line(c, v, config);
+                                       },
+                                       camex::examples::run);
 }

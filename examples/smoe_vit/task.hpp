@@ -25,10 +25,11 @@
 
 namespace camex::examples {
 
-inline VitShape vit_shape(const VitConfig& c, std::size_t rows, std::size_t cols, std::size_t classes) {
+/// The model of a process that trains on `images` images a step (the whole batch, or its share of it).
+inline VitShape vit_shape(const VitConfig& c, std::size_t rows, std::size_t cols, std::size_t classes, std::size_t images) {
   const VitModelConfig& m = c.task;
   return {.grid = {.rows = rows, .cols = cols, .patch = m.patch}, .channels = m.channels, .heads = m.heads,
-          .layers = m.layers, .hidden = m.hidden_width(), .classes = classes, .images = c.optimiser.batch,
+          .layers = m.layers, .hidden = m.hidden_width(), .classes = classes, .images = images,
           .pooling = m.pooling == "mean" ? Pooling::mean : Pooling::class_token};
 }
 
@@ -54,32 +55,37 @@ class VitTask {
   static constexpr const char* checkpoint_format = "camex.smoe_vit.v1";
   static constexpr const char* dump_format = "camex.smoe_vit.dump.v1";
 
-  VitTask(const VitConfig& config, ImageSplits data)
-      : config_(config), data_(std::move(data)), statistics_(pixel_statistics(data_.train)),
-        shape_(vit_shape(config, data_.train.rows, data_.train.cols, data_.classes.size())),
-        train_(data_.train, shape_.images, statistics_, "the " + data_.name + " training split"),
-        valid_(data_.valid, shape_.images, statistics_, "the " + data_.name + " validation split"),
-        test_(data_.test, shape_.images, statistics_, "the " + data_.name + " test split"),
+  /// The task of one process of `ranks`, which trains on its share of every batch.
+  VitTask(const VitConfig& config, ImageSplits data, const Ranks& ranks)
+      : config_(config), data_(std::move(data)), ranks_(ranks), share_(ranks.share(config.optimiser.batch)),
+        statistics_(pixel_statistics(data_.train)),
+        shape_(vit_shape(config, data_.train.rows, data_.train.cols, data_.classes.size(), share_.count)),
+        train_(data_.train, share_.whole, statistics_, "the " + data_.name + " training split"),
+        valid_(data_.valid, share_.whole, statistics_, "the " + data_.name + " validation split"),
+        test_(data_.test, share_.whole, statistics_, "the " + data_.name + " test split"),
         images_("images", shape_.images, shape_.grid.pixels()), labels_("labels", shape_.images),
         host_images_(Kokkos::create_mirror_view(images_)), host_labels_(Kokkos::create_mirror_view(labels_)) {}
 
   const VitConfig& config() const { return config_; }
   const VitShape& shape() const { return shape_; }
+  const BatchShare& share() const { return share_; }
 
   void load_training_batch(std::uint64_t step) {
-    train_.training_batch(config_.optimiser.seed, step, {.pad = config_.task.pad, .flip = config_.task.flip},
+    train_.training_batch(config_.optimiser.seed, step, {.pad = config_.task.pad, .flip = config_.task.flip}, share_,
                           host_images_.data(), host_labels_.data());
     upload();
   }
 
   LossParts forward(Model& model, const TrainSpace& space, const StepContext& step) {
-    return model.forward(space, step, images_, labels_);
+    StepContext shared = step;
+    shared.first_group = share_.first * (vit_routing_layout(config_, shape_).groups() / shape_.images);
+    return model.forward(space, shared, images_, labels_);
   }
 
   /// The validation split: all of it, or --eval-batches batches of it.
   Evaluation evaluate(Model& model, const TrainSpace& space) { return evaluate_on(model, space, valid_, config_.run.eval_batches, nullptr); }
 
-  double items_per_step() const { return static_cast<double>(shape_.images); }
+  double items_per_step() const { return static_cast<double>(share_.whole); }
   double flops_per_item() const { return vit_flops_per_image(shape_); }
   CurveColumns curve_columns() const { return {.metric = "accuracy", .items = "images", .unit = "img"}; }
 
@@ -130,7 +136,7 @@ class VitTask {
                       : "dense MLPs",
                   data_.name.c_str(),
                   data_.train.count(), data_.valid.count(), data_.test.count(), data_.classes.size(), m.layers, m.channels,
-                  m.patch, m.patch, shape_.length(), parameters, flops_per_item() / 1e6, shape_.images, TrainSpace::name(),
+                  m.patch, m.patch, shape_.length(), parameters, flops_per_item() / 1e6, share_.whole, TrainSpace::name(),
                   static_cast<int>(TrainSpace().concurrency()));
     return line;
   }
@@ -154,6 +160,7 @@ class VitTask {
     const std::size_t k = data_.classes.size();
     std::vector<std::size_t> confusion(k * k, 0);
     const Evaluation test = evaluate_on(model, space, test_, 0, &confusion);
+    if (!ranks_.leader()) return "";
     const std::filesystem::path out(config_.run.out);
     write_atomically(out / "confusion.csv", [&](std::ofstream& f) {
       f << "true\\predicted";
@@ -186,7 +193,8 @@ class VitTask {
     const std::size_t k = data_.classes.size();
     double loss = 0, correct = 0, counted = 0;
     for (std::size_t b = 0; b < total; ++b) {
-      const std::size_t real = split.evaluation_batch(b, host_images_.data(), host_labels_.data());
+      const std::size_t real = split.evaluation_batch(b, share_, host_images_.data(), host_labels_.data());
+      if (real == 0) continue;  // this rank's share of the last batch holds only repeats
       upload();
       const LossParts parts = model.forward(space, {.seed = config_.optimiser.seed, .step = 0, .stream = 0, .training = false},
                                             images_, labels_, real);
@@ -202,6 +210,16 @@ class VitTask {
           ++(*confusion)[static_cast<std::size_t>(host_labels_(i)) * k + best];
         }
       }
+    }
+    if (ranks_.size() > 1) {  // every rank's sums and counts, added
+      std::vector<double> sums{loss, correct, counted};
+      if (confusion) sums.insert(sums.end(), confusion->begin(), confusion->end());
+      ranks_.weighted_sum(sums, 1.0);
+      loss = sums[0];
+      correct = sums[1];
+      counted = sums[2];
+      if (confusion)
+        for (std::size_t i = 0; i < confusion->size(); ++i) (*confusion)[i] = static_cast<std::size_t>(sums[3 + i]);
     }
     return {.loss = loss / counted, .metric = correct / counted};
   }
@@ -237,6 +255,8 @@ class VitTask {
 
   VitConfig config_;
   ImageSplits data_;
+  const Ranks& ranks_;
+  BatchShare share_;
   PixelStatistics statistics_;
   VitShape shape_;
   ImageBatches train_, valid_, test_;

@@ -43,7 +43,7 @@ Reference reference(const HostMatrix& x, const HostMatrix& w_gate, const HostMat
       clean[j] = x.row(g).dot(w_gate.row(j));
       const double raw = x.row(g).dot(w_noise.row(j));
       sigma[j] = std::log1p(std::exp(raw)) + o.noise_floor;
-      const double eps = rng.normal({step.stream, static_cast<std::uint32_t>(j), static_cast<std::uint64_t>(g)});
+      const double eps = rng.normal({step.stream, static_cast<std::uint32_t>(j), step.first_group + static_cast<std::uint64_t>(g)});
       logit[j] = noisy ? clean[j] + eps * sigma[j] : clean[j];
     }
     std::vector<int> order(n);
@@ -195,6 +195,28 @@ BOOST_AUTO_TEST_CASE(same_seed_same_scores_other_step_other_noise) {
     NoisyTopKGate<float, Space> twin(inputs, n, groups, {.k = 2, .init_std = 0.5}, 9);
     BOOST_TEST((to_host(twin.gate_weights()) - to_host(gate.gate_weights())).cwiseAbs().maxCoeff() == 0.0);
     BOOST_TEST(to_host(gate.gate_weights()).cwiseAbs().maxCoeff() > 0.0);
+  }
+}
+
+// A process training on a share of the batch (data parallelism) draws, for its groups, the noise the whole batch
+// draws for them: its first group's index in the batch keys the draws.
+BOOST_AUTO_TEST_CASE(a_share_of_the_groups_draws_what_the_whole_batch_draws) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::size_t groups = 5, first = 2, inputs = 6, n = 4;
+    const HostMatrix x = random_matrix(groups, inputs, gen);
+    NoisyTopKGate<double, Space> whole(inputs, n, groups, {.k = 2, .init_std = 0.5}, 9);
+    NoisyTopKGate<double, Space> share(inputs, n, groups - first, {.k = 2, .init_std = 0.5}, 9);
+    const StepContext step{.seed = 1, .step = 7, .stream = 3, .training = true};
+    StepContext shared = step;
+    shared.first_group = first;
+    const auto all = forward(whole, step, to_device<double>(x), make_workspace<Space>(whole.workspace_bytes()));
+    const auto part = forward(share, shared, to_device<double>(HostMatrix(x.bottomRows(groups - first))),
+                              make_workspace<Space>(share.workspace_bytes()));
+    BOOST_TEST((all.scores.bottomRows(groups - first) - part.scores).cwiseAbs().maxCoeff() == 0.0);
+    const auto unshifted = forward(share, step, to_device<double>(HostMatrix(x.bottomRows(groups - first))),
+                                   make_workspace<Space>(share.workspace_bytes()));
+    BOOST_TEST((unshifted.scores - part.scores).cwiseAbs().maxCoeff() > 0.0);  // the key does matter
   }
 }
 

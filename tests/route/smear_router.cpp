@@ -60,7 +60,7 @@ HostMatrix reference(const Router& router, const HostMatrix& z, const StepContex
     p /= p.sum();
     if (drop > 0) {
       for (Eigen::Index j = 0; j < p.size(); ++j) {
-        const bool keep = rng.uniform({step.stream, static_cast<std::uint32_t>(j), static_cast<std::uint64_t>(g)}) >= drop;
+        const bool keep = rng.uniform({step.stream, static_cast<std::uint32_t>(j), step.first_group + static_cast<std::uint64_t>(g)}) >= drop;
         p(j) = (keep ? p(j) : 0.0) + 1e-10;
       }
       p /= p.sum();
@@ -109,7 +109,8 @@ BOOST_AUTO_TEST_CASE(forward_matches_the_definition) {
         randomise(router, gen);
         const auto workspace = make_workspace<Space>(router.workspace_bytes());
         const HostMatrix z = random_matrix(groups, channels, gen);
-        const StepContext step{.seed = 3, .step = 2, .stream = 1, .training = c.training};
+        // first_group: this batch as the share from group 7 on of a larger one (its draws keyed by the whole batch's index).
+        const StepContext step{.seed = 3, .step = 2, .stream = 1, .training = c.training, .first_group = 7};
         const HostMatrix got = run(router, step, z, workspace), expected = reference(router, z, step);
         // Double: LayerNorms and dot products of 17 terms, a softmax; relative rounding of a few hundred ulps.
         BOOST_TEST((got - expected).cwiseAbs().maxCoeff() <= 1e-13);

@@ -22,10 +22,13 @@ class file_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Writes `path` through `write(stream)` atomically. Throws file_error, with the system's reason, when the
-/// temporary cannot be opened, written, synced or renamed; `path` is then untouched and the temporary gone.
-inline void write_atomically(const std::filesystem::path& path, const std::function<void(std::ofstream&)>& write) {
-  const std::filesystem::path temporary = path.string() + ".tmp";
+/// Writes `path` through `write(stream)` atomically, through the temporary `path`.tmp, or `temporary` where given
+/// (writers that may run at once, other processes writing the same file, each take their own). Throws file_error,
+/// with the system's reason, when the temporary cannot be opened, written, synced or renamed; `path` is then
+/// untouched and the temporary gone.
+inline void write_atomically(const std::filesystem::path& path, const std::function<void(std::ofstream&)>& write,
+                             const std::filesystem::path& temporary_name = {}) {
+  const std::filesystem::path temporary = temporary_name.empty() ? std::filesystem::path(path.string() + ".tmp") : temporary_name;
   const auto fail = [&](const std::string& what, int error) {
     std::error_code ignored;
     std::filesystem::remove(temporary, ignored);
@@ -60,8 +63,14 @@ inline void write_atomically(const std::filesystem::path& path, const std::funct
   if (ec) fail("cannot rename '" + temporary.string() + "' to '" + path.string() + "'", ec.value());
 }
 
-inline void write_text_atomically(const std::filesystem::path& path, const std::string& text) {
-  write_atomically(path, [&](std::ofstream& out) { out << text; });
+inline void write_text_atomically(const std::filesystem::path& path, const std::string& text,
+                                  const std::filesystem::path& temporary_name = {}) {
+  write_atomically(path, [&](std::ofstream& out) { out << text; }, temporary_name);
+}
+
+/// A temporary name beside `path` that no other process writes: for files several processes may write at once.
+inline std::filesystem::path process_temporary(const std::filesystem::path& path) {
+  return path.string() + ".tmp." + std::to_string(::getpid());
 }
 
 }  // namespace camex::examples

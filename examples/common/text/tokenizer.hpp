@@ -82,8 +82,10 @@ class Tokenizer {
     std::string bytes;
     const auto status = sentencepiece::SentencePieceTrainer::Train(args, &lines, &bytes);
     if (!status.ok()) throw data_error("sentencepiece could not train a " + std::to_string(vocab) + "-token BPE model: " + status.ToString());
-    write_text_atomically(model, bytes);
-    write_text_atomically(checksum, hex(fnv1a(bytes)) + "\n");
+    // Processes sharing the cache (the ranks of a data-parallel run, runs started together) may train the same
+    // model at once: each writes through its own temporary, and the last rename leaves the same bytes.
+    write_text_atomically(model, bytes, process_temporary(model));
+    write_text_atomically(checksum, hex(fnv1a(bytes)) + "\n", process_temporary(checksum));
     if (trained) *trained = true;
     return Tokenizer(model);
   }

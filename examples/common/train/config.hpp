@@ -45,6 +45,7 @@ struct RunConfig {
   std::string dump_step;  ///< write one step's parameters, batch, outputs and gradients here, and stop
   bool plot = true;
   bool profile = false;   ///< time every kernel, report the step's time by kernel category (kernels.csv)
+  bool plan = false;      ///< describe the run (parameters, FLOPs, what it sends) and stop before training; not saved
   std::string host_threads = "auto";  ///< auto, all or all-but-one (camex::HostThreads)
 };
 
@@ -209,6 +210,8 @@ inline void add_shared_options(CLI::App& app, MergeConfig& m, OptimiserConfig& o
   r_group->add_option("--profile", r.profile, "time every kernel of the training steps and report where a step's time "
                                               "goes by kernel category (printed, and kernels.csv in the run directory)")
       ->capture_default_str();
+  r_group->add_flag("--plan", r.plan, "print what the run would be (its parameters, model FLOPs, and the gradient "
+                                     "bytes each process would send a step) and stop without training");
   r_group->add_option("--host-threads", r.host_threads, "threads of an OpenMP build a step runs on: all, all-but-one, or "
                                                         "auto, whichever is faster while another process holds a core "
                                                         "(the numbers are the same either way)")

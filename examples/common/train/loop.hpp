@@ -5,6 +5,11 @@
 // Everything a step draws (batches, augmentation, router noise, DARE masks) is keyed by (seed, step), so a
 // resumed run continues exactly as the uninterrupted one would have (on the same backend and thread count). SIGINT
 // and SIGTERM end the run after the step under way, with a checkpoint of it.
+//
+// Data parallelism (mpirun -np P): every rank holds the whole model and trains on its share of the step's batch
+// (the task loads it: common/parallel/batch_share.hpp); after the backward the gradients of every trainable tensor
+// are combined into the whole batch's (common/parallel/gradient_reduction.hpp) and the losses likewise, so every
+// rank takes the same AdamW step. Rank 0 alone writes the run directory: configuration, curves, checkpoints.
 
 #include <Kokkos_Core.hpp>
 #include <camex/core/adaptive_threads.hpp>
@@ -24,6 +29,8 @@
 
 #include "common/io/atomic_file.hpp"
 #include "common/io/safetensors.hpp"
+#include "common/parallel/gradient_reduction.hpp"
+#include "common/parallel/ranks.hpp"
 #include "common/train/adamw.hpp"
 #include "common/train/checkpoint.hpp"
 #include "common/train/config.hpp"
@@ -41,14 +48,16 @@ struct Evaluation {
 
 /// What the loop needs of a task (smoe_lm's LmTask, smoe_vit's VitTask):
 ///   Model: forward on the task's loaded batch, zero_gradients, backward, tensors(), arena().initialise(seed);
-///   the configuration; the training batch of a step; a validation pass; what a step processes and its model
-///   FLOPs; the checkpoint identity and the map upcycling uses; the dump of one step for the PyTorch twin; the
+///   the configuration; the share of each batch this process trains on; the training batch of a step (that
+///   share of it); a validation pass (over every rank's share, combined); what a step processes (the whole
+///   batch) and its model FLOPs; the checkpoint identity and the map upcycling uses; the dump of one step for the PyTorch twin; the
 ///   lines a user reads.
 template <class Task>
 concept TrainingTask = requires(Task& task, const Task& c, typename Task::Model& model, const TrainSpace& space,
                                 const StepContext& step, std::uint64_t n, const std::string& name) {
   typename Task::Model;
   { c.config() } -> std::convertible_to<const TrainerConfig<typename Task::ModelConfig>&>;
+  { c.share() } -> std::convertible_to<BatchShare>;
   { task.load_training_batch(n) };
   { task.forward(model, space, step) } -> std::same_as<LossParts>;
   { task.evaluate(model, space) } -> std::same_as<Evaluation>;
@@ -129,18 +138,35 @@ class training_diverged : public std::runtime_error {
   throw training_diverged(message);
 }
 
+/// The whole batch's losses from every rank's (each weighted by its share), alike on every rank.
+inline LossParts combined(const Ranks& ranks, const BatchShare& share, const LossParts& mine) {
+  if (ranks.size() == 1) return mine;
+  double parts[3] = {mine.cross_entropy, mine.aux, mine.accuracy.value_or(0)};
+  ranks.weighted_sum(parts, share.weight());
+  LossParts all{.cross_entropy = parts[0], .aux = parts[1], .accuracy = std::nullopt};
+  if (mine.accuracy) all.accuracy = parts[2];
+  return all;
+}
+
 /// One forward and backward of step `step`'s batch, written with the parameters for an independent check (the
 /// task's twin.py compare): "param/<name>", "grad/<name>", the task's batch and outputs, the losses.
+/// In a run of several processes the gradients and losses are the whole batch's (combined across ranks) and the
+/// batch itself, spread over the ranks, is left out; rank 0 writes.
 template <TrainingTask Task>
-int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, TrainSpace>& adam, std::uint64_t step,
+int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, TrainSpace>& adam,
+              GradientReduction<TrainScalar, TrainSpace>& reduction, const Ranks& ranks, std::uint64_t step,
               const std::string& format) {
   const TrainSpace space;
   const auto& c = task.config();
   task.load_training_batch(step);
   model.zero_gradients(space);
-  const LossParts loss = task.forward(model, space, {.seed = c.optimiser.seed, .step = step, .stream = 0, .training = true});
-  std::vector<HostTensor> out = task.dump_batch(model);
+  LossParts loss = task.forward(model, space, {.seed = c.optimiser.seed, .step = step, .stream = 0, .training = true});
+  std::vector<HostTensor> out;
+  if (ranks.size() == 1) out = task.dump_batch(model);
   model.backward(space);
+  reduction.reduce(space);
+  loss = combined(ranks, task.share(), loss);
+  if (!ranks.leader()) return 0;
   for (const auto& t : adam.tensors()) {
     out.push_back(host_tensor<TrainScalar, TrainSpace>("param/" + t.name, t.shape, t.flat.value));
     out.push_back(host_tensor<TrainScalar, TrainSpace>("grad/" + t.name, t.shape, t.flat.gradient));
@@ -149,7 +175,7 @@ int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, 
   write_safetensors(c.run.dump_step, out,
                     {{"format", format}, {"config", config.dump()}, {"step", std::to_string(step)},
                      {"seed", std::to_string(c.optimiser.seed)}, {"cross_entropy", exact(loss.cross_entropy)},
-                     {"aux", exact(loss.aux)}});
+                     {"aux", exact(loss.aux)}, {"ranks", std::to_string(ranks.size())}});
   std::printf("wrote step %llu's parameters, batch, losses (cross-entropy %.6f, aux %.3e) and gradients to %s\n",
               static_cast<unsigned long long>(step), loss.cross_entropy, loss.aux, c.run.dump_step.c_str());
   return 0;
@@ -157,7 +183,7 @@ int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, 
 
 /// Trains `model` on `task` (or, with --dump-step, writes one step for the twin in format `dump_format`).
 template <TrainingTask Task>
-int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const std::string& dump_format) {
+int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const std::string& dump_format, const Ranks& ranks) {
   const TrainSpace space;
   auto& model = *model_owner;
   const auto& c = task.config();
@@ -169,9 +195,10 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   for (const auto& t : tensors) parameters += t.flat.value.extent(0);
   AdamW<TrainScalar, TrainSpace> adam(tensors, {.learning_rate = o.lr, .weight_decay = o.weight_decay, .clip = o.clip,
                                                 .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction});
+  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole));
   const CheckpointIdentity identity = task.checkpoint_identity();
   const std::filesystem::path out(r.out);
-  std::filesystem::create_directories(out);
+  const bool writes = ranks.leader();
   // Past a file-size limit (RLIMIT_FSIZE) a write then fails with EFBIG, which the checkpoint's writer reports,
   // instead of SIGXFSZ ending the process without a word.
   std::signal(SIGXFSZ, SIG_IGN);
@@ -190,15 +217,31 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
                                                              [&](const std::string& name) { return task.dense_name(name); });
     std::printf("upcycled %zu tensors from %s\n", set, r.upcycle_from.c_str());
   }
-  if (!r.dump_step.empty()) return dump_step(task, model, adam, start, dump_format);
-  {
+  if (!r.dump_step.empty()) return dump_step(task, model, adam, reduction, ranks, start, dump_format);
+  const CurveColumns columns = task.curve_columns();
+  const double flops_per_item = task.flops_per_item(), items_per_step = task.items_per_step();
+  std::printf("%s\n", task.describe(parameters).c_str());
+  if (ranks.size() > 1)
+    std::printf("data parallel: %d processes share each step's batch (--batch %zu, rank 0 trains on %zu of it); each sends "
+                "%.2f MB of gradients a step\n",
+                ranks.size(), task.share().whole, task.share().count,
+                static_cast<double>(reduction.values_sent_per_step() * sizeof(TrainScalar)) / 1e6);
+  if (r.plan) {
+    // A ring all-reduce, and the reduce-scatter and all-gather here, send 2 (P - 1) / P of the gradients per rank.
+    std::printf("plan: %zu gradient entries (%.2f MB) a step; on P processes each sends 2 (P - 1) / P of them: %.2f MB at "
+                "P = 2, %.2f MB at P = 8\n",
+                parameters, 1e-6 * static_cast<double>(parameters * sizeof(TrainScalar)),
+                1e-6 * static_cast<double>(parameters * sizeof(TrainScalar)),
+                1e-6 * (2.0 * 7 / 8) * static_cast<double>(parameters * sizeof(TrainScalar)));
+    return 0;
+  }
+  if (writes) {
+    std::filesystem::create_directories(out);
     nlohmann::json config = c;
     write_text_atomically(out / "config.json", config.dump(2) + "\n");
   }
-  const CurveColumns columns = task.curve_columns();
-  CurveLog curves(out / "curves.csv", columns, start);
-  const double flops_per_item = task.flops_per_item(), items_per_step = task.items_per_step();
-  std::printf("%s\n", task.describe(parameters).c_str());
+  std::optional<CurveLog> curves;
+  if (writes) curves.emplace(out / "curves.csv", columns, start);
   std::fflush(stdout);
 
   if (r.profile) KernelProfile::start();
@@ -232,6 +275,8 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
                  last_checkpoint, checkpointed);
       model.zero_gradients(on);
       model.backward(on);
+      reduction.reduce(on);
+      loss = combined(ranks, task.share(), loss);
       rate = adam.next_rate();
       const double gradient_norm = adam.gradient_norm(on);
       if (!std::isfinite(gradient_norm))
@@ -283,15 +328,18 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
                   row.aux_loss, rate, norm, items_per_s, columns.unit.c_str(), ms, clock_text(eta).c_str(),
                   eval_now ? (" | " + task.evaluation_text(last_valid)).c_str() : "");
       std::fflush(stdout);
-      curves.add(row);
-      curves.write();
+      if (curves) {
+        curves->add(row);
+        curves->write();
+      }
       window_began = Clock::now();  // evaluation time is not counted as training time
       window.clear();
       timed_steps = 0;
     }
-    const int stop_signal = StopOnSignals::requested();
+    // Every rank stops after the same step, whichever of them the signal reached.
+    const int stop_signal = static_cast<int>(ranks.max(static_cast<std::uint64_t>(StopOnSignals::requested())));
     if (last || done == r.stop_after || stop_signal != 0 || (r.checkpoint_every > 0 && done % r.checkpoint_every == 0)) {
-      save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window);
+      if (writes) save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window);
       last_checkpoint = checkpoint;
       checkpointed = done;
     }
@@ -309,7 +357,10 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   }
   KernelProfile::pause();
   if (start >= o.steps) last_valid = task.evaluate(model, space);
-  if (r.profile && o.steps > start) {
+  if (o.steps > start && ranks.size() > 1)
+    std::printf("gradient reduction: %.2f ms a step on rank 0 (packing, MPI and the ordered sums)\n",
+                1e3 * reduction.seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())));
+  if (r.profile && o.steps > start && writes) {
     std::printf("%s", KernelProfile::report(train_seconds, o.steps - start).c_str());
     write_atomically(out / "kernels.csv", [&](std::ofstream& f) {
       f << "category,ms_per_step,share_of_step\n";
@@ -324,8 +375,8 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
     });
   }
   std::string png;
-  if (r.plot)
-    png = curves.plot(out / "curves.png", task.title(),
+  if (r.plot && curves)
+    png = curves->plot(out / "curves.png", task.title(),
                       "cross-entropy (nats per " + columns.items.substr(0, columns.items.size() - 1) + ")");
   const double rate = train_seconds > 0 ? train_items / train_seconds : 0.0;
   std::printf("%s after %llu steps, %.1f s; training %.0f %s/s = %.1f GFLOP/s of model FLOPs\n",

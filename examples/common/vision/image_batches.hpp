@@ -8,7 +8,8 @@
 // keyed by (seed, step, b). A batch is therefore a function of (seed, step) alone: a resumed run sees exactly the
 // batches and augmentations the uninterrupted one saw, with no loader state to save. Evaluation batches are the
 // split in order, B per batch; the last batch is completed by repeating the split's first images, and
-// evaluation_batch says how many of its images are real.
+// evaluation_batch says how many of its images are real. A process of a data-parallel run loads its share of each
+// batch (images [first, first + count) of the B), drawn and augmented as they are for the whole batch.
 
 #include <camex/core/random.hpp>
 
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "common/io/data_error.hpp"
+#include "common/parallel/batch_share.hpp"
 #include "common/vision/image_set.hpp"
 
 namespace camex::examples {
@@ -65,9 +67,16 @@ class ImageBatches {
   /// The training batch of `step`: images [B, rows x cols] and labels [B].
   void training_batch(std::uint64_t seed, std::uint64_t step, const Augmentation& augmentation, float* images,
                       std::int32_t* labels) const {
+    training_batch(seed, step, augmentation, whole_batch(batch_), images, labels);
+  }
+  /// `share` of it: images [share.count, rows x cols] and labels [share.count].
+  void training_batch(std::uint64_t seed, std::uint64_t step, const Augmentation& augmentation, const BatchShare& share,
+                      float* images, std::int32_t* labels) const {
+    check(share);
     const std::size_t n = set_.count();
     const CounterRng rng(seed, step);
-    for (std::size_t b = 0; b < batch_; ++b) {
+    for (std::size_t i = 0; i < share.count; ++i) {
+      const std::size_t b = share.first + i;
       const std::uint64_t position = step * batch_ + b;
       const std::size_t index = permutation(seed, position / n)[position % n];
       const std::uint32_t draw = rng.bits({.stream = 1, .expert = 0, .element = b});
@@ -75,21 +84,26 @@ class ImageBatches {
       const long dy = static_cast<long>((draw & 0xffu) % span) - static_cast<long>(augmentation.pad);
       const long dx = static_cast<long>(((draw >> 8) & 0xffu) % span) - static_cast<long>(augmentation.pad);
       const bool flip = augmentation.flip && ((draw >> 16) & 1u);
-      write_image(index, dy, dx, flip, images + b * pixels_per_image());
-      labels[b] = set_.labels[index];
+      write_image(index, dy, dx, flip, images + i * pixels_per_image());
+      labels[i] = set_.labels[index];
     }
   }
 
   /// Evaluation batch `e` (< evaluation_batches()); returns how many of its B images are the split's (the rest
   /// repeat its first images and are not to be counted).
   std::size_t evaluation_batch(std::size_t e, float* images, std::int32_t* labels) const {
+    return evaluation_batch(e, whole_batch(batch_), images, labels);
+  }
+  /// `share` of it; returns how many of the share's images are the split's.
+  std::size_t evaluation_batch(std::size_t e, const BatchShare& share, float* images, std::int32_t* labels) const {
+    check(share);
     const std::size_t first = e * batch_, real = std::min(batch_, set_.count() - first);
-    for (std::size_t b = 0; b < batch_; ++b) {
-      const std::size_t index = b < real ? first + b : b - real;
-      write_image(index, 0, 0, false, images + b * pixels_per_image());
-      labels[b] = set_.labels[index];
+    for (std::size_t i = 0; i < share.count; ++i) {
+      const std::size_t b = share.first + i, index = b < real ? first + b : b - real;
+      write_image(index, 0, 0, false, images + i * pixels_per_image());
+      labels[i] = set_.labels[index];
     }
-    return real;
+    return real > share.first ? std::min(share.count, real - share.first) : 0;
   }
 
   /// The walk's order in `epoch`: a Fisher-Yates shuffle drawn from CounterRng(seed, epoch).
@@ -109,6 +123,12 @@ class ImageBatches {
   }
 
  private:
+  void check(const BatchShare& share) const {
+    if (share.whole != batch_ || share.first + share.count > batch_)
+      throw argument_error("ImageBatches", "share", "images within the batch of " + std::to_string(batch_),
+                           concat("[", share.first, ", ", share.first + share.count, ") of ", share.whole));
+  }
+
   /// Image `index` shifted by (dy, dx) (background where it leaves the image), flipped if asked, normalised.
   void write_image(std::size_t index, long dy, long dx, bool flip, float* out) const {
     const long rows = static_cast<long>(set_.rows), cols = static_cast<long>(set_.cols);

@@ -18,12 +18,16 @@ namespace camex {
 /// parts' with substream; a model hands out the ranges with DrawStreams. `training` switches train-only behaviour.
 /// `read_backs`, where set, is the batch the step's components queue the values the host must learn on, instead of
 /// reading each at once (core/read_backs.hpp); whoever sets it reads it before the step's backward.
+/// `first_group`: where a process trains on a share of the step's batch (data parallelism), the index in the whole
+/// batch of its first routing group; per-group draws are keyed by that global index, so the shares together draw
+/// what one process training the whole batch draws.
 struct StepContext {
   std::uint64_t seed = 0;
   std::uint64_t step = 0;
   std::uint32_t stream = 0;
   bool training = true;
   StepReadBacks* read_backs = nullptr;
+  std::uint64_t first_group = 0;
 
   /// This step as seen by the part of a component that draws from the component's k-th stream.
   StepContext substream(std::uint32_t k) const {

@@ -12,7 +12,7 @@
 //   r.backward(space, d_scores, d_loss, d_routed, ws)        overwrites d_routed [G, I] and the gradients of
 //                                                            parameters(), for the last forward with that ws
 //
-// Random draws (noise, expert dropout) are keyed by (step.seed, step.step, step.stream, expert, group); a router
+// Random draws (noise, expert dropout) are keyed by (step.seed, step.step, step.stream, expert, step.first_group + group); a router
 // that draws from more than one stream declares `random_streams` (core/step.hpp), else it is taken to use one.
 
 #include <Kokkos_Core.hpp>

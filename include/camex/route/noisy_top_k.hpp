@@ -199,6 +199,7 @@ class NoisyTopKGate {
                          });
     const CounterRng rng(step.seed, step.step);
     const std::uint32_t stream = step.stream;
+    const std::uint64_t first_group = step.first_group;
     const double floor = options_.noise_floor;
     const bool load_by_cdf = noisy && k < n;
     Kokkos::parallel_for("camex::NoisyTopKGate[select]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups),
@@ -207,7 +208,7 @@ class NoisyTopKGate {
                            int order[max_experts];
                            for (std::size_t j = 0; j < n; ++j) {
                              const double sigma = noisy ? detail::softplus(st.raw(g, j)) + floor : 0.0;
-                             const double eps = noisy ? rng.normal({stream, static_cast<std::uint32_t>(j), g}) : 0.0;
+                             const double eps = noisy ? rng.normal({stream, static_cast<std::uint32_t>(j), first_group + g}) : 0.0;
                              st.sigma(g, j) = sigma;
                              st.eps(g, j) = eps;
                              noisy_logit[j] = st.clean(g, j) + eps * sigma;

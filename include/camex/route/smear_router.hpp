@@ -194,6 +194,7 @@ class SmearRouter {
     const auto gain = ln_gain_, bias = ln_bias_;
     const CounterRng rng(step.seed, step.step);
     const std::uint32_t stream = step.stream;
+    const std::uint64_t first_group = step.first_group;
     const double drop = step.training ? options_.expert_dropout : 0.0;
     Kokkos::parallel_for("camex::SmearRouter[scores]", Kokkos::RangePolicy<ExecSpace>(space, 0, groups),
                          KOKKOS_LAMBDA(std::size_t g) {
@@ -211,7 +212,7 @@ class SmearRouter {
                            double kept = 0;
                            for (std::size_t j = 0; j < n; ++j) {
                              st.p(g, j) = logit[j] / total;
-                             const bool keep = drop == 0 || rng.uniform({stream, static_cast<std::uint32_t>(j), g}) >= drop;
+                             const bool keep = drop == 0 || rng.uniform({stream, static_cast<std::uint32_t>(j), first_group + g}) >= drop;
                              st.keep(g, j) = keep ? 1.0 : 0.0;
                              kept += (keep ? st.p(g, j) : 0.0) + (drop > 0 ? 1e-10 : 0.0);
                            }

@@ -1,6 +1,7 @@
 """What the whole-program tests of smoe_lm share (resume_test.py, signals_test.py, upcycle_test.py, twin_test.py;
 smoe_vit's through tiny_images.py): a small WikiText-style corpus written on the spot, the options of a tiny model
 on it, running the trainer, reading its safetensors files, and comparing how two runs ended."""
+import array
 import json
 import os
 import random
@@ -40,15 +41,31 @@ def run(command, what):
     return result.stdout
 
 
-def read_safetensors(path):
-    """(metadata, {name: bytes}) of a safetensors file."""
+def safetensors_parts(path):
+    """(header, data) of a safetensors file: the JSON header as a dict, and the bytes after it."""
     with open(path, "rb") as f:
         blob = f.read()
     length = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + length])
-    data = blob[8 + length:]
+    return json.loads(blob[8:8 + length]), blob[8 + length:]
+
+
+def read_safetensors(path):
+    """(metadata, {name: bytes}) of a safetensors file."""
+    header, data = safetensors_parts(path)
     return (header.get("__metadata__", {}),
             {k: data[v["data_offsets"][0]:v["data_offsets"][1]] for k, v in header.items() if k != "__metadata__"})
+
+
+def float32_tensors(path):
+    """{name: list of floats} of a safetensors file's F32 tensors."""
+    header, data = safetensors_parts(path)
+    out = {}
+    for name, t in header.items():
+        if name != "__metadata__" and t["dtype"] == "F32":
+            values = array.array("f")
+            values.frombytes(data[t["data_offsets"][0]:t["data_offsets"][1]])
+            out[name] = values.tolist()
+    return out
 
 
 def curve_numbers(path):

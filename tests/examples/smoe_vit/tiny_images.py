@@ -7,7 +7,7 @@ import random
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "smoe_lm"))
-from tiny_runs import read_safetensors, run, run_differences, tiny_model  # noqa: E402,F401 - re-exported for the tests
+from tiny_runs import float32_tensors, read_safetensors, run, run_differences, tiny_model  # noqa: E402,F401 - re-exported for the tests
 
 
 def write_idx(path, dims, data):

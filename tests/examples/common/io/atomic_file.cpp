@@ -74,6 +74,22 @@ BOOST_AUTO_TEST_CASE(a_writer_that_throws_leaves_the_old_file) {
   fs::remove(target);
 }
 
+// Writers in several processes at once (ranks training the same tokenizer into one cache) each use a temporary of
+// their own: a rename never finds its temporary taken by another's.
+BOOST_AUTO_TEST_CASE(a_process_temporary_is_this_process_s_own) {
+  const fs::path target = temp_file("shared");
+  const fs::path mine = process_temporary(target);
+  BOOST_TEST(mine.string() == target.string() + ".tmp." + std::to_string(::getpid()));
+  write_text_atomically(target, "first");
+  std::ofstream(target.string() + ".tmp") << "another writer's half-written temporary";
+  write_text_atomically(target, "second", mine);
+  BOOST_TEST(contents(target) == "second");
+  BOOST_TEST(!fs::exists(mine));
+  BOOST_TEST(contents(target.string() + ".tmp") == "another writer's half-written temporary");  // not touched
+  fs::remove(target.string() + ".tmp");
+  fs::remove(target);
+}
+
 BOOST_AUTO_TEST_CASE(a_failed_rename_or_open_says_why) {
   // A directory with something in it cannot be replaced by a file.
   const fs::path directory = temp_file("directory");

@@ -149,6 +149,21 @@ BOOST_AUTO_TEST_CASE(batches_are_windows_keyed_by_step) {
   batches.evaluation_batch(1, in, out);
   BOOST_TEST(in[0] == 24);
   BOOST_TEST(out[23] == 48);
+  // The shares of three processes (2 + 1 sequences, then 1 + 1 + 1) hold the whole batch's windows.
+  for (const int ranks : {2, 3}) {
+    std::int32_t part_in[24], part_out[24];
+    batches.training_batch(5, 17, in2, out2);
+    for (int r = 0; r < ranks; ++r) {
+      const BatchShare share = batch_share(3, r, ranks);
+      batches.training_batch(5, 17, share, part_in, part_out);
+      BOOST_TEST(std::equal(part_in, part_in + 8 * share.count, in2 + 8 * share.first));
+      BOOST_TEST(std::equal(part_out, part_out + 8 * share.count, out2 + 8 * share.first));
+      batches.evaluation_batch(2, share, part_in, part_out);
+      BOOST_TEST(part_in[0] == static_cast<std::int32_t>(48 + 8 * share.first));
+    }
+  }
+  BOOST_CHECK_THROW(batches.training_batch(5, 17, BatchShare{.first = 2, .count = 2, .whole = 3}, in, out), camex::argument_error);
+  BOOST_CHECK_THROW(batches.evaluation_batch(0, BatchShare{.first = 0, .count = 1, .whole = 4}, in, out), camex::argument_error);
   BOOST_CHECK_EXCEPTION(TokenBatches(std::vector<std::int32_t>(24), 3, 8, "the validation split"), data_error,
                         [](const data_error& e) {
                           return std::string(e.what()).find("the validation split holds 24 tokens: expected at least 25") != std::string::npos;

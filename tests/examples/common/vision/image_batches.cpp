@@ -155,3 +155,31 @@ BOOST_AUTO_TEST_CASE(fashion_mnist_as_debian_installs_it) {
   BOOST_TEST(std::abs(s.std - 0.353) <= 0.002);
   BOOST_CHECK_THROW(load_fashion_mnist(dir, 60000), data_error);
 }
+
+// The processes of a data-parallel run each load their share of a batch: together, the whole batch's images,
+// augmentations and labels; of an evaluation batch, its images and how many of each share are real.
+BOOST_AUTO_TEST_CASE(shares_of_a_batch_make_the_whole_batch) {
+  const ImageSet set = small_set(7);
+  const PixelStatistics s = pixel_statistics(set);
+  const ImageBatches batches(set, 3, s, "training images");
+  const Augmentation augment{.pad = 1, .flip = true};
+  std::vector<float> whole(3 * 12), part(3 * 12);
+  std::vector<std::int32_t> whole_labels(3), part_labels(3);
+  batches.training_batch(9, 5, augment, whole.data(), whole_labels.data());  // crosses into the second epoch
+  for (const int ranks : {2, 3})
+    for (int r = 0; r < ranks; ++r) {
+      const BatchShare share = batch_share(3, r, ranks);
+      batches.training_batch(9, 5, augment, share, part.data(), part_labels.data());
+      BOOST_TEST(std::equal(part.begin(), part.begin() + 12 * share.count, whole.begin() + 12 * share.first));
+      BOOST_TEST(std::equal(part_labels.begin(), part_labels.begin() + share.count, whole_labels.begin() + share.first));
+    }
+  // Evaluation batch 2 holds image 6 and two repeats: the first share of two has one real image, the second none.
+  batches.evaluation_batch(2, whole.data(), whole_labels.data());
+  BOOST_TEST(batches.evaluation_batch(2, batch_share(3, 0, 2), part.data(), part_labels.data()) == 1u);
+  BOOST_TEST(std::equal(part.begin(), part.begin() + 24, whole.begin()));
+  BOOST_TEST(batches.evaluation_batch(2, batch_share(3, 1, 2), part.data(), part_labels.data()) == 0u);
+  BOOST_TEST(std::equal(part.begin(), part.begin() + 12, whole.begin() + 24));
+  BOOST_CHECK_THROW(batches.training_batch(9, 5, augment, BatchShare{.first = 1, .count = 3, .whole = 3}, part.data(),
+                                           part_labels.data()),
+                    camex::argument_error);
+}
