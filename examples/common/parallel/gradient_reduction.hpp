@@ -63,8 +63,10 @@ class GradientReduction {
     const auto mine = static_cast<std::size_t>(shard_sizes_[static_cast<std::size_t>(ranks_.rank())]);
     return packed_.extent(0) - mine + mine * (shard_sizes_.size() - 1);
   }
-  /// Seconds spent in reduce() since construction, and how many calls.
+  /// Seconds spent in reduce() since construction, of them in the MPI calls (the transfers, and the wait for the
+  /// slowest rank to finish its backward), and how many calls.
   double seconds() const { return seconds_; }
+  double mpi_seconds() const { return mpi_seconds_; }
   std::size_t calls() const { return calls_; }
 
   /// Every tensor's gradient <- the weighted sum over ranks (a copy of it on every rank).
@@ -75,13 +77,18 @@ class GradientReduction {
 #if CAMEX_EXAMPLES_WITH_MPI
     const MPI_Datatype type = std::is_same_v<T, float> ? MPI_FLOAT : MPI_DOUBLE;
     const std::vector<int> piece_sizes(shard_sizes_.size(), shard_sizes_[static_cast<std::size_t>(ranks_.rank())]);
+    const auto exchange = std::chrono::steady_clock::now();
     Ranks::check(MPI_Alltoallv(packed_.data(), shard_sizes_.data(), shard_offsets_.data(), type, pieces_.data(),
                                piece_sizes.data(), piece_offsets_.data(), type, MPI_COMM_WORLD),
                  "MPI_Alltoallv");
+    const auto summing = std::chrono::steady_clock::now();
     sum_pieces();
+    const auto gathering = std::chrono::steady_clock::now();
     Ranks::check(MPI_Allgatherv(MPI_IN_PLACE, 0, type, packed_.data(), shard_sizes_.data(), shard_offsets_.data(), type,
                                 MPI_COMM_WORLD),
                  "MPI_Allgatherv");
+    mpi_seconds_ += std::chrono::duration<double>(summing - exchange).count() +
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - gathering).count();
 #endif
     unpack(space);
     seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
@@ -131,7 +138,7 @@ class GradientReduction {
   std::vector<double> weights_;
   std::vector<int> shard_offsets_, shard_sizes_, piece_offsets_;
   Kokkos::View<T*, Kokkos::HostSpace> packed_, pieces_;
-  double seconds_ = 0;
+  double seconds_ = 0, mpi_seconds_ = 0;
   std::size_t calls_ = 0;
 };
 

@@ -358,8 +358,10 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   KernelProfile::pause();
   if (start >= o.steps) last_valid = task.evaluate(model, space);
   if (o.steps > start && ranks.size() > 1)
-    std::printf("gradient reduction: %.2f ms a step on rank 0 (packing, MPI and the ordered sums)\n",
-                1e3 * reduction.seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())));
+    std::printf("gradient reduction: %.2f ms a step on rank 0, %.2f of them in MPI (the transfers, and waiting for the "
+                "slowest rank), the rest packing and the ordered sums\n",
+                1e3 * reduction.seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())),
+                1e3 * reduction.mpi_seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())));
   if (r.profile && o.steps > start && writes) {
     std::printf("%s", KernelProfile::report(train_seconds, o.steps - start).c_str());
     write_atomically(out / "kernels.csv", [&](std::ofstream& f) {
