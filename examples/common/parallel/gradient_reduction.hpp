@@ -53,6 +53,8 @@ class GradientReduction {
     }
     const auto mine = static_cast<std::size_t>(shard_sizes_[static_cast<std::size_t>(ranks.rank())]);
     for (std::size_t r = 0; r < p; ++r) piece_offsets_.push_back(static_cast<int>(r * mine));
+    total_ = total;
+    if (p == 1) return;  // a process alone reduces nothing and needs no buffers
     packed_ = Kokkos::View<T*, Kokkos::HostSpace>("gradient_reduction.packed", total);
     pieces_ = Kokkos::View<T*, Kokkos::HostSpace>("gradient_reduction.pieces", p * mine);
   }
@@ -61,7 +63,7 @@ class GradientReduction {
   /// shard to the others.
   std::size_t values_sent_per_step() const {
     const auto mine = static_cast<std::size_t>(shard_sizes_[static_cast<std::size_t>(ranks_.rank())]);
-    return packed_.extent(0) - mine + mine * (shard_sizes_.size() - 1);
+    return total_ - mine + mine * (shard_sizes_.size() - 1);
   }
   /// Seconds spent in reduce() since construction, of them in the MPI calls (the transfers, and the wait for the
   /// slowest rank to finish its backward), and how many calls.
@@ -137,6 +139,7 @@ class GradientReduction {
   std::vector<NamedTensor<T, Space>> tensors_;
   std::vector<double> weights_;
   std::vector<int> shard_offsets_, shard_sizes_, piece_offsets_;
+  std::size_t total_ = 0;
   Kokkos::View<T*, Kokkos::HostSpace> packed_, pieces_;
   double seconds_ = 0, mpi_seconds_ = 0;
   std::size_t calls_ = 0;

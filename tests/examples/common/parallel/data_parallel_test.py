@@ -4,12 +4,13 @@ trains the model one process trains.
 
 - Run to run: two runs on two processes end with the same checkpoint, every tensor bit for bit, and the same curves
   (camex sums across ranks in rank order; MPI only moves bytes).
-- Against one process: with the routers' balancing loss off (--aux 0; it is a statistic of the batch each process
-  sees, so with it on two processes optimise a slightly different objective, as every data-parallel trainer's
-  per-device balancing loss does), one step's loss agrees within 1e-6 relative and every gradient within 1e-4 of
-  the largest (--dump-step: float sums over the batch taken in another order and another grouping); after 8 steps
-  the training losses agree within 1e-4 relative and every parameter within 1e-3 of the tensor's largest entry
-  (Adam divides by the root of the second moment, which magnifies rounding in gradients near zero).
+- Against one process, on an odd batch (shares of unequal size and weight), with the routers' balancing loss off
+  (--aux 0: it is a statistic of the batch each process sees, so with it on two processes optimise a slightly
+  different objective, as every data-parallel trainer's per-device balancing loss does): one step's loss agrees
+  within 1e-6 relative and every gradient within 1e-4 of the largest (--dump-step: float sums over the batch taken
+  in another order and another grouping); after 8 steps the training losses agree within 1e-4 relative and every
+  parameter within 1e-3 of the tensor's largest entry (Adam divides by the root of the second moment, which
+  magnifies rounding in gradients near zero).
 - Resume: a run of two processes stopped half way and resumed on two ends bit for bit where the uninterrupted run
   does; its checkpoint resumes on one process too.
 - A batch smaller than the process count is a usage error (exit 2) naming --batch.
@@ -74,9 +75,9 @@ def main():
 
     with tempfile.TemporaryDirectory() as tmp:
         policy = "dare-ca" if kind == "lm" else "ties-ca"  # random masks and router noise: the draws must line up
-        options = tiny_options(kind, tmp, ["--steps", "8", "--warmup", "2", "--log-every", "1", "--eval-every", "4",
-                                           "--eval-batches", "2", "--seed", "5", "--checkpoint-every", "0",
-                                           "--policy", policy])
+        base = ["--steps", "8", "--warmup", "2", "--log-every", "1", "--eval-every", "4", "--eval-batches", "2",
+                "--seed", "5", "--checkpoint-every", "0", "--policy", policy]
+        options = tiny_options(kind, tmp, base)
         out = lambda name: os.path.join(tmp, name)  # noqa: E731
 
         # Run to run, and stopped and resumed, on two processes.
@@ -95,8 +96,8 @@ def main():
             check(not problems, "stopped after step 4 and resumed on two processes, the run ends as the uninterrupted "
                   "one " + "; ".join(problems))
 
-        # Against one process, the balancing loss off.
-        plain = options + ["--aux", "0"]
+        # Against one process, the balancing loss off, on an odd batch: the two shares differ, and so their weights.
+        plain = tiny_options(kind, tmp, base + ["--aux", "0", "--batch", "5" if kind == "lm" else "7"])
         one = train([], plain, out("one"), "one process")
         dual = train(two, plain, out("two"), "two processes, --aux 0")
         if one is not None and dual is not None:
