@@ -24,6 +24,7 @@
 
 #include "common/io/atomic_file.hpp"
 #include "corpus.hpp"
+#include "sentencepiece_model.hpp"
 
 namespace camex::examples {
 
@@ -91,8 +92,9 @@ class Tokenizer {
   }
 
   explicit Tokenizer(const std::filesystem::path& model) : path_(model) {
-    // sentencepiece reports most faults of a model file in its status, but some from deeper down as exceptions
-    // (a zero-length piece: its trie builder throws; found by fuzzing, tests/fuzz/corpus/tokenizer_cache).
+    // sentencepiece reports most faults of a model file in its status, some from deeper down as exceptions (a
+    // zero-length piece: its trie builder throws), and takes the normalisation tables on trust: those are checked
+    // here (sentencepiece_model.hpp). Both found by fuzzing, tests/fuzz/corpus/tokenizer_cache.
     sentencepiece::util::Status status;
     try {
       status = processor_.Load(model.string());
@@ -100,6 +102,8 @@ class Tokenizer {
       throw data_error("cannot load the tokenizer '" + model.string() + "': " + e.what());
     }
     if (!status.ok()) throw data_error("cannot load the tokenizer '" + model.string() + "': " + status.ToString());
+    if (const std::string fault = sentencepiece_model_fault(processor_.serialized_model_proto()); !fault.empty())
+      throw data_error("cannot load the tokenizer '" + model.string() + "': " + fault);
     std::ifstream in(model, std::ios::binary);
     const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     hash_ = hex(fnv1a(bytes));
