@@ -106,6 +106,14 @@ class Ranks {
     return value;
   }
 
+  /// The sum of every rank's `value`, on every rank.
+  std::uint64_t sum(std::uint64_t value) const {
+#if CAMEX_EXAMPLES_WITH_MPI
+    if (size_ > 1) check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+#endif
+    return value;
+  }
+
   /// Returns on every rank once every rank has called it.
   void barrier() const {
 #if CAMEX_EXAMPLES_WITH_MPI

@@ -18,6 +18,7 @@
 #include <map>
 #include <optional>
 #include <regex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -28,21 +29,35 @@
 
 namespace camex::examples {
 
-template <class T, class Space>
-HostTensor host_tensor(const std::string& name, const std::vector<std::size_t>& shape, const typename Parameter<T, Space>::Flat& flat) {
-  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, flat);
-  HostTensor t{name, dtype_of<T>(), shape, std::vector<unsigned char>(host.extent(0) * sizeof(T))};
-  std::memcpy(t.bytes.data(), host.data(), t.bytes.size());
+template <class T>
+HostTensor host_tensor(const std::string& name, const std::vector<std::size_t>& shape, const T* values, std::size_t count) {
+  HostTensor t{name, dtype_of<T>(), shape, std::vector<unsigned char>(count * sizeof(T))};
+  std::memcpy(t.bytes.data(), values, t.bytes.size());
   return t;
 }
 
 template <class T, class Space>
+HostTensor host_tensor(const std::string& name, const std::vector<std::size_t>& shape, const typename Parameter<T, Space>::Flat& flat) {
+  auto host = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, flat);
+  return host_tensor<T>(name, shape, host.data(), host.extent(0));
+}
+
+/// flat <- entries [begin, begin + flat's length) of the file's tensor `name`.
+template <class T, class Space>
 void load_tensor(const SafetensorsFile& file, const std::string& name, const std::vector<std::size_t>& shape,
-                 const typename Parameter<T, Space>::Flat& flat) {
+                 const typename Parameter<T, Space>::Flat& flat, std::size_t begin = 0) {
   auto host = Kokkos::create_mirror_view(flat);
-  std::memcpy(host.data(), file.tensor(name, dtype_of<T>(), shape), host.extent(0) * sizeof(T));
+  const auto* bytes = static_cast<const unsigned char*>(file.tensor(name, dtype_of<T>(), shape));
+  std::memcpy(host.data(), bytes + begin * sizeof(T), host.extent(0) * sizeof(T));
   Kokkos::deep_copy(flat, host);
 }
+
+/// Both AdamW moments of every tensor, whole, in the tensors' flat order, on the host: what the ranks of a sharded
+/// optimiser gather onto rank 0 for a checkpoint.
+template <class T>
+struct HostMoments {
+  Kokkos::View<T*, Kokkos::HostSpace> m, v;
+};
 
 /// What identifies a task's checkpoints: their format, the options that define the model's tensors, and the
 /// task's own metadata with its check (`check` throws checkpoint_error when a file's metadata does not fit).
@@ -97,16 +112,26 @@ struct ProgressWindow {
   }
 };
 
+/// Writes the checkpoint: the moments from `adam`, which must own every entry, or from `gathered`, every shard's.
 template <class T, class Space>
 void save_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, const nlohmann::json& config,
-                     const AdamW<T, Space>& adam, const ProgressWindow& window) {
+                     const AdamW<T, Space>& adam, const ProgressWindow& window, const HostMoments<T>* gathered = nullptr) {
+  if (!gathered && !adam.owns_everything())
+    throw std::logic_error("save_checkpoint: an optimiser shard holds part of the moments; gather them first");
   std::vector<HostTensor> tensors;
   const auto& list = adam.tensors();
   for (std::size_t i = 0; i < list.size(); ++i) {
     const auto& t = list[i];
     tensors.push_back(host_tensor<T, Space>(t.name, t.shape, t.flat.value));
-    tensors.push_back(host_tensor<T, Space>("adamw.m/" + t.name, t.shape, adam.first_moment(i)));
-    tensors.push_back(host_tensor<T, Space>("adamw.v/" + t.name, t.shape, adam.second_moment(i)));
+    if (gathered) {
+      const std::size_t at = adam.flat_offset(i), n = t.flat.value.extent(0);
+      tensors.push_back(host_tensor<T>("adamw.m/" + t.name, t.shape, gathered->m.data() + at, n));
+      tensors.push_back(host_tensor<T>("adamw.v/" + t.name, t.shape, gathered->v.data() + at, n));
+    } else {
+      const auto part = adam.owned_part(i);
+      tensors.push_back(host_tensor<T, Space>("adamw.m/" + t.name, t.shape, part.m));
+      tensors.push_back(host_tensor<T, Space>("adamw.v/" + t.name, t.shape, part.v));
+    }
   }
   std::map<std::string, std::string> metadata = id.metadata;
   metadata["format"] = id.format;
@@ -117,7 +142,8 @@ void save_checkpoint(const std::filesystem::path& path, const CheckpointIdentity
   write_safetensors(path, tensors, metadata);
 }
 
-/// Restores the parameters, the moments, the step count and the progress window; returns the step.
+/// Restores the parameters, the moments (of the part an optimiser shard owns), the step count and the progress
+/// window; returns the step.
 template <class T, class Space>
 std::uint64_t load_checkpoint(const std::filesystem::path& path, const CheckpointIdentity& id, AdamW<T, Space>& adam,
                               ProgressWindow& window) {
@@ -132,8 +158,9 @@ std::uint64_t load_checkpoint(const std::filesystem::path& path, const Checkpoin
   for (std::size_t i = 0; i < list.size(); ++i) {
     const auto& t = list[i];
     load_tensor<T, Space>(file, t.name, t.shape, t.flat.value);
-    load_tensor<T, Space>(file, "adamw.m/" + t.name, t.shape, adam.first_moment(i));
-    load_tensor<T, Space>(file, "adamw.v/" + t.name, t.shape, adam.second_moment(i));
+    const auto part = adam.owned_part(i);  // a shard reads the moments of its part
+    load_tensor<T, Space>(file, "adamw.m/" + t.name, t.shape, part.m, part.begin);
+    load_tensor<T, Space>(file, "adamw.v/" + t.name, t.shape, part.v, part.begin);
   }
   const std::uint64_t step = std::stoull(file.metadata("step"));
   adam.set_steps_taken(step);

@@ -47,13 +47,14 @@ struct RunConfig {
   bool profile = false;   ///< time every kernel, report the step's time by kernel category (kernels.csv)
   bool plan = false;      ///< describe the run (parameters, FLOPs, what it sends) and stop before training; not saved
   std::string host_threads = "auto";  ///< auto, all or all-but-one (camex::HostThreads)
+  bool shard_optimizer = false;  ///< ZeRO stage 1: each of several processes keeps and updates its shard of AdamW
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MergeConfig, policy, experts, top_k, routing, segment, alpha, density, drop, gamma, aux,
                                    rank, router_noise)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(OptimiserConfig, steps, seed, batch, lr, weight_decay, clip, final_lr_fraction, warmup)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunConfig, log_every, eval_every, checkpoint_every, eval_batches, out, stop_after, resume,
-                                   upcycle_from, dump_step, plot, profile, host_threads)
+                                   upcycle_from, dump_step, plot, profile, host_threads, shard_optimizer)
 
 /// A task's configuration (its data and model) with the shared parts.
 template <class TaskConfig>
@@ -212,6 +213,10 @@ inline void add_shared_options(CLI::App& app, MergeConfig& m, OptimiserConfig& o
       ->capture_default_str();
   r_group->add_flag("--plan", r.plan, "print what the run would be (its parameters, model FLOPs, and the gradient "
                                      "bytes each process would send a step) and stop without training");
+  r_group->add_flag("--shard-optimizer", r.shard_optimizer, "with several processes, each keeps the AdamW moments of "
+                                                           "its shard of the parameters alone and updates that shard, "
+                                                           "then they exchange the updated shards (ZeRO stage 1: the "
+                                                           "same numbers, the moments' memory divided by the processes)");
   r_group->add_option("--host-threads", r.host_threads, "threads of an OpenMP build a step runs on: all, all-but-one, or "
                                                         "auto, whichever is faster while another process holds a core "
                                                         "(the numbers are the same either way)")

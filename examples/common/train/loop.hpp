@@ -9,7 +9,8 @@
 // Data parallelism (mpirun -np P): every rank holds the whole model and trains on its share of the step's batch
 // (the task loads it: common/parallel/batch_share.hpp); after the backward the gradients of every trainable tensor
 // are combined into the whole batch's (common/parallel/gradient_reduction.hpp) and the losses likewise, so every
-// rank takes the same AdamW step. Rank 0 alone writes the run directory: configuration, curves, checkpoints.
+// rank takes the same AdamW step (or, with --shard-optimizer, each updates its shard and the ranks exchange the
+// updated shards). Rank 0 alone writes the run directory: configuration, curves, checkpoints.
 
 #include <Kokkos_Core.hpp>
 #include <camex/core/adaptive_threads.hpp>
@@ -30,6 +31,7 @@
 #include "common/io/atomic_file.hpp"
 #include "common/io/safetensors.hpp"
 #include "common/parallel/gradient_reduction.hpp"
+#include "common/parallel/optimiser_shards.hpp"
 #include "common/parallel/ranks.hpp"
 #include "common/train/adamw.hpp"
 #include "common/train/checkpoint.hpp"
@@ -193,9 +195,17 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   const auto tensors = model.tensors();
   std::size_t parameters = 0;
   for (const auto& t : tensors) parameters += t.flat.value.extent(0);
+  std::vector<std::size_t> lengths;
+  for (const auto& t : tensors) lengths.push_back(t.flat.value.extent(0));
+  // The ranks' shards start and end on AdamW's norm chunks, so that a shard of the optimiser has the unsharded bits.
+  const auto cuts = norm_chunk_bounds(lengths, AdamW<TrainScalar, TrainSpace>::norm_chunk);
+  const auto bounds = shard_bounds(cuts, ranks.size());
+  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole), bounds);
+  const bool sharded = r.shard_optimizer && ranks.size() > 1;
   AdamW<TrainScalar, TrainSpace> adam(tensors, {.learning_rate = o.lr, .weight_decay = o.weight_decay, .clip = o.clip,
-                                                .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction});
-  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole));
+                                                .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction},
+                                      sharded ? std::optional(reduction.shard()) : std::nullopt);
+  OptimiserShards<TrainScalar, TrainSpace> shards(ranks, reduction, adam, cuts, bounds);
   const CheckpointIdentity identity = task.checkpoint_identity();
   const std::filesystem::path out(r.out);
   const bool writes = ranks.leader();
@@ -223,9 +233,11 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   std::printf("%s\n", task.describe(parameters).c_str());
   if (ranks.size() > 1)
     std::printf("data parallel: %d processes share each step's batch (--batch %zu, rank 0 trains on %zu of it); each sends "
-                "%.2f MB of gradients a step\n",
+                "%.2f MB of gradients a step%s; rank 0 holds %.2f MB of AdamW moments\n",
                 ranks.size(), task.share().whole, task.share().count,
-                static_cast<double>(reduction.values_sent_per_step() * sizeof(TrainScalar)) / 1e6);
+                static_cast<double>(reduction.values_sent_per_step() * sizeof(TrainScalar)) / 1e6,
+                sharded ? " (their shards' sums, then its updated shard of the parameters)" : "",
+                2e-6 * static_cast<double>(adam.owned().size() * sizeof(TrainScalar)));
   if (r.plan) {
     // A ring all-reduce, and the reduce-scatter and all-gather here, send 2 (P - 1) / P of the gradients per rank.
     std::printf("plan: %zu gradient entries (%.2f MB) a step; on P processes each sends 2 (P - 1) / P of them: %.2f MB at "
@@ -275,19 +287,23 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
                  last_checkpoint, checkpointed);
       model.zero_gradients(on);
       model.backward(on);
-      reduction.reduce(on);
+      if (sharded)
+        reduction.reduce_scatter(on);
+      else
+        reduction.reduce(on);
       loss = combined(ranks, task.share(), loss);
       rate = adam.next_rate();
-      const double gradient_norm = adam.gradient_norm(on);
+      const double gradient_norm = shards.gradient_norm(on);
       if (!std::isfinite(gradient_norm))
         diverged(o.lr, step, "the gradient norm became " + exact(gradient_norm), last_checkpoint, checkpointed);
       norm = adam.step(on, gradient_norm);
-      if (const unsigned overflows = adam.last_step_overflows())
+      if (const std::uint64_t overflows = shards.last_step_overflows())
         diverged(o.lr, step,
                  "the AdamW update left " + std::to_string(overflows) +
                      " parameters or moments non-finite (a gradient norm of " + exact(gradient_norm) +
                      ", whose squares exceed the float range)",
                  last_checkpoint, checkpointed);
+      if (sharded) reduction.all_gather_values(on);
     });
     if (threads.chooser().switches() != width_switches) {
       width_switches = threads.chooser().switches();
@@ -339,7 +355,12 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
     // Every rank stops after the same step, whichever of them the signal reached.
     const int stop_signal = static_cast<int>(ranks.max(static_cast<std::uint64_t>(StopOnSignals::requested())));
     if (last || done == r.stop_after || stop_signal != 0 || (r.checkpoint_every > 0 && done % r.checkpoint_every == 0)) {
-      if (writes) save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window);
+      if (sharded) {
+        const HostMoments<TrainScalar>& moments = shards.gather_moments();  // every rank sends; rank 0 holds them
+        if (writes) save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window, &moments);
+      } else if (writes) {
+        save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window);
+      }
       last_checkpoint = checkpoint;
       checkpointed = done;
     }

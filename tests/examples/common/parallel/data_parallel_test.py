@@ -13,10 +13,13 @@ trains the model one process trains.
   magnifies rounding in gradients near zero).
 - Resume: a run of two processes stopped half way and resumed on two ends bit for bit where the uninterrupted run
   does; its checkpoint resumes on one process too.
+- The optimiser sharded across the processes (--shard-optimizer, ZeRO stage 1): the run ends bit for bit as the
+  unsharded one, rank 0 holding about half the moments; stopped and resumed sharded, likewise.
 - A batch smaller than the process count is a usage error (exit 2) naming --batch.
 
 usage: data_parallel_test.py lm|vit MPIEXEC TRAINER_BINARY"""
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -95,6 +98,23 @@ def main():
             problems, tensors, rows = run_differences(out("two-a"), out("two-stopped"))
             check(not problems, "stopped after step 4 and resumed on two processes, the run ends as the uninterrupted "
                   "one " + "; ".join(problems))
+
+        # The optimiser sharded across the two (ZeRO stage 1, --shard-optimizer): the same run bit for bit, with half
+        # the moments on each process; stopped and resumed sharded, likewise.
+        sharded = train(two, options + ["--shard-optimizer"], out("two-sharded"), "two processes, --shard-optimizer")
+        if a is not None and sharded is not None:
+            problems, tensors, rows = run_differences(out("two-a"), out("two-sharded"))
+            check(not problems, "with the optimiser sharded the run ends as the unsharded one " + "; ".join(problems))
+            held = lambda text: float(re.search(r"rank 0 holds ([0-9.]+) MB of AdamW moments", text).group(1))  # noqa: E731
+            check(held(sharded) <= 0.6 * held(a), f"rank 0 holds {held(sharded)} MB of moments sharded, {held(a)} MB not")
+        stopped_sharded = train(two, options + ["--shard-optimizer", "--stop-after", "4"], out("sharded-stopped"),
+                                "two processes sharded, stopped")
+        if stopped_sharded is not None and train(two, options + ["--shard-optimizer", "--resume",
+                                                                 out("sharded-stopped/checkpoint.safetensors")],
+                                                 out("sharded-stopped"), "two processes sharded, resumed") is not None:
+            problems, tensors, rows = run_differences(out("two-a"), out("sharded-stopped"))
+            check(not problems, "stopped after step 4 and resumed with the optimiser sharded, the run ends as the "
+                  "uninterrupted one " + "; ".join(problems))
 
         # Against one process, the balancing loss off, on an odd batch: the two shares differ, and so their weights.
         plain = tiny_options(kind, tmp, base + ["--aux", "0", "--batch", "5" if kind == "lm" else "7"])

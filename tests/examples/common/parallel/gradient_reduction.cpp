@@ -1,16 +1,20 @@
 // The gradient reduction of data-parallel training, on as many processes as the test is launched with (ctest runs
 // it alone and under mpirun -np 3): every rank ends with the sum over ranks, in rank order, of each rank's weighted
 // gradients, taken in double and rounded once, bit for bit as a plain loop computes it, on uneven shares and on
-// tensors shorter than the rank count; the losses' weighted sums and the stop decision likewise; bad weights are
-// an error naming them.
+// tensors shorter than the rank count; the losses' weighted sums and the stop decision likewise; a sharded AdamW
+// (ZeRO stage 1: reduce-scatter, each rank's update of its shard, all-gather of the values) ends every rank with the
+// values and, gathered on rank 0, the moments of the unsharded update, bit for bit; bad weights and bounds are
+// errors naming them.
 #include <boost/test/unit_test.hpp>
 
 #include "common/parallel/gradient_reduction.hpp"
+#include "common/parallel/optimiser_shards.hpp"
 
 #include <Kokkos_Core.hpp>
 
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -58,7 +62,10 @@ BOOST_AUTO_TEST_CASE(every_rank_ends_with_the_ordered_weighted_sum) {
     offset += lengths[i];
   }
   const std::vector<double> weights = share_weights(*ranks, 7);  // shares of 7 items: uneven for 2 or 3 ranks
-  GradientReduction<float, Space> reduction(*ranks, tensors, weights);
+  std::vector<std::size_t> every_entry(offset + 1);
+  std::iota(every_entry.begin(), every_entry.end(), std::size_t{0});
+  const auto bounds = shard_bounds(every_entry, p);
+  GradientReduction<float, Space> reduction(*ranks, tensors, weights, bounds);
   reduction.reduce(Space());
   offset = 0;
   std::size_t differing = 0;
@@ -72,7 +79,7 @@ BOOST_AUTO_TEST_CASE(every_rank_ends_with_the_ordered_weighted_sum) {
     offset += lengths[i];
   }
   BOOST_TEST(differing == 0u, differing << " of " << offset << " entries differ from the ordered sum on rank " << me);
-  const std::size_t total = offset, mine = (static_cast<std::size_t>(me) + 1) * total / p - static_cast<std::size_t>(me) * total / p;
+  const std::size_t total = offset, mine = bounds[static_cast<std::size_t>(me) + 1] - bounds[static_cast<std::size_t>(me)];
   BOOST_TEST(reduction.values_sent_per_step() == total - mine + mine * static_cast<std::size_t>(p - 1));
 }
 
@@ -91,10 +98,91 @@ BOOST_AUTO_TEST_CASE(losses_are_weighted_sums_and_every_rank_takes_the_same_deci
   BOOST_TEST(ranks->max(me == p - 1 ? 15u : 0u) == 15u);  // a signal only the last rank saw stops every rank
 }
 
-BOOST_AUTO_TEST_CASE(weights_for_another_rank_count_are_refused) {
+namespace {
+
+/// Tensors of `lengths` entries with values and gradients drawn from (rank, tensor, entry); every other tensor decays.
+struct Model {
+  std::vector<Kokkos::View<float*, Space::memory_space>> values, gradients;
+  std::vector<NamedTensor<float, Space>> tensors;
+  Model(const std::vector<std::size_t>& lengths, int rank) {
+    for (std::size_t i = 0; i < lengths.size(); ++i) {
+      values.emplace_back("value", lengths[i]);
+      gradients.emplace_back("gradient", lengths[i]);
+      for (std::size_t k = 0; k < lengths[i]; ++k) {
+        values[i](k) = 0.1f * entry(-1, 7919 * i + k);  // alike on every rank
+        gradients[i](k) = entry(rank, 7919 * i + k);
+      }
+      tensors.push_back({camex::concat("t", i), {lengths[i]}, camex::Parameter<float, Space>::of("t", values[i], gradients[i]), i % 2 == 0});
+    }
+  }
+  void draw_gradients(int rank, int step) {
+    for (std::size_t i = 0; i < gradients.size(); ++i)
+      for (std::size_t k = 0; k < gradients[i].extent(0); ++k) gradients[i](k) = entry(rank + 100 * step, 7919 * i + k);
+  }
+};
+
+}  // namespace
+
+// Three steps of AdamW on tensors of several norm chunks (and one shorter than a chunk), clipping active: every
+// rank's values after sharded steps (each rank updating its shard, then the all-gather) equal the unsharded run's,
+// and so do the moments rank 0 gathers, bit for bit.
+BOOST_AUTO_TEST_CASE(a_sharded_optimiser_takes_the_unsharded_steps) {
+  const int p = ranks->size(), me = ranks->rank();
+  const std::vector<std::size_t> lengths{9000, 3, 4096, 5000, 37};
+  const std::size_t total = std::accumulate(lengths.begin(), lengths.end(), std::size_t{0});
+  const auto cuts = norm_chunk_bounds(lengths, AdamW<float, Space>::norm_chunk);
+  const auto bounds = shard_bounds(cuts, p);
+  const std::vector<double> weights = share_weights(*ranks, 5);
+  const AdamWOptions options{.learning_rate = 0.01, .weight_decay = 0.1, .clip = 0.5, .warmup = 1, .total = 3};
+  Model whole(lengths, me), sharded(lengths, me);
+  GradientReduction<float, Space> whole_reduction(*ranks, whole.tensors, weights, bounds);
+  GradientReduction<float, Space> shard_reduction(*ranks, sharded.tensors, weights, bounds);
+  AdamW<float, Space> whole_adam(whole.tensors, options);
+  AdamW<float, Space> shard_adam(sharded.tensors, options, shard_reduction.shard());
+  OptimiserShards<float, Space> whole_shards(*ranks, whole_reduction, whole_adam, cuts, bounds);
+  OptimiserShards<float, Space> shards(*ranks, shard_reduction, shard_adam, cuts, bounds);
+  BOOST_TEST(shard_adam.owned_first_moments().extent(0) == shard_reduction.shard().size());
+  for (int step = 0; step < 3; ++step) {
+    whole.draw_gradients(me, step);
+    sharded.draw_gradients(me, step);
+    whole_reduction.reduce(Space());
+    const double whole_norm = whole_shards.gradient_norm(Space());
+    whole_adam.step(Space(), whole_norm);
+    shard_reduction.reduce_scatter(Space());
+    const double norm = shards.gradient_norm(Space());
+    BOOST_TEST(norm == whole_norm, "step " << step << " on rank " << me);
+    shard_adam.step(Space(), norm);
+    BOOST_TEST(shards.last_step_overflows() == 0u);
+    shard_reduction.all_gather_values(Space());
+  }
+  std::size_t differing = 0;
+  for (std::size_t i = 0; i < lengths.size(); ++i)
+    for (std::size_t k = 0; k < lengths[i]; ++k) differing += whole.values[i](k) != sharded.values[i](k) ? 1 : 0;
+  BOOST_TEST(differing == 0u, differing << " of " << total << " values differ on rank " << me);
+  const HostMoments<float>& gathered = shards.gather_moments();
+  if (ranks->leader()) {
+    std::size_t moments_differing = 0;
+    for (std::size_t i = 0; i < lengths.size(); ++i) {
+      const auto part = whole_adam.owned_part(i);
+      const std::size_t at = whole_adam.flat_offset(i);
+      for (std::size_t k = 0; k < lengths[i]; ++k)
+        moments_differing += (gathered.m(at + k) != part.m(k) ? 1 : 0) + (gathered.v(at + k) != part.v(k) ? 1 : 0);
+    }
+    BOOST_TEST(moments_differing == 0u);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(weights_and_bounds_that_do_not_fit_are_refused) {
   std::vector<NamedTensor<float, Space>> none;
+  const std::vector<std::size_t> no_entries(static_cast<std::size_t>(ranks->size()) + 1, 0);
+  const auto reduction_over = [&](const std::vector<std::size_t>& bounds) {
+    GradientReduction<float, Space> reduction(*ranks, none, share_weights(*ranks, 4), bounds);
+  };
+  BOOST_CHECK_EXCEPTION(reduction_over(std::vector<std::size_t>(6, 0)), camex::argument_error, [](const camex::argument_error& e) {
+    return e.argument() == "bounds" && std::string(e.what()).find("ordered positions from 0 to the 0 entries") != std::string::npos;
+  });
   try {
-    GradientReduction<float, Space>(*ranks, none, std::vector<double>(static_cast<std::size_t>(ranks->size()) + 1, 0.5));
+    GradientReduction<float, Space>(*ranks, none, std::vector<double>(static_cast<std::size_t>(ranks->size()) + 1, 0.5), no_entries);
     BOOST_FAIL("no error");
   } catch (const camex::argument_error& e) {
     const std::string message = e.what();

@@ -1,11 +1,13 @@
 // AdamW with warm-up, linear decay and global-norm clipping: three steps over two tensors (one with weight decay,
-// one without) against the update written out in double on the host, the schedule's shape, and the errors.
+// one without) against the update written out in double on the host, the schedule's shape, shards of the optimiser
+// (ZeRO stage 1) against the whole one, bit for bit, and the errors.
 #include "common/train/adamw.hpp"
 
 #include "testing.hpp"
 
 #include <cmath>
 #include <random>
+#include <span>
 #include <vector>
 
 using namespace camex;
@@ -100,5 +102,102 @@ BOOST_AUTO_TEST_CASE(adamw_errors) {
     BOOST_CHECK_EXCEPTION(adam.step(Space{}), std::runtime_error, [](const std::runtime_error& e) {
       return std::string(e.what()).find("gradient norm is nan") != std::string::npos;
     });
+  }
+}
+
+BOOST_AUTO_TEST_CASE(norm_chunks_cut_each_tensor_from_its_start) {
+  BOOST_TEST((norm_chunk_bounds({10, 0, 4, 9}, 4) == std::vector<std::size_t>{0, 4, 8, 10, 14, 18, 22, 23}));
+  BOOST_TEST((norm_chunk_bounds({}, 4) == std::vector<std::size_t>{0}));
+}
+
+// Two optimiser shards over the same tensors, cut on a norm chunk inside a tensor, each given the other's chunk sums
+// as the ranks would gather them: the norms and, after three steps with clipping active, every value equal those of
+// one AdamW over everything, bit for bit; the moments each shard holds are its own entries'.
+BOOST_AUTO_TEST_CASE(shards_of_the_optimiser_take_the_whole_optimisers_steps) {
+  std::mt19937_64 gen(test_seed());
+  CAMEX_TEST_CONTEXT() {
+    const std::vector<std::size_t> lengths{9000, 5, 4100};
+    constexpr std::size_t chunk = AdamW<float, Space>::norm_chunk;
+    std::vector<Vec<float, Space>> values[2], grads[2];
+    std::vector<NamedTensor<float, Space>> tensors[2];
+    std::uniform_real_distribution<float> u(-1, 1);
+    std::vector<std::vector<float>> initial;
+    for (const std::size_t n : lengths) {
+      initial.emplace_back(n);
+      for (float& x : initial.back()) x = u(gen);
+    }
+    for (int copy = 0; copy < 2; ++copy)
+      for (std::size_t i = 0; i < lengths.size(); ++i) {
+        values[copy].emplace_back("w", lengths[i]);
+        grads[copy].emplace_back("g", lengths[i]);
+        auto host = Kokkos::create_mirror_view(values[copy][i]);
+        for (std::size_t k = 0; k < lengths[i]; ++k) host(k) = initial[i][k];
+        Kokkos::deep_copy(values[copy][i], host);
+        tensors[copy].push_back({camex::concat("t", i), {lengths[i]},
+                                 Parameter<float, Space>::of("t", values[copy][i], grads[copy][i]), i != 1});
+      }
+    const AdamWOptions o{.learning_rate = 0.01, .clip = 1.0, .warmup = 1, .total = 3};
+    const std::size_t cut = 2 * chunk, total = 9000 + 5 + 4100;
+    AdamW<float, Space> whole(tensors[0], o), first(tensors[1], o, FlatRange{0, cut}), second(tensors[1], o, FlatRange{cut, total});
+    BOOST_TEST(first.owned_chunks() == (FlatRange{0, 2}));
+    BOOST_TEST(second.owned_chunks() == (FlatRange{2, 6}));  // 9000: 3 chunks, 5: 1, 4100: 2
+    BOOST_TEST(second.owned_first_moments().extent(0) == total - cut);
+    const auto chunk_sums = [&](std::span<double> parts, FlatRange chunks) {
+      // What the other rank computes for its chunks: each chunk's squares summed in order, in double.
+      std::size_t c = 0;
+      for (std::size_t i = 0; i < lengths.size(); ++i) {
+        auto g = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, grads[1][i]);
+        for (std::size_t start = 0; start < lengths[i]; start += chunk, ++c) {
+          if (c < chunks.first || c >= chunks.last) continue;
+          double acc = 0;
+          for (std::size_t k = start; k < std::min(start + chunk, lengths[i]); ++k) acc += static_cast<double>(g(k)) * g(k);
+          parts[c] = acc;
+        }
+      }
+    };
+    for (int step = 0; step < 3; ++step) {
+      for (int copy = 0; copy < 2; ++copy)
+        for (std::size_t i = 0; i < lengths.size(); ++i) {
+          auto g = Kokkos::create_mirror_view(grads[copy][i]);
+          std::mt19937_64 draw(1000 * static_cast<std::uint64_t>(step) + i);
+          for (std::size_t k = 0; k < lengths[i]; ++k) g(k) = 3 * std::uniform_real_distribution<float>(-1, 1)(draw);
+          Kokkos::deep_copy(grads[copy][i], g);
+        }
+      const double norm = whole.gradient_norm(Space{});
+      const double first_norm = first.gradient_norm(Space{}, [&](std::span<double> parts) { chunk_sums(parts, FlatRange{2, 6}); });
+      const double second_norm = second.gradient_norm(Space{}, [&](std::span<double> parts) { chunk_sums(parts, FlatRange{0, 2}); });
+      BOOST_TEST(first_norm == norm);
+      BOOST_TEST(second_norm == norm);
+      whole.step(Space{}, norm);
+      first.step(Space{}, norm);
+      second.step(Space{}, norm);
+    }
+    std::size_t differing = 0;
+    for (std::size_t i = 0; i < lengths.size(); ++i) {
+      auto a = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values[0][i]);
+      auto b = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, values[1][i]);
+      for (std::size_t k = 0; k < lengths[i]; ++k) differing += a(k) != b(k) ? 1 : 0;
+    }
+    BOOST_TEST(differing == 0u);
+    // Tensor 0's entries past the cut belong to the second shard: their moments are there.
+    BOOST_TEST(first.owned_part(0).end == cut);
+    BOOST_TEST(second.owned_part(0).begin == cut);
+    BOOST_TEST(first.owned_part(2).begin == first.owned_part(2).end);
+    auto whole_m = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, whole.owned_part(0).m);
+    auto second_m = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, second.owned_part(0).m);
+    BOOST_TEST(second_m.extent(0) == 9000 - cut);
+    BOOST_TEST(second_m(0) == whole_m(cut));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(an_optimiser_shard_must_start_and_end_on_norm_chunks) {
+  CAMEX_TEST_CONTEXT() {
+    Vec<float, Space> w("w", 5000), g("g", 5000);
+    const std::vector<NamedTensor<float, Space>> tensors{{"w", {5000}, Parameter<float, Space>::of("w", w, g), false}};
+    require_argument_error([&] { AdamW<float, Space>(tensors, {}, FlatRange{0, 100}); }, "owned",
+                           {"starts and ends where a norm chunk does", "every 4096 entries", "given [0, 100)"});
+    require_argument_error([&] { AdamW<float, Space>(tensors, {}, FlatRange{5000, 4096}); }, "owned", {"given [5000, 4096)"});
+    AdamW<float, Space> shard(tensors, {}, FlatRange{4096, 5000});
+    BOOST_CHECK_THROW(shard.gradient_norm(Space{}), std::logic_error);  // it needs the other shard's chunk sums
   }
 }
