@@ -69,6 +69,9 @@ class GradientReduction {
     }
     const std::size_t rank = static_cast<std::size_t>(ranks.rank());
     shard_ = {bounds[rank], bounds[rank + 1]};
+    if (p * shard_.size() > static_cast<std::size_t>(INT_MAX))  // every rank's piece of the shard, received at once
+      throw argument_error(fn, "bounds", concat("shards of at most ", INT_MAX / static_cast<int>(p), " entries on ", p, " ranks"),
+                           concat("a shard of ", shard_.size(), " on rank ", rank));
     for (std::size_t r = 0; r < p; ++r) piece_offsets_.push_back(static_cast<int>(r * shard_.size()));
     total_ = total;
     if (p == 1) return;  // a process alone reduces nothing and needs no buffers

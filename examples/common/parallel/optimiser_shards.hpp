@@ -23,10 +23,12 @@ namespace camex::examples {
 template <class T, class Space>
 class OptimiserShards {
  public:
-  /// `cuts`: AdamW's norm chunk bounds (norm_chunk_bounds); `bounds`: the ranks' shards, cut from them (shard_bounds).
+  /// `cuts`: AdamW's norm chunk bounds (norm_chunk_bounds); `bounds`: the ranks' shards, cut from them (shard_bounds);
+  /// `sharded`: whether every rank's AdamW owns its shard alone (alike on every rank: which collectives a step calls
+  /// must not depend on one rank's shard, which may be empty or everything).
   OptimiserShards(const Ranks& ranks, GradientReduction<T, Space>& reduction, const AdamW<T, Space>& adam,
-                  const std::vector<std::size_t>& cuts, const std::vector<std::size_t>& bounds)
-      : ranks_(ranks), reduction_(reduction), adam_(adam) {
+                  const std::vector<std::size_t>& cuts, const std::vector<std::size_t>& bounds, bool sharded)
+      : ranks_(ranks), reduction_(reduction), adam_(adam), sharded_(sharded) {
     const auto chunk = [&](std::size_t bound) {
       const auto at = std::lower_bound(cuts.begin(), cuts.end(), bound);
       if (at == cuts.end() || *at != bound)
@@ -39,30 +41,33 @@ class OptimiserShards {
     }
   }
 
+  bool sharded() const { return sharded_; }
+
   /// The global gradient norm, as an unsharded AdamW takes it.
   double gradient_norm(const Space& space) {
-    if (adam_.owns_everything()) return adam_.gradient_norm(space);
+    if (!sharded_) return adam_.gradient_norm(space);
     return adam_.gradient_norm(space, [&](std::span<double> parts) { reduction_.all_gather_parts(parts, chunk_counts_, chunk_offsets_); });
   }
 
   /// How many entries the last update left non-finite, on every rank.
   std::uint64_t last_step_overflows() const {
-    if (adam_.owns_everything()) return adam_.last_step_overflows();
+    if (!sharded_) return adam_.last_step_overflows();
     return ranks_.sum(adam_.last_step_overflows());
   }
 
-  /// Both moments of every entry, on rank 0 (every rank must call it; the others get an empty pair).
-  const HostMoments<T>& gather_moments() {
-    const std::size_t total = whole_size();
-    if (ranks_.leader() && gathered_.m.extent(0) != total) {
-      gathered_.m = Kokkos::View<T*, Kokkos::HostSpace>("optimiser_shards.m", total);
-      gathered_.v = Kokkos::View<T*, Kokkos::HostSpace>("optimiser_shards.v", total);
+  /// Both moments of every entry, on rank 0, for a checkpoint (every rank must call it; the others get an empty
+  /// pair). Held only as long as the caller keeps them: rank 0 holds its shard alone between checkpoints.
+  HostMoments<T> gather_moments() const {
+    HostMoments<T> gathered;
+    if (ranks_.leader()) {
+      gathered.m = Kokkos::View<T*, Kokkos::HostSpace>("optimiser_shards.m", whole_size());
+      gathered.v = Kokkos::View<T*, Kokkos::HostSpace>("optimiser_shards.v", whole_size());
     }
     const auto mine_m = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, adam_.owned_first_moments());
     const auto mine_v = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace{}, adam_.owned_second_moments());
-    reduction_.gather_to_leader(mine_m.data(), gathered_.m.data());
-    reduction_.gather_to_leader(mine_v.data(), gathered_.v.data());
-    return gathered_;
+    reduction_.gather_to_leader(mine_m.data(), gathered.m.data());
+    reduction_.gather_to_leader(mine_v.data(), gathered.v.data());
+    return gathered;
   }
 
  private:
@@ -75,8 +80,8 @@ class OptimiserShards {
   const Ranks& ranks_;
   GradientReduction<T, Space>& reduction_;
   const AdamW<T, Space>& adam_;
+  bool sharded_;
   std::vector<int> chunk_counts_, chunk_offsets_;
-  HostMoments<T> gathered_;
 };
 
 }  // namespace camex::examples

@@ -135,7 +135,7 @@ class AdamW {
     m_ = Vec<T, Space>("adamw.m", owned_.size());
     v_ = Vec<T, Space>("adamw.v", owned_.size());
     norm_parts_ = Kokkos::View<double*, typename Space::memory_space>("adamw.norm_parts", chunks + 1);
-    if (!owns_everything()) norm_parts_host_ = Kokkos::create_mirror_view(norm_parts_);
+    norm_parts_host_ = Kokkos::create_mirror_view(norm_parts_);  // the same view where Space's memory is the host's
     overflowed_ = Kokkos::View<unsigned, typename Space::memory_space>("adamw.overflowed");
   }
 
@@ -159,7 +159,7 @@ class AdamW {
   OwnedPart owned_part(std::size_t i) const {
     const std::size_t start = offsets_.at(i), length = tensors_.at(i).flat.value.extent(0);
     const std::size_t lo = std::clamp(owned_.first, start, start + length), hi = std::clamp(owned_.last, start, start + length);
-    const std::size_t at = lo > owned_.first ? lo - owned_.first : 0;
+    const std::size_t at = lo < hi ? lo - owned_.first : 0;  // an empty part points at the start, not past the end
     return {lo - start, hi - start, typename Parameter<T, Space>::Flat(m_.data() + at, hi - lo),
             typename Parameter<T, Space>::Flat(v_.data() + at, hi - lo)};
   }
@@ -169,7 +169,9 @@ class AdamW {
   double next_rate() const { return scheduled_rate(options_, steps_); }
   void set_steps_taken(std::uint64_t steps) { steps_ = steps; }
 
-  /// Fills in the chunk sums of the chunks other shards own (every shard's, in chunk order), given this one's.
+  /// Fills in the chunk sums of the chunks other shards own (every shard's, in chunk order), given this one's. Every
+  /// shard of a sharded optimiser passes one, the shard that happens to own every entry too (the others are empty
+  /// and wait for its sums).
   using ShareParts = std::function<void(std::span<double> parts)>;
 
   /// The global gradient norm before clipping. Each tensor is cut into chunks of norm_chunk entries whose sums of
@@ -193,7 +195,7 @@ class AdamW {
       });
     }
     const std::size_t chunks = parts.extent(0) - 1;
-    if (!owns_everything()) {
+    if (share_parts) {
       Kokkos::deep_copy(space, norm_parts_host_, parts);
       space.fence();
       share_parts(std::span<double>(norm_parts_host_.data(), chunks));

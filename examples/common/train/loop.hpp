@@ -205,7 +205,7 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   AdamW<TrainScalar, TrainSpace> adam(tensors, {.learning_rate = o.lr, .weight_decay = o.weight_decay, .clip = o.clip,
                                                 .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction},
                                       sharded ? std::optional(reduction.shard()) : std::nullopt);
-  OptimiserShards<TrainScalar, TrainSpace> shards(ranks, reduction, adam, cuts, bounds);
+  OptimiserShards<TrainScalar, TrainSpace> shards(ranks, reduction, adam, cuts, bounds, sharded);
   const CheckpointIdentity identity = task.checkpoint_identity();
   const std::filesystem::path out(r.out);
   const bool writes = ranks.leader();
@@ -356,7 +356,7 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
     const int stop_signal = static_cast<int>(ranks.max(static_cast<std::uint64_t>(StopOnSignals::requested())));
     if (last || done == r.stop_after || stop_signal != 0 || (r.checkpoint_every > 0 && done % r.checkpoint_every == 0)) {
       if (sharded) {
-        const HostMoments<TrainScalar>& moments = shards.gather_moments();  // every rank sends; rank 0 holds them
+        const HostMoments<TrainScalar> moments = shards.gather_moments();  // every rank sends; rank 0 holds them
         if (writes) save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window, &moments);
       } else if (writes) {
         save_checkpoint(checkpoint, identity, nlohmann::json(c), adam, window);

@@ -121,14 +121,9 @@ struct Model {
   }
 };
 
-}  // namespace
-
-// Three steps of AdamW on tensors of several norm chunks (and one shorter than a chunk), clipping active: every
-// rank's values after sharded steps (each rank updating its shard, then the all-gather) equal the unsharded run's,
-// and so do the moments rank 0 gathers, bit for bit.
-BOOST_AUTO_TEST_CASE(a_sharded_optimiser_takes_the_unsharded_steps) {
+/// Three steps of a whole and of a sharded optimiser over tensors of `lengths` entries, compared.
+void sharded_steps(const std::vector<std::size_t>& lengths) {
   const int p = ranks->size(), me = ranks->rank();
-  const std::vector<std::size_t> lengths{9000, 3, 4096, 5000, 37};
   const std::size_t total = std::accumulate(lengths.begin(), lengths.end(), std::size_t{0});
   const auto cuts = norm_chunk_bounds(lengths, AdamW<float, Space>::norm_chunk);
   const auto bounds = shard_bounds(cuts, p);
@@ -139,8 +134,8 @@ BOOST_AUTO_TEST_CASE(a_sharded_optimiser_takes_the_unsharded_steps) {
   GradientReduction<float, Space> shard_reduction(*ranks, sharded.tensors, weights, bounds);
   AdamW<float, Space> whole_adam(whole.tensors, options);
   AdamW<float, Space> shard_adam(sharded.tensors, options, shard_reduction.shard());
-  OptimiserShards<float, Space> whole_shards(*ranks, whole_reduction, whole_adam, cuts, bounds);
-  OptimiserShards<float, Space> shards(*ranks, shard_reduction, shard_adam, cuts, bounds);
+  OptimiserShards<float, Space> whole_shards(*ranks, whole_reduction, whole_adam, cuts, bounds, false);
+  OptimiserShards<float, Space> shards(*ranks, shard_reduction, shard_adam, cuts, bounds, true);
   BOOST_TEST(shard_adam.owned_first_moments().extent(0) == shard_reduction.shard().size());
   for (int step = 0; step < 3; ++step) {
     whole.draw_gradients(me, step);
@@ -159,7 +154,7 @@ BOOST_AUTO_TEST_CASE(a_sharded_optimiser_takes_the_unsharded_steps) {
   for (std::size_t i = 0; i < lengths.size(); ++i)
     for (std::size_t k = 0; k < lengths[i]; ++k) differing += whole.values[i](k) != sharded.values[i](k) ? 1 : 0;
   BOOST_TEST(differing == 0u, differing << " of " << total << " values differ on rank " << me);
-  const HostMoments<float>& gathered = shards.gather_moments();
+  const HostMoments<float> gathered = shards.gather_moments();
   if (ranks->leader()) {
     std::size_t moments_differing = 0;
     for (std::size_t i = 0; i < lengths.size(); ++i) {
@@ -170,6 +165,17 @@ BOOST_AUTO_TEST_CASE(a_sharded_optimiser_takes_the_unsharded_steps) {
     }
     BOOST_TEST(moments_differing == 0u);
   }
+}
+
+}  // namespace
+
+// Three steps of AdamW on tensors of several norm chunks (and one shorter than a chunk), clipping active: every
+// rank's values after sharded steps (each rank updating its shard, then the all-gather) equal the unsharded run's,
+// and so do the moments rank 0 gathers, bit for bit. Also for a model of one chunk, where one rank's shard is
+// everything and the others' are empty: every rank still calls the same collectives.
+BOOST_AUTO_TEST_CASE(a_sharded_optimiser_takes_the_unsharded_steps) {
+  for (const std::vector<std::size_t>& lengths : {std::vector<std::size_t>{9000, 3, 4096, 5000, 37}, std::vector<std::size_t>{37}})
+    sharded_steps(lengths);
 }
 
 BOOST_AUTO_TEST_CASE(weights_and_bounds_that_do_not_fit_are_refused) {
