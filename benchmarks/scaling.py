@@ -2,11 +2,12 @@
 """Data-parallel training of the language model: what it gains here, what it sends, and how it would scale.
 
 1. Throughput here: the README's demo model (smoe_lm's defaults, --policy POLICY) for --steps steps on one process
-   (a thread per core) and on two (mpirun -np 2, one thread each, each bound to its core; without and with
-   --shard-optimizer, with the AdamW moments rank 0 holds), the trainer's own
-   summary rate (training tokens over training seconds) and, on two, the time rank 0 spends in the gradient
-   reduction a step (packing, the rank-ordered sums, and MPI: the transfers and the wait for the other rank's
-   backward); the best of --rounds rounds.
+   (a thread per core) and on two (mpirun -np 2, one thread each, each bound to its core): the gradients in one
+   bucket sent after the backward (--bucket-mb 1e6), in the default buckets sent while the backward goes on, and so
+   with --shard-optimizer (with the AdamW moments rank 0 holds). For each, the trainer's own summary rate (training
+   tokens over training seconds) and, on two, the time rank 0 spends in the gradient reduction a step (packing, the
+   rank-ordered sums, and MPI: the transfers and the wait for the other rank's backward), of it after the backward;
+   the best of --rounds rounds.
 2. Bytes: for each model size (the tests' tiny model, with a vocabulary of 128 as Brown needs more than 64; the
    demo model; a GPT-2-small-sized SMoE: 12 layers of 768 channels, 12 heads, context 1024, 8 experts) and policy, the gradient entries the trainer reduces a step
    (smoe_lm --plan: the model as built, routers and curvature factors included, without training) and the bytes
@@ -59,12 +60,14 @@ ESTIMATE = {
 def throughput(build, a):
     trainer = os.path.join(build, "examples", "smoe_lm", "smoe_lm")
     rows = []
-    for processes, sharded in ((1, False), (2, False), (2, True)):
+    for processes, overlapped, sharded in ((1, False, False), (2, False, False), (2, True, False), (2, True, True)):
         best = None
         for r in range(a.rounds):
-            out = os.path.join(a.out, f"run-{processes}{'-sharded' if sharded else ''}-{r}")
+            name = f"{processes}{'-overlapped' if overlapped else ''}{'-sharded' if sharded else ''}"
+            out = os.path.join(a.out, f"run-{name}-{r}")
             args = [trainer, "--policy", a.policy, "--steps", str(a.steps), "--out", out, "--plot", "0",
-                    "--host-threads", "all"] + (["--shard-optimizer"] if sharded else [])
+                    "--host-threads", "all"] + (["--shard-optimizer"] if sharded else []) + \
+                ([] if overlapped else ["--bucket-mb", "1e6"])
             env = dict(os.environ, **ROOT_OK)
             if processes == 1:
                 env["OMP_NUM_THREADS"] = str(os.cpu_count())
@@ -73,17 +76,19 @@ def throughput(build, a):
                 command = MPI + ["-np", "2", "--bind-to", "core", "-x", "OMP_NUM_THREADS=1"] + args
             text = run(command, env)
             rate = float(re.search(r"training ([0-9.]+) tokens/s", text).group(1))
-            found = re.search(r"gradient reduction: ([0-9.]+) ms a step on rank 0, ([0-9.]+) of them in MPI", text)
-            reduction, in_mpi = (float(found.group(1)), float(found.group(2))) if found else (0.0, 0.0)
-            sent = re.search(r"each sends ([0-9.]+) MB", text)
+            found = re.search(r"gradient reduction: ([0-9.]+) ms a step on rank 0, ([0-9.]+) of them after the backward "
+                              r"\(what it did not hide\), ([0-9.]+) in MPI", text)
+            reduction, after, in_mpi = (float(found.group(1)), float(found.group(2)), float(found.group(3))) if found \
+                else (0.0, 0.0, 0.0)
+            sent = re.search(r"each sends ([0-9.]+) MB of gradients a step in ([0-9]+) buckets", text)
             shape = re.search(r"([0-9]+) x ([0-9]+) tokens per step", text)
             step_ms = 1e3 * int(shape.group(1)) * int(shape.group(2)) / rate
             held = re.search(r"rank 0 holds ([0-9.]+) MB of AdamW moments", text)
-            row = (processes, int(sharded), rate, reduction, in_mpi, float(sent.group(1)) if sent else 0.0,
-                   round(step_ms, 2), float(held.group(1)) if held else None)
-            print(f"  {processes} process(es){', optimiser sharded' if sharded else ''}, round {r + 1}: {rate:.0f} "
-                  f"tokens/s, reduction {reduction:.2f} ms a step ({in_mpi:.2f} in MPI)",
-                  flush=True)
+            row = (processes, int(sent.group(2)) if sent else 0, int(sharded), rate, reduction, after, in_mpi,
+                   float(sent.group(1)) if sent else 0.0, round(step_ms, 2), float(held.group(1)) if held else None)
+            print(f"  {processes} process(es){', overlapped' if overlapped else ''}"
+                  f"{', optimiser sharded' if sharded else ''}, round {r + 1}: {rate:.0f} tokens/s, reduction "
+                  f"{reduction:.2f} ms a step ({after:.2f} after the backward, {in_mpi:.2f} in MPI)", flush=True)
             if best is None or rate > best[2]:
                 best = row
         rows.append(best)
@@ -129,14 +134,17 @@ def main():
 
     print(f"throughput of the demo model ({a.policy}), {a.steps} steps, best of {a.rounds}:", flush=True)
     rates = throughput(a.build, a)
-    one, two, sharded = rates
+    one, two, overlapped, sharded = rates
     params_MB = 2 * 4 * planned_entries(a.build, ["--policy", a.policy])[0] / 1e6  # one process: both moments, float
     rates = [row[:-1] + (row[-1] if row[-1] is not None else round(params_MB, 2),) for row in rates]
-    write_csv(os.path.join(a.out, "scaling.csv"), "processes,optimiser_sharded,tokens_per_second,reduction_ms_per_step,"
-              "of_it_in_mpi_ms,sent_MB_per_step,ms_per_step,adamw_moments_MB_on_rank_0", rates)
-    print(f"  speed-up on 2 processes: {two[2] / one[2]:.2f}x; reduction {two[3]:.2f} ms ({two[4]:.2f} in MPI) of a "
-          f"{two[6]:.1f} ms step; with the optimiser sharded {sharded[2] / one[2]:.2f}x, reduction {sharded[3]:.2f} ms, "
-          f"rank 0 holding {sharded[7]:.2f} MB of moments against {two[7]:.2f}")
+    write_csv(os.path.join(a.out, "scaling.csv"), "processes,buckets,optimiser_sharded,tokens_per_second,"
+              "reduction_ms_per_step,of_it_after_backward_ms,of_it_in_mpi_ms,sent_MB_per_step,ms_per_step,"
+              "adamw_moments_MB_on_rank_0", rates)
+    print(f"  speed-up on 2 processes: {two[3] / one[3]:.2f}x in one bucket (reduction {two[4]:.2f} ms, {two[6]:.2f} in "
+          f"MPI, of a {two[8]:.1f} ms step); {overlapped[3] / one[3]:.2f}x in {overlapped[1]} buckets overlapped "
+          f"(reduction {overlapped[4]:.2f} ms, {overlapped[5]:.2f} after the backward); with the optimiser sharded "
+          f"{sharded[3] / one[3]:.2f}x, reduction {sharded[4]:.2f} ms, rank 0 holding {sharded[9]:.2f} MB of moments "
+          f"against {two[9]:.2f}")
 
     print("gradient entries a step (smoe_lm --plan):", flush=True)
     bytes_rows, gpt2 = [], {}

@@ -27,6 +27,7 @@
 #include "common/text/embedding.hpp"
 #include "common/text/tied_head.hpp"
 #include "common/train/activations.hpp"
+#include "common/train/backward_groups.hpp"
 #include "common/train/loss.hpp"
 #include "common/train/parameters.hpp"
 
@@ -81,7 +82,9 @@ class Gpt {
     d_residuals_.resize(shape.layers + 1);
     for (std::size_t l = 0; l < shape.layers; ++l) {
       blocks_.push_back(std::make_unique<TransformerBlock<T, Space>>(block, make_mlp(l), streams));
+      const std::size_t first = parameters_.count();
       blocks_.back()->declare(parameters_, activations_, layer_prefix(l), proj_std);
+      block_tensors_.emplace_back(first, parameters_.count());
     }
     lnf_w_ = parameters_.add("lnf.weight", {c}, false, Init::ones());
     lnf_b_ = parameters_.add("lnf.bias", {c}, false, Init::zeros());
@@ -115,6 +118,13 @@ class Gpt {
     return out;
   }
 
+  /// backward's groups: the final norm, the blocks from the last, then the embeddings (wte, tied to the head, last).
+  BackwardGroups backward_groups() {
+    TransformerTensors where{.arena = parameters_.count(), .blocks = block_tensors_, .components = {}};
+    for (auto& b : blocks_) where.components.push_back(b->mlp().component_parameters().size());
+    return transformer_groups(where, {lnf_w_, lnf_b_}, {wte_, wpe_});
+  }
+
   /// inputs and targets: S x L token ids each. The model's draw streams start at `step.stream`, each block's MLP
   /// taking its random_streams() of them in layer order.
   LossParts forward(const Space& space, const StepContext& step, const TokenIds<Space>& inputs,
@@ -144,13 +154,21 @@ class Gpt {
   }
 
   /// Adds the gradients of cross_entropy + aux for the last forward into the zeroed arenas (the library
-  /// components write theirs, see nn/mlp.hpp).
-  void backward(const Space& space) {
+  /// components write theirs, see nn/mlp.hpp), telling `ready` as each of backward_groups() is final.
+  void backward(const Space& space, const GradientsReady& ready = {}) {
+    const auto finished = [&](std::size_t group) {
+      if (ready) ready(group);
+    };
     tied_head_backward(space, lnf_, value(wte_), targets_, probabilities_, 1.0, d_lnf_, gradient(wte_));
     layer_norm_backward(space, residuals_.back(), vector(lnf_w_), lnf_mean_, lnf_rstd_, d_lnf_, d_residuals_.back(),
                         gradient_vector(lnf_w_), gradient_vector(lnf_b_));
-    for (std::size_t l = blocks_.size(); l-- > 0;) blocks_[l]->backward(space, d_residuals_[l + 1], d_residuals_[l]);
+    finished(0);
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      blocks_[l]->backward(space, d_residuals_[l + 1], d_residuals_[l]);
+      finished(blocks_.size() - l);
+    }
     embedding_backward(space, inputs_, d_residuals_[0], gradient(wte_), gradient(wpe_));
+    finished(blocks_.size() + 1);
   }
 
  private:
@@ -171,6 +189,7 @@ class Gpt {
   ActivationArena<T, Space> activations_;
   std::size_t wte_ = 0, wpe_ = 0, lnf_w_ = 0, lnf_b_ = 0;
   std::vector<std::unique_ptr<TransformerBlock<T, Space>>> blocks_;
+  std::vector<std::pair<std::size_t, std::size_t>> block_tensors_;  // each block's arena tensors [first, last)
   TokenIds<Space> inputs_, targets_;
   std::vector<Mat<T, Space>> residuals_, d_residuals_;  // x_0 (the embedding) .. x_L, and their gradients
   Mat<T, Space> lnf_, probabilities_, d_lnf_;

@@ -25,6 +25,7 @@
 #include "common/nn/softmax_cross_entropy.hpp"
 #include "common/nn/transformer_block.hpp"
 #include "common/train/activations.hpp"
+#include "common/train/backward_groups.hpp"
 #include "common/train/loss.hpp"
 #include "common/train/parameters.hpp"
 #include "common/vision/patch_embedding.hpp"
@@ -83,7 +84,9 @@ class Vit {
     d_residuals_.resize(shape.layers + 1);
     for (std::size_t l_index = 0; l_index < shape.layers; ++l_index) {
       blocks_.push_back(std::make_unique<TransformerBlock<T, Space>>(block, make_mlp(l_index), streams));
+      const std::size_t first = parameters_.count();
       blocks_.back()->declare(parameters_, activations_, layer_prefix(l_index), proj_std);
+      block_tensors_.emplace_back(first, parameters_.count());
     }
     lnf_w_ = parameters_.add("lnf.weight", {c}, false, Init::ones());
     lnf_b_ = parameters_.add("lnf.bias", {c}, false, Init::zeros());
@@ -124,6 +127,15 @@ class Vit {
     return out;
   }
 
+  /// backward's groups: the head and final norm, the blocks from the last, then the patch embedding and positions.
+  BackwardGroups backward_groups() {
+    TransformerTensors where{.arena = parameters_.count(), .blocks = block_tensors_, .components = {}};
+    for (auto& blk : blocks_) where.components.push_back(blk->mlp().component_parameters().size());
+    std::vector<std::size_t> tail{pos_, patch_w_, patch_b_};
+    if (has_cls()) tail.push_back(cls_);
+    return transformer_groups(where, {head_w_, head_b_, lnf_w_, lnf_b_}, tail);
+  }
+
   /// images [B, rows x cols] (normalised), labels [B]; the loss and accuracy are the means over the first
   /// `counted` images (all by default). Each block's MLP takes its random_streams() of the model's draw streams from
   /// step.stream on, in block order.
@@ -158,17 +170,26 @@ class Vit {
     activations_.zero_gradients(space);
   }
 
-  /// Adds the gradients of cross_entropy + aux for the last forward into the zeroed arenas.
-  void backward(const Space& space) {
+  /// Adds the gradients of cross_entropy + aux for the last forward into the zeroed arenas, telling `ready` as each
+  /// of backward_groups() is final.
+  void backward(const Space& space, const GradientsReady& ready = {}) {
+    const auto finished = [&](std::size_t group) {
+      if (ready) ready(group);
+    };
     softmax_cross_entropy_backward(space, probabilities_, labels_, 1.0);
     linear_backward(space, pooled_, value(head_w_), probabilities_, d_pooled_, gradient(head_w_), gradient_vector(head_b_));
     pool_backward(space, shape_.pooling, shape_.length(), d_pooled_, d_lnf_);
     layer_norm_backward(space, residuals_.back(), vector(lnf_w_), lnf_mean_, lnf_rstd_, d_lnf_, d_residuals_.back(),
                         gradient_vector(lnf_w_), gradient_vector(lnf_b_));
-    for (std::size_t l = blocks_.size(); l-- > 0;) blocks_[l]->backward(space, d_residuals_[l + 1], d_residuals_[l]);
+    finished(0);
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      blocks_[l]->backward(space, d_residuals_[l + 1], d_residuals_[l]);
+      finished(blocks_.size() - l);
+    }
     tokens_backward(space, d_residuals_[0], d_patch_tokens_, cls_gradient(), gradient(pos_));
     linear_backward(space, patches_, value(patch_w_), d_patch_tokens_, Mat<T, Space>(), gradient(patch_w_),
                     gradient_vector(patch_b_));
+    finished(blocks_.size() + 1);
   }
 
  private:
@@ -192,6 +213,7 @@ class Vit {
   ActivationArena<T, Space> activations_;
   std::size_t patch_w_ = 0, patch_b_ = 0, cls_ = 0, pos_ = 0, lnf_w_ = 0, lnf_b_ = 0, head_w_ = 0, head_b_ = 0;
   std::vector<std::unique_ptr<TransformerBlock<T, Space>>> blocks_;
+  std::vector<std::pair<std::size_t, std::size_t>> block_tensors_;  // each block's arena tensors [first, last)
   Labels labels_;
   Mat<T, Space> patches_, patch_tokens_, d_patch_tokens_, lnf_, d_lnf_, pooled_, d_pooled_, probabilities_;
   Kokkos::View<double*, typename Space::memory_space> loss_terms_;  ///< the loss's per-row terms and sums

@@ -48,13 +48,14 @@ struct RunConfig {
   bool plan = false;      ///< describe the run (parameters, FLOPs, what it sends) and stop before training; not saved
   std::string host_threads = "auto";  ///< auto, all or all-but-one (camex::HostThreads)
   bool shard_optimizer = false;  ///< ZeRO stage 1: each of several processes keeps and updates its shard of AdamW
+  double bucket_mb = 4;  ///< gradients sent together during the backward, in MB (0: each block's apart)
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(MergeConfig, policy, experts, top_k, routing, segment, alpha, density, drop, gamma, aux,
                                    rank, router_noise)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(OptimiserConfig, steps, seed, batch, lr, weight_decay, clip, final_lr_fraction, warmup)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(RunConfig, log_every, eval_every, checkpoint_every, eval_batches, out, stop_after, resume,
-                                   upcycle_from, dump_step, plot, profile, host_threads, shard_optimizer)
+                                   upcycle_from, dump_step, plot, profile, host_threads, shard_optimizer, bucket_mb)
 
 /// A task's configuration (its data and model) with the shared parts.
 template <class TaskConfig>
@@ -122,6 +123,7 @@ struct RoutingChoices {
 inline void validate_shared(const MergeConfig& m, const OptimiserConfig& o, const RunConfig& r, const RoutingChoices& routings) {
   if (r.host_threads != "auto" && r.host_threads != "all" && r.host_threads != "all-but-one")
     option_error("host-threads", "auto, all or all-but-one", "'" + r.host_threads + "'");
+  if (!(r.bucket_mb >= 0 && r.bucket_mb <= 1e6)) option_error("bucket-mb", "0 to 1e6 MB", std::to_string(r.bucket_mb));
   const PolicyRule& rule = policy_rule(m.policy);  // names every policy when the name is unknown
   if (!routings.contains(m.routing)) option_error("routing", routings.names(), "'" + m.routing + "'");
   if (rule.experts) {
@@ -217,6 +219,11 @@ inline void add_shared_options(CLI::App& app, MergeConfig& m, OptimiserConfig& o
                                                            "its shard of the parameters alone and updates that shard, "
                                                            "then they exchange the updated shards (ZeRO stage 1: the "
                                                            "same numbers, the moments' memory divided by the processes)");
+  r_group->add_option("--bucket-mb", r.bucket_mb, "with several processes, the gradients are sent in buckets of at "
+                                                  "least this many MB as the backward finishes them, while it goes on "
+                                                  "with the earlier blocks (0: each block's apart; the numbers are the "
+                                                  "same for any size)")
+      ->capture_default_str();
   r_group->add_option("--host-threads", r.host_threads, "threads of an OpenMP build a step runs on: all, all-but-one, or "
                                                         "auto, whichever is faster while another process holds a core "
                                                         "(the numbers are the same either way)")

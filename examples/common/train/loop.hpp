@@ -7,8 +7,9 @@
 // and SIGTERM end the run after the step under way, with a checkpoint of it.
 //
 // Data parallelism (mpirun -np P): every rank holds the whole model and trains on its share of the step's batch
-// (the task loads it: common/parallel/batch_share.hpp); after the backward the gradients of every trainable tensor
-// are combined into the whole batch's (common/parallel/gradient_reduction.hpp) and the losses likewise, so every
+// (the task loads it: common/parallel/batch_share.hpp); the gradients of every trainable tensor are combined into the
+// whole batch's (common/parallel/gradient_reduction.hpp: in buckets, each sent as soon as the backward has finished
+// it, while the backward goes on) and the losses likewise, so every
 // rank takes the same AdamW step (or, with --shard-optimizer, each updates its shard and the ranks exchange the
 // updated shards). Rank 0 alone writes the run directory: configuration, curves, checkpoints.
 
@@ -49,7 +50,8 @@ struct Evaluation {
 };
 
 /// What the loop needs of a task (smoe_lm's LmTask, smoe_vit's VitTask):
-///   Model: forward on the task's loaded batch, zero_gradients, backward, tensors(), arena().initialise(seed);
+///   Model: forward on the task's loaded batch, zero_gradients, backward (telling which of its backward_groups()
+///   are final as it goes), tensors(), arena().initialise(seed);
 ///   the configuration; the share of each batch this process trains on; the training batch of a step (that
 ///   share of it); a validation pass (over every rank's share, combined); what a step processes (the whole
 ///   batch) and its model FLOPs; the checkpoint identity and the map upcycling uses; the dump of one step for the PyTorch twin; the
@@ -156,17 +158,17 @@ inline LossParts combined(const Ranks& ranks, const BatchShare& share, const Los
 /// batch itself, spread over the ranks, is left out; rank 0 writes.
 template <TrainingTask Task>
 int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, TrainSpace>& adam,
-              GradientReduction<TrainScalar, TrainSpace>& reduction, const Ranks& ranks, std::uint64_t step,
-              const std::string& format) {
+              const std::vector<std::size_t>& bounds, const Ranks& ranks, std::uint64_t step, const std::string& format) {
   const TrainSpace space;
   const auto& c = task.config();
+  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, adam.tensors(), share_weights(ranks, task.share().whole), bounds);
   task.load_training_batch(step);
   model.zero_gradients(space);
   LossParts loss = task.forward(model, space, {.seed = c.optimiser.seed, .step = step, .stream = 0, .training = true});
   std::vector<HostTensor> out;
   if (ranks.size() == 1) out = task.dump_batch(model);
   model.backward(space);
-  reduction.reduce(space);
+  reduction.complete(space);
   loss = combined(ranks, task.share(), loss);
   if (!ranks.leader()) return 0;
   for (const auto& t : adam.tensors()) {
@@ -200,8 +202,11 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   // The ranks' shards start and end on AdamW's norm chunks, so that a shard of the optimiser has the unsharded bits.
   const auto cuts = norm_chunk_bounds(lengths, AdamW<TrainScalar, TrainSpace>::norm_chunk);
   const auto bounds = shard_bounds(cuts, ranks.size());
-  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole), bounds);
   const bool sharded = r.shard_optimizer && ranks.size() > 1;
+  const ReductionPlan plan{.result = sharded ? ReducedGradients::own_shard : ReducedGradients::everywhere,
+                           .groups = model.backward_groups(),
+                           .bucket_entries = static_cast<std::size_t>(r.bucket_mb * 1e6 / sizeof(TrainScalar))};
+  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole), bounds, plan);
   AdamW<TrainScalar, TrainSpace> adam(tensors, {.learning_rate = o.lr, .weight_decay = o.weight_decay, .clip = o.clip,
                                                 .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction},
                                       sharded ? std::optional(reduction.shard()) : std::nullopt);
@@ -227,15 +232,15 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
                                                              [&](const std::string& name) { return task.dense_name(name); });
     std::printf("upcycled %zu tensors from %s\n", set, r.upcycle_from.c_str());
   }
-  if (!r.dump_step.empty()) return dump_step(task, model, adam, reduction, ranks, start, dump_format);
+  if (!r.dump_step.empty()) return dump_step(task, model, adam, bounds, ranks, start, dump_format);
   const CurveColumns columns = task.curve_columns();
   const double flops_per_item = task.flops_per_item(), items_per_step = task.items_per_step();
   std::printf("%s\n", task.describe(parameters).c_str());
   if (ranks.size() > 1)
     std::printf("data parallel: %d processes share each step's batch (--batch %zu, rank 0 trains on %zu of it); each sends "
-                "%.2f MB of gradients a step%s; rank 0 holds %.2f MB of AdamW moments\n",
+                "%.2f MB of gradients a step in %zu buckets%s; rank 0 holds %.2f MB of AdamW moments\n",
                 ranks.size(), task.share().whole, task.share().count,
-                static_cast<double>(reduction.values_sent_per_step() * sizeof(TrainScalar)) / 1e6,
+                static_cast<double>(reduction.values_sent_per_step() * sizeof(TrainScalar)) / 1e6, reduction.buckets(),
                 sharded ? " (their shards' sums, then its updated shard of the parameters)" : "",
                 2e-6 * static_cast<double>(adam.owned().size() * sizeof(TrainScalar)));
   if (r.plan) {
@@ -286,11 +291,8 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
         diverged(o.lr, step, "the loss became " + exact(loss.cross_entropy) + " (auxiliary " + exact(loss.aux) + ")",
                  last_checkpoint, checkpointed);
       model.zero_gradients(on);
-      model.backward(on);
-      if (sharded)
-        reduction.reduce_scatter(on);
-      else
-        reduction.reduce(on);
+      model.backward(on, [&](std::size_t group) { reduction.gradients_ready(on, group); });
+      reduction.complete(on);
       loss = combined(ranks, task.share(), loss);
       rate = adam.next_rate();
       const double gradient_norm = shards.gradient_norm(on);
@@ -379,9 +381,10 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   KernelProfile::pause();
   if (start >= o.steps) last_valid = task.evaluate(model, space);
   if (o.steps > start && ranks.size() > 1)
-    std::printf("gradient reduction: %.2f ms a step on rank 0, %.2f of them in MPI (the transfers, and waiting for the "
-                "slowest rank), the rest packing and the ordered sums\n",
+    std::printf("gradient reduction: %.2f ms a step on rank 0, %.2f of them after the backward (what it did not hide), "
+                "%.2f in MPI (the transfers, and waiting for the slowest rank), the rest packing and the ordered sums\n",
                 1e3 * reduction.seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())),
+                1e3 * reduction.after_backward_seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())),
                 1e3 * reduction.mpi_seconds() / static_cast<double>(std::max<std::size_t>(1, reduction.calls())));
   if (r.profile && o.steps > start && writes) {
     std::printf("%s", KernelProfile::report(train_seconds, o.steps - start).c_str());

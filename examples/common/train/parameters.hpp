@@ -58,6 +58,8 @@ class ParameterArena {
   }
   bool allocated() const { return values_.extent(0) == offset_ && offset_ > 0; }
   std::size_t size() const { return offset_; }
+  /// Tensors declared so far.
+  std::size_t count() const { return specs_.size(); }
 
   /// Tensor i as [rows, cols] (a vector as [1, n]).
   Mat<T, Space> value(std::size_t i) const { return matrix(values_, i); }

@@ -85,6 +85,7 @@ BOOST_AUTO_TEST_CASE(bad_configurations_name_the_option) {
   require_config_error({"--density", "0"}, {"option --density"});
   require_config_error({"--policy", "domain", "--alpha", "1"}, {"option --alpha", "cancels the base"});
   require_config_error({"--drop", "1"}, {"option --drop"});
+  require_config_error({"--bucket-mb", "-1"}, {"option --bucket-mb", "0 to 1e6 MB", "given -1"});
   require_config_error({"--steps", "10", "--stop-after", "10"}, {"option --stop-after", "before --steps 10"});
   require_config_error({"--resume", "a", "--upcycle-from", "b"}, {"option --upcycle-from", "no --resume"});
   require_config_error({"--steps", "ten"}, {"--steps"});

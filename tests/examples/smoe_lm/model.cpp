@@ -2,7 +2,8 @@
 // routers' balancing losses) in every entry of every trainable tensor: the arena's (embeddings, norms, attention,
 // experts and bases) and the library components' (curvature factors, router weights). Dense, TIES-CA with the
 // noisy top-k router, and dynamic merging (the base propagated through the layers), all in double on a tiny model
-// with every value drawn at random. Plus the model's argument errors.
+// with every value drawn at random; each of the backward's groups final when the backward says so
+// (tests/support/backward_groups_testing.hpp). Plus the model's argument errors.
 //
 // Tolerance: as for the layers (tests/examples/common/nn/layer_testing.hpp), 1e-6 of the tensor's largest
 // difference quotient, plus 1e-9 absolute for tensors whose gradient is tiny (the rounding of the O(1) objective
@@ -10,6 +11,7 @@
 #include "common/moe/stores.hpp"
 #include "smoe_lm/model.hpp"
 
+#include "backward_groups_testing.hpp"
 #include "finite_difference.hpp"
 #include "testing.hpp"
 
@@ -60,7 +62,7 @@ void check_model_gradients(Model& model, std::mt19937_64& gen) {
   };
   BOOST_TEST(std::isfinite(objective()));
   model.zero_gradients(Space{});
-  model.backward(Space{});
+  backward_checking_groups(model, Space{});
   std::vector<std::pair<std::string, std::vector<double>>> analytic;
   for (auto& t : model.tensors()) analytic.emplace_back(t.name, host_values(t.flat.gradient));
   std::size_t index = 0;

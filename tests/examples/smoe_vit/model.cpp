@@ -3,13 +3,15 @@
 // token, positions, blocks, head) and the library components' (curvature factors, router weights). Dense with a
 // class token; TIES-CA routed per image with mean pooling, experts in the last block only (V-MoE's last-n); dynamic
 // merging routed per token in every block. All in double on a tiny model (8 x 8 images, 4 x 4 patches) with every
-// value drawn at random. Plus the model's argument errors.
+// value drawn at random; each of the backward's groups final when the backward says so (tests/support/
+// backward_groups_testing.hpp). Plus the model's argument errors.
 //
 // Tolerance: as for the LM (tests/examples/smoe_lm/model.cpp), 1e-6 of the tensor's largest difference quotient
 // plus 1e-9 absolute.
 #include "common/moe/stores.hpp"
 #include "smoe_vit/model.hpp"
 
+#include "backward_groups_testing.hpp"
 #include "finite_difference.hpp"
 #include "testing.hpp"
 
@@ -65,7 +67,7 @@ void check_model_gradients(Vit<double, Space>& model, std::mt19937_64& gen) {
   };
   BOOST_TEST(std::isfinite(objective()));
   model.zero_gradients(Space{});
-  model.backward(Space{});
+  backward_checking_groups(model, Space{});
   std::vector<std::vector<double>> analytic;
   for (auto& t : model.tensors()) analytic.push_back(host_values(t.flat.gradient));
   std::size_t index = 0;

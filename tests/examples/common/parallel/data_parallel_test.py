@@ -3,7 +3,8 @@
 trains the model one process trains.
 
 - Run to run: two runs on two processes end with the same checkpoint, every tensor bit for bit, and the same curves
-  (camex sums across ranks in rank order; MPI only moves bytes).
+  (camex sums across ranks in rank order; MPI only moves bytes), the second sending each block's gradients apart
+  while the backward goes on (--bucket-mb 0), the first all of them in one bucket.
 - Against one process, on an odd batch (shares of unequal size and weight), with the routers' balancing loss off
   (--aux 0: it is a statistic of the batch each process sees, so with it on two processes optimise a slightly
   different objective, as every data-parallel trainer's per-device balancing loss does): one step's loss agrees
@@ -14,7 +15,8 @@ trains the model one process trains.
 - Resume: a run of two processes stopped half way and resumed on two ends bit for bit where the uninterrupted run
   does; its checkpoint resumes on one process too.
 - The optimiser sharded across the processes (--shard-optimizer, ZeRO stage 1): the run ends bit for bit as the
-  unsharded one, rank 0 holding about half the moments; stopped and resumed sharded, likewise.
+  unsharded one, rank 0 holding about half the moments; stopped and resumed sharded (in a bucket per block),
+  likewise.
 - A batch smaller than the process count is a usage error (exit 2) naming --batch.
 
 usage: data_parallel_test.py lm|vit MPIEXEC TRAINER_BINARY"""
@@ -85,9 +87,11 @@ def main():
 
         # Run to run, and stopped and resumed, on two processes.
         a = train(two, options, out("two-a"), "two processes")
-        b = train(two, options, out("two-b"), "two processes again")
+        b = train(two, options + ["--bucket-mb", "0"], out("two-b"), "two processes again, a bucket per block")
         if a is not None and b is not None:
             check("data parallel: 2 processes" in a, "the run says it is data parallel on 2 processes")
+            buckets = lambda text: int(re.search(r"a step in ([0-9]+) buckets", text).group(1))  # noqa: E731
+            check(buckets(a) == 1 and buckets(b) > 2, f"{buckets(a)} bucket by default, {buckets(b)} with --bucket-mb 0")
             problems, tensors, rows = run_differences(out("two-a"), out("two-b"))
             check(not problems, f"two runs on two processes end alike ({tensors} tensors, {rows} curve rows) " +
                   "; ".join(problems))
@@ -107,9 +111,9 @@ def main():
             check(not problems, "with the optimiser sharded the run ends as the unsharded one " + "; ".join(problems))
             held = lambda text: float(re.search(r"rank 0 holds ([0-9.]+) MB of AdamW moments", text).group(1))  # noqa: E731
             check(held(sharded) <= 0.6 * held(a), f"rank 0 holds {held(sharded)} MB of moments sharded, {held(a)} MB not")
-        stopped_sharded = train(two, options + ["--shard-optimizer", "--stop-after", "4"], out("sharded-stopped"),
-                                "two processes sharded, stopped")
-        if stopped_sharded is not None and train(two, options + ["--shard-optimizer", "--resume",
+        stopped_sharded = train(two, options + ["--shard-optimizer", "--bucket-mb", "0", "--stop-after", "4"],
+                                out("sharded-stopped"), "two processes sharded, stopped")
+        if stopped_sharded is not None and train(two, options + ["--shard-optimizer", "--bucket-mb", "0", "--resume",
                                                                  out("sharded-stopped/checkpoint.safetensors")],
                                                  out("sharded-stopped"), "two processes sharded, resumed") is not None:
             problems, tensors, rows = run_differences(out("two-a"), out("sharded-stopped"))

@@ -1,10 +1,11 @@
 // The gradient reduction of data-parallel training, on as many processes as the test is launched with (ctest runs
 // it alone and under mpirun -np 3): every rank ends with the sum over ranks, in rank order, of each rank's weighted
 // gradients, taken in double and rounded once, bit for bit as a plain loop computes it, on uneven shares and on
-// tensors shorter than the rank count; the losses' weighted sums and the stop decision likewise; a sharded AdamW
+// tensors shorter than the rank count, whichever buckets the gradients are sent in and whenever the backward says
+// they are ready; the losses' weighted sums and the stop decision likewise; a sharded AdamW
 // (ZeRO stage 1: reduce-scatter, each rank's update of its shard, all-gather of the values) ends every rank with the
-// values and, gathered on rank 0, the moments of the unsharded update, bit for bit; bad weights and bounds are
-// errors naming them.
+// values and, gathered on rank 0, the moments of the unsharded update, bit for bit; bad weights, bounds, groups
+// and readiness orders are errors naming them.
 #include <boost/test/unit_test.hpp>
 
 #include "common/parallel/gradient_reduction.hpp"
@@ -47,10 +48,26 @@ float entry(int rank, std::size_t k) {
 
 BOOST_TEST_GLOBAL_FIXTURE(MpiSession);
 
-BOOST_AUTO_TEST_CASE(every_rank_ends_with_the_ordered_weighted_sum) {
+namespace {
+
+/// Each tensor its own group, the last tensor's first (as a backward finishes them).
+BackwardGroups reverse_groups(std::size_t tensors) {
+  BackwardGroups groups;
+  for (std::size_t i = tensors; i-- > 0;) groups.push_back({i});
+  return groups;
+}
+
+/// One step of `reduction` whose groups are told ready one by one, as a backward does, then completed.
+template <class Reduction>
+void reduce_step(Reduction& reduction, std::size_t groups) {
+  for (std::size_t g = 0; g < groups; ++g) reduction.gradients_ready(Space(), g);
+  reduction.complete(Space());
+}
+
+/// The gradients of `lengths`-long tensors reduced in the buckets `plan` makes (groups ready one by one, where it
+/// has groups), against the ordered sum recomputed here.
+void check_ordered_sum(const std::vector<std::size_t>& lengths, const ReductionPlan& plan, std::size_t expected_buckets) {
   const int p = ranks->size(), me = ranks->rank();
-  // Three tensors, one shorter than the rank count, so the shards cut through and across tensors.
-  const std::vector<std::size_t> lengths{1000, 2, 37};
   std::vector<Kokkos::View<float*, Space::memory_space>> values, gradients;
   std::vector<NamedTensor<float, Space>> tensors;
   std::size_t offset = 0;
@@ -65,8 +82,9 @@ BOOST_AUTO_TEST_CASE(every_rank_ends_with_the_ordered_weighted_sum) {
   std::vector<std::size_t> every_entry(offset + 1);
   std::iota(every_entry.begin(), every_entry.end(), std::size_t{0});
   const auto bounds = shard_bounds(every_entry, p);
-  GradientReduction<float, Space> reduction(*ranks, tensors, weights, bounds);
-  reduction.reduce(Space());
+  GradientReduction<float, Space> reduction(*ranks, tensors, weights, bounds, plan);
+  BOOST_TEST(reduction.buckets() == expected_buckets);
+  reduce_step(reduction, plan.groups.size());
   offset = 0;
   std::size_t differing = 0;
   for (std::size_t i = 0; i < lengths.size(); ++i) {
@@ -81,6 +99,19 @@ BOOST_AUTO_TEST_CASE(every_rank_ends_with_the_ordered_weighted_sum) {
   BOOST_TEST(differing == 0u, differing << " of " << offset << " entries differ from the ordered sum on rank " << me);
   const std::size_t total = offset, mine = bounds[static_cast<std::size_t>(me) + 1] - bounds[static_cast<std::size_t>(me)];
   BOOST_TEST(reduction.values_sent_per_step() == total - mine + mine * static_cast<std::size_t>(p - 1));
+}
+
+}  // namespace
+
+// Three tensors, one shorter than the rank count, so the shards cut through and across tensors and buckets: one
+// bucket; each tensor its own, the last first; buckets of at least 30 entries (the 2-entry tensor joins the first).
+BOOST_AUTO_TEST_CASE(every_rank_ends_with_the_ordered_weighted_sum) {
+  const std::vector<std::size_t> lengths{1000, 2, 37};
+  BOOST_TEST_CONTEXT("one bucket") { check_ordered_sum(lengths, {}, 1); }
+  BOOST_TEST_CONTEXT("a bucket per tensor") { check_ordered_sum(lengths, {.groups = reverse_groups(3), .bucket_entries = 0}, 3); }
+  BOOST_TEST_CONTEXT("buckets of 30 entries") {
+    check_ordered_sum(lengths, {.groups = reverse_groups(3), .bucket_entries = 30}, 2);
+  }
 }
 
 BOOST_AUTO_TEST_CASE(losses_are_weighted_sums_and_every_rank_takes_the_same_decision) {
@@ -131,7 +162,9 @@ void sharded_steps(const std::vector<std::size_t>& lengths) {
   const AdamWOptions options{.learning_rate = 0.01, .weight_decay = 0.1, .clip = 0.5, .warmup = 1, .total = 3};
   Model whole(lengths, me), sharded(lengths, me);
   GradientReduction<float, Space> whole_reduction(*ranks, whole.tensors, weights, bounds);
-  GradientReduction<float, Space> shard_reduction(*ranks, sharded.tensors, weights, bounds);
+  // The sharded run's gradients in a bucket per tensor, ready one by one.
+  const ReductionPlan own_shard{.result = ReducedGradients::own_shard, .groups = reverse_groups(lengths.size()), .bucket_entries = 0};
+  GradientReduction<float, Space> shard_reduction(*ranks, sharded.tensors, weights, bounds, own_shard);
   AdamW<float, Space> whole_adam(whole.tensors, options);
   AdamW<float, Space> shard_adam(sharded.tensors, options, shard_reduction.shard());
   OptimiserShards<float, Space> whole_shards(*ranks, whole_reduction, whole_adam, cuts, bounds, false);
@@ -140,10 +173,10 @@ void sharded_steps(const std::vector<std::size_t>& lengths) {
   for (int step = 0; step < 3; ++step) {
     whole.draw_gradients(me, step);
     sharded.draw_gradients(me, step);
-    whole_reduction.reduce(Space());
+    whole_reduction.complete(Space());
     const double whole_norm = whole_shards.gradient_norm(Space());
     whole_adam.step(Space(), whole_norm);
-    shard_reduction.reduce_scatter(Space());
+    reduce_step(shard_reduction, lengths.size());
     const double norm = shards.gradient_norm(Space());
     BOOST_TEST(norm == whole_norm, "step " << step << " on rank " << me);
     shard_adam.step(Space(), norm);
@@ -196,4 +229,41 @@ BOOST_AUTO_TEST_CASE(weights_and_bounds_that_do_not_fit_are_refused) {
     BOOST_TEST(message.find(std::to_string(ranks->size()).insert(0, "one weight for each of the ") + " ranks") != std::string::npos,
                message);
   }
+}
+
+BOOST_AUTO_TEST_CASE(groups_that_do_not_fit_and_readiness_out_of_order_are_refused) {
+  std::vector<Kokkos::View<float*, Space::memory_space>> views{Kokkos::View<float*, Space::memory_space>("a", 3),
+                                                               Kokkos::View<float*, Space::memory_space>("b", 4)};
+  std::vector<NamedTensor<float, Space>> two;
+  for (const auto& v : views) two.push_back({v.label(), {3}, camex::Parameter<float, Space>::of("t", v, v)});
+  std::vector<std::size_t> every_entry(8);
+  std::iota(every_entry.begin(), every_entry.end(), std::size_t{0});
+  const auto bounds = shard_bounds(every_entry, ranks->size());
+  const auto weights = share_weights(*ranks, 4);
+  const auto refused = [&](const BackwardGroups& groups, const std::string& expected) {
+    try {
+      GradientReduction<float, Space>(*ranks, two, weights, bounds, {.groups = groups});
+      BOOST_FAIL("no error for groups " << expected);
+    } catch (const camex::argument_error& e) {
+      BOOST_TEST(e.argument() == "plan.groups");
+      BOOST_TEST(std::string(e.what()).find(expected) != std::string::npos, e.what());
+    }
+  };
+  refused({{0}, {2}}, "indices of the 2 tensors");
+  refused({{0, 1}, {1}}, "tensor 1 (b) in 2");
+  refused({{1}}, "tensor 0 (a) in 0");
+  GradientReduction<float, Space> reduction(*ranks, two, weights, bounds, {.groups = {{1}, {0}}, .bucket_entries = 0});
+  const auto out_of_order = [&](std::size_t group, const std::string& expected) {
+    BOOST_CHECK_EXCEPTION(reduction.gradients_ready(Space(), group), camex::argument_error, [&](const camex::argument_error& e) {
+      return e.argument() == "group" && std::string(e.what()).find(expected) != std::string::npos;
+    });
+  };
+  out_of_order(1, "group 0 of 2");
+  reduction.gradients_ready(Space(), 0);
+  out_of_order(0, "group 1 of 2");
+  reduction.gradients_ready(Space(), 1);
+  out_of_order(2, "group 2 of 2");
+  reduction.complete(Space());
+  reduction.gradients_ready(Space(), 0);  // a new step
+  reduction.complete(Space());
 }
