@@ -89,7 +89,7 @@ def throughput(build, a):
             print(f"  {processes} process(es){', overlapped' if overlapped else ''}"
                   f"{', optimiser sharded' if sharded else ''}, round {r + 1}: {rate:.0f} tokens/s, reduction "
                   f"{reduction:.2f} ms a step ({after:.2f} after the backward, {in_mpi:.2f} in MPI)", flush=True)
-            if best is None or rate > best[2]:
+            if best is None or rate > best[3]:
                 best = row
         rows.append(best)
     return rows
