@@ -13,7 +13,7 @@
 #include <span>
 #include <vector>
 
-#include "common/parallel/gradient_reduction.hpp"
+#include "common/parallel/reduction_buckets.hpp"
 #include "common/parallel/ranks.hpp"
 #include "common/train/adamw.hpp"
 #include "common/train/checkpoint.hpp"
@@ -26,7 +26,7 @@ class OptimiserShards {
   /// `cuts`: AdamW's norm chunk bounds (norm_chunk_bounds); `bounds`: the ranks' shards, cut from them (shard_bounds);
   /// `sharded`: whether every rank's AdamW owns its shard alone (alike on every rank: which collectives a step calls
   /// must not depend on one rank's shard, which may be empty or everything).
-  OptimiserShards(const Ranks& ranks, GradientReduction<T, Space>& reduction, const AdamW<T, Space>& adam,
+  OptimiserShards(const Ranks& ranks, ReductionBuckets<T, Space>& reduction, const AdamW<T, Space>& adam,
                   const std::vector<std::size_t>& cuts, const std::vector<std::size_t>& bounds, bool sharded)
       : ranks_(ranks), reduction_(reduction), adam_(adam), sharded_(sharded) {
     const auto chunk = [&](std::size_t bound) {
@@ -78,7 +78,7 @@ class OptimiserShards {
   }
 
   const Ranks& ranks_;
-  GradientReduction<T, Space>& reduction_;
+  ReductionBuckets<T, Space>& reduction_;
   const AdamW<T, Space>& adam_;
   bool sharded_;
   std::vector<int> chunk_counts_, chunk_offsets_;

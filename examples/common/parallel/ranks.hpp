@@ -13,6 +13,7 @@
 
 #include <camex/core/error.hpp>
 
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -112,6 +113,16 @@ class Ranks {
     if (size_ > 1) check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
 #endif
     return value;
+  }
+
+  /// Rank 0's `bytes` onto every rank.
+  void broadcast_from_leader(std::span<std::byte> bytes) const {
+#if CAMEX_EXAMPLES_WITH_MPI
+    if (size_ > 1)
+      check(MPI_Bcast(bytes.data(), static_cast<int>(bytes.size()), MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast");
+#else
+    static_cast<void>(bytes);
+#endif
   }
 
   /// Returns on every rank once every rank has called it.

@@ -31,7 +31,7 @@
 
 #include "common/io/atomic_file.hpp"
 #include "common/io/safetensors.hpp"
-#include "common/parallel/gradient_reduction.hpp"
+#include "common/parallel/reduction_for.hpp"
 #include "common/parallel/optimiser_shards.hpp"
 #include "common/parallel/ranks.hpp"
 #include "common/train/adamw.hpp"
@@ -161,7 +161,7 @@ int dump_step(Task& task, typename Task::Model& model, const AdamW<TrainScalar, 
               const std::vector<std::size_t>& bounds, const Ranks& ranks, std::uint64_t step, const std::string& format) {
   const TrainSpace space;
   const auto& c = task.config();
-  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, adam.tensors(), share_weights(ranks, task.share().whole), bounds);
+  GradientReductionFor<TrainScalar, TrainSpace> reduction(ranks, adam.tensors(), share_weights(ranks, task.share().whole), bounds);
   task.load_training_batch(step);
   model.zero_gradients(space);
   LossParts loss = task.forward(model, space, {.seed = c.optimiser.seed, .step = step, .stream = 0, .training = true});
@@ -206,7 +206,7 @@ int train(Task& task, std::unique_ptr<typename Task::Model> model_owner, const s
   const ReductionPlan plan{.result = sharded ? ReducedGradients::own_shard : ReducedGradients::everywhere,
                            .groups = model.backward_groups(),
                            .bucket_entries = static_cast<std::size_t>(r.bucket_mb * 1e6 / sizeof(TrainScalar))};
-  GradientReduction<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole), bounds, plan);
+  GradientReductionFor<TrainScalar, TrainSpace> reduction(ranks, tensors, share_weights(ranks, task.share().whole), bounds, plan);
   AdamW<TrainScalar, TrainSpace> adam(tensors, {.learning_rate = o.lr, .weight_decay = o.weight_decay, .clip = o.clip,
                                                 .warmup = o.warmup, .total = o.steps, .final_fraction = o.final_lr_fraction},
                                       sharded ? std::optional(reduction.shard()) : std::nullopt);
