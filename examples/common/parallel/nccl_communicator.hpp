@@ -1,8 +1,9 @@
 #pragma once
 // One NCCL communicator over the GPUs of a data-parallel run, one per rank (each rank's current CUDA device, the one
-// Kokkos runs on), bootstrapped through MPI as NCCL asks: rank 0 draws the unique id, MPI broadcasts it, every rank
-// joins with it. Or a communicator of one GPU alone, which runs every collective of the reduction on one device (the
-// GPU check's test of the NCCL path, tests/examples/common/parallel/nccl_reduction.cpp).
+// Kokkos runs on; ranks that share one are refused first, common/parallel/device_sharing.hpp), bootstrapped through
+// MPI as NCCL asks: rank 0 draws the unique id, MPI broadcasts it, every rank joins with it. Or a communicator of
+// one GPU alone, which runs every collective of the reduction on one device (the GPU check's test of the NCCL path,
+// tests/examples/common/parallel/nccl_reduction.cpp).
 
 #include <cuda_runtime.h>
 #include <nccl.h>
@@ -12,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "common/parallel/device_sharing.hpp"
 #include "common/parallel/ranks.hpp"
 
 namespace camex::examples {
@@ -33,6 +35,13 @@ class NcclCommunicator {
  public:
   /// Every rank of `ranks`, each on its current CUDA device.
   explicit NcclCommunicator(const Ranks& ranks) : size_(ranks.size()), rank_(ranks.rank()) {
+    int device = 0;
+    cuda_check(cudaGetDevice(&device), "cudaGetDevice");
+    cudaDeviceProp properties{};
+    cuda_check(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
+    const auto uuids = ranks.all_gather_bytes(std::as_bytes(std::span(properties.uuid.bytes)));
+    if (const auto shared = ranks_sharing_a_device(uuids, sizeof properties.uuid.bytes))
+      throw nccl_error(shared_device_message(shared->first, shared->second));
     ncclUniqueId id{};
     if (ranks.leader()) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
     ranks.broadcast_from_leader(std::as_writable_bytes(std::span(&id, 1)));

@@ -62,16 +62,8 @@ class NcclGradientReduction : public ReductionBuckets<T, Kokkos::Cuda> {
     pieces_ = Device("nccl_gradient_reduction.pieces", p * shard_.size());
     device_weights_ = Kokkos::View<double*, typename Space::memory_space>("nccl_gradient_reduction.weights", p);
     Kokkos::deep_copy(device_weights_, Kokkos::View<const double*, Kokkos::HostSpace>(weights.data(), weights.size()));
-    cuda_check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
-    communication_ = std::make_unique<Space>(stream_);
-    cuda_check(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-    cuda_check(cudaEventCreateWithFlags(&communication_done_, cudaEventDisableTiming), "cudaEventCreateWithFlags");
-  }
-  ~NcclGradientReduction() {
-    communication_.reset();  // the Kokkos instance before the stream it runs on
-    if (compute_done_ != nullptr) cudaEventDestroy(compute_done_);
-    if (communication_done_ != nullptr) cudaEventDestroy(communication_done_);
-    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    stream_ = std::make_unique<Stream>();
+    communication_ = std::make_unique<Space>(stream_->stream);
   }
   NcclGradientReduction(const NcclGradientReduction&) = delete;
   NcclGradientReduction& operator=(const NcclGradientReduction&) = delete;
@@ -105,9 +97,11 @@ class NcclGradientReduction : public ReductionBuckets<T, Kokkos::Cuda> {
       const auto [first, last] = this->own_run(b);
       this->copy(*communication_, &Parameter<T, Space>::value, packed_, b, first, last, true);
     }
-    nccl_check(ncclGroupStart(), "ncclGroupStart");
-    for (const Bucket& b : buckets_) gather_runs(b);
-    nccl_check(ncclGroupEnd(), "ncclGroupEnd");
+    for (const Bucket& b : buckets_) {  // a group a bucket: NCCL bounds the operations of one group
+      Group group;
+      gather_runs(b);
+      group.end();
+    }
     for (const Bucket& b : buckets_) this->copy(*communication_, &Parameter<T, Space>::value, packed_, b, 0, b.size, false);
     rejoin(space);
   }
@@ -115,15 +109,59 @@ class NcclGradientReduction : public ReductionBuckets<T, Kokkos::Cuda> {
  private:
   static ncclDataType_t nccl_type() { return std::is_same_v<T, float> ? ncclFloat : ncclDouble; }
 
+  /// The communication stream and the two events that order it against the execution space's stream.
+  struct Stream {
+    cudaStream_t stream = nullptr;
+    cudaEvent_t compute_done = nullptr, communication_done = nullptr;
+    Stream() {
+      try {
+        cuda_check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+        cuda_check(cudaEventCreateWithFlags(&compute_done, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+        cuda_check(cudaEventCreateWithFlags(&communication_done, cudaEventDisableTiming), "cudaEventCreateWithFlags");
+      } catch (...) {
+        release();
+        throw;
+      }
+    }
+    ~Stream() { release(); }
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    void release() {
+      if (compute_done != nullptr) cudaEventDestroy(compute_done);
+      if (communication_done != nullptr) cudaEventDestroy(communication_done);
+      if (stream != nullptr) cudaStreamDestroy(stream);
+      compute_done = communication_done = nullptr;
+      stream = nullptr;
+    }
+  };
+
+  /// A NCCL group, ended by end() or, when an error leaves its scope first, by the destructor.
+  class Group {
+   public:
+    Group() { nccl_check(ncclGroupStart(), "ncclGroupStart"); }
+    ~Group() {
+      if (open_) ncclGroupEnd();
+    }
+    Group(const Group&) = delete;
+    Group& operator=(const Group&) = delete;
+    void end() {
+      open_ = false;
+      nccl_check(ncclGroupEnd(), "ncclGroupEnd");
+    }
+
+   private:
+    bool open_ = true;
+  };
+
   /// The communication stream waits for what `space` has queued.
   void follow(const Space& space) {
-    cuda_check(cudaEventRecord(compute_done_, space.cuda_stream()), "cudaEventRecord");
-    cuda_check(cudaStreamWaitEvent(stream_, compute_done_, 0), "cudaStreamWaitEvent");
+    cuda_check(cudaEventRecord(stream_->compute_done, space.cuda_stream()), "cudaEventRecord");
+    cuda_check(cudaStreamWaitEvent(stream_->stream, stream_->compute_done, 0), "cudaStreamWaitEvent");
   }
   /// `space` waits for what the communication stream has queued.
   void rejoin(const Space& space) {
-    cuda_check(cudaEventRecord(communication_done_, stream_), "cudaEventRecord");
-    cuda_check(cudaStreamWaitEvent(space.cuda_stream(), communication_done_, 0), "cudaStreamWaitEvent");
+    cuda_check(cudaEventRecord(stream_->communication_done, stream_->stream), "cudaEventRecord");
+    cuda_check(cudaStreamWaitEvent(space.cuda_stream(), stream_->communication_done, 0), "cudaStreamWaitEvent");
   }
 
   /// Queues bucket b's reduction: pack, exchange, ordered sum, then the gather and unpacking of every run, or of
@@ -136,27 +174,28 @@ class NcclGradientReduction : public ReductionBuckets<T, Kokkos::Cuda> {
     const std::size_t mine = last - first, ranks = static_cast<std::size_t>(ranks_.size());
     const ncclComm_t comm = communicator_->get();
     // A pair whose count is 0 is left out on both sides alike: both know every rank's run length.
-    nccl_check(ncclGroupStart(), "ncclGroupStart");
+    Group exchange;
     for (std::size_t r = 0; r < ranks; ++r) {
       const auto count = static_cast<std::size_t>(bucket.counts[r]);
       if (count > 0)
         nccl_check(ncclSend(packed_.data() + bucket.offset + bucket.displacements[r], count, nccl_type(), static_cast<int>(r), comm,
-                            stream_),
+                            stream_->stream),
                    "ncclSend");
       if (mine > 0)
-        nccl_check(ncclRecv(pieces_.data() + bucket.pieces + r * mine, mine, nccl_type(), static_cast<int>(r), comm, stream_),
+        nccl_check(ncclRecv(pieces_.data() + bucket.pieces + r * mine, mine, nccl_type(), static_cast<int>(r), comm,
+                            stream_->stream),
                    "ncclRecv");
     }
-    nccl_check(ncclGroupEnd(), "ncclGroupEnd");
+    exchange.end();
     sum_in_rank_order(*communication_, Kokkos::subview(pieces_, std::make_pair(bucket.pieces, bucket.pieces + ranks * mine)),
                       device_weights_, Kokkos::subview(packed_, std::make_pair(bucket.offset + first, bucket.offset + last)));
     if (result_ == ReducedGradients::own_shard) {
       this->copy(*communication_, &Parameter<T, Space>::gradient, packed_, bucket, first, last, false);
       return;
     }
-    nccl_check(ncclGroupStart(), "ncclGroupStart");
+    Group gather;
     gather_runs(bucket);
-    nccl_check(ncclGroupEnd(), "ncclGroupEnd");
+    gather.end();
     this->copy(*communication_, &Parameter<T, Space>::gradient, packed_, bucket, 0, bucket.size, false);
   }
 
@@ -170,11 +209,11 @@ class NcclGradientReduction : public ReductionBuckets<T, Kokkos::Cuda> {
       const auto theirs = static_cast<std::size_t>(bucket.counts[r]);
       if (mine > 0)
         nccl_check(ncclSend(packed_.data() + bucket.offset + bucket.displacements[me], mine, nccl_type(), static_cast<int>(r), comm,
-                            stream_),
+                            stream_->stream),
                    "ncclSend");
       if (theirs > 0)
         nccl_check(ncclRecv(packed_.data() + bucket.offset + bucket.displacements[r], theirs, nccl_type(), static_cast<int>(r), comm,
-                            stream_),
+                            stream_->stream),
                    "ncclRecv");
     }
   }
@@ -182,9 +221,8 @@ class NcclGradientReduction : public ReductionBuckets<T, Kokkos::Cuda> {
   std::shared_ptr<const NcclCommunicator> communicator_;
   Device packed_, pieces_;
   Kokkos::View<double*, typename Space::memory_space> device_weights_;
-  cudaStream_t stream_ = nullptr;
-  std::unique_ptr<Space> communication_;  // a Kokkos instance on stream_
-  cudaEvent_t compute_done_ = nullptr, communication_done_ = nullptr;
+  std::unique_ptr<Stream> stream_;
+  std::unique_ptr<Space> communication_;  // a Kokkos instance on stream_, so destroyed before it
 };
 
 }  // namespace camex::examples

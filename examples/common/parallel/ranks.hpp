@@ -13,6 +13,7 @@
 
 #include <camex/core/error.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -113,6 +114,20 @@ class Ranks {
     if (size_ > 1) check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
 #endif
     return value;
+  }
+
+  /// Every rank's `mine` (the same length on each), in rank order, on every rank.
+  std::vector<std::byte> all_gather_bytes(std::span<const std::byte> mine) const {
+    std::vector<std::byte> all(mine.size() * static_cast<std::size_t>(size_));
+#if CAMEX_EXAMPLES_WITH_MPI
+    if (size_ > 1) {
+      const int length = static_cast<int>(mine.size());
+      check(MPI_Allgather(mine.data(), length, MPI_BYTE, all.data(), length, MPI_BYTE, MPI_COMM_WORLD), "MPI_Allgather");
+      return all;
+    }
+#endif
+    std::copy(mine.begin(), mine.end(), all.begin());
+    return all;
   }
 
   /// Rank 0's `bytes` onto every rank.

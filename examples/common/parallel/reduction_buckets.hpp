@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <cstddef>
 #include <limits>
 #include <span>
@@ -51,6 +52,10 @@ inline std::vector<double> share_weights(const Ranks& ranks, std::size_t whole) 
   return weights;
 }
 
+/// The ordered sum's step: sum + weight x, rounded once. Spelled as a fused multiply-add so that no compiler may
+/// choose between one rounding and two (nvcc contracts a * b + c by default, GCC where the target has FMA).
+KOKKOS_INLINE_FUNCTION double weighted_add(double sum, double weight, double x) { return ::fma(weight, x, sum); }
+
 /// run(k) <- the sum over ranks r, in rank order, of weights(r) * pieces(r * n + k), taken in double and rounded once
 /// (n = run's length): the one sum of every transport, so that they agree bit for bit.
 template <class Exec, class Pieces, class Weights, class Run>
@@ -59,7 +64,7 @@ void sum_in_rank_order(const Exec& exec, const Pieces& pieces, const Weights& we
   const std::size_t n = run.extent(0), ranks = weights.extent(0);
   Kokkos::parallel_for("GradientReduction[sum]", Kokkos::RangePolicy<Exec>(exec, 0, n), KOKKOS_LAMBDA(std::size_t k) {
     double sum = 0;
-    for (std::size_t r = 0; r < ranks; ++r) sum += weights(r) * static_cast<double>(pieces(r * n + k));
+    for (std::size_t r = 0; r < ranks; ++r) sum = weighted_add(sum, weights(r), static_cast<double>(pieces(r * n + k)));
     run(k) = static_cast<Value>(sum);
   });
 }

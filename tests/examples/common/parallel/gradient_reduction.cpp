@@ -1,11 +1,12 @@
 // The gradient reduction of data-parallel training, on as many processes as the test is launched with (ctest runs
 // it alone and under mpirun -np 3): every rank ends with the sum over ranks, in rank order, of each rank's weighted
-// gradients, taken in double and rounded once, bit for bit as a plain loop computes it, on uneven shares and on
-// tensors shorter than the rank count, whichever buckets the gradients are sent in and whenever the backward says
-// they are ready; the losses' weighted sums and the stop decision likewise; a sharded AdamW
-// (ZeRO stage 1: reduce-scatter, each rank's update of its shard, all-gather of the values) ends every rank with the
-// values and, gathered on rank 0, the moments of the unsharded update, bit for bit; bad weights, bounds, groups
-// and readiness orders are errors naming them.
+// gradients, taken in double (each step a fused multiply-add, as the reduction spells it) and rounded once, bit for
+// bit as a plain loop computes it, on uneven shares and on tensors shorter than the rank count, whichever buckets
+// the gradients are sent in and whenever the backward says they are ready; the losses' weighted sums and the stop
+// decision likewise, and every rank's bytes gathered in rank order; a sharded AdamW (ZeRO stage 1: reduce-scatter,
+// each rank's update of its shard, all-gather of the values) ends every rank with the values and, gathered on rank
+// 0, the moments of the unsharded update, bit for bit; bad weights, bounds, groups and readiness orders are errors
+// naming them.
 #include <boost/test/unit_test.hpp>
 
 #include "common/parallel/gradient_reduction.hpp"
@@ -13,6 +14,7 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <numeric>
@@ -90,7 +92,7 @@ void check_ordered_sum(const std::vector<std::size_t>& lengths, const ReductionP
   for (std::size_t i = 0; i < lengths.size(); ++i) {
     for (std::size_t k = 0; k < lengths[i]; ++k) {
       double sum = 0;
-      for (int r = 0; r < p; ++r) sum += weights[static_cast<std::size_t>(r)] * static_cast<double>(entry(r, offset + k));
+      for (int r = 0; r < p; ++r) sum = std::fma(weights[static_cast<std::size_t>(r)], static_cast<double>(entry(r, offset + k)), sum);
       const float expected = p == 1 ? entry(0, offset + k) : static_cast<float>(sum);  // alone: left as it was
       differing += gradients[i](k) != expected ? 1 : 0;
     }
@@ -127,6 +129,12 @@ BOOST_AUTO_TEST_CASE(losses_are_weighted_sums_and_every_rank_takes_the_same_deci
   BOOST_TEST(losses[0] == first);
   BOOST_TEST(losses[1] == second);
   BOOST_TEST(ranks->max(me == p - 1 ? 15u : 0u) == 15u);  // a signal only the last rank saw stops every rank
+  const std::byte mine[2] = {static_cast<std::byte>(me), static_cast<std::byte>(100 + me)};
+  const std::vector<std::byte> all = ranks->all_gather_bytes(mine);
+  BOOST_TEST_REQUIRE(all.size() == 2u * static_cast<std::size_t>(p));
+  for (int r = 0; r < p; ++r)
+    BOOST_TEST((all[2 * static_cast<std::size_t>(r)] == static_cast<std::byte>(r) &&
+                all[2 * static_cast<std::size_t>(r) + 1] == static_cast<std::byte>(100 + r)));
 }
 
 namespace {
